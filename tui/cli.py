@@ -1,0 +1,110 @@
+"""Command line entry point: argument parsing and dispatch only.
+
+Heavy libraries (torch, textual, sherpa_ncnn) are imported inside the
+commands that need them, so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.architectures import ARCHITECTURES, EXPORT_ONLY_FLAGS
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EXIT_CODES_HELP = "exit codes: 0 ok, 1 the job failed or found problems, 2 bad usage or bad input, 130 interrupted"
+
+
+def _all_model_flags() -> dict[str, set[str]]:
+    """Every icefall model flag, with the architectures that have it."""
+    flags: dict[str, set[str]] = {}
+    for spec in ARCHITECTURES.values():
+        for hp in spec.hyperparams:
+            flags.setdefault(hp.flag, set()).add(spec.name)
+    return flags
+
+
+def _arch_flag_help() -> str:
+    lines = ["icefall hyperparameter flags, per architecture (defaults are icefall's):"]
+    for spec in ARCHITECTURES.values():
+        lines.append(f"  --arch {spec.name} ({spec.title}, {spec.recipe.rsplit('/', 1)[-1]}):")
+        for hp in spec.hyperparams:
+            key = f"  -> key {hp.meta_key}" if hp.meta_key is not None else ""
+            lines.append(f"    {hp.flag} {hp.default}{key}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sherpa-ncnn-wizard",
+        description="Take an icefall streaming transducer (Zipformer v1, ConvEmformer, LSTM) to a verified "
+                    "sherpa-ncnn model. Without a command, prints this help.",
+        epilog=EXIT_CODES_HELP,
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(command=None)
+
+    meta = sub.add_parser(
+        "meta", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="preview (and with --apply write) the SherpaMetaData line of an encoder .param",
+        description="Build the SherpaMetaData line from icefall's export flags, check it against the graph and "
+                    "show the edit. Nothing is written without --apply; --apply writes atomically and keeps "
+                    "PARAM.orig (once).",
+        epilog=_arch_flag_help() + "\n\nicefall export flags that are not hyperparameters ("
+               + ", ".join(EXPORT_ONLY_FLAGS) + ") are accepted and ignored, so a whole export command "
+               "line can be pasted.\n\n" + EXIT_CODES_HELP,
+    )
+    meta.add_argument("param", metavar="PARAM", help="the encoder .ncnn.param written by pnnx")
+    meta.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES), help="the model architecture")
+    meta.add_argument("--apply", action="store_true", help="write the edit (atomic, with a .orig backup)")
+    meta.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    for flag in _all_model_flags():
+        meta.add_argument(flag, dest="hp:" + flag, default=None, metavar="VALUE", help=argparse.SUPPRESS)
+    for flag in EXPORT_ONLY_FLAGS:
+        meta.add_argument(flag, dest="ignored:" + flag, default=None, metavar="VALUE", help=argparse.SUPPRESS)
+
+    doctor = sub.add_parser(
+        "doctor", allow_abbrev=False,
+        help="diagnose an encoder .param or a model directory",
+        description="Check an existing model the way sherpa-ncnn will load it: metadata, graph inputs, layer "
+                    "counts, layer types the runtime lacks, tokens.txt. Exit 0 healthy, 1 problems found, "
+                    "2 unusable input.",
+    )
+    doctor.add_argument("path", metavar="PATH", help="an encoder .param, or a directory with encoder/decoder/joiner "
+                                                     ".param files and tokens.txt")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    return parser
+
+
+def _known_flags(parser: argparse.ArgumentParser, command: str | None) -> list[str]:
+    flags = [o for a in parser._actions for o in a.option_strings]  # noqa: SLF001 - argparse has no public API
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:  # noqa: SLF001
+            flags += [o for a in action.choices[command]._actions for o in a.option_strings]  # noqa: SLF001
+    return [f for f in flags if f.startswith("--")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        from .cli_common import unknown_flags_message
+        parser.exit(EXIT_BAD_INPUT, unknown_flags_message(extras, _known_flags(parser, args.command)) + "\n")
+    try:
+        if args.command == "meta":
+            from .cli_meta import run_meta
+            return run_meta(args)
+        if args.command == "doctor":
+            from .cli_doctor import run_doctor
+            return run_doctor(args)
+        parser.print_help()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
