@@ -1,0 +1,175 @@
+"""The runner: streaming logs, failure detection, hints, cancel, resume."""
+import asyncio
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from core.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
+from core.runner import LineSplitter, Plan, Runner, Step, StepError
+
+PY = sys.executable
+
+
+def py_step(id_, code, outputs=(), inputs=(), **kw):
+    return Step(id_, id_.title(), argv=[PY, "-c", code], outputs=list(outputs), inputs=list(inputs), **kw)
+
+
+def run(plan, resume=False, during=None):
+    events = []
+    runner = Runner(plan, events.append, resume=resume)
+
+    async def main():
+        task = asyncio.ensure_future(runner.run())
+        if during:
+            await during(runner, events)
+        return await task
+    status = asyncio.run(main())
+    return status, events, runner
+
+
+def finished(events):
+    return {e.step: e for e in events if isinstance(e, StepFinished)}
+
+
+def test_line_splitter_handles_cr_ansi_and_bad_utf8():
+    s = LineSplitter()
+    lines = s.feed(b"10%\r20%\r\x1b[32mgreen\x1b[0m\nbad \xff byte\npart")
+    lines += s.feed(b"ial\xe2\x96")  # a split multi-byte character
+    lines += s.feed(b"\x81 end\n")
+    assert lines == ["10%", "20%", "green", "bad \ufffd byte", "partial\u2581 end"]
+    assert s.flush() == []
+
+
+def test_process_output_is_streamed_logged_and_progress_parsed(tmp_path):
+    code = ("import sys\n"
+            "for i in range(6): print(f'############# pass_level{i}', file=sys.stderr)\n"
+            "print('############# pass_ncnn'); open(sys.argv[1], 'w').write('x')")
+    out = tmp_path / "o.txt"
+    step = Step("pnnx-encoder", "pnnx", argv=[PY, "-c", code, str(out)], outputs=[out], parser="pnnx")
+    status, events, _ = run(Plan([step], tmp_path))
+    assert status == "ok"
+    logged = [line for e in events if isinstance(e, LogLines) for line in e.lines]
+    assert "############# pass_ncnn" in logged and "############# pass_level3" in logged
+    progress = [e for e in events if isinstance(e, Progress)]
+    assert progress[-1].done == progress[-1].total == 7 and progress[-1].note == "pass_ncnn"
+    log = (tmp_path / "logs" / "01-pnnx-encoder.log").read_text()
+    assert log.startswith("$ ") and "pass_level0" in log
+    assert isinstance(events[0], StepStarted) and isinstance(events[-1], RunFinished)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["steps"][0]["outputs"][str(out)]["size"] == 1
+
+
+def test_nonzero_exit_fails_with_tail_and_hint(tmp_path):
+    step = py_step("export", "print('Traceback'); print(\"ModuleNotFoundError: No module named 'k2'\"); raise SystemExit(1)")
+    after = py_step("pnnx", "print('never')")
+    status, events, _ = run(Plan([step, after], tmp_path))
+    assert status == "failed"
+    f = finished(events)["export"]
+    assert f.status == "failed" and f.error == "exited with code 1"
+    assert "No module named 'k2'" in f.tail[-1] and "icefall's Python" in f.hint
+    assert "pnnx" not in finished(events)
+
+
+def test_missing_or_empty_output_fails_even_with_exit_0(tmp_path):
+    empty = tmp_path / "empty.bin"
+    step = py_step("a", f"open({str(empty)!r}, 'w')", outputs=[empty])
+    status, events, _ = run(Plan([step], tmp_path))
+    assert status == "failed" and "is empty" in finished(events)["a"].error
+    step = py_step("b", "pass", outputs=[tmp_path / "nope"])
+    status, events, _ = run(Plan([step], tmp_path))
+    assert "was not written" in finished(events)["b"].error
+
+
+def test_signal_death_is_described(tmp_path):
+    step = py_step("crash", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    status, events, _ = run(Plan([step], tmp_path))
+    assert "SIGSEGV" in finished(events)["crash"].error
+
+
+def test_missing_program_is_a_clear_failure(tmp_path):
+    step = Step("pnnx", "pnnx", argv=[str(tmp_path / "no-such-pnnx")])
+    status, events, _ = run(Plan([step], tmp_path))
+    assert status == "failed" and "was not found" in finished(events)["pnnx"].error
+
+
+def test_cancel_stops_the_whole_process_group_quickly(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time\n"
+            f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pidfile)!r}, 'w').write(str(c.pid))\n"
+            "print('started', flush=True); time.sleep(60)")
+    done = tmp_path / "done.txt"
+    before = py_step("first", f"open({str(done)!r}, 'w').write('ok')", outputs=[done])
+    step = py_step("long", code)
+
+    async def cancel_when_started(runner, events):
+        while not any(isinstance(e, LogLines) and "started" in e.lines for e in events):
+            await asyncio.sleep(0.02)
+        runner.cancel()
+
+    t0 = time.monotonic()
+    status, events, _ = run(Plan([before, step, py_step("after", "pass")], tmp_path), during=cancel_when_started)
+    assert time.monotonic() - t0 < 10
+    assert status == "cancelled"
+    f = finished(events)
+    assert f["long"].status == "cancelled" and "after" not in f
+    assert done.read_text() == "ok"  # finished outputs stay
+    child = int(pidfile.read_text())
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    else:
+        pytest.fail("the grandchild process is still alive")
+
+
+def test_resume_reruns_only_what_changed(tmp_path):
+    a_out, b_out, c_out = (tmp_path / n for n in ("a.txt", "b.txt", "c.txt"))
+    flag = tmp_path / "b-may-pass"
+    copy = "import sys, shutil; shutil.copy(sys.argv[1], sys.argv[2]); print('ran')"
+    steps = lambda: [
+        Step("a", "A", argv=[PY, "-c", f"open({str(a_out)!r}, 'w').write('a1'); print('ran')"], outputs=[a_out]),
+        Step("b", "B", argv=[PY, "-c", f"import os, sys, shutil\nassert os.path.exists({str(flag)!r}), 'flag missing'\n"
+                                        "shutil.copy(sys.argv[1], sys.argv[2]); print('ran')", str(a_out), str(b_out)],
+             inputs=[a_out], outputs=[b_out]),
+        Step("c", "C", argv=[PY, "-c", copy, str(b_out), str(c_out)], inputs=[b_out], outputs=[c_out]),
+    ]
+    status, events, _ = run(Plan(steps(), tmp_path))
+    assert status == "failed" and finished(events)["b"].status == "failed"
+    flag.write_text("1")
+    status, events, _ = run(Plan(steps(), tmp_path), resume=True)
+    f = finished(events)
+    assert status == "ok"
+    assert (f["a"].status, f["b"].status, f["c"].status) == ("skipped", "ok", "ok")
+    status, events, _ = run(Plan(steps(), tmp_path), resume=True)
+    assert {e.status for e in finished(events).values()} == {"skipped"}
+    c_out.write_text("tampered")
+    status, events, _ = run(Plan(steps(), tmp_path), resume=True)
+    f = finished(events)
+    assert (f["a"].status, f["b"].status, f["c"].status) == ("skipped", "skipped", "ok")
+    state = json.loads((tmp_path / "run-state.json").read_text())
+    assert set(state["steps"]) == {"a", "b", "c"}
+
+
+def test_in_process_step_logs_progress_and_errors(tmp_path):
+    out = tmp_path / "x"
+
+    def work(ctx):
+        ctx.log("\x1b[1mhello\x1b[0m")
+        ctx.progress(1, 2, "half")
+        out.write_text("x")
+
+    def broken(ctx):
+        raise StepError("tokens.txt has no <blk>", hint="make it from bpe.model")
+
+    status, events, _ = run(Plan([Step("w", "W", func=work, outputs=[out]), Step("b", "B", func=broken)], tmp_path))
+    assert status == "failed"
+    assert any(isinstance(e, LogLines) and e.lines == ("hello",) for e in events)
+    assert any(isinstance(e, Progress) and e.note == "half" for e in events)
+    f = finished(events)["b"]
+    assert f.error == "tokens.txt has no <blk>" and f.hint == "make it from bpe.model"
