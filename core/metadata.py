@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .architectures import ArchSpec, MetaEntry, ResolvedValues
 from .atomic import WriteError, atomic_write_bytes, backup_once
-from .ncnn_param import Layer, ParamFile, format_layer_line
+from .ncnn_param import Layer, ParamFile, format_layer_line, insert_line, replace_header
 from .runtime_layers import runtime_problem
 
 META_TYPE = "SherpaMetaData"
@@ -194,27 +194,33 @@ def plan_metadata(model: ParamFile, metadata: Metadata, values=None) -> Metadata
         if old.name != META_NAME:
             plan.warnings.append(f"line {old.line}: the existing {META_TYPE} layer is named {old.name!r}; sherpa-ncnn "
                                  f"only finds {META_NAME!r}, so it is replaced")
-        new_model = model.with_line_replaced(old.line, metadata.line)
+        new_lines = list(model.lines)
+        new_lines[old.line - 1] = metadata.line + _line_ending(new_lines[old.line - 1])
         plan.action = "replace"
         edit_at = old.line
     else:
-        new_model = model.with_line_inserted(model.header_line, metadata.line)
-        new_model = new_model.with_header(model.layer_count + 1, model.blob_count)
+        # Pure line edits (no re-parse): this runs on every keystroke of the TUI form.
+        new_lines = insert_line(model.lines, model.header_line, metadata.line, model.eol)
+        new_lines = replace_header(new_lines, model.header_line, model.layer_count + 1, model.blob_count)
         plan.action = "insert"
         plan.line_no = model.header_line + 1
         edit_at = plan.line_no
-    plan.header_after = new_model.header_text()
-    plan.new_bytes = new_model.to_bytes()
-    plan.diff = _diff(model, new_model, edit_at)
+    plan.header_after = new_lines[model.header_line - 1].strip()
+    plan.new_bytes = "".join(new_lines).encode("utf-8")
+    plan.diff = _diff(model.lines, new_lines, edit_at, model.source)
     return plan
 
 
-def _diff(old: ParamFile, new: ParamFile, edit_at: int) -> str:
+def _line_ending(line: str) -> str:
+    return line[len(line.rstrip("\r\n")):]
+
+
+def _diff(old: list[str], new: list[str], edit_at: int, source: str) -> str:
     """A unified diff of the head of the file, up to a few lines past the edit."""
     end = edit_at + 2
-    a = [line.rstrip("\r\n") for line in old.lines[:end]]
-    b = [line.rstrip("\r\n") for line in new.lines[:end + 1]]
-    name = Path(old.source).name
+    a = [line.rstrip("\r\n") for line in old[:end]]
+    b = [line.rstrip("\r\n") for line in new[:end + 1]]
+    name = Path(source).name
     return "\n".join(difflib.unified_diff(a, b, f"a/{name}", f"b/{name}", n=2, lineterm=""))
 
 

@@ -26,7 +26,9 @@ MAX_SCALAR_CHARS = 15  # ncnn scans values with %15[^,\n ]
 
 _LINE_RE = re.compile(r"([^\r\n]*)(\r\n|\n|\r|\Z)")
 _TOKEN_RE = re.compile(r'[^\s=]+="[^"]*(?:"|$)|\S+')
-_INT_RE = re.compile(r"[+-]?\d+\Z")
+_INT_RE = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_NEWLINE_RE = re.compile(rb"\r\n|\n|\r")
 
 
 @dataclass(frozen=True)
@@ -176,14 +178,7 @@ class ParamFile:
 
     def with_line_inserted(self, after_line: int, text: str) -> "ParamFile":
         """Insert ``text`` as a new line after 1-based line ``after_line``."""
-        lines = list(self.lines)
-        prev_body, prev_eol = _split_eol(lines[after_line - 1])
-        if prev_eol:
-            lines.insert(after_line, text + self.eol)
-        else:  # the previous line was the last one and had no ending: keep "no final newline"
-            lines[after_line - 1] = prev_body + self.eol
-            lines.insert(after_line, text)
-        return self.with_lines(lines)
+        return self.with_lines(insert_line(self.lines, after_line, text, self.eol))
 
     def with_line_replaced(self, line: int, text: str) -> "ParamFile":
         lines = list(self.lines)
@@ -200,12 +195,7 @@ class ParamFile:
 
     def with_header(self, layer_count: int, blob_count: int) -> "ParamFile":
         """Rewrite the counts, keeping the header's own spacing."""
-        lines = list(self.lines)
-        body, eol = _split_eol(lines[self.header_line - 1])
-        numbers = iter([str(layer_count), str(blob_count)])
-        body = re.sub(r"\d+", lambda m: next(numbers, m.group(0)), body, count=2)
-        lines[self.header_line - 1] = body + eol
-        return self.with_lines(lines)
+        return self.with_lines(replace_header(self.lines, self.header_line, layer_count, blob_count))
 
     def header_text(self) -> str:
         return _split_eol(self.lines[self.header_line - 1])[0].strip()
@@ -225,6 +215,32 @@ class ParseResult:
 
     def describe(self) -> str:
         return "\n".join(f"{self.source}: {i}" for i in self.issues)
+
+
+def insert_line(lines: list[str], after_line: int, text: str, default_eol: str = "\n") -> list[str]:
+    """A copy of ``lines`` with ``text`` inserted after 1-based ``after_line``.
+
+    The new line takes the ending of the line before it, so a file with mixed
+    endings never has a new ``\r`` merge with a following ``\n``.
+    """
+    out = list(lines)
+    prev_body, prev_eol = _split_eol(out[after_line - 1])
+    if prev_eol:
+        out.insert(after_line, text + prev_eol)
+    else:  # the previous line was the last one and had no ending: keep "no final newline"
+        out[after_line - 1] = prev_body + default_eol
+        out.insert(after_line, text)
+    return out
+
+
+def replace_header(lines: list[str], header_line: int, layer_count: int, blob_count: int) -> list[str]:
+    """A copy of ``lines`` with new header counts, keeping the header's spacing."""
+    out = list(lines)
+    body, eol = _split_eol(out[header_line - 1])
+    numbers = iter([str(layer_count), str(blob_count)])
+    body = re.sub(r"[0-9]+", lambda m: next(numbers, m.group(0)), body, count=2)
+    out[header_line - 1] = body + eol
+    return out
 
 
 def format_layer_line(type_: str, name: str, bottoms=(), tops=(), params=()) -> str:
@@ -257,7 +273,7 @@ def parse_param(data: bytes | str, source: str = "<param>") -> ParseResult:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
+            line = len(_NEWLINE_RE.split(data[: exc.start]))
             return ParseResult(
                 None,
                 [ParamIssue(line, f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
@@ -268,31 +284,39 @@ def parse_param(data: bytes | str, source: str = "<param>") -> ParseResult:
         text = data
     lines = _split_lines(text)
     issues: list[ParamIssue] = []
-    if not lines or not lines[0].strip():
+    # ncnn reads whitespace-separated tokens, so blank lines before the magic or the header are harmless
+    content = (i for i, line in enumerate(lines) if line.strip())
+    magic_idx = next(content, None)
+    if magic_idx is None:
         return ParseResult(None, [ParamIssue(1, f"the file is empty; an ncnn param file starts with the magic number {MAGIC}")], source)
-    first = _split_eol(lines[0])[0]
+    first = _split_eol(lines[magic_idx])[0]
     if first.startswith("\ufeff"):
-        return ParseResult(None, [ParamIssue(1, "the file starts with a byte-order mark; save it as plain UTF-8 without BOM")], source)
+        return ParseResult(None, [ParamIssue(magic_idx + 1, "the file starts with a byte-order mark; save it as plain UTF-8 without BOM")], source)
     if first.strip() != MAGIC:
-        return ParseResult(None, [ParamIssue(1, f"expected the magic number {MAGIC}, found {first.strip()[:40]!r}; "
-                                                "this is not an ncnn text param file")], source)
-    header = _split_eol(lines[1])[0].split() if len(lines) > 1 else []
+        return ParseResult(None, [ParamIssue(magic_idx + 1, f"expected the magic number {MAGIC}, found {first.strip()[:40]!r}; "
+                                                            "this is not an ncnn text param file")], source)
+    header_idx = next(content, None)
+    header = _split_eol(lines[header_idx])[0].split() if header_idx is not None else []
     if len(header) != 2 or not all(_INT_RE.match(x) and int(x) >= 0 for x in header):
-        found = _split_eol(lines[1])[0].strip() if len(lines) > 1 else "nothing"
-        return ParseResult(None, [ParamIssue(2, f"expected the header 'layer_count blob_count' (two whole numbers), found {found!r}")], source)
+        found = _split_eol(lines[header_idx])[0].strip() if header_idx is not None else "nothing"
+        where = header_idx + 1 if header_idx is not None else magic_idx + 2
+        return ParseResult(None, [ParamIssue(where, f"expected the header 'layer_count blob_count' (two whole numbers), found {found!r}")], source)
     layer_count, blob_count = int(header[0]), int(header[1])
 
     layers: list[Layer] = []
-    for idx in range(2, len(lines)):
-        body = _split_eol(lines[idx])[0]
-        if not body.strip():
+    cache: dict[str, Param] = {}
+    n_lines = 0
+    for idx in range(header_idx + 1, len(lines)):
+        body = lines[idx].rstrip("\r\n")
+        if not body or body.isspace():
             continue
-        layer = _parse_layer(body, idx + 1, len(layers), issues)
+        n_lines += 1
+        layer = _parse_layer(body, idx + 1, len(layers), issues, cache)
         if layer is not None:
             layers.append(layer)
 
-    model = ParamFile(lines, tuple(layers), layer_count, blob_count, issues, source)
-    _check_counts(model, lines, issues)
+    model = ParamFile(lines, tuple(layers), layer_count, blob_count, issues, source, header_idx + 1)
+    _check_counts(model, n_lines, issues)
     _check_names(model, issues)
     return ParseResult(model, issues, source)
 
@@ -307,58 +331,72 @@ def _split_eol(line: str) -> tuple[str, str]:
     return line, ""
 
 
+_OTHER_BREAKS_RE = re.compile("[\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
 def _split_lines(text: str) -> list[str]:
-    lines = [m.group(0) for m in _LINE_RE.finditer(text) if m.group(0)]
-    return lines
+    """Lines with their endings; only \n, \r\n and \r end a line (like ncnn)."""
+    if not _OTHER_BREAKS_RE.search(text):
+        return text.splitlines(keepends=True)  # same result, much faster
+    return [m.group(0) for m in _LINE_RE.finditer(text) if m.group(0)]
 
 
-def _parse_layer(body: str, line: int, index: int, issues: list[ParamIssue]) -> Layer | None:
-    tokens = _TOKEN_RE.findall(body)
+def _is_count(text: str) -> bool:
+    return text.isdigit() and text.isascii()
+
+
+def _parse_layer(body: str, line: int, index: int, issues: list[ParamIssue], cache: dict) -> Layer | None:
+    tokens = _TOKEN_RE.findall(body) if '"' in body else body.split()
     if len(tokens) < 4:
         issues.append(ParamIssue(line, f"a layer line needs 'type name bottom_count top_count ...', found {body.strip()[:60]!r}"))
         return None
     type_, name, bc_s, tc_s = tokens[:4]
-    where = f"layer {name!r} ({type_})"
-    if not (_INT_RE.match(bc_s) and _INT_RE.match(tc_s)) or int(bc_s) < 0 or int(tc_s) < 0:
-        issues.append(ParamIssue(line, f"{where}: bottom and top counts must be whole numbers, found {bc_s!r} and {tc_s!r}"))
+    if not (_is_count(bc_s) and _is_count(tc_s)):
+        issues.append(ParamIssue(line, f"layer {name!r} ({type_}): bottom and top counts must be whole numbers, "
+                                       f"found {bc_s!r} and {tc_s!r}"))
         return None
     bc, tc = int(bc_s), int(tc_s)
-    rest = tokens[4:]
-    names = []
-    for tok in rest[: bc + tc]:
-        if "=" in tok:
-            break
-        names.append(tok)
-    if len(names) < bc + tc:
-        issues.append(ParamIssue(line, f"{where} declares {bc} bottom(s) and {tc} top(s) but lists {len(names)} blob name(s); "
-                                       f"fix the counts or the names"))
+    n = bc + tc
+    names = tokens[4:4 + n]
+    if len(names) < n or "=" in "".join(names):
+        listed = next((i for i, t in enumerate(names) if "=" in t), len(names))
+        issues.append(ParamIssue(line, f"layer {name!r} ({type_}) declares {bc} bottom(s) and {tc} top(s) but lists "
+                                       f"{listed} blob name(s); fix the counts or the names"))
         return None
-    bottoms, tops = tuple(names[:bc]), tuple(names[bc:])
     params: list[Param] = []
     ok = True
-    prev_array: Param | None = None
-    for tok in rest[bc + tc:]:
-        if "=" not in tok:
-            if prev_array is not None and (prev_array.raw.endswith(",") or tok[:1] in ",0123456789-+."):
-                issues.append(ParamIssue(line, f"{where}: a space inside the array of key {prev_array.key} "
-                                               f"(at {tok!r}); ncnn stops reading an array at the first space, remove the spaces"))
-            else:
-                issues.append(ParamIssue(line, f"{where}: {tok!r} is not a key=value pair; "
-                                               f"the blob count may be wrong ({bc} bottom(s), {tc} top(s) declared)"))
-            ok = False
-            continue
-        param = _parse_param_token(tok, where, line, issues)
+    prev_array_key: str | None = None  # the key of the previous token when it was (meant as) an array
+    for tok in tokens[4 + n:]:
+        param = cache.get(tok)
         if param is None:
-            ok = False
-            prev_array = None
-            continue
-        if any(p.id == param.id for p in params):
-            issues.append(ParamIssue(line, f"{where}: key {param.id} is given twice; ncnn keeps the last value", "warning"))
+            where = f"layer {name!r} ({type_})"
+            if "=" not in tok:
+                if prev_array_key is not None and tok[:1] in ",0123456789-+.":
+                    issues.append(ParamIssue(line, f"{where}: a space inside the array of key {prev_array_key} "
+                                                   f"(at {tok!r}); ncnn stops reading an array at the first space, "
+                                                   "remove the spaces"))
+                else:
+                    issues.append(ParamIssue(line, f"{where}: {tok!r} is not a key=value pair; "
+                                                   f"the blob count may be wrong ({bc} bottom(s), {tc} top(s) declared)"))
+                ok = False
+                prev_array_key = None
+                continue
+            key, _, raw = tok.partition("=")
+            prev_array_key = key if ("," in raw or key.startswith("-233")) else None
+            param = _parse_param_token(tok, where, line, issues)
+            if param is None:
+                ok = False
+                continue
+            cache[tok] = param
+        else:
+            prev_array_key = param.key if param.kind == "array" else None
+        if params and any(p.id == param.id for p in params):
+            issues.append(ParamIssue(line, f"layer {name!r} ({type_}): key {param.id} is given twice; "
+                                           "ncnn keeps the last value", "warning"))
         params.append(param)
-        prev_array = param if param.kind == "array" else None
     if not ok:
         return None
-    return Layer(type_, name, bottoms, tops, tuple(params), line, index)
+    return Layer(type_, name, tuple(names[:bc]), tuple(names[bc:]), tuple(params), line, index)
 
 
 def _parse_param_token(tok: str, where: str, line: int, issues: list[ParamIssue]) -> Param | None:
@@ -376,6 +414,12 @@ def _parse_param_token(tok: str, where: str, line: int, issues: list[ParamIssue]
     if raw == "":
         issues.append(ParamIssue(line, f"{where}: key {key} has no value"))
         return None
+    if raw[0] != '"' and not (raw[0].isalpha()):
+        too_long = [v for v in raw.split(",") if len(v) > MAX_SCALAR_CHARS]
+        if too_long:
+            issues.append(ParamIssue(line, f"{where}: value {too_long[0]!r} of key {key} is longer than "
+                                           f"{MAX_SCALAR_CHARS} characters; ncnn reads at most {MAX_SCALAR_CHARS}"))
+            return None
     if old_style:
         parts = raw.split(",")
         if not _INT_RE.match(parts[0]):
@@ -420,28 +464,24 @@ def _scalar(text: str) -> int | float | None:
     if not text or len(text) > MAX_SCALAR_CHARS:
         return None
     if any(c in text for c in ".eE"):
-        try:
-            return float(text)
-        except ValueError:
-            return None
+        return float(text) if _FLOAT_RE.match(text) else None
     return int(text) if _INT_RE.match(text) else None
 
 
-def _check_counts(model: ParamFile, lines: list[str], issues: list[ParamIssue]) -> None:
-    n_lines = sum(1 for line in lines[2:] if _split_eol(line)[0].strip())
+def _check_counts(model: ParamFile, n_lines: int, issues: list[ParamIssue]) -> None:
     if model.layer_count != n_lines:
         effect = ("ncnn reads only the first "
                   f"{model.layer_count} and silently drops the rest") if model.layer_count < n_lines else \
                  "ncnn fails while reading past the last line"
-        issues.append(ParamIssue(2, f"the header says {model.layer_count} layers but the file has {n_lines} layer lines; "
+        issues.append(ParamIssue(model.header_line, f"the header says {model.layer_count} layers but the file has {n_lines} layer lines; "
                                     f"{effect}. Set the first header number to {n_lines}"))
     if len(model.layers) == n_lines:  # blob counts only mean something when every line parsed
         needed = model.counted_blobs()
         if model.blob_count < needed:
-            issues.append(ParamIssue(2, f"the header says {model.blob_count} blobs but the layers define {needed}; "
+            issues.append(ParamIssue(model.header_line, f"the header says {model.blob_count} blobs but the layers define {needed}; "
                                         f"ncnn would write past its blob table. Set the second header number to {needed}"))
         elif model.blob_count > needed:
-            issues.append(ParamIssue(2, f"the header says {model.blob_count} blobs but the layers define {needed}", "warning"))
+            issues.append(ParamIssue(model.header_line, f"the header says {model.blob_count} blobs but the layers define {needed}", "warning"))
 
 
 def _check_names(model: ParamFile, issues: list[ParamIssue]) -> None:

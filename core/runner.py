@@ -109,7 +109,7 @@ def digest(path: Path, cache: dict | None = None) -> dict | None:
         return None
     if path.is_dir():
         return {"size": 0, "sha256": "directory"}
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)  # links share their target's entry
     if cache is not None and key in cache:
         return cache[key]
     h = hashlib.sha256()

@@ -74,6 +74,39 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("path", metavar="PATH", help="an encoder .param, or a directory with encoder/decoder/joiner "
                                                      ".param files and tokens.txt")
     doctor.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    run = sub.add_parser(
+        "run", allow_abbrev=False,
+        help="run the whole pipeline: export, pnnx, metadata, validation",
+        description="Export -> pnnx -> SherpaMetaData -> validate -> summary, for a wizard.toml or a bundled demo. "
+                    "Writes OUT/{encoder,decoder,joiner}_jit_trace-pnnx.ncnn.{param,bin}, tokens.txt, logs/, "
+                    "manifest.json, run-state.json, export.sh and wizard.toml. Ctrl-C cancels the running step.",
+        epilog=EXIT_CODES_HELP,
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="F", help="a wizard.toml")
+    source.add_argument("--demo", metavar="ARCH", choices=sorted(ARCHITECTURES),
+                        help="run on a bundled demo recipe (" + ", ".join(sorted(ARCHITECTURES)) + ")")
+    run.add_argument("--out", metavar="DIR", help="output directory (default: the config's, or runs/demo-ARCH)")
+    run.add_argument("--int8", action="store_true", help="also produce an int8 model")
+    run.add_argument("--dry-run", action="store_true", help="print the plan (every command) and run nothing")
+    run.add_argument("--resume", action="store_true", help="skip steps whose inputs and outputs are unchanged")
+    run.add_argument("--script", metavar="F", help="also write the plan as a runnable bash script to F")
+    run.add_argument("--python", metavar="PY", help="the Python that runs icefall's export (default: this one)")
+    run.add_argument("--pnnx", metavar="PATH", help="use this pnnx binary instead of the wheel's")
+
+    validate = sub.add_parser(
+        "validate", allow_abbrev=False,
+        help="check a model directory: torch vs ncnn outputs, and decoding in sherpa-ncnn",
+        description="Compare the ncnn models with the traced torch modules (when --traced-dir has the "
+                    "*_jit_trace-pnnx.pt files) and decode test wavs with the real sherpa-ncnn in a child process.",
+        epilog=EXIT_CODES_HELP,
+    )
+    validate.add_argument("dir", metavar="DIR", help="directory with *_jit_trace-pnnx.ncnn.{param,bin} and tokens.txt")
+    validate.add_argument("--arch", choices=sorted(ARCHITECTURES), help="default: read from the metadata")
+    validate.add_argument("--traced-dir", metavar="D", help="where the *_jit_trace-pnnx.pt files are "
+                                                            "(default: DIR/work/exp when present)")
+    validate.add_argument("--wav", action="append", default=[], metavar="W", help="a 16 kHz test wav (repeatable)")
+    validate.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     return parser
 
 
@@ -99,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "doctor":
             from .cli_doctor import run_doctor
             return run_doctor(args)
+        if args.command == "run":
+            from .cli_run import run_pipeline
+            return run_pipeline(args)
+        if args.command == "validate":
+            from .cli_validate import run_validate
+            return run_validate(args)
         parser.print_help()
         return EXIT_OK
     except KeyboardInterrupt:

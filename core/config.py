@@ -1,0 +1,198 @@
+"""The run configuration: one dataclass tree, saved and loaded as TOML (wizard.toml).
+
+Shared by the TUI and the CLI. Unknown keys and wrong types are errors that
+name the key (``files.epoch must be a whole number``); relative paths in a
+TOML file are relative to that file.
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .architectures import ARCHITECTURES, get_arch
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and key."""
+
+
+@dataclass
+class FilesConfig:
+    recipe: str = ""  # icefall recipe directory or its export-for-ncnn.py
+    icefall_root: str = ""  # default: the directory above egs/
+    checkpoint: str = ""  # a pretrained.pt / epoch-N.pt file (linked as epoch-99.pt)
+    exp_dir: str = ""  # or: an exp dir with epoch-N.pt / checkpoint-N.pt files ...
+    epoch: int = 99  # ... and icefall's selection flags
+    iter: int = 0
+    avg: int = 1
+    use_averaged_model: bool = False
+    tokens: str = ""  # tokens.txt, or:
+    bpe_model: str = ""  # bpe.model (tokens.txt is made from it)
+    python: str = ""  # the interpreter that runs the export (default: this one)
+
+
+@dataclass
+class ToolsConfig:
+    pnnx: str = ""  # default: the pnnx wheel's binary
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "sherpa-ncnn-model"
+    int8: bool = False
+
+
+@dataclass
+class CalibrationConfig:
+    wavs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ValidationConfig:
+    wavs: list[str] = field(default_factory=list)
+    transcripts: dict[str, str] = field(default_factory=dict)  # wav path -> reference text
+    numeric: bool = True
+    decode: bool = True
+
+
+@dataclass
+class WizardConfig:
+    arch: str = "zipformer"
+    hyperparameters: dict[str, str] = field(default_factory=dict)  # icefall flag (no dashes) -> value
+    files: FilesConfig = field(default_factory=FilesConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    demo: str = ""  # set when the config describes a bundled demo
+
+    @property
+    def python(self) -> str:
+        return self.files.python or sys.executable
+
+    def hyperparameter_flags(self) -> dict[str, str]:
+        """The hyperparameters keyed by icefall flag (``--num-encoder-layers``)."""
+        return {("--" + k.replace("_", "-")).replace("---", "--"): str(v) for k, v in self.hyperparameters.items()}
+
+    def to_dict(self) -> dict:
+        return _drop_empty(asdict(self))
+
+    def to_toml(self) -> str:
+        import tomli_w
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        from .atomic import atomic_write_bytes
+        atomic_write_bytes(Path(path), self.to_toml().encode())
+
+
+def load_config(path: str | Path) -> WizardConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = config_from_dict(data, source=str(path))
+    _resolve_paths(config, path.parent)
+    return config
+
+
+def config_from_dict(data: dict, source: str = "config") -> WizardConfig:
+    config = _build(WizardConfig, data, source, "")
+    try:
+        spec = get_arch(config.arch)
+    except KeyError:
+        raise ConfigError(f"{source}: arch = {config.arch!r} is not one of {', '.join(ARCHITECTURES)}") from None
+    config.arch = spec.name
+    known = {hp.name for hp in spec.hyperparams} | {hp.flag.lstrip("-") for hp in spec.hyperparams}
+    for key, value in config.hyperparameters.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: hyperparameters.{key} is not a {spec.title} hyperparameter{hint}")
+        if not isinstance(value, (str, int)) and not (isinstance(value, list) and all(isinstance(v, int) for v in value)):
+            raise ConfigError(f"{source}: hyperparameters.{key} must be a number, a list of numbers or a string "
+                              f"like \"2,4,3,2,4\"")
+        if isinstance(value, list):
+            config.hyperparameters[key] = ",".join(map(str, value))
+        else:
+            config.hyperparameters[key] = str(value)
+    return config
+
+
+def _build(cls, data, source: str, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the file'} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(sorted(names))}"
+            raise ConfigError(f"{source}: unknown key {prefix}{key!r}{hint}")
+        kwargs[key] = _convert(hints[key], value, source, prefix + key)
+    return cls(**kwargs)
+
+
+def _convert(tp, value, source: str, key: str):
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
+        return _build(tp, value, source, key + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be a whole number, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {key} must be a list of strings")
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a table")
+        return dict(value)
+    return value  # pragma: no cover - every field type is handled above
+
+
+def _resolve_paths(config: WizardConfig, base: Path) -> None:
+    f = config.files
+    for name in ("recipe", "icefall_root", "checkpoint", "exp_dir", "tokens", "bpe_model"):
+        value = getattr(f, name)
+        if value and not Path(value).is_absolute():
+            setattr(f, name, str((base / value).resolve()))
+    if f.python and ("/" in f.python) and not Path(f.python).is_absolute():
+        f.python = str((base / f.python).resolve())
+    if config.tools.pnnx and "/" in config.tools.pnnx and not Path(config.tools.pnnx).is_absolute():
+        config.tools.pnnx = str((base / config.tools.pnnx).resolve())
+    if config.output.dir and not Path(config.output.dir).is_absolute():
+        config.output.dir = str((base / config.output.dir).resolve())
+    config.calibration.wavs = [str((base / w).resolve()) if not Path(w).is_absolute() else w
+                               for w in config.calibration.wavs]
+    config.validation.wavs = [str((base / w).resolve()) if not Path(w).is_absolute() else w
+                              for w in config.validation.wavs]
+
+
+def _drop_empty(d):
+    if isinstance(d, dict):
+        return {k: _drop_empty(v) for k, v in d.items() if v not in ("", [], {}, None)}
+    return d

@@ -1,0 +1,321 @@
+"""The plan: which steps run, with which exact commands, inputs and outputs, for a config.
+
+Everything is decided here before anything runs, so ``--dry-run``, the TUI's
+review screen and ``export.sh`` all show exactly what the runner will do.
+The user's files are only read: checkpoints are linked into a work directory
+under the output directory and the export writes there.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .architectures import ResolvedValues, get_arch, resolve
+from .config import WizardConfig
+from .runner import Plan, Step
+from .steps import make_finalize_encoder, make_prepare, make_summary, make_tokens
+from .tools import PnnxInfo, find_pnnx
+
+NETS = ("encoder", "decoder", "joiner")
+
+
+def pt_name(net: str) -> str:
+    return f"{net}_jit_trace-pnnx.pt"
+
+
+def ncnn_name(net: str, ext: str) -> str:
+    return f"{net}_jit_trace-pnnx.ncnn.{ext}"
+
+
+class PlanError(Exception):
+    """The config cannot be turned into a plan; ``problems`` name the fields."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class PlannedRun:
+    plan: Plan
+    config: WizardConfig
+    resolved: ResolvedValues
+    pnnx: PnnxInfo
+    warnings: list[str] = field(default_factory=list)
+    script: str = ""
+
+    @property
+    def out_dir(self) -> Path:
+        return self.plan.out_dir
+
+
+@dataclass
+class Layout:
+    """Where every file of a run lives (OUT as in DESIGN.md, work files under OUT/work)."""
+
+    out: Path
+
+    @property
+    def work(self) -> Path:
+        return self.out / "work"
+
+    @property
+    def exp(self) -> Path:
+        return self.work / "exp"
+
+    @property
+    def pnnx_dir(self) -> Path:
+        return self.work / "pnnx"
+
+    @property
+    def tokens(self) -> Path:
+        return self.out / "tokens.txt"
+
+    def pt(self, net: str) -> Path:
+        return self.exp / pt_name(net)
+
+    def raw(self, net: str, ext: str) -> Path:
+        return self.pnnx_dir / ncnn_name(net, ext)
+
+    def final(self, net: str, ext: str) -> Path:
+        return self.out / ncnn_name(net, ext)
+
+
+def find_export_script(recipe: Path) -> Path:
+    return recipe / "export-for-ncnn.py" if recipe.is_dir() else recipe
+
+
+def find_icefall_root(script: Path) -> Path | None:
+    """The directory above ``egs/`` (what icefall's docs put on PYTHONPATH)."""
+    for parent in script.resolve().parents:
+        if parent.name == "egs":
+            return parent.parent
+    return None
+
+
+def tokens_flag(script: Path) -> str:
+    """``--tokens`` for icefall after 2023-08, ``--bpe-model`` for older checkouts (read from the script)."""
+    try:
+        text = script.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "--tokens"
+    if '"--tokens"' in text or "'--tokens'" in text:
+        return "--tokens"
+    if '"--bpe-model"' in text or "'--bpe-model'" in text:
+        return "--bpe-model"
+    return "--tokens"
+
+
+def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check_out_dir: bool = True) -> PlannedRun:
+    """Check the config and build the plan; raises PlanError naming every problem found."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    spec = get_arch(config.arch)
+    resolved = resolve(spec, config.hyperparameter_flags())
+    problems += [f"hyperparameters: {p.message}" for p in resolved.errors]
+    warnings += [p.message for p in resolved.warnings]
+    f = config.files
+    out = Path(out_dir or config.output.dir).expanduser().resolve()
+    layout = Layout(out)
+
+    if not f.recipe:
+        problems.append("files.recipe: not set; give the icefall recipe directory (or its export-for-ncnn.py), "
+                        f"e.g. icefall/{spec.recipe}")
+        script = Path("export-for-ncnn.py")
+    else:
+        script = find_export_script(Path(f.recipe).expanduser())
+        if not script.is_file():
+            problems.append(f"files.recipe: {script} not found; point it at the recipe directory that holds "
+                            "export-for-ncnn.py")
+    root = Path(f.icefall_root).expanduser() if f.icefall_root else find_icefall_root(script)
+    if f.icefall_root and not root.is_dir():
+        problems.append(f"files.icefall_root: {root} is not a directory")
+    if root is None:
+        warnings.append("files.icefall_root: the recipe is not under an egs/ directory; PYTHONPATH is not extended")
+
+    checkpoints: list[Path] = []
+    if f.checkpoint:
+        ckpt = Path(f.checkpoint).expanduser()
+        if not ckpt.is_file():
+            problems.append(f"files.checkpoint: {ckpt} not found")
+        checkpoints = [ckpt]
+    elif f.exp_dir:
+        exp = Path(f.exp_dir).expanduser()
+        if not exp.is_dir():
+            problems.append(f"files.exp_dir: {exp} is not a directory")
+        else:
+            checkpoints = sorted(exp.glob("epoch-*.pt")) + sorted(exp.glob("checkpoint-*.pt"))
+            if not checkpoints:
+                problems.append(f"files.exp_dir: no epoch-*.pt or checkpoint-*.pt in {exp}")
+    else:
+        problems.append("files.checkpoint: not set; give a pretrained.pt / epoch-N.pt (or files.exp_dir with "
+                        "epoch/iter/avg)")
+
+    tok_flag = tokens_flag(script) if script.is_file() else "--tokens"
+    tokens_src = Path(f.tokens).expanduser() if f.tokens else None
+    bpe = Path(f.bpe_model).expanduser() if f.bpe_model else None
+    if tokens_src is None and bpe is None:
+        problems.append("files.tokens: not set; give tokens.txt or files.bpe_model (bpe.model)")
+    if tokens_src is not None and not tokens_src.is_file():
+        problems.append(f"files.tokens: {tokens_src} not found")
+    if bpe is not None and not bpe.is_file():
+        problems.append(f"files.bpe_model: {bpe} not found")
+    if tok_flag == "--bpe-model" and bpe is None:
+        problems.append(f"files.bpe_model: {script.name} is from an older icefall that takes --bpe-model; "
+                        "give the bpe.model")
+
+    python = config.python
+    if not (shutil.which(python) or Path(python).is_file()):
+        problems.append(f"files.python: {python} not found")
+
+    pnnx = find_pnnx(config.tools.pnnx or None)
+    problems += [f"tools.pnnx: {p}" for p in pnnx.problems]
+    warnings += [f"tools.pnnx: {w}" for w in pnnx.warnings]
+
+    if config.output.int8:
+        problems.append("output.int8: int8 is not available yet in this version (built-in calibration and "
+                        "quantization are coming); run without --int8 for the fp16 model")
+
+    if check_out_dir:
+        problems += _check_out_dir(out)
+
+    if problems:
+        raise PlanError(problems)
+
+    steps: list[Step] = []
+    steps.append(make_prepare(layout, checkpoints, single=bool(f.checkpoint)))
+    steps.append(make_tokens(layout, tokens_src, bpe))
+    steps.append(_export_step(config, layout, script, root, checkpoints, tok_flag, bpe, resolved))
+    for net in NETS:
+        steps.append(_pnnx_step(pnnx.path, layout, net))
+    steps.append(make_finalize_encoder(layout, spec, resolved))
+    if config.validation.numeric or config.validation.decode:
+        steps.append(_validate_step(config, layout))
+    steps.append(make_summary(layout, checkpoints[0] if len(checkpoints) == 1 else None))
+
+    manifest = {
+        "tool": "sherpa-ncnn-wizard",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config.to_dict(),
+        "arch": spec.name,
+        "hyperparameters": {spec.param(n).flag: spec.param(n).format(v) for n, v in resolved.values.items()},
+        "hyperparameter_sources": {spec.param(n).flag: s for n, s in resolved.sources.items()},
+        "tools": {"python": python, "export_script": str(script), "icefall_root": str(root) if root else None,
+                  "pnnx": pnnx.as_dict(), "versions": _versions()},
+        "warnings": warnings,
+    }
+    plan = Plan(steps, out, manifest)
+    run = PlannedRun(plan, config, resolved, pnnx, warnings)
+    run.script = render_script(run)
+    return run
+
+
+def _check_out_dir(out: Path) -> list[str]:
+    if out.exists():
+        if not out.is_dir():
+            return [f"output.dir: {out} exists and is not a directory"]
+        entries = [p.name for p in out.iterdir()]
+        ours = {"run-state.json", "manifest.json", "wizard.toml"}
+        if entries and not ours & set(entries):
+            return [f"output.dir: {out} is not empty and was not made by the wizard; choose a new directory"]
+        if not os.access(out, os.W_OK):
+            return [f"output.dir: {out} is not writable"]
+        return []
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        return [f"output.dir: cannot create {out}: {parent} is not writable"]
+    return []
+
+
+def _export_step(config, layout: Layout, script: Path, root: Path | None, checkpoints, tok_flag, bpe,
+                 resolved: ResolvedValues) -> Step:
+    f = config.files
+    if f.checkpoint:
+        selection = ["--epoch", "99", "--avg", "1", "--use-averaged-model", "0"]
+    else:
+        selection = ["--epoch", str(f.epoch), "--iter", str(f.iter), "--avg", str(f.avg),
+                     "--use-averaged-model", "1" if f.use_averaged_model else "0"]
+    tokens_arg = str(bpe) if tok_flag == "--bpe-model" else str(layout.tokens)
+    argv = [config.python, str(script), "--exp-dir", str(layout.exp), tok_flag, tokens_arg, *selection,
+            *resolved.arch.flags_for(resolved.values)]
+    env = {}
+    if root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([os.environ["PYTHONPATH"]]
+                                                           if os.environ.get("PYTHONPATH") else []))
+    cwd = script.parent.parent
+    script_lines = [f"cd {shlex.quote(str(cwd))}",
+                    ("PYTHONPATH=" + shlex.quote(str(root)) + '${PYTHONPATH:+:$PYTHONPATH} ' if root else "")
+                    + shlex.join(argv),
+                    "cd - >/dev/null"]
+    return Step("export", "Export with icefall (torch.jit.trace)", argv=argv, cwd=cwd, env=env,
+                inputs=[script, *checkpoints] + ([layout.tokens] if tok_flag == "--tokens" else [bpe]),
+                outputs=[layout.pt(n) for n in NETS], parser="export", script=script_lines)
+
+
+def _pnnx_step(pnnx: Path, layout: Layout, net: str) -> Step:
+    stem = layout.pnnx_dir / net
+    raw = net == "encoder"  # the encoder gets its metadata in a later step
+    param = layout.raw(net, "param") if raw else layout.final(net, "param")
+    binary = layout.raw(net, "bin") if raw else layout.final(net, "bin")
+    argv = [str(pnnx), str(layout.pt(net)),
+            f"pnnxparam={stem}.pnnx.param", f"pnnxbin={stem}.pnnx.bin", f"pnnxpy={stem}_pnnx.py",
+            f"pnnxonnx={stem}.pnnx.onnx", f"ncnnparam={param}", f"ncnnbin={binary}", f"ncnnpy={stem}_ncnn.py",
+            "fp16=1"]
+    return Step(f"pnnx-{net}", f"Convert the {net} with pnnx (fp16)", argv=argv, inputs=[layout.pt(net)],
+                outputs=[param, binary], parser="pnnx",
+                script=[f"mkdir -p {shlex.quote(str(layout.pnnx_dir))}", shlex.join(argv)])
+
+
+def _validate_step(config: WizardConfig, layout: Layout) -> Step:
+    argv = [sys.executable, "-m", "core.validate", str(layout.out), "--arch", config.arch,
+            "--traced-dir", str(layout.exp), "--json-out", str(layout.out / "validation.json")]
+    for wav in config.validation.wavs:
+        argv += ["--wav", wav]
+    if not config.validation.numeric:
+        argv.append("--no-numeric")
+    if not config.validation.decode:
+        argv.append("--no-decode")
+    for wav, text in config.validation.transcripts.items():
+        argv += ["--reference", f"{wav}={text}"]
+    inputs = [layout.final(n, e) for n in NETS for e in ("param", "bin")] + [layout.tokens]
+    inputs += [Path(w) for w in config.validation.wavs]
+    return Step("validate", "Validate: torch vs ncnn, and decode in sherpa-ncnn", argv=argv,
+                env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                inputs=inputs, outputs=[layout.out / "validation.json"],
+                script=["sherpa-ncnn-wizard validate " + shlex.quote(str(layout.out)) + " --traced-dir "
+                        + shlex.quote(str(layout.exp))])
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for dist in ("torch", "pnnx", "ncnn", "sherpa-ncnn", "kaldi-native-fbank", "sentencepiece"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def render_script(run: PlannedRun) -> str:
+    """The plan as a plain bash script that replays the run."""
+    lines = ["#!/usr/bin/env bash",
+             f"# Written by sherpa-ncnn-wizard for a {run.resolved.arch.title} model; replays the run step by step.",
+             "set -euo pipefail", ""]
+    for i, step in enumerate(run.plan.steps, start=1):
+        lines.append(f"# {i}. {step.title}")
+        lines += step.script or [f"# ({step.describe or 'done inside the wizard'})"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe_plan(run: PlannedRun) -> list[tuple[int, str, str]]:
+    """(number, title, command or description) per step, for --dry-run and the review screen."""
+    return [(i, s.title, s.command or s.describe) for i, s in enumerate(run.plan.steps, start=1)]

@@ -1,0 +1,382 @@
+"""Validate a produced model: torch vs ncnn numerically, and decoding in the real sherpa-ncnn.
+
+Runs as its own process (``python -m core.validate OUT ...``) because it
+imports torch and ncnn; sherpa-ncnn itself runs in a further child process,
+since a bad model segfaults it or makes it call ``exit(-1)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+NETS = ("encoder", "decoder", "joiner")
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # relative to max(1, |reference|max)
+TAIL_PADDING_SECONDS = 0.5
+DECODE_TIMEOUT_SECONDS = 300
+
+
+@dataclass
+class NumericResult:
+    net: str
+    output: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    tolerance: float
+    ok: bool
+    note: str = ""
+
+    def line(self) -> str:
+        mark = "✓" if self.ok else "✗"
+        shape = "(" + ", ".join(map(str, self.shape)) + ")"
+        rel = "≤" if self.ok else ">"
+        note = f" {self.note}" if self.note else ""
+        return f"-[{mark}] {self.net} {self.output}{note} {shape}: max abs diff {self.max_abs:.1e} {rel} {self.tolerance:.0e}"
+
+
+@dataclass
+class DecodeResult:
+    ok: bool
+    model: str  # "fp16" or "int8"
+    results: list[dict] = field(default_factory=list)  # wav, text, seconds, wer
+    error: str | None = None
+    returncode: int | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+# -- numeric -----------------------------------------------------------------
+
+def _register_meta(net, keep: list) -> None:
+    import ncnn
+
+    class SherpaMetaData(ncnn.Layer):  # only carries data; sherpa-ncnn reads it, ncnn must just accept it
+        def __init__(self):
+            super().__init__()
+            self.one_blob_only = False
+
+        def load_param(self, pd):
+            return 0
+
+    def creator():
+        layer = SherpaMetaData()
+        keep.append(layer)
+        return layer
+
+    keep.append(creator)
+    net.register_custom_layer("SherpaMetaData", creator, lambda layer: None)
+
+
+def _input_specs(module) -> list[tuple[list[int], object]]:
+    specs = []
+    for value in list(module.graph.inputs())[1:]:
+        t = value.type()
+        sizes = t.sizes() if hasattr(t, "sizes") else None
+        dtype = t.dtype() if hasattr(t, "dtype") else None
+        specs.append((list(sizes) if sizes is not None else None, dtype))
+    return specs
+
+
+def _flatten(x) -> list:
+    if isinstance(x, (list, tuple)):
+        out = []
+        for item in x:
+            out += _flatten(item)
+        return out
+    return [x]
+
+
+def _precision(bin_path: Path, param_path: Path) -> str:
+    """fp16 when the weights were stored as fp16 (pnnx's default)."""
+    with open(bin_path, "rb") as fh:
+        head = fh.read(4)
+    return "fp16" if head == b"\x47\x6b\x30\x01" else "fp32"
+
+
+def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, features=None, seed: int = 0,
+                threads: int = 1) -> list[NumericResult]:
+    """Feed torch and ncnn the same inputs (two chunks for encoders, states carried) and compare every output."""
+    import ncnn
+    import numpy as np
+    import torch
+
+    module = torch.jit.load(str(pt), map_location="cpu").eval()
+    specs = _input_specs(module)
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for i, (shape, dtype) in enumerate(specs):
+        if shape is None:
+            raise ValueError(f"{pt}: input {i} has no recorded shape")
+        shape = [1] + list(shape[1:]) if net == "decoder" else shape
+        if dtype in (torch.int64, torch.int32):
+            if net == "encoder":  # lengths: the number of feature frames
+                inputs.append(torch.full(shape, specs[0][0][1], dtype=dtype))
+            else:
+                inputs.append(torch.tensor(rng.integers(1, 8, size=shape), dtype=dtype))
+        elif net == "encoder" and i == 0 and features is not None:
+            t = shape[1]
+            chunk = np.zeros((t, shape[2]), dtype=np.float32)
+            take = features[:t]
+            chunk[: len(take)] = take
+            inputs.append(torch.from_numpy(chunk).unsqueeze(0))
+        elif net == "encoder" and i > 0:
+            inputs.append(torch.zeros(shape))
+        else:
+            inputs.append(torch.from_numpy(rng.standard_normal(shape).astype(np.float32)))
+
+    keep: list = []
+    ncnn_net = ncnn.Net()
+    ncnn_net.opt.num_threads = threads
+    if net == "encoder":
+        _register_meta(ncnn_net, keep)
+    if ncnn_net.load_param(str(param)) != 0 or ncnn_net.load_model(str(binary)) != 0:
+        raise ValueError(f"python ncnn could not load {param} / {binary}")
+    precision = _precision(binary, param)
+    chunks = 2 if net == "encoder" else 1
+    results: list[NumericResult] = []
+    state_map = {2: 2, 3: 3} if arch == "lstm" else None
+    for chunk in range(chunks):
+        with torch.no_grad():
+            ref = [t.detach().numpy() for t in _flatten(module(*inputs))]
+        ex = ncnn_net.create_extractor()
+        for k, tensor in enumerate(inputs):
+            arr = tensor.numpy()
+            arr = arr[0] if arr.shape and arr.shape[0] == 1 and arr.ndim > 1 else arr
+            if arr.dtype in (np.int64, np.int32):
+                arr = arr.astype(np.float32) if net == "encoder" else arr.astype(np.int32)
+            ex.input(f"in{k}", ncnn.Mat(np.ascontiguousarray(arr)))
+        worst_state = None
+        for k, r in enumerate(ref):
+            ret, mat = ex.extract(f"out{k}")
+            if ret != 0:
+                raise ValueError(f"{param}: ncnn could not produce out{k} (extract returned {ret})")
+            got = np.array(mat).reshape(-1)
+            want = r.reshape(-1)
+            shape = list(r.shape[1:]) if r.ndim > 1 and r.shape[0] == 1 else list(r.shape)
+            tol = TOLERANCE[precision] * max(1.0, float(np.abs(want).max()) if want.size else 1.0)
+            if got.size != want.size:
+                res = NumericResult(net, f"out{k}", shape, float("inf"), float("inf"), tol, False,
+                                    f"ncnn gave {got.size} values, torch {want.size}")
+            else:
+                diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+                res = NumericResult(net, f"out{k}", shape, float(diff.max()) if diff.size else 0.0,
+                                    float(diff.mean()) if diff.size else 0.0, tol,
+                                    bool(diff.size == 0 or diff.max() <= tol))
+            if chunks > 1:
+                res.note = f"chunk {chunk}"
+            if k == 0 or net != "encoder" or not res.ok:
+                results.append(res)
+            elif worst_state is None or res.max_abs / res.tolerance > worst_state.max_abs / worst_state.tolerance:
+                worst_state = res
+        if worst_state is not None:
+            worst_state.output = f"states out1..out{len(ref) - 1} (worst {worst_state.output})"
+            results.append(worst_state)
+        if net == "encoder":  # carry torch's new states into the next chunk
+            outs = _flatten(module(*inputs))
+            for k in range(1, len(inputs)):
+                src = state_map.get(k) if state_map is not None else k
+                if src is not None and src < len(outs) and outs[src].shape == inputs[k].shape:
+                    inputs[k] = outs[src].detach()
+            if features is not None:
+                t = specs[0][0][1]
+                nxt = np.zeros((t, specs[0][0][2]), dtype=np.float32)
+                take = features[t: 2 * t]  # the next frames; chunk overlap does not matter for a comparison
+                nxt[: len(take)] = take
+                inputs[0] = torch.from_numpy(nxt).unsqueeze(0)
+            else:
+                inputs[0] = torch.from_numpy(rng.standard_normal(tuple(inputs[0].shape)).astype(np.float32))
+    return results
+
+
+# -- decoding in sherpa-ncnn ---------------------------------------------------
+
+_DECODE_CHILD = r"""
+import json, sys
+import numpy as np
+import sherpa_ncnn
+cfg = json.loads(sys.argv[1])
+r = sherpa_ncnn.Recognizer(num_threads=1, **cfg["files"])
+print("LOADED", flush=True)
+for item in cfg["inputs"]:
+    samples = np.load(item["npy"]) if item.get("npy") else np.zeros(16000, dtype=np.float32)
+    r.accept_waveform(16000, samples)
+    r.accept_waveform(16000, np.zeros(int(16000 * cfg["tail"]), dtype=np.float32))
+    r.input_finished()
+    print("RESULT " + json.dumps({"wav": item["wav"], "text": r.text, "tokens": list(r.tokens)}), flush=True)
+    r.reset()
+"""
+
+
+def model_files(out: Path, int8: bool = False) -> dict[str, str]:
+    def pick(net: str, ext: str) -> str:
+        if int8 and net in ("encoder", "joiner"):
+            return str(out / f"{net}_jit_trace-pnnx.ncnn.int8.{ext}")
+        return str(out / f"{net}_jit_trace-pnnx.ncnn.{ext}")
+    files = {f"{net}_{ext}": pick(net, ext) for net in NETS for ext in ("param", "bin")}
+    files["tokens"] = str(out / "tokens.txt")
+    return files
+
+
+def decode(out: Path, wavs: list[Path], references: dict[str, str], int8: bool = False,
+           workdir: Path | None = None) -> DecodeResult:
+    import numpy as np
+
+    from .audio import SAMPLE_RATE, AudioError, read_wav
+
+    workdir = workdir or out
+    inputs = []
+    for i, wav in enumerate(wavs):
+        try:
+            w = read_wav(wav)
+        except AudioError as exc:
+            return DecodeResult(False, "int8" if int8 else "fp16", error=str(exc))
+        if w.sample_rate != SAMPLE_RATE:
+            return DecodeResult(False, "int8" if int8 else "fp16",
+                                error=f"{wav}: {w.sample_rate} Hz; sherpa-ncnn models expect 16000 Hz mono")
+        npy = workdir / f".decode-input-{i}.npy"
+        np.save(npy, w.samples)
+        inputs.append({"wav": str(wav), "npy": str(npy)})
+    if not inputs:
+        inputs = [{"wav": "(1 s of silence: no test wavs given)", "npy": None}]
+    cfg = {"files": model_files(out, int8), "inputs": inputs, "tail": TAIL_PADDING_SECONDS}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _DECODE_CHILD, json.dumps(cfg)], capture_output=True,
+                              text=True, errors="replace", timeout=DECODE_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return DecodeResult(False, "int8" if int8 else "fp16",
+                            error=f"sherpa-ncnn did not finish in {DECODE_TIMEOUT_SECONDS} s (an endless decode loop "
+                                  "usually means a chunk-length metadata key is 0)")
+    finally:
+        for item in inputs:
+            if item["npy"]:
+                Path(item["npy"]).unlink(missing_ok=True)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    results = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            item = json.loads(line[7:])
+            ref = references.get(item["wav"]) or references.get(Path(item["wav"]).name)
+            if ref is not None:
+                item["reference"] = ref
+                item["wer"] = word_error_rate(ref, item["text"])
+            results.append(item)
+    model = "int8" if int8 else "fp16"
+    if proc.returncode != 0:
+        return DecodeResult(False, model, results, explain_exit(proc.returncode, lines, "LOADED" in proc.stdout),
+                            proc.returncode, lines[-20:])
+    return DecodeResult(True, model, results, None, 0, lines[-20:])
+
+
+def explain_exit(rc: int, lines: list[str], loaded: bool) -> str:
+    from .hints import hint_for
+    when = "while decoding" if loaded else "while loading the model"
+    if rc == -11:
+        what = f"sherpa-ncnn crashed with a segmentation fault {when}"
+    elif rc == 255:
+        what = f"sherpa-ncnn called exit(-1) {when}"
+    elif rc < 0:
+        what = f"sherpa-ncnn was killed by signal {-rc} {when}"
+    else:
+        what = f"the sherpa-ncnn child exited with code {rc} {when}"
+    hint = hint_for(lines)
+    return f"{what}: {hint}" if hint else what
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = reference.split(), hypothesis.split()
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)
+
+
+# -- entry point ----------------------------------------------------------------
+
+def detect_arch(out: Path) -> str | None:
+    from .architectures import BY_MODEL_TYPE
+    from .metadata import read_metadata
+    from .ncnn_param import load_param
+    parsed = load_param(out / "encoder_jit_trace-pnnx.ncnn.param")
+    meta = read_metadata(parsed.model) if parsed.model else None
+    spec = BY_MODEL_TYPE.get(meta.get(0)) if meta else None
+    return spec.name if spec else None
+
+
+def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
+             numeric: bool = True, run_decode: bool = True, print_fn=print) -> dict:
+    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
+    arch = arch or detect_arch(out)
+    if numeric:
+        if traced_dir is None or not (traced_dir / "encoder_jit_trace-pnnx.pt").exists():
+            report["notes"].append("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
+            print_fn("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
+        else:
+            features = None
+            if wavs:
+                from .audio import fbank, read_wav
+                try:
+                    w = read_wav(wavs[0])
+                    features = fbank(w.samples, w.sample_rate)
+                except Exception as exc:  # noqa: BLE001 - reported, then random features are used
+                    report["notes"].append(f"features from {wavs[0]} unavailable ({exc}); random inputs used")
+            for net in NETS:
+                try:
+                    results = compare_net(net, traced_dir / f"{net}_jit_trace-pnnx.pt",
+                                          out / f"{net}_jit_trace-pnnx.ncnn.param",
+                                          out / f"{net}_jit_trace-pnnx.ncnn.bin", arch or "", features)
+                except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
+                    report["ok"] = False
+                    msg = f"-[✗] {net}: numeric check failed: {exc}"
+                    report["numeric"].append({"net": net, "error": str(exc), "ok": False})
+                    print_fn(msg)
+                    continue
+                for r in results:
+                    print_fn(r.line())
+                    report["numeric"].append(asdict(r))
+                    report["ok"] &= r.ok
+    if run_decode:
+        d = decode(out, wavs, references)
+        report["decode"] = asdict(d)
+        if d.ok:
+            for item in d.results:
+                wer = f"  (WER {item['wer']:.1%})" if "wer" in item else ""
+                print_fn(f"-[✓] sherpa-ncnn {d.model} {Path(item['wav']).name}: {item['text']!r}{wer}")
+        else:
+            report["ok"] = False
+            print_fn(f"-[✗] sherpa-ncnn {d.model}: {d.error}")
+            for line in d.log_tail[-8:]:
+                print_fn(f"    {line}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core.validate", description=__doc__)
+    p.add_argument("out", type=Path, help="the model directory")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--traced-dir", type=Path, default=None, help="where the *_jit_trace-pnnx.pt files are")
+    p.add_argument("--wav", action="append", type=Path, default=[])
+    p.add_argument("--reference", action="append", default=[], help="WAV=TEXT")
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--no-numeric", action="store_true")
+    p.add_argument("--no-decode", action="store_true")
+    a = p.parse_args(argv)
+    refs = dict(r.split("=", 1) for r in a.reference if "=" in r)
+    report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode,
+                      print_fn=lambda s: print(s, flush=True))
+    if a.json_out:
+        from .atomic import atomic_write_bytes
+        atomic_write_bytes(a.json_out, json.dumps(report, indent=2).encode())
+    print("validation passed" if report["ok"] else "validation FAILED", flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
