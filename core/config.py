@@ -141,8 +141,8 @@ def _build(cls, data, source: str, prefix: str):
     for key, value in data.items():
         if key not in names:
             close = difflib.get_close_matches(key, sorted(names), n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(sorted(names))}"
-            raise ConfigError(f"{source}: unknown key {prefix}{key!r}{hint}")
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(sorted(names))}"
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
         kwargs[key] = _convert(hints[key], value, source, prefix + key)
     return cls(**kwargs)
 

@@ -87,7 +87,7 @@ class Layout:
 
 
 def find_export_script(recipe: Path) -> Path:
-    return recipe / "export-for-ncnn.py" if recipe.is_dir() else recipe
+    return recipe / "export-for-ncnn.py" if recipe.is_dir() or recipe.suffix != ".py" else recipe
 
 
 def find_icefall_root(script: Path) -> Path | None:
