@@ -32,8 +32,7 @@ shift || true
 case "$cmd" in
   demo)
     setup main
-    # The bundled demo pipeline arrives with the pipeline issue; until then show what the tool does.
-    exec "$venv/bin/sherpa-ncnn-wizard" --help
+    exec "$venv/bin/sherpa-ncnn-wizard" run --demo "${1:-zipformer}" "${@:2}"
     ;;
   test)
     setup dev

@@ -210,6 +210,9 @@ class Runner:
     # -- steps ---------------------------------------------------------------
     async def _run_step(self, step: Step, index: int) -> StepFinished:
         log_path = self.plan.out_dir / "logs" / f"{index:02d}-{step.id}.log"
+        for p in step.outputs:  # a stale output must never pass for this run's
+            if p.is_symlink() or p.is_file():
+                p.unlink()
         t0 = time.monotonic()
         tail: list[str] = []
         with open(log_path, "w", encoding="utf-8") as log:

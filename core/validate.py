@@ -89,6 +89,21 @@ def _flatten(x) -> list:
     return [x]
 
 
+def drop_batch_axis(arr):
+    """Remove icefall's batch axis the way sherpa-ncnn lays the blob out.
+
+    icefall puts the batch axis of states in the middle ((L, 1, D), (L, C, 1, A),
+    (L, 1, D, K-1)) and of features, chunks and caches first ((1, T, 80),
+    (1, D, K-1)); the innermost size-1 axis among the first three is it.
+    """
+    if arr.ndim < 2:
+        return arr
+    for axis in range(min(arr.ndim - 1, 2), -1, -1):
+        if arr.shape[axis] == 1:
+            return arr.reshape(arr.shape[:axis] + arr.shape[axis + 1:])
+    return arr
+
+
 def _precision(bin_path: Path, param_path: Path) -> str:
     """fp16 when the weights were stored as fp16 (pnnx's default)."""
     with open(bin_path, "rb") as fh:
@@ -103,7 +118,10 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
     import numpy as np
     import torch
 
-    module = torch.jit.load(str(pt), map_location="cpu").eval()
+    try:  # the traced input shapes are only kept when asked for (torch >= 2.1)
+        module = torch.jit.load(str(pt), map_location="cpu", _restore_shapes=True).eval()
+    except TypeError:  # pragma: no cover - older torch
+        module = torch.jit.load(str(pt), map_location="cpu").eval()
     specs = _input_specs(module)
     rng = np.random.default_rng(seed)
     inputs = []
@@ -111,7 +129,9 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
         if shape is None:
             raise ValueError(f"{pt}: input {i} has no recorded shape")
         shape = [1] + list(shape[1:]) if net == "decoder" else shape
-        if dtype in (torch.int64, torch.int32):
+        if dtype == torch.bool:  # e.g. the decoder's need_pad: a constant of the trace, not an ncnn input
+            inputs.append(torch.zeros(shape, dtype=torch.bool))
+        elif dtype in (torch.int64, torch.int32):
             if net == "encoder":  # lengths: the number of feature frames
                 inputs.append(torch.full(shape, specs[0][0][1], dtype=dtype))
             else:
@@ -142,12 +162,15 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
         with torch.no_grad():
             ref = [t.detach().numpy() for t in _flatten(module(*inputs))]
         ex = ncnn_net.create_extractor()
-        for k, tensor in enumerate(inputs):
-            arr = tensor.numpy()
-            arr = arr[0] if arr.shape and arr.shape[0] == 1 and arr.ndim > 1 else arr
-            if arr.dtype in (np.int64, np.int32):
+        ex.set_light_mode(False)  # several outputs are extracted: light mode recycles blobs and can crash
+        fed = [t for t in inputs if t.dtype != torch.bool]
+        arrays = []  # ncnn.Mat borrows the numpy buffer: keep every array alive until extraction is done
+        for k, tensor in enumerate(fed):
+            arr = drop_batch_axis(tensor.numpy())
+            if arr.dtype in (np.int64, np.int32):  # lengths are float Mats in sherpa-ncnn; token ids are int32
                 arr = arr.astype(np.float32) if net == "encoder" else arr.astype(np.int32)
-            ex.input(f"in{k}", ncnn.Mat(np.ascontiguousarray(arr)))
+            arrays.append(np.ascontiguousarray(arr))
+            ex.input(f"in{k}", ncnn.Mat(arrays[-1]))
         worst_state = None
         for k, r in enumerate(ref):
             ret, mat = ex.extract(f"out{k}")
