@@ -75,22 +75,26 @@ def demo_config(arch: str):
     """A run configuration (core.config.WizardConfig) for the demo recipe of ``arch``.
 
     Everything a user would fill in for their own model: the recipe and icefall
-    root, the pretrained.pt (linked as epoch-99.pt by the pipeline), tokens.txt,
-    the model flags, and the demo wavs for calibration and validation. The
-    output directory is left at the config default; callers choose it.
+    root, the pretrained.pt (linked as epoch-99.pt by the pipeline), the
+    bpe.model (so the demo also makes tokens.txt from it), the model flags, and
+    the demo wavs for calibration and validation. The output directory is left
+    at the config default; callers choose it.
     """
-    from .config import WizardConfig  # imported here: config pulls in tomllib only when asked
+    from .config import ConfigError, WizardConfig  # imported here: config pulls in tomllib only when asked
 
     recipe = demo_recipe(arch)
+    missing = recipe.missing()
+    if missing:
+        raise ConfigError("the bundled demo is incomplete; missing: " + ", ".join(map(str, missing)))
     flags = recipe.flags
     if len(flags) % 2:
-        raise ValueError(f"{DEMO_ROOT / 'models' / recipe.arch / 'flags.txt'}: expected '--flag value' pairs")
+        raise ConfigError(f"{DEMO_ROOT / 'models' / recipe.arch / 'flags.txt'}: expected '--flag value' pairs")
     config = WizardConfig(arch=recipe.arch, demo=recipe.arch)
     config.hyperparameters = {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
     config.files.recipe = str(recipe.recipe_dir)
     config.files.icefall_root = str(recipe.icefall_root)
     config.files.checkpoint = str(recipe.checkpoint)
-    config.files.tokens = str(recipe.tokens)
+    config.files.bpe_model = str(recipe.bpe_model)
     wavs = [str(w) for w in recipe.test_wavs]
     config.calibration.wavs = list(wavs)
     config.validation.wavs = list(wavs)

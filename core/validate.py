@@ -221,15 +221,15 @@ import json, sys
 import numpy as np
 import sherpa_ncnn
 cfg = json.loads(sys.argv[1])
-r = sherpa_ncnn.Recognizer(num_threads=1, **cfg["files"])
-print("LOADED", flush=True)
 for item in cfg["inputs"]:
+    # a fresh recognizer per file: reset() does not clear every encoder state, and loading is cheap
+    r = sherpa_ncnn.Recognizer(num_threads=1, **cfg["files"])
+    print("LOADED", flush=True)
     samples = np.load(item["npy"]) if item.get("npy") else np.zeros(16000, dtype=np.float32)
     r.accept_waveform(16000, samples)
     r.accept_waveform(16000, np.zeros(int(16000 * cfg["tail"]), dtype=np.float32))
     r.input_finished()
     print("RESULT " + json.dumps({"wav": item["wav"], "text": r.text, "tokens": list(r.tokens)}), flush=True)
-    r.reset()
 """
 
 

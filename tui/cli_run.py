@@ -28,7 +28,7 @@ def load_run_config(args) -> WizardConfig:
     if args.config:
         config = load_config(args.config)
     else:
-        from core.demo_config import demo_config
+        from core.demo import demo_config
         config = demo_config(args.demo)
         if not args.out:
             config.output.dir = str(Path("runs") / f"demo-{config.arch}")

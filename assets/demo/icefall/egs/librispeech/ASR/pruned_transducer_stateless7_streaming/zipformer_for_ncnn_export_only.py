@@ -19,13 +19,13 @@ relative positional encoding), and every op is one that the pnnx wheel lowers
 to an ncnn layer sherpa-ncnn's runtime has. Every state is read and written,
 so pnnx keeps every input and numbers the blobs in0..in{7N} / out0..out{7N}.
 
-Shapes inside are static Python ints taken from the configuration (like
-icefall's ``is_pnnx`` mode), never ``x.size()``, so the traced graph has no
-dynamic shape arithmetic.
+Inside, every tensor is batch-first, (1, T, D), where icefall is time-major
+(see ``to_batch_first``), and shapes are static Python ints taken from the
+configuration (like icefall's ``is_pnnx`` mode), never ``x.size()``, so the
+traced graph has no dynamic shape arithmetic.
 """
 from __future__ import annotations
 
-import logging
 from typing import List, Tuple
 
 import torch
@@ -263,7 +263,7 @@ class AttentionDownsample(nn.Module):
         """(1, seq_len, C) -> (1, seq_len // ds, C)."""
         ds, c = self.downsample, self.channels
         src = src.reshape(1, seq_len // ds, ds, c)
-        weights = (src * self.query).sum(dim=-1, keepdim=True).softmax(dim=2)  # (1, T', ds, 1)
+        weights = (src * self.query.reshape(1, 1, 1, c)).sum(dim=-1, keepdim=True).softmax(dim=2)  # (1, T', ds, 1)
         return (src * weights).sum(dim=2)
 
 

@@ -1,0 +1,94 @@
+"""Model flags and model construction for the demo ConvEmformer (conv_emformer_transducer_stateless2).
+
+Like icefall's file of the same name, this is what ``export-for-ncnn.py``
+imports: ``add_model_arguments`` (icefall's flag names, defaults and help),
+``get_params`` and ``get_transducer_model``. As in icefall, the decoder and
+joiner dims are fixed in ``get_params`` (icefall: 512/512; the demo: 32/32).
+"""
+from __future__ import annotations
+
+import argparse
+
+from emformer2 import Emformer
+from icefall.transducer import Decoder, Joiner, Transducer
+from icefall.utils import AttributeDict, get_env_info
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder-dim", type=int, default=512, help="Attention dim for the Emformer")
+    parser.add_argument("--nhead", type=int, default=8, help="Number of attention heads for the Emformer")
+    parser.add_argument("--dim-feedforward", type=int, default=2048,
+                        help="Feed-forward dimension for the Emformer")
+    parser.add_argument("--num-encoder-layers", type=int, default=12,
+                        help="Number of encoder layers for the Emformer")
+    parser.add_argument("--cnn-module-kernel", type=int, default=31,
+                        help="Kernel size for the convolution module.")
+    parser.add_argument("--left-context-length", type=int, default=32,
+                        help="""Number of frames before subsampling for left context
+        in the Emformer.""")
+    parser.add_argument("--chunk-length", type=int, default=32,
+                        help="""Number of frames before subsampling for each chunk
+        in the Emformer.""")
+    parser.add_argument("--right-context-length", type=int, default=8,
+                        help="""Number of frames before subsampling for right context
+        in the Emformer.""")
+    parser.add_argument("--memory-size", type=int, default=0,
+                        help="Number of entries in the memory for the Emformer.")
+
+
+def get_params() -> AttributeDict:
+    """Fixed settings, as in icefall's get_params (no flags for these)."""
+    return AttributeDict({
+        "best_train_loss": float("inf"),
+        "best_valid_loss": float("inf"),
+        "best_train_epoch": -1,
+        "best_valid_epoch": -1,
+        "batch_idx_train": 0,
+        "log_interval": 50,
+        "reset_interval": 200,
+        "valid_interval": 3000,
+        # parameters for conformer
+        "feature_dim": 80,
+        "subsampling_factor": 4,
+        # parameters for decoder and joiner (icefall: 512 and 512)
+        "decoder_dim": 32,
+        "joiner_dim": 32,
+        # parameters for Noam
+        "model_warm_step": 3000,
+        "env_info": get_env_info(),
+        # parameters for ncnn
+        "is_pnnx": True,
+    })
+
+
+def get_encoder_model(params: AttributeDict) -> Emformer:
+    return Emformer(
+        num_features=params.feature_dim,
+        chunk_length=params.chunk_length,
+        subsampling_factor=params.subsampling_factor,
+        d_model=params.encoder_dim,
+        nhead=params.nhead,
+        dim_feedforward=params.dim_feedforward,
+        num_encoder_layers=params.num_encoder_layers,
+        cnn_module_kernel=params.cnn_module_kernel,
+        left_context_length=params.left_context_length,
+        right_context_length=params.right_context_length,
+        memory_size=params.memory_size,
+        is_pnnx=params.is_pnnx,
+    )
+
+
+def get_decoder_model(params: AttributeDict) -> Decoder:
+    # pruned_transducer_stateless2's decoder: depthwise conv (groups = decoder_dim)
+    return Decoder(vocab_size=params.vocab_size, decoder_dim=params.decoder_dim, blank_id=params.blank_id,
+                   context_size=params.context_size, conv_groups=params.decoder_dim)
+
+
+def get_joiner_model(params: AttributeDict) -> Joiner:
+    return Joiner(encoder_dim=params.encoder_dim, decoder_dim=params.decoder_dim, joiner_dim=params.joiner_dim,
+                  vocab_size=params.vocab_size)
+
+
+def get_transducer_model(params: AttributeDict) -> Transducer:
+    return Transducer(encoder=get_encoder_model(params), decoder=get_decoder_model(params),
+                      joiner=get_joiner_model(params))

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""(Re)create the demo's binary assets deterministically: checkpoints, bpe.model/tokens.txt, wavs.
+
+    python assets/demo/make_demo_assets.py            # everything under assets/demo/{models,test_wavs}
+    python assets/demo/make_demo_assets.py checkpoint --arch zipformer --tokens T --out F -- FLAGS...
+
+The second form writes a ``{"model": state_dict}`` checkpoint for other model
+flags (the tests use it to export variants of the demo). Models are built by
+the demo recipes' own code (``get_params``/``get_transducer_model``), with
+random weights from a fixed seed, so the same flags give the same bytes.
+Needs torch, numpy and sentencepiece (the project's .venv has them).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import random
+import sys
+import wave
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parent
+ICEFALL = DEMO / "icefall"
+ASR = ICEFALL / "egs" / "librispeech" / "ASR"
+
+# arch -> (recipe directory, the recipe module that has add_model_arguments/get_params/get_transducer_model)
+RECIPES = {
+    "zipformer": ("pruned_transducer_stateless7_streaming", "do_not_use_it_directly"),
+    "conv-emformer": ("conv_emformer_transducer_stateless2", "do_not_use_it_directly"),
+    "lstm": ("lstm_transducer_stateless2", "train"),
+}
+RECIPE_LOCAL_MODULES = ("do_not_use_it_directly", "zipformer_for_ncnn_export_only", "emformer2", "train", "lstm")
+
+# The demo's model flags (icefall syntax), written to models/<arch>/flags.txt. Small on purpose: an
+# export + pnnx + decode of one recipe takes seconds, and every checkpoint is well under 1 MB.
+DEMO_FLAGS = {
+    "zipformer": ["--num-encoder-layers", "2,2,2", "--feedforward-dims", "64,64,64", "--nhead", "2,2,2",
+                  "--encoder-dims", "32,32,32", "--attention-dims", "16,16,16",
+                  "--encoder-unmasked-dims", "16,16,16", "--zipformer-downsampling-factors", "1,2,4",
+                  "--cnn-module-kernels", "7,7,7", "--decoder-dim", "32", "--joiner-dim", "32",
+                  "--decode-chunk-len", "32", "--num-left-chunks", "4"],
+    "conv-emformer": ["--num-encoder-layers", "2", "--encoder-dim", "32", "--nhead", "2",
+                      "--dim-feedforward", "64", "--cnn-module-kernel", "7", "--left-context-length", "32",
+                      "--chunk-length", "32", "--right-context-length", "8", "--memory-size", "4"],
+    "lstm": ["--num-encoder-layers", "2", "--encoder-dim", "32", "--rnn-hidden-size", "48"],
+}
+SEED = 20260521
+VOCAB_SIZE = 64
+SAMPLE_RATE = 16000
+
+WORDS = """the a an and of to in is it that he she we they you was for on are with as his her at by this
+had not but from or have one all were there when what your can said each which do how their if will up
+about out many then them these so some would make like into time has look two more write go see number
+no way could people my than first water been call who oil its now find long down day did get come made
+may part sound speech model stream chunk voice board phone small quick test word hello world seven eight
+nine ten zero left right memory context frame token blank audio signal noise tone light night early late
+""".split()
+
+
+# -- text, bpe.model, tokens.txt ------------------------------------------------------------------------
+
+def corpus(lines: int = 3000, seed: int = SEED) -> list[str]:
+    """Synthetic upper-case English sentences (icefall's LibriSpeech BPE models are upper case)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).upper() for _ in range(lines)]
+
+
+def train_bpe(lang_dir: Path, vocab_size: int = VOCAB_SIZE) -> None:
+    """bpe.model with icefall's special pieces (0 <blk>, 1 <sos/eos>, 2 <unk>) and the matching tokens.txt."""
+    import sentencepiece as spm
+
+    lang_dir.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        character_coverage=1.0, user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1,
+        normalization_rule_name="identity", num_threads=1, minloglevel=2)
+    (lang_dir / "bpe.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    assert pieces[:3] == ["<blk>", "<sos/eos>", "<unk>"], pieces[:3]
+    (lang_dir / "tokens.txt").write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def recipe_module(arch: str):
+    """Import the recipe's model module the way export-for-ncnn.py sees it (recipe dir first on sys.path)."""
+    recipe, module = RECIPES[arch]
+    saved = list(sys.path)
+    sys.path[:0] = [str(ASR / recipe), str(ICEFALL)]
+    try:
+        yield importlib.import_module(module)
+    finally:
+        sys.path[:] = saved
+        for name in RECIPE_LOCAL_MODULES:
+            sys.modules.pop(name, None)
+
+
+def build_model(arch: str, flags: list[str], tokens: Path, seed: int = SEED):
+    """The transducer the recipe's export builds for these flags, with seeded random weights."""
+    import torch
+
+    with recipe_module(arch) as mod:
+        from icefall.utils import SymbolTable, num_tokens
+
+        parser = argparse.ArgumentParser(prog=f"{arch} model flags")
+        mod.add_model_arguments(parser)
+        parser.add_argument("--context-size", type=int, default=2)
+        params = mod.get_params()
+        params.update(vars(parser.parse_args(flags)))
+        table = SymbolTable.from_file(tokens)
+        params.blank_id = table["<blk>"]
+        params.vocab_size = num_tokens(table) + 1
+        torch.manual_seed(seed)
+        if arch == "lstm":
+            return mod.get_transducer_model(params, enable_giga=False)
+        return mod.get_transducer_model(params)
+
+
+def make_checkpoint(arch: str, flags: list[str], tokens: Path, out: Path, seed: int = SEED) -> Path:
+    """Write ``{"model": state_dict}`` (what icefall's export.py writes as pretrained.pt)."""
+    import torch
+
+    model = build_model(arch, flags, tokens, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"model": state}, out)
+    return out
+
+
+# -- wavs ----------------------------------------------------------------------------------------------
+
+def _write_wav(path: Path, samples) -> None:
+    import numpy as np
+
+    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def make_wavs(out_dir: Path) -> list[Path]:
+    """Three short 16 kHz mono 16-bit signals: a chirp, a tone sequence, and noise bursts."""
+    import numpy as np
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    sr = SAMPLE_RATE
+
+    t = np.arange(int(1.5 * sr)) / sr  # linear chirp 200 -> 3000 Hz with fade in/out
+    phase = 2 * np.pi * (200 * t + (3000 - 200) / (2 * t[-1]) * t ** 2)
+    chirp = 0.3 * np.sin(phase) * np.minimum(1, np.minimum(t, t[-1] - t) / 0.05)
+
+    tones = []  # 8 tones of 0.25 s, two partials each, with short ramps
+    for f in (440, 660, 550, 880, 330, 990, 495, 770):
+        tt = np.arange(int(0.25 * sr)) / sr
+        env = np.minimum(1, np.minimum(tt, tt[-1] - tt) / 0.02)
+        tones.append(0.2 * env * (np.sin(2 * np.pi * f * tt) + 0.5 * np.sin(2 * np.pi * 2.5 * f * tt)))
+    tones = np.concatenate(tones)
+
+    noise = np.zeros(int(1.0 * sr))  # 4 bursts of smoothed noise
+    for start in (0.05, 0.3, 0.55, 0.8):
+        n = int(0.15 * sr)
+        burst = np.convolve(rng.standard_normal(n), np.ones(8) / 8, mode="same") * np.hanning(n)
+        i = int(start * sr)
+        noise[i:i + n] += 0.5 * burst
+
+    paths = []
+    for name, sig in (("0-chirp.wav", chirp), ("1-tones.wav", tones), ("2-noise.wav", noise)):
+        _write_wav(out_dir / name, sig)
+        paths.append(out_dir / name)
+    return paths
+
+
+# -- main -----------------------------------------------------------------------------------------------
+
+def make_all() -> None:
+    for arch, flags in DEMO_FLAGS.items():
+        root = DEMO / "models" / arch
+        lang = root / "data" / "lang_bpe_500"
+        train_bpe(lang)
+        make_checkpoint(arch, flags, lang / "tokens.txt", root / "exp" / "pretrained.pt")
+        (root / "flags.txt").write_text(" ".join(flags) + "\n")
+        print(f"{arch}: {root.relative_to(DEMO)}")
+    for p in make_wavs(DEMO / "test_wavs"):
+        print(f"wav: {p.relative_to(DEMO)}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("all", help="recreate every demo asset (the default)")
+    ck = sub.add_parser("checkpoint", help="write a checkpoint for other model flags (given after --)")
+    ck.add_argument("--arch", required=True, choices=sorted(RECIPES))
+    ck.add_argument("--tokens", required=True, type=Path)
+    ck.add_argument("--out", required=True, type=Path)
+    ck.add_argument("--seed", type=int, default=SEED)
+    ck.add_argument("flags", nargs=argparse.REMAINDER, help="the recipe's model flags, after --")
+    args = parser.parse_args(argv)
+    if args.command == "checkpoint":
+        flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+        print(make_checkpoint(args.arch, flags, args.tokens, args.out, args.seed))
+    else:
+        make_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
