@@ -38,6 +38,7 @@ def cli(capsys):
     from tui.cli import main
 
     def run(*args: str):
+        capsys.readouterr()  # drop whatever the test printed before
         try:
             code = main([str(a) for a in args])
         except SystemExit as exc:  # argparse errors

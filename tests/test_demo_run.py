@@ -1,0 +1,138 @@
+"""The whole pipeline on the bundled demos: real export, real pnnx, real sherpa-ncnn decoding."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from core.config import load_config
+from core.demo import DEMO_ROOT, demo_config, demo_recipe
+from core.metadata import read_metadata
+from core.ncnn_param import load_param
+
+pytestmark = pytest.mark.slow
+
+ARCHS = ("zipformer", "conv-emformer", "lstm")
+
+
+def meta_line_from_cli(cli_json, param, arch, flags):
+    code, r = cli_json("meta", param, "--arch", arch, *flags)
+    assert code == 0, r["errors"]
+    return r["line"]
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """Run each demo once through the CLI (in-process), into a path with spaces."""
+    from tui.cli import main
+    runs = {}
+    for arch in ARCHS:
+        out = tmp_path_factory.mktemp("runs") / f"demo {arch}"
+        code = main(["run", "--demo", arch, "--out", str(out)])
+        runs[arch] = (code, out)
+    return runs
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_demo_run_produces_a_validated_sherpa_ncnn_model(demo_runs, cli_json, arch):
+    code, out = demo_runs[arch]
+    assert code == 0
+    for net in ("encoder", "decoder", "joiner"):
+        for ext in ("param", "bin"):
+            assert (out / f"{net}_jit_trace-pnnx.ncnn.{ext}").stat().st_size > 0
+    encoder = out / "encoder_jit_trace-pnnx.ncnn.param"
+    flags = demo_recipe(arch).flags
+    # the line in the produced file is exactly what `meta` previews for the demo's flags
+    raw = out / "work" / "pnnx" / "encoder_jit_trace-pnnx.ncnn.param"
+    expected = meta_line_from_cli(cli_json, raw, arch, flags)
+    model = load_param(encoder).model
+    assert model.ok and model.lines[2].rstrip("\n") == expected
+    assert read_metadata(model)[0] == {"zipformer": 2, "conv-emformer": 1, "lstm": 3}[arch]
+    code, doctor = cli_json("doctor", out)
+    assert code == 0 and doctor["healthy"], doctor["findings"]
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["ok"]
+    assert {r["net"] for r in validation["numeric"]} == {"encoder", "decoder", "joiner"}
+    assert all(r["ok"] for r in validation["numeric"])
+    decoded = validation["decode"]
+    assert decoded["ok"] and len(decoded["results"]) == len(demo_recipe(arch).test_wavs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and manifest["arch"] == arch
+    assert manifest["tools"]["pnnx"]["version"] == "20260526"
+    assert [s["status"] for s in manifest["steps"]] == ["ok"] * len(manifest["steps"])
+    assert manifest["summary"]["sizes"][0]["model"] == "checkpoint"
+    assert (out / "export.sh").read_text().startswith("#!/usr/bin/env bash")
+    assert load_config(out / "wizard.toml").arch == arch
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    assert logs[0] == "01-prepare.log" and any(name.endswith("-export.log") for name in logs)
+    assert "Exporting encoder" in next((out / "logs").glob("*-export.log")).read_text()
+    assert (out / "tokens.txt").read_text().startswith("<blk> 0\n")
+    # the user's (here: the demo's) checkpoint directory was only read
+    assert sorted(p.name for p in demo_recipe(arch).checkpoint.parent.iterdir()) == ["pretrained.pt"]
+
+
+def test_resume_of_a_finished_demo_run_skips_everything(demo_runs, capsys):
+    from tui.cli import main
+    code, out = demo_runs["lstm"]
+    capsys.readouterr()
+    assert main(["run", "--demo", "lstm", "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped (unchanged)") == 9
+
+
+def test_changed_hyperparameters_give_a_different_correct_model(tmp_path, cli_json):
+    """A 2-stack Zipformer with a shorter chunk, from a copy of the recipe under a path with spaces."""
+    icefall = tmp_path / "my icefall copy"
+    shutil.copytree(DEMO_ROOT / "icefall", icefall)
+    config = demo_config("zipformer")
+    flags = {"num-encoder-layers": "2,2", "feedforward-dims": "64,64", "nhead": "2,2", "encoder-dims": "32,32",
+             "attention-dims": "16,16", "encoder-unmasked-dims": "16,16", "zipformer-downsampling-factors": "1,2",
+             "cnn-module-kernels": "7,7", "decoder-dim": "32", "joiner-dim": "32", "decode-chunk-len": "16",
+             "num-left-chunks": "4"}
+    config.hyperparameters = flags
+    argv_flags = [x for k, v in flags.items() for x in ("--" + k, v)]
+    ckpt = tmp_path / "my model" / "pretrained.pt"
+    ckpt.parent.mkdir()
+    subprocess.run([sys.executable, str(DEMO_ROOT / "make_demo_assets.py"), "checkpoint", "--arch", "zipformer",
+                    "--tokens", str(demo_recipe("zipformer").tokens), "--out", str(ckpt), "--", *argv_flags],
+                   check=True, capture_output=True)
+    config.files.recipe = str(icefall / "egs/librispeech/ASR/pruned_transducer_stateless7_streaming")
+    config.files.icefall_root = str(icefall)
+    config.files.checkpoint = str(ckpt)
+    config.output.dir = str(tmp_path / "out dir")
+    cfg = tmp_path / "wizard.toml"
+    config.save(cfg)
+    from tui.cli import main
+    assert main(["run", "--config", str(cfg)]) == 0
+    out = tmp_path / "out dir"
+    line = load_param(out / "encoder_jit_trace-pnnx.ncnn.param").model.lines[2].rstrip("\n")
+    assert "1=16" in line and "-23316=2,2,2" in line and "-23319=2,1,2" in line
+    assert line == meta_line_from_cli(cli_json, out / "work/pnnx/encoder_jit_trace-pnnx.ncnn.param", "zipformer",
+                                      argv_flags)
+    assert len(load_param(out / "encoder_jit_trace-pnnx.ncnn.param").model.input_names) == 15
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["ok"] and validation["decode"]["ok"]
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    from tui.cli import main
+    out = tmp_path / "never"
+    script = tmp_path / "plan.sh"
+    assert main(["run", "--demo", "conv-emformer", "--out", str(out), "--dry-run", "--script", str(script)]) == 0
+    printed = capsys.readouterr().out
+    assert "export-for-ncnn.py" in printed and "ncnnparam=" in printed and "--memory-size 4" in printed
+    assert not out.exists()
+    assert script.read_text().startswith("#!/usr/bin/env bash") and script.stat().st_mode & 0o100
+
+
+def test_int8_is_refused_with_a_clear_message(tmp_path, capsys):
+    from tui.cli import main
+    assert main(["run", "--demo", "lstm", "--out", str(tmp_path / "o"), "--int8"]) == 2
+    assert "int8 is not available yet" in capsys.readouterr().err
+
+
+def test_validate_command_on_a_finished_run(demo_runs, cli_json):
+    code, out = demo_runs["conv-emformer"]
+    code, report = cli_json("validate", out, "--wav", str(demo_recipe("lstm").test_wavs[0]))
+    assert code == 0 and report["ok"] and len(report["decode"]["results"]) == 1
