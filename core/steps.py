@@ -102,6 +102,8 @@ def make_finalize_encoder(layout, spec, resolved) -> Step:
             raise StepError(failed_runtime[0].message,
                             hint="this pnnx left layers that sherpa-ncnn's runtime lacks; see sherpa-ncnn-wizard "
                                  "doctor for each layer")
+        checks = layout.work / "metadata-checks.json"
+        atomic_write_bytes(checks, json.dumps(plan.as_dict(), indent=2).encode())
         ctx.log(f"SherpaMetaData: {metadata.line}")
         ctx.log(f"header: {plan.header_before} -> {plan.header_after}")
         atomic_write_bytes(final_param, plan.new_bytes)
@@ -162,7 +164,9 @@ def make_summary(layout, checkpoint: Path | None) -> Step:
         if vfile.exists():
             validation = json.loads(vfile.read_text())
         files = sorted(str(p.relative_to(layout.out)) for p in layout.out.iterdir() if p.is_file())
-        summary = {"sizes": rows, "validation": validation, "files": files}
+        checks_file = layout.work / "metadata-checks.json"
+        metadata_checks = json.loads(checks_file.read_text()) if checks_file.exists() else None
+        summary = {"sizes": rows, "metadata": metadata_checks, "validation": validation, "files": files}
         atomic_write_bytes(out, json.dumps(summary, indent=2).encode())
 
     return Step("summary", "Summary: sizes and results", func=run,

@@ -136,3 +136,29 @@ def test_validate_command_on_a_finished_run(demo_runs, cli_json):
     code, out = demo_runs["conv-emformer"]
     code, report = cli_json("validate", out, "--wav", str(demo_recipe("lstm").test_wavs[0]))
     assert code == 0 and report["ok"] and len(report["decode"]["results"]) == 1
+
+
+def test_manifest_records_the_metadata_checks(demo_runs):
+    code, out = demo_runs["zipformer"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    meta = manifest["summary"]["metadata"]
+    assert meta["action"] == "insert" and {c["name"] for c in meta["checks"]} == {"inputs", "outputs",
+                                                                                 "runtime-layers"}
+    assert all(c["ok"] for c in meta["checks"])
+
+
+def test_validate_explains_a_model_without_metadata(demo_runs, tmp_path, cli_json):
+    code, out = demo_runs["lstm"]
+    broken = tmp_path / "broken model"
+    broken.mkdir()
+    for f in out.iterdir():
+        if f.is_file():
+            shutil.copy(f, broken / f.name)
+    param = broken / "encoder_jit_trace-pnnx.ncnn.param"
+    lines = param.read_text().splitlines(keepends=True)
+    n_layers, n_blobs = lines[1].split()
+    param.write_text(lines[0] + f"{int(n_layers) - 1} {n_blobs}\n" + "".join(lines[3:]))
+    code, report = cli_json("validate", broken, "--traced-dir", str(out / "work" / "exp"), "--arch", "lstm")
+    assert code == 1 and report["ok"] is False
+    error = report["decode"]["error"]
+    assert "segmentation fault while loading the model" in error and "SherpaMetaData" in error

@@ -272,3 +272,39 @@ def test_cancel_during_a_long_export_leaves_finished_steps(fake, monkeypatch):
     assert f["export"].status == "cancelled" and f["tokens"].status == "ok"
     assert (planned.out_dir / "tokens.txt").exists()
     assert (planned.out_dir / "manifest.json").exists()
+
+
+def test_ctrl_c_in_the_cli_cancels_and_exits_130(fake, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    from conftest import REPO
+    cfg = tmp_path / "wizard.toml"
+    fake.save(cfg)
+    env = dict(os.environ, FAKE_MODE="sleep")
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "run", "--config", str(cfg)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Export with icefall" in line:
+            break
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # wait until the export process exists
+        if subprocess.run(["pgrep", "-f", "my icefall/egs"], capture_output=True).stdout:
+            break
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert time.monotonic() - t0 < 5
+    assert "cancelled" in rest
+    assert subprocess.run(["pgrep", "-f", "my icefall/egs"], capture_output=True).stdout == b""
+
+
+def test_word_error_rate():
+    from core.validate import word_error_rate
+    assert word_error_rate("a b c d", "a b c d") == 0.0
+    assert word_error_rate("a b c d", "a x c") == 0.5
+    assert word_error_rate("", "") == 0.0
