@@ -1,118 +1,80 @@
-"""icefall.checkpoint, reduced to the loading and averaging ``export-for-ncnn.py`` does.
+"""Checkpoint loading and averaging for the demo export scripts.
 
-Same semantics as icefall: ``load_checkpoint`` loads ``["model"]`` with
-strict=False (missing or unexpected keys are ignored, shape mismatches still
-raise), the averaging helpers load strictly through the caller and need the
-``model_avg``/``average_period``/``batch_idx_train`` entries that training
-checkpoints carry and a lone ``pretrained.pt`` lacks.
+Semantics follow icefall's export path (so the wizard meets the same
+behaviour): a single ``epoch-N.pt`` is loaded with strict=False (missing and
+unexpected keys are ignored, shape mismatches still raise); averages of
+several checkpoints are loaded strictly by the caller; the "averaged model"
+mode needs the ``model_avg``, ``average_period`` and ``batch_idx_train``
+entries that training checkpoints have and a lone pretrained.pt lacks.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)\.pt$")
 
 
-def load_checkpoint(filename: Path, model: nn.Module, model_avg: nn.Module | None = None,
-                    strict: bool = False) -> Dict[str, Any]:
-    """Load ``filename["model"]`` into ``model`` (strict=False by default, as in icefall)."""
-    logging.info(f"Loading checkpoint from {filename}")
-    checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+def _read(path) -> dict:
+    # These are the user's own training files; icefall reads them the same way.
+    return torch.load(path, map_location="cpu", weights_only=False)
 
-    if next(iter(checkpoint["model"])).startswith("module."):
+
+def _unwrap(state: dict) -> dict:
+    if any(k.startswith("module.") for k in state):
         logging.info("Loading checkpoint saved by DDP")
-        dst_state_dict = model.state_dict()
-        src_state_dict = checkpoint["model"]
-        for key in dst_state_dict.keys():
-            src_key = "{}.{}".format("module", key)
-            dst_state_dict[key] = src_state_dict.pop(src_key)
-        assert len(src_state_dict) == 0
-        model.load_state_dict(dst_state_dict, strict=strict)
-    else:
-        model.load_state_dict(checkpoint["model"], strict=strict)
+        return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state
 
-    checkpoint.pop("model")
-    if model_avg is not None and "model_avg" in checkpoint:
-        logging.info("Loading averaged model")
-        model_avg.load_state_dict(checkpoint["model_avg"], strict=strict)
-        checkpoint.pop("model_avg")
+
+def load_checkpoint(filename, model: nn.Module, strict: bool = False) -> dict:
+    """Load ``filename["model"]`` into ``model``; returns the rest of the checkpoint."""
+    logging.info(f"Loading checkpoint from {filename}")
+    checkpoint = _read(filename)
+    model.load_state_dict(_unwrap(checkpoint.pop("model")), strict=strict)
     return checkpoint
 
 
-def average_checkpoints(filenames: List[Path], device: torch.device = torch.device("cpu")) -> dict:
-    """The plain mean of the ``["model"]`` state dicts of ``filenames``."""
-    n = len(filenames)
-    avg = torch.load(filenames[0], map_location=device, weights_only=False)["model"]
-    uniqued: Dict[int, str] = {}
-    for k, v in avg.items():
-        if v.data_ptr() not in uniqued:
-            uniqued[v.data_ptr()] = k
-    names = list(uniqued.values())
-    for i in range(1, n):
-        state_dict = torch.load(filenames[i], map_location=device, weights_only=False)["model"]
-        for k in names:
-            avg[k] += state_dict[k]
-    for k in names:
-        if avg[k].is_floating_point():
-            avg[k] /= n
+def average_checkpoints(filenames) -> dict:
+    """Element-wise mean of the ``model`` state dicts (integer buffers use floor division)."""
+    total = None
+    for name in filenames:
+        state = _unwrap(_read(name)["model"])
+        if total is None:
+            total = {k: v.clone() for k, v in state.items()}
         else:
-            avg[k] //= n
-    return avg
+            for k in total:
+                total[k] += state[k]
+    n = len(filenames)
+    return {k: v / n if v.is_floating_point() else v // n for k, v in total.items()}
 
 
-def find_checkpoints(out_dir: Path, iteration: int = 0) -> List[str]:
-    """``checkpoint-N.pt`` files, newest first; iteration < 0 keeps N <= -iteration, > 0 keeps N >= it."""
-    checkpoints = list(glob.glob(f"{out_dir}/checkpoint-[0-9]*.pt"))
-    pattern = re.compile(r"checkpoint-([0-9]+).pt")
-    iter_checkpoints = []
-    for c in checkpoints:
-        result = pattern.search(c)
-        if not result:
-            logging.warning(f"Invalid checkpoint filename {c}")
-            continue
-        iter_checkpoints.append((int(result.group(1)), c))
-    iter_checkpoints = sorted(iter_checkpoints, reverse=True, key=lambda x: x[0])
-    if iteration >= 0:
-        return [ic[1] for ic in iter_checkpoints if ic[0] >= iteration]
-    return [ic[1] for ic in iter_checkpoints if ic[0] <= -iteration]
+def find_checkpoints(exp_dir, up_to_iteration: int) -> list[str]:
+    """``checkpoint-K.pt`` files in ``exp_dir`` with K <= up_to_iteration, newest first."""
+    found = []
+    for path in Path(exp_dir).glob("checkpoint-*.pt"):
+        m = _CHECKPOINT_NAME.search(path.name)
+        if m and int(m.group(1)) <= up_to_iteration:
+            found.append((int(m.group(1)), str(path)))
+    return [p for _, p in sorted(found, reverse=True)]
 
 
-def average_checkpoints_with_averaged_model(filename_start: str, filename_end: str,
-                                            device: torch.device = torch.device("cpu")) -> Dict[str, Tensor]:
-    """The running-average model between two training checkpoints (start excluded), as icefall computes it."""
-    state_dict_start = torch.load(filename_start, map_location=device, weights_only=False)
-    state_dict_end = torch.load(filename_end, map_location=device, weights_only=False)
+def average_between(start_file, end_file) -> dict:
+    """The running-average model accumulated between two training checkpoints (start excluded).
 
-    average_period = state_dict_start["average_period"]
-    batch_idx_train_start = (state_dict_start["batch_idx_train"] // average_period) * average_period
-    batch_idx_train_end = (state_dict_end["batch_idx_train"] // average_period) * average_period
-    interval = batch_idx_train_end - batch_idx_train_start
-    assert interval > 0, interval
-    weight_end = batch_idx_train_end / interval
-    weight_start = 1 - weight_end
-
-    avg = state_dict_end["model_avg"]
-    model_start = state_dict_start["model_avg"]
-    average_state_dict(avg, model_start, weight_1=1.0, weight_2=weight_start / weight_end,
-                       scaling_factor=weight_end)
-    return avg
-
-
-def average_state_dict(state_dict_1: Dict[str, Tensor], state_dict_2: Dict[str, Tensor], weight_1: float,
-                       weight_2: float, scaling_factor: float = 1.0) -> None:
-    """In place: state_dict_1 = (state_dict_1 * weight_1 + state_dict_2 * weight_2) * scaling_factor."""
-    uniqued: Dict[int, str] = {}
-    for k, v in state_dict_1.items():
-        if v.data_ptr() not in uniqued:
-            uniqued[v.data_ptr()] = k
-    for k in uniqued.values():
-        v = state_dict_1[k]
-        if torch.is_floating_point(v):
-            v *= weight_1
-            v += state_dict_2[k].to(device=v.device) * weight_2
-            v *= scaling_factor
+    Training keeps ``model_avg`` as an average over all batches so far; the
+    average over (start, end] is therefore (e * avg_end - s * avg_start) / (e - s),
+    with s and e the batch counts rounded down to the averaging period.
+    """
+    start, end = _read(start_file), _read(end_file)
+    period = start["average_period"]
+    s = start["batch_idx_train"] // period * period
+    e = end["batch_idx_train"] // period * period
+    if e <= s:
+        raise ValueError(f"{end_file} is not later than {start_file}")
+    avg_start, avg_end = start["model_avg"], end["model_avg"]
+    return {k: (v * e - avg_start[k] * s) / (e - s) if v.is_floating_point() else v for k, v in avg_end.items()}

@@ -1,45 +1,20 @@
 #!/usr/bin/env python3
+"""Export the demo ConvEmformer to the three TorchScript files pnnx converts.
+
+Stand-in for icefall's conv_emformer_transducer_stateless2/export-for-ncnn.py:
+the same flags and defaults (--tokens is required there too, and --exp-dir's
+default names another recipe, as in icefall), checkpoint selection, log lines
+and outputs. The model is a miniature with random weights (emformer2.py).
+
+    ./conv_emformer_transducer_stateless2/export-for-ncnn.py --tokens data/lang_bpe_500/tokens.txt \\
+        --exp-dir exp --epoch 99 --avg 1 --use-averaged-model 0 --num-encoder-layers 2 --encoder-dim 32 \\
+        --nhead 2 --dim-feedforward 64 --cnn-module-kernel 7 --left-context-length 32 --chunk-length 32 \\
+        --right-context-length 8 --memory-size 4
+
+The traced encoder takes its 4 x num_layers states as separate tensors
+(forward(x, *states) -> (encoder_out, *new_states)); the ncnn blobs are
+icefall's: in0 features, then per layer memory, left key, left value, conv cache.
 """
-Export the demo ConvEmformer to the three TorchScript files pnnx converts.
-
-This is the sherpa-ncnn-wizard stand-in for icefall's
-egs/librispeech/ASR/conv_emformer_transducer_stateless2/export-for-ncnn.py:
-same flags and defaults, same checkpoint loading, same log lines, same outputs
-(encoder_jit_trace-pnnx.pt, decoder_jit_trace-pnnx.pt, joiner_jit_trace-pnnx.pt
-in --exp-dir). The model is a miniature with random weights; see emformer2.py.
-
-Usage (from egs/librispeech/ASR, with the icefall root on PYTHONPATH):
-
-cd exp && ln -s pretrained.pt epoch-99.pt && cd ..
-
-./conv_emformer_transducer_stateless2/export-for-ncnn.py \\
-  --exp-dir exp \\
-  --tokens data/lang_bpe_500/tokens.txt \\
-  --epoch 99 \\
-  --avg 1 \\
-  --use-averaged-model 0 \\
-  --num-encoder-layers 2 \\
-  --encoder-dim 32 \\
-  --nhead 2 \\
-  --dim-feedforward 64 \\
-  --chunk-length 32 \\
-  --cnn-module-kernel 7 \\
-  --left-context-length 32 \\
-  --right-context-length 8 \\
-  --memory-size 4
-
-cd exp
-pnnx encoder_jit_trace-pnnx.pt
-pnnx decoder_jit_trace-pnnx.pt
-pnnx joiner_jit_trace-pnnx.pt
-
-One difference from icefall: the traced encoder takes its 4 x num_layers states
-as separate tensors, forward(x, *states) -> (encoder_out, *new_states), not as
-one list; pnnx 20260526 mis-infers shapes when a traced module takes a list.
-The ncnn blobs are the same: in0 = features, then per layer memory, left key,
-left value and conv cache (in1..in{4L}); out0..out{4L} in the same order.
-"""
-
 import argparse
 import logging
 from pathlib import Path
@@ -47,307 +22,34 @@ from pathlib import Path
 import torch
 from do_not_use_it_directly import add_model_arguments, get_params, get_transducer_model
 
-from icefall.checkpoint import (
-    average_checkpoints,
-    average_checkpoints_with_averaged_model,
-    find_checkpoints,
-    load_checkpoint,
-)
-from icefall.utils import SymbolTable, num_tokens, setup_logger, str2bool
-
-
-def get_parser():
-    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-
-    parser.add_argument(
-        "--epoch",
-        type=int,
-        default=28,
-        help="""It specifies the checkpoint to use for averaging.
-        Note: Epoch counts from 0.
-        You can specify --avg to use more checkpoints for model averaging.""",
-    )
-
-    parser.add_argument(
-        "--iter",
-        type=int,
-        default=0,
-        help="""If positive, --epoch is ignored and it
-        will use the checkpoint exp_dir/checkpoint-iter.pt.
-        You can specify --avg to use more checkpoints for model averaging.
-        """,
-    )
-
-    parser.add_argument(
-        "--avg",
-        type=int,
-        default=15,
-        help="Number of checkpoints to average. Automatically select "
-        "consecutive checkpoints before the checkpoint specified by "
-        "'--epoch' and '--iter'",
-    )
-
-    parser.add_argument(
-        "--exp-dir",
-        type=str,
-        default="pruned_transducer_stateless2/exp",
-        help="""It specifies the directory where all training related
-        files, e.g., checkpoints, log, etc, are saved
-        """,
-    )
-
-    parser.add_argument(
-        "--tokens",
-        type=str,
-        required=True,
-        help="Path to the tokens.txt.",
-    )
-
-    parser.add_argument(
-        "--context-size",
-        type=int,
-        default=2,
-        help="The context size in the decoder. 1 means bigram; 2 means tri-gram",
-    )
-
-    parser.add_argument(
-        "--use-averaged-model",
-        type=str2bool,
-        default=True,
-        help="Whether to load averaged model. Currently it only supports "
-        "using --epoch. If True, it would decode with the averaged model "
-        "over the epoch range from `epoch-avg` (excluded) to `epoch`."
-        "Actually only the models with epoch number of `epoch-avg` and "
-        "`epoch` are loaded for averaging. ",
-    )
-
-    add_model_arguments(parser)
-
-    return parser
+from icefall.ncnn_export import add_export_arguments, run_export
 
 
 class StreamingEncoder(torch.nn.Module):
-    """The traced signature: forward(x, *states) -> (encoder_out, *new_states)."""
-
     def __init__(self, encoder: torch.nn.Module):
         super().__init__()
         self.encoder = encoder
 
     def forward(self, x, *states):
-        encoder_out, new_states = self.encoder(x, list(states))
-        return (encoder_out, *new_states)
+        out, new_states = self.encoder(x, list(states))  # Emformer.forward is the streaming step
+        return (out, *new_states)
 
 
-def export_encoder_model_jit_trace(
-    encoder_model: torch.nn.Module,
-    encoder_filename: str,
-) -> None:
-    """Export the given encoder model with torch.jit.trace()
-
-    Args:
-      encoder_model:
-        The input encoder model
-      encoder_filename:
-        The filename to save the exported model.
-    """
-    chunk_length = encoder_model.chunk_length  # before subsampling
-    right_context_length = encoder_model.right_context_length  # before subsampling
-    pad_length = right_context_length + 2 * 4 + 3
-    s = f"chunk_length: {chunk_length}, "
-    s += f"right_context_length: {right_context_length}\n"
-    logging.info(s)
-
-    T = chunk_length + pad_length
-
-    x = torch.zeros(1, T, 80, dtype=torch.float32)
-    states = encoder_model.init_states()
-
-    traced_model = torch.jit.trace(StreamingEncoder(encoder_model).eval(), (x, *states))
-    traced_model.save(encoder_filename)
-    logging.info(f"Saved to {encoder_filename}")
+def trace_encoder(encoder: torch.nn.Module, path: Path) -> None:
+    chunk, right = encoder.chunk_length, encoder.right_context_length  # frames before subsampling
+    logging.info(f"chunk_length: {chunk}, right_context_length: {right}\n")
+    frames = chunk + right + 2 * 4 + 3  # what sherpa-ncnn feeds per chunk
+    x = torch.zeros(1, frames, 80)
+    torch.jit.trace(StreamingEncoder(encoder).eval(), (x, *encoder.init_states())).save(str(path))
+    logging.info(f"Saved to {path}")
 
 
-def export_decoder_model_jit_trace(
-    decoder_model: torch.nn.Module,
-    decoder_filename: str,
-) -> None:
-    """Export the given decoder model with torch.jit.trace()
-
-    Note: The argument need_pad is fixed to False.
-
-    Args:
-      decoder_model:
-        The input decoder model
-      decoder_filename:
-        The filename to save the exported model.
-    """
-    y = torch.zeros(10, decoder_model.context_size, dtype=torch.int64)
-    need_pad = torch.tensor([False])
-
-    traced_model = torch.jit.trace(decoder_model, (y, need_pad))
-    traced_model.save(decoder_filename)
-    logging.info(f"Saved to {decoder_filename}")
-
-
-def export_joiner_model_jit_trace(
-    joiner_model: torch.nn.Module,
-    joiner_filename: str,
-) -> None:
-    """Export the given joiner model with torch.jit.trace()
-
-    Note: The argument project_input is fixed to True. A user should not
-    project the encoder_out/decoder_out by himself/herself. The exported joiner
-    will do that for the user.
-
-    Args:
-      joiner_model:
-        The input joiner model
-      joiner_filename:
-        The filename to save the exported model.
-
-    """
-    encoder_out_dim = joiner_model.encoder_proj.weight.shape[1]
-    decoder_out_dim = joiner_model.decoder_proj.weight.shape[1]
-    encoder_out = torch.rand(1, encoder_out_dim, dtype=torch.float32)
-    decoder_out = torch.rand(1, decoder_out_dim, dtype=torch.float32)
-
-    traced_model = torch.jit.trace(joiner_model, (encoder_out, decoder_out))
-    traced_model.save(joiner_filename)
-    logging.info(f"Saved to {joiner_filename}")
-
-
-@torch.no_grad()
-def main():
-    args = get_parser().parse_args()
-    args.exp_dir = Path(args.exp_dir)
-
-    params = get_params()
-    params.update(vars(args))
-
-    device = torch.device("cpu")
-
-    setup_logger(f"{params.exp_dir}/log-export/log-export-ncnn")
-
-    logging.info(f"device: {device}")
-
-    # Load tokens.txt here
-    token_table = SymbolTable.from_file(params.tokens)
-
-    # Load id of the <blk> token and the vocab size
-    params.blank_id = token_table["<blk>"]
-    params.vocab_size = num_tokens(token_table) + 1  # +1 for <blk>
-
-    logging.info(params)
-
-    logging.info("About to create model")
-    model = get_transducer_model(params)
-
-    if not params.use_averaged_model:
-        if params.iter > 0:
-            filenames = find_checkpoints(params.exp_dir, iteration=-params.iter)[
-                : params.avg
-            ]
-            if len(filenames) == 0:
-                raise ValueError(
-                    f"No checkpoints found for"
-                    f" --iter {params.iter}, --avg {params.avg}"
-                )
-            elif len(filenames) < params.avg:
-                raise ValueError(
-                    f"Not enough checkpoints ({len(filenames)}) found for"
-                    f" --iter {params.iter}, --avg {params.avg}"
-                )
-            logging.info(f"averaging {filenames}")
-            model.to(device)
-            model.load_state_dict(average_checkpoints(filenames, device=device))
-        elif params.avg == 1:
-            load_checkpoint(f"{params.exp_dir}/epoch-{params.epoch}.pt", model)
-        else:
-            start = params.epoch - params.avg + 1
-            filenames = []
-            for i in range(start, params.epoch + 1):
-                if i >= 1:
-                    filenames.append(f"{params.exp_dir}/epoch-{i}.pt")
-            logging.info(f"averaging {filenames}")
-            model.to(device)
-            model.load_state_dict(average_checkpoints(filenames, device=device))
-    else:
-        if params.iter > 0:
-            filenames = find_checkpoints(params.exp_dir, iteration=-params.iter)[
-                : params.avg + 1
-            ]
-            if len(filenames) == 0:
-                raise ValueError(
-                    f"No checkpoints found for"
-                    f" --iter {params.iter}, --avg {params.avg}"
-                )
-            elif len(filenames) < params.avg + 1:
-                raise ValueError(
-                    f"Not enough checkpoints ({len(filenames)}) found for"
-                    f" --iter {params.iter}, --avg {params.avg}"
-                )
-            filename_start = filenames[-1]
-            filename_end = filenames[0]
-            logging.info(
-                "Calculating the averaged model over iteration checkpoints"
-                f" from {filename_start} (excluded) to {filename_end}"
-            )
-            model.to(device)
-            model.load_state_dict(
-                average_checkpoints_with_averaged_model(
-                    filename_start=filename_start,
-                    filename_end=filename_end,
-                    device=device,
-                )
-            )
-        else:
-            assert params.avg > 0, params.avg
-            start = params.epoch - params.avg
-            assert start >= 1, start
-            filename_start = f"{params.exp_dir}/epoch-{start}.pt"
-            filename_end = f"{params.exp_dir}/epoch-{params.epoch}.pt"
-            logging.info(
-                f"Calculating the averaged model over epoch range from "
-                f"{start} (excluded) to {params.epoch}"
-            )
-            model.to(device)
-            model.load_state_dict(
-                average_checkpoints_with_averaged_model(
-                    filename_start=filename_start,
-                    filename_end=filename_end,
-                    device=device,
-                )
-            )
-
-    model.to("cpu")
-    model.eval()
-
-    encoder_num_param = sum([p.numel() for p in model.encoder.parameters()])
-    decoder_num_param = sum([p.numel() for p in model.decoder.parameters()])
-    joiner_num_param = sum([p.numel() for p in model.joiner.parameters()])
-    total_num_param = encoder_num_param + decoder_num_param + joiner_num_param
-    logging.info(f"encoder parameters: {encoder_num_param}")
-    logging.info(f"decoder parameters: {decoder_num_param}")
-    logging.info(f"joiner parameters: {joiner_num_param}")
-    logging.info(f"total parameters: {total_num_param}")
-
-    logging.info("Using torch.jit.trace()")
-
-    logging.info("Exporting encoder")
-    encoder_filename = params.exp_dir / "encoder_jit_trace-pnnx.pt"
-    export_encoder_model_jit_trace(model.encoder, encoder_filename)
-
-    logging.info("Exporting decoder")
-    decoder_filename = params.exp_dir / "decoder_jit_trace-pnnx.pt"
-    export_decoder_model_jit_trace(model.decoder, decoder_filename)
-
-    logging.info("Exporting joiner")
-    joiner_filename = params.exp_dir / "joiner_jit_trace-pnnx.pt"
-    export_joiner_model_jit_trace(model.joiner, joiner_filename)
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_export_arguments(parser, exp_dir="pruned_transducer_stateless2/exp", tokens_required=True)
+    add_model_arguments(parser)
+    return parser
 
 
 if __name__ == "__main__":
-    formatter = "%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s"
-
-    logging.basicConfig(format=formatter, level=logging.INFO)
-    main()
+    run_export(get_parser(), get_params, get_transducer_model, trace_encoder)
