@@ -60,6 +60,13 @@ class AttributeDict(dict):
         return json.dumps(plain, indent=2, sort_keys=True)
 
 
+def training_bookkeeping() -> dict:
+    """The training-loop entries every recipe's params carry (logged with the params, unused by the export)."""
+    return {"best_train_loss": float("inf"), "best_valid_loss": float("inf"), "best_train_epoch": -1,
+            "best_valid_epoch": -1, "batch_idx_train": 0, "log_interval": 50, "reset_interval": 200,
+            "valid_interval": 3000}
+
+
 def get_env_info() -> dict:
     """What the demo can say about its environment (real icefall adds k2/lhotse/git details)."""
     return {"icefall-path": str(Path(__file__).resolve().parents[1]), "k2-version": None,

@@ -11,7 +11,7 @@ import argparse
 
 from emformer2 import Emformer
 from icefall.transducer import Decoder, Joiner, Transducer
-from icefall.utils import AttributeDict, get_env_info
+from icefall.utils import AttributeDict, get_env_info, training_bookkeeping
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,14 +39,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def get_params() -> AttributeDict:
     """Fixed settings, as in icefall's get_params (no flags for these)."""
     return AttributeDict({
-        "best_train_loss": float("inf"),
-        "best_valid_loss": float("inf"),
-        "best_train_epoch": -1,
-        "best_valid_epoch": -1,
-        "batch_idx_train": 0,
-        "log_interval": 50,
-        "reset_interval": 200,
-        "valid_interval": 3000,
+        **training_bookkeeping(),
         # parameters for conformer
         "feature_dim": 80,
         "subsampling_factor": 4,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from icefall.transducer import Decoder, Joiner, Transducer
-from icefall.utils import AttributeDict, get_env_info
+from icefall.utils import AttributeDict, get_env_info, training_bookkeeping
 from zipformer_for_ncnn_export_only import Zipformer
 
 
@@ -54,14 +54,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def get_params() -> AttributeDict:
     """Fixed settings, as in icefall's get_params (no flags for these)."""
     return AttributeDict({
-        "best_train_loss": float("inf"),
-        "best_valid_loss": float("inf"),
-        "best_train_epoch": -1,
-        "best_valid_epoch": -1,
-        "batch_idx_train": 0,
-        "log_interval": 50,
-        "reset_interval": 200,
-        "valid_interval": 3000,
+        **training_bookkeeping(),
         "feature_dim": 80,
         "subsampling_factor": 4,
         "warm_step": 2000,
