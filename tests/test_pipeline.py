@@ -298,7 +298,7 @@ def test_ctrl_c_in_the_cli_cancels_and_exits_130(fake, tmp_path, monkeypatch):
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=20)[0]
     assert proc.returncode == 130, "".join(lines) + rest
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 3  # the issue asks for the process group gone within 2 s; 1 s slack for load
     assert "cancelled" in rest
     assert subprocess.run(["pgrep", "-f", "my icefall/egs"], capture_output=True).stdout == b""
 
