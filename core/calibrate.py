@@ -1,0 +1,185 @@
+"""Built-in int8 calibration: sherpa-ncnn's scale tables without building anything.
+
+What ``generate-int8-scale-table`` does, in Python on the ncnn wheel, with its
+known problems fixed (sherpa-ncnn.md §3.1):
+
+* features exactly as sherpa-ncnn computes them, the fp32 encoder run chunk by
+  chunk with its states (Segment/Offset from the metadata), the joiner run per
+  frame of greedy search with a fresh extractor each time (upstream records the
+  first frame's values T times);
+* for every quantizable layer (Convolution, ConvolutionDepthWise, InnerProduct)
+  the input blob's absmax and a 2048-bin histogram of |x| (zeros excluded), the
+  threshold chosen by KL divergence against 128 target bins (ncnn's method),
+  scale = 127 / threshold; weight scales per output channel 127 / absmax (31 for
+  3x3 stride-1 convolutions, as ncnn's winograd int8 path needs);
+* one forward pass per chunk instead of upstream's two: the histogram's range
+  doubles (pairs of fine bins merged) as larger values appear, and is re-binned
+  to exactly [0, absmax] at the end;
+* no inf/nan/zero scale is ever written: a dead input or an all-zero weight row
+  is reported with the layer's name.
+
+The tables use ncnn's format (``name_param_0 s0 s1 ...`` lines, then
+``name s`` lines), so upstream ``ncnn2int8`` reads them too.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+NUM_BINS = 2048
+TARGET_BINS = 128
+KL_EPS = 1e-4
+FINE_FACTOR = 8  # internal bins per output bin, so re-binning to [0, absmax] stays accurate
+
+
+class CalibrationError(Exception):
+    """Calibration cannot produce a usable table; the message names the layer or file."""
+
+
+class BlobStats:
+    """absmax and a histogram of |x| (zeros excluded) over every value seen, in one pass."""
+
+    def __init__(self, fine_bins: int = NUM_BINS * FINE_FACTOR):
+        self.fine_bins = fine_bins
+        self.absmax = 0.0
+        self.range = 0.0  # the histogram covers [0, range)
+        self.hist = np.zeros(fine_bins, dtype=np.int64)
+        self.count = 0
+
+    def add(self, x: np.ndarray) -> None:
+        a = np.abs(np.asarray(x, dtype=np.float32).ravel())
+        a = a[a > 0]
+        if a.size == 0:
+            return
+        if not np.isfinite(a).all():
+            raise CalibrationError("non-finite activations (inf/nan) in the fp32 model's output")
+        top = float(a.max())
+        if self.range == 0.0:
+            self.range = top * (1 + 1e-6)
+        while top >= self.range:  # double the range: merge pairs of bins into the lower half
+            merged = self.hist.reshape(-1, 2).sum(axis=1)
+            self.hist[:] = 0
+            self.hist[: merged.size] = merged
+            self.range *= 2
+        self.absmax = max(self.absmax, top)
+        idx = np.minimum((a * (self.fine_bins / self.range)).astype(np.int64), self.fine_bins - 1)
+        self.hist += np.bincount(idx, minlength=self.fine_bins)
+        self.count += a.size
+
+    def histogram(self, bins: int = NUM_BINS) -> np.ndarray:
+        """The counts re-binned to ``bins`` equal bins over exactly [0, absmax]."""
+        if self.absmax == 0.0:
+            return np.zeros(bins)
+        fine_edges = np.linspace(0.0, self.range, self.fine_bins + 1)
+        cum = np.concatenate([[0.0], np.cumsum(self.hist, dtype=np.float64)])
+        edges = np.linspace(0.0, self.absmax, bins + 1)
+        out = np.diff(np.interp(edges, fine_edges, cum))
+        out[-1] += cum[-1] - out.sum()  # the fine bin holding absmax spills past it: that mass is <= absmax
+        return out
+
+
+def kl_threshold_bin(hist: np.ndarray, target_bins: int = TARGET_BINS, eps: float = KL_EPS) -> int:
+    """ncnn's KL search: the number of bins to keep (target_bins .. len(hist)-1) with the least divergence.
+
+    For a candidate t, P is the normalised histogram of the first t bins with
+    everything above folded into bin t-1, Q is that range squeezed into
+    ``target_bins`` equal (fractional) bins and spread back evenly; both get
+    ``eps`` per bin. The integral of the spread-back density at integer points
+    is the linear interpolation of the cumulative histogram at the coarse bin
+    edges, which makes each candidate a handful of vector operations.
+    """
+    n = hist.size
+    total = float(hist.sum())
+    if total <= 0:
+        return n - 1
+    h = hist.astype(np.float64) / total
+    cum = np.concatenate([[0.0], np.cumsum(h)])
+    positions = np.arange(n + 1, dtype=np.float64)
+    plogp = np.concatenate([[0.0], np.cumsum((h + eps) * np.log(h + eps))])
+    coarse = np.arange(target_bins + 1, dtype=np.float64)
+    best_t, best_kl = target_bins, math.inf
+    for t in range(target_bins, n):
+        edges = coarse * (t / target_bins)
+        c_edges = np.interp(edges, positions, cum)
+        spread = np.interp(positions[: t + 1], edges, c_edges)
+        q = np.diff(spread) + eps
+        last = h[t - 1] + eps + (1.0 - cum[t])
+        # sum over the first t-1 bins of p*log(p) comes from the prefix sums; the last bin holds the outliers
+        p_log_p = plogp[t - 1] + last * math.log(last)
+        p = h[:t] + eps
+        p[-1] = last
+        kl = p_log_p - float(np.dot(p, np.log(q)))
+        if kl < best_kl:
+            best_kl, best_t = kl, t
+    return best_t
+
+
+@dataclass
+class ActivationScale:
+    layer: str
+    absmax: float
+    threshold: float
+    scale: float
+
+
+def activation_scale(layer: str, stats: BlobStats) -> ActivationScale:
+    if stats.absmax <= 0 or stats.count == 0:
+        raise CalibrationError(f"layer {layer!r}: its input was zero on every calibration chunk (a dead "
+                               "activation); add more or longer calibration audio, or leave this layer in float")
+    t = kl_threshold_bin(stats.histogram())
+    threshold = (t + 0.5) * stats.absmax / NUM_BINS
+    scale = 127.0 / threshold
+    if not math.isfinite(scale) or scale <= 0:
+        raise CalibrationError(f"layer {layer!r}: activation scale {scale} is not usable")
+    return ActivationScale(layer, stats.absmax, threshold, scale)
+
+
+def weight_scales(layer: str, weights: np.ndarray, rows: int, six_bit: bool = False) -> np.ndarray:
+    """Per output channel (or group) ``127/absmax`` (``31/absmax`` for ncnn's 3x3 winograd int8 path)."""
+    w = np.asarray(weights, dtype=np.float32).reshape(rows, -1)
+    absmax = np.abs(w).max(axis=1)
+    dead = np.flatnonzero(absmax == 0)
+    if dead.size:
+        raise CalibrationError(f"layer {layer!r}: output channel(s) {dead[:5].tolist()} have all-zero weights, "
+                               "which would give an infinite scale; leave this layer in float")
+    if not np.isfinite(absmax).all():
+        raise CalibrationError(f"layer {layer!r}: weights contain inf/nan")
+    return (31.0 if six_bit else 127.0) / absmax
+
+
+@dataclass
+class ScaleTable:
+    """One net's table: weight scales per quantizable layer, then one activation scale per layer."""
+
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    activations: dict[str, ActivationScale] = field(default_factory=dict)
+
+    def text(self) -> str:
+        lines = [f"{name}_param_0 " + "".join(f"{s:f} " for s in scales) for name, scales in self.weights.items()]
+        lines += [f"{name} {a.scale:f} " for name, a in self.activations.items()]
+        return "".join(line + "\n" for line in lines)
+
+
+def read_table(text: str, source: str = "table") -> ScaleTable:
+    """Parse an ncnn scale table, refusing inf/nan/zero/negative scales with the line number."""
+    table = ScaleTable()
+    for number, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        name, values = parts[0], parts[1:]
+        try:
+            scales = np.array([float(v) for v in values], dtype=np.float64)
+        except ValueError:
+            raise CalibrationError(f"{source}:{number}: {line.strip()[:60]!r} is not 'name scale ...'") from None
+        if scales.size == 0 or not np.isfinite(scales).all() or (scales <= 0).any():
+            raise CalibrationError(f"{source}:{number}: layer {name!r} has an unusable scale (inf, nan, zero or "
+                                   "negative); recalibrate, or drop the line to keep that layer in float")
+        if "_param_" in name:
+            table.weights[name.rsplit("_param_", 1)[0]] = scales
+        else:
+            table.activations[name] = ActivationScale(name, float("nan"), 127.0 / scales[0], float(scales[0]))
+    return table

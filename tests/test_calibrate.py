@@ -1,0 +1,116 @@
+"""Calibration maths: the KL threshold search, one-pass histograms, weight scales, the table format."""
+import math
+
+import numpy as np
+import pytest
+
+from core.calibrate import (BlobStats, CalibrationError, ScaleTable, activation_scale, kl_threshold_bin,
+                            read_table, weight_scales)
+
+
+def reference_kl_bin(hist, target, eps=1e-4):
+    """ncnn's search written out plainly: fractional bin overlaps, loop by loop."""
+    h = hist / hist.sum()
+    n = len(h)
+
+    def mass(a, b):  # histogram mass over [a, b), linear inside a bin
+        total = 0.0
+        for k in range(int(math.floor(a)), int(math.ceil(b))):
+            lo, hi = max(a, k), min(b, k + 1)
+            if hi > lo:
+                total += h[k] * (hi - lo)
+        return total
+
+    best_t, best = target, math.inf
+    for t in range(target, n):
+        p = [h[k] + eps for k in range(t)]
+        p[-1] += sum(h[t:])
+        width = t / target
+        density = [mass(j * width, (j + 1) * width) / width for j in range(target)]
+        q = []
+        for k in range(t):
+            v = eps
+            for j in range(target):
+                lo, hi = max(k, j * width), min(k + 1, (j + 1) * width)
+                if hi > lo:
+                    v += density[j] * (hi - lo)
+            q.append(v)
+        kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+        if kl < best:
+            best, best_t = kl, t
+    return best_t
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kl_search_matches_the_plain_algorithm(seed):
+    rng = np.random.default_rng(seed)
+    values = np.abs(rng.standard_normal(5000) * rng.uniform(0.2, 3)) ** rng.uniform(0.5, 2)
+    hist, _ = np.histogram(values, bins=96, range=(0, values.max()))
+    assert kl_threshold_bin(hist.astype(float), target_bins=16) == reference_kl_bin(hist.astype(float), 16)
+
+
+def test_one_pass_histogram_matches_a_two_pass_one():
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal(4000) * s for s in (0.1, 0.5, 3.0, 1.0, 7.0)]  # the range grows twice or more
+    stats = BlobStats()
+    for b in batches:
+        stats.add(b)
+    everything = np.abs(np.concatenate(batches))
+    assert stats.absmax == pytest.approx(everything.max())
+    exact, _ = np.histogram(everything, bins=2048, range=(0, everything.max()))
+    approx = stats.histogram()
+    assert approx.sum() == pytest.approx(exact.sum())
+    # re-binning moves mass by less than one output bin: compare at 64-bin resolution
+    assert np.abs(approx.reshape(64, -1).sum(1) - exact.reshape(64, -1).sum(1)).sum() / exact.sum() < 0.01
+
+
+def test_zeros_are_excluded_and_dead_inputs_refused():
+    stats = BlobStats()
+    stats.add(np.zeros(100))
+    with pytest.raises(CalibrationError, match="'linear_3'.*zero on every calibration chunk"):
+        activation_scale("linear_3", stats)
+    stats.add(np.array([0.0, 0.5, -1.0]))
+    assert stats.count == 2
+
+
+def test_non_finite_activations_are_refused():
+    with pytest.raises(CalibrationError, match="inf/nan"):
+        BlobStats().add(np.array([1.0, np.inf]))
+
+
+def test_activation_scale_is_127_over_the_threshold():
+    rng = np.random.default_rng(1)
+    stats = BlobStats()
+    stats.add(rng.standard_normal(100_000))
+    a = activation_scale("x", stats)
+    assert 0 < a.threshold <= a.absmax
+    assert a.scale == pytest.approx(127 / a.threshold)
+
+
+def test_weight_scales_per_output_channel():
+    w = np.array([[0.5, -1.0], [2.0, 0.1], [-0.25, 0.0]])
+    assert weight_scales("l", w, 3) == pytest.approx([127.0, 63.5, 508.0])
+    assert weight_scales("l", w, 3, six_bit=True) == pytest.approx([31.0, 15.5, 124.0])
+    with pytest.raises(CalibrationError, match=r"'conv_1'.*channel\(s\) \[1\]"):
+        weight_scales("conv_1", np.array([[1.0, 2.0], [0.0, 0.0]]), 2)
+
+
+def test_table_text_is_ncnns_format_and_reads_back():
+    t = ScaleTable()
+    t.weights["linear_1"] = np.array([1.5, 2.0])
+    stats = BlobStats()
+    stats.add(np.linspace(-2, 2, 1000))
+    t.activations["linear_1"] = activation_scale("linear_1", stats)
+    text = t.text()
+    lines = text.splitlines()
+    assert lines[0] == "linear_1_param_0 1.500000 2.000000 "
+    assert lines[1].startswith("linear_1 ") and lines[1].endswith(" ")
+    back = read_table(text)
+    assert back.weights["linear_1"] == pytest.approx([1.5, 2.0])
+    assert back.activations["linear_1"].scale == pytest.approx(t.activations["linear_1"].scale, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["inf", "nan", "0", "-3", "x"])
+def test_unusable_table_lines_are_refused_with_their_line(bad):
+    with pytest.raises(CalibrationError, match=r"encoder-scale-table.txt:2"):
+        read_table(f"linear_1_param_0 1.0 \nlinear_1 {bad} \n", "encoder-scale-table.txt")
