@@ -1,0 +1,95 @@
+"""Built-in calibration on a real (demo) model: streaming encoder, greedy joiner, tables, bad inputs."""
+import shutil
+import struct
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+
+from core.calibrate import CalibrationError, read_table
+from core.calibration_run import ModelFiles, calibrate, check_wavs
+from core.demo import demo_recipe
+from core.ncnn_param import load_param
+from core.tools import wheel_pnnx
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fp32_model(tmp_path_factory):
+    """The LSTM demo exported by the pipeline, with encoder and joiner re-converted with fp16=0."""
+    from tui.cli import main
+    run = tmp_path_factory.mktemp("run") / "out"
+    assert main(["run", "--demo", "lstm", "--out", str(run)]) == 0
+    d = tmp_path_factory.mktemp("fp32")
+    pnnx, _ = wheel_pnnx()
+    for net in ("encoder", "joiner"):
+        stem = d / net
+        subprocess.run([str(pnnx), str(run / "work/exp" / f"{net}_jit_trace-pnnx.pt"),
+                        f"pnnxparam={stem}.pnnx.param", f"pnnxbin={stem}.pnnx.bin", f"pnnxpy={stem}_pnnx.py",
+                        f"pnnxonnx={stem}.pnnx.onnx", f"ncnnparam={stem}.raw.param",
+                        f"ncnnbin={d}/{net}_jit_trace-pnnx.ncnn.bin", f"ncnnpy={stem}_ncnn.py", "fp16=0"],
+                       check=True, capture_output=True)
+        shutil.copy(run / f"{net}_jit_trace-pnnx.ncnn.param", d / f"{net}_jit_trace-pnnx.ncnn.param")
+    for ext in ("param", "bin"):
+        shutil.copy(run / f"decoder_jit_trace-pnnx.ncnn.{ext}", d / f"decoder_jit_trace-pnnx.ncnn.{ext}")
+    return ModelFiles(*(d / f"{n}_jit_trace-pnnx.ncnn.{e}" for n in ("encoder", "decoder", "joiner")
+                        for e in ("param", "bin")))
+
+
+def write_wav(path, seconds, rate=16000):
+    n = int(seconds * rate)
+    samples = (np.sin(np.arange(n) * 0.05) * 8000).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+def test_tables_cover_every_quantizable_layer(fp32_model):
+    progress = []
+    result = calibrate(fp32_model, demo_recipe("lstm").test_wavs, on_progress=lambda i, n, s: progress.append((i, n, s)))
+    enc_layers = {l.name for l in load_param(fp32_model.encoder_param).model.layers
+                  if l.type in ("Convolution", "ConvolutionDepthWise", "InnerProduct")}
+    join_layers = {l.name for l in load_param(fp32_model.joiner_param).model.layers if l.type == "InnerProduct"}
+    assert set(result.encoder.weights) == set(result.encoder.activations) == enc_layers
+    assert set(result.joiner.weights) == set(result.joiner.activations) == join_layers
+    assert result.files == 3 and result.chunks > 0 and result.frames >= result.chunks
+    for table in (result.encoder, result.joiner):
+        back = read_table(table.text())  # refuses inf/nan/zero
+        assert set(back.activations) == set(table.activations)
+    assert [p[0] for p in progress] == [0, 1, 2, 3] and progress[0][2].startswith("Processing ")
+
+
+def test_bad_audio_is_reported_by_name_before_the_run(tmp_path, fp32_model):
+    short = write_wav(tmp_path / "short.wav", 0.05)
+    slow = write_wav(tmp_path / "eight-k.wav", 1.0, rate=8000)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....WAVEjunk")
+    good = write_wav(tmp_path / "good.wav", 1.0)
+    check = check_wavs([short, slow, broken, good], segment_frames=9)
+    assert check.usable == [good]
+    text = " ".join(check.problems)
+    assert "short.wav: 0.05 s is shorter than one chunk" in text
+    assert "eight-k.wav: 8000 Hz" in text and "broken.wav" in text
+    result = calibrate(fp32_model, [short, good])
+    assert result.files == 1 and any("short.wav" in s for s in result.skipped)
+
+
+def test_no_usable_audio_is_an_error(fp32_model, tmp_path):
+    with pytest.raises(CalibrationError, match="no usable calibration audio: the list is empty"):
+        calibrate(fp32_model, [])
+    with pytest.raises(CalibrationError, match="unreadable.wav"):
+        calibrate(fp32_model, [tmp_path / "unreadable.wav"])
+
+
+def test_a_param_without_metadata_is_refused(fp32_model, tmp_path):
+    param = tmp_path / "encoder.param"
+    model = load_param(fp32_model.encoder_param).model
+    param.write_bytes(model.with_line_removed(3).with_header(model.layer_count - 1, model.blob_count).to_bytes())
+    files = ModelFiles(param, *list(vars(fp32_model).values())[1:])
+    with pytest.raises(CalibrationError, match="no SherpaMetaData"):
+        calibrate(files, demo_recipe("lstm").test_wavs)
