@@ -34,6 +34,7 @@ def fp32_model(tmp_path_factory):
         shutil.copy(run / f"{net}_jit_trace-pnnx.ncnn.param", d / f"{net}_jit_trace-pnnx.ncnn.param")
     for ext in ("param", "bin"):
         shutil.copy(run / f"decoder_jit_trace-pnnx.ncnn.{ext}", d / f"decoder_jit_trace-pnnx.ncnn.{ext}")
+    shutil.copy(run / "tokens.txt", d / "tokens.txt")
     return ModelFiles(*(d / f"{n}_jit_trace-pnnx.ncnn.{e}" for n in ("encoder", "decoder", "joiner")
                         for e in ("param", "bin")))
 
@@ -93,3 +94,71 @@ def test_a_param_without_metadata_is_refused(fp32_model, tmp_path):
     files = ModelFiles(param, *list(vars(fp32_model).values())[1:])
     with pytest.raises(CalibrationError, match="no SherpaMetaData"):
         calibrate(files, demo_recipe("lstm").test_wavs)
+
+
+@pytest.fixture(scope="module")
+def int8_model(fp32_model, tmp_path_factory):
+    from core.quantize import quantize
+    result = calibrate(fp32_model, demo_recipe("lstm").test_wavs)
+    d = fp32_model.encoder_param.parent
+    reports = {}
+    for net, table in (("encoder", result.encoder), ("joiner", result.joiner)):
+        reports[net] = quantize(d / f"{net}_jit_trace-pnnx.ncnn.param", d / f"{net}_jit_trace-pnnx.ncnn.bin", table,
+                                d / f"{net}_jit_trace-pnnx.ncnn.int8.param", d / f"{net}_jit_trace-pnnx.ncnn.int8.bin")
+    return d, result, reports
+
+
+def test_quantized_weights_shrink_about_four_times(int8_model):
+    d, result, reports = int8_model
+    for net, rep in reports.items():
+        assert rep.quantized and set(rep.quantized) == set(getattr(result, net).activations)
+        assert rep.weight_bytes_after < rep.weight_bytes_before / 3.5
+        param = (d / f"{net}_jit_trace-pnnx.ncnn.int8.param").read_text()
+        assert all(f" 8=2" in line for line in param.splitlines() if line.split()[1:2] and line.split()[1] in rep.quantized)
+
+
+def test_every_other_layers_bytes_are_unchanged(int8_model):
+    from core.quantize import read_layout
+    d, result, reports = int8_model
+    for net in ("encoder", "joiner"):
+        old = (d / f"{net}_jit_trace-pnnx.ncnn.bin").read_bytes()
+        new = (d / f"{net}_jit_trace-pnnx.ncnn.int8.bin").read_bytes()
+        old_regions, old_total = read_layout(d / f"{net}_jit_trace-pnnx.ncnn.param", old)
+        assert old_total == len(old)
+        # cut both files at the quantized layers' regions: what lies between must be byte-identical
+        chosen = sorted((r for r in old_regions.values() if r.name in reports[net].quantized), key=lambda r: r.weight[0])
+        old_rest, pos = [], 0
+        for r in chosen:
+            old_rest.append(old[pos:r.weight[0]])
+            pos = (r.bias or r.weight)[1]
+        old_rest.append(old[pos:])
+        new_pos = 0
+        for i, piece in enumerate(old_rest):
+            assert new[new_pos:new_pos + len(piece)] == piece, f"{net}: bytes before quantized layer {i} moved"
+            new_pos += len(piece)
+            if i < len(chosen):
+                r = chosen[i]
+                n_in = r.weights.size
+                bias = 0 if r.bias is None else r.bias[1] - r.bias[0]
+                new_pos += 4 + n_in + (-n_in % 4) + bias + 4 * r.num_output + 4
+        assert new_pos == len(new)
+
+
+def test_sherpa_ncnn_decodes_the_int8_model(int8_model, tmp_path):
+    from core.validate import decode
+    d, _, _ = int8_model
+    result = decode(d, demo_recipe("lstm").test_wavs, {}, int8=True)
+    assert result.ok, result.error
+    assert result.model == "int8" and len(result.results) == 3
+
+
+def test_a_table_without_weight_scales_is_refused(fp32_model, tmp_path):
+    from core.calibrate import ScaleTable
+    from core.quantize import QuantizeError, quantize
+    result = calibrate(fp32_model, demo_recipe("lstm").test_wavs)
+    table = ScaleTable(dict(result.joiner.weights), dict(result.joiner.activations))
+    del table.weights["linear_2"]
+    out = tmp_path / "j.int8.param"
+    with pytest.raises(QuantizeError, match="'linear_2'.*no 'linear_2_param_0'"):
+        quantize(fp32_model.joiner_param, fp32_model.joiner_bin, table, out, tmp_path / "j.int8.bin")
+    assert not out.exists()
