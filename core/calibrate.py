@@ -69,6 +69,35 @@ class BlobStats:
         self.hist += np.bincount(idx, minlength=self.fine_bins)
         self.count += a.size
 
+    def merge(self, other: "BlobStats") -> None:
+        """Add another file's statistics (ranges may differ: the smaller one is re-binned into the larger)."""
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self.absmax, self.range, self.hist, self.count = other.absmax, other.range, other.hist.copy(), other.count
+            return
+        big, small = (self, other) if self.range >= other.range else (other, self)
+        edges_small = np.linspace(0.0, small.range, small.fine_bins + 1)
+        cum = np.concatenate([[0.0], np.cumsum(small.hist, dtype=np.float64)])
+        edges_big = np.linspace(0.0, big.range, big.fine_bins + 1)
+        moved = np.diff(np.interp(edges_big, edges_small, cum))
+        hist = big.hist + np.rint(moved).astype(np.int64)
+        hist[-1] += small.hist.sum() - np.rint(moved).astype(np.int64).sum()  # keep the count exact
+        self.hist, self.range = hist, big.range
+        self.absmax = max(self.absmax, other.absmax)
+        self.count += other.count
+
+    def to_arrays(self) -> dict:
+        return {"absmax": np.float64(self.absmax), "range": np.float64(self.range), "hist": self.hist,
+                "count": np.int64(self.count)}
+
+    @classmethod
+    def from_arrays(cls, d) -> "BlobStats":
+        stats = cls(len(d["hist"]))
+        stats.absmax, stats.range, stats.count = float(d["absmax"]), float(d["range"]), int(d["count"])
+        stats.hist = np.asarray(d["hist"], dtype=np.int64).copy()
+        return stats
+
     def histogram(self, bins: int = NUM_BINS) -> np.ndarray:
         """The counts re-binned to ``bins`` equal bins over exactly [0, absmax]."""
         if self.absmax == 0.0:

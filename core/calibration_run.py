@@ -195,107 +195,231 @@ def _bottom_names(net, layers) -> dict[str, str]:
     return {layer.name: blobs[layer.bottoms[0]].name for layer in layers if layer.type in QUANTIZABLE}
 
 
-def calibrate(files: ModelFiles, wavs: list[Path],
-              on_progress: Callable[[int, int, str], None] | None = None,
-              cancelled: Callable[[], bool] | None = None, threads: int = 1) -> CalibrationResult:
-    """Stream the calibration audio through the fp32 model and return the encoder and joiner tables."""
-    import ncnn
+@dataclass
+class FileStats:
+    """One file's statistics: what a worker sends back and what the cache keeps."""
 
-    t_start = time.perf_counter()
-    parsed = load_param(files.encoder_param)
-    meta = read_metadata(parsed.model) if parsed.model else None
-    if not meta or meta.get(0) not in BY_MODEL_TYPE:
-        raise CalibrationError(f"{files.encoder_param}: no SherpaMetaData; add it first "
-                               "(sherpa-ncnn-wizard meta ... --apply): calibration needs the chunk sizes")
-    arch = BY_MODEL_TYPE[meta[0]]
-    segment, offset = arch.segment_offset(arch.values_from_metadata(meta))
-    check = check_wavs(wavs, segment)
-    if not check.usable:
-        raise CalibrationError("no usable calibration audio: " + ("; ".join(check.problems) or "the list is empty"))
+    encoder: dict[str, BlobStats]
+    joiner: dict[str, BlobStats]
+    chunks: int
+    frames: int
+    forward: float
 
-    keeper = _Keeper()
-    nets = {}
-    for name, (param, binary) in {"encoder": (files.encoder_param, files.encoder_bin),
-                                  "decoder": (files.decoder_param, files.decoder_bin),
-                                  "joiner": (files.joiner_param, files.joiner_bin)}.items():
-        net = keeper.keep(ncnn.Net())
-        net.opt.num_threads = threads
-        if name == "encoder":
-            _register_meta(net, keeper)
-        if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
-            raise CalibrationError(f"{param}: python ncnn could not load it with {binary}")
-        nets[name] = net
-    enc_bottoms = _bottom_names(nets["encoder"], nets["encoder"].layers())
-    join_bottoms = _bottom_names(nets["joiner"], nets["joiner"].layers())
-    enc_stats = {blob: BlobStats() for blob in set(enc_bottoms.values())}
-    join_stats = {blob: BlobStats() for blob in set(join_bottoms.values())}
-    n_states = len(_initial_states(arch, meta))
-    state_sources = [2, 3] if arch.name == "lstm" else list(range(1, n_states + 1))
-    state_targets = [2, 3] if arch.name == "lstm" else list(range(1, n_states + 1))
+    def to_arrays(self) -> dict:
+        out = {"chunks": np.int64(self.chunks), "frames": np.int64(self.frames), "forward": np.float64(self.forward)}
+        for part, stats in (("encoder", self.encoder), ("joiner", self.joiner)):
+            for blob, st in stats.items():
+                for key, value in st.to_arrays().items():
+                    out[f"{part}|{blob}|{key}"] = value
+        return out
 
-    chunks = frames = 0
-    forward = 0.0
-    total = len(check.usable)
-    for index, wav in enumerate(check.usable):
-        if cancelled and cancelled():
-            raise CalibrationError("cancelled")
-        if on_progress:
-            on_progress(index, total, f"Processing {wav}")
+    @classmethod
+    def from_arrays(cls, d) -> "FileStats":
+        parts: dict[str, dict[str, dict]] = {"encoder": {}, "joiner": {}}
+        for key in d:
+            if key.count("|") == 2:
+                part, blob, field_name = key.split("|")
+                parts[part].setdefault(blob, {})[field_name] = d[key]
+        return cls({b: BlobStats.from_arrays(v) for b, v in parts["encoder"].items()},
+                   {b: BlobStats.from_arrays(v) for b, v in parts["joiner"].items()},
+                   int(d["chunks"]), int(d["frames"]), float(d["forward"]))
+
+
+class _ModelRunner:
+    """The three nets loaded once (per process), able to produce one file's statistics."""
+
+    def __init__(self, files: ModelFiles, threads: int = 1):
+        import ncnn
+
+        parsed = load_param(files.encoder_param)
+        self.meta = read_metadata(parsed.model) if parsed.model else None
+        if not self.meta or self.meta.get(0) not in BY_MODEL_TYPE:
+            raise CalibrationError(f"{files.encoder_param}: no SherpaMetaData; add it first "
+                                   "(sherpa-ncnn-wizard meta ... --apply): calibration needs the chunk sizes")
+        self.arch = BY_MODEL_TYPE[self.meta[0]]
+        self.segment, self.offset = self.arch.segment_offset(self.arch.values_from_metadata(self.meta))
+        self.keeper = _Keeper()
+        self.nets = {}
+        for name, (param, binary) in {"encoder": (files.encoder_param, files.encoder_bin),
+                                      "decoder": (files.decoder_param, files.decoder_bin),
+                                      "joiner": (files.joiner_param, files.joiner_bin)}.items():
+            net = self.keeper.keep(ncnn.Net())
+            net.opt.num_threads = threads
+            if name == "encoder":
+                _register_meta(net, self.keeper)
+            if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
+                raise CalibrationError(f"{param}: python ncnn could not load it with {binary}")
+            self.nets[name] = net
+        self.enc_bottoms = _bottom_names(self.nets["encoder"], self.nets["encoder"].layers())
+        self.join_bottoms = _bottom_names(self.nets["joiner"], self.nets["joiner"].layers())
+        n_states = len(_initial_states(self.arch, self.meta))
+        lstm = self.arch.name == "lstm"
+        self.state_map = [(2, 2), (3, 3)] if lstm else [(k, k) for k in range(1, n_states + 1)]
+
+    def run_file(self, wav: Path) -> FileStats:
+        import ncnn
+
+        enc = {blob: BlobStats() for blob in set(self.enc_bottoms.values())}
+        join = {blob: BlobStats() for blob in set(self.join_bottoms.values())}
         w = read_wav(wav)
         feats = fbank(w.samples, w.sample_rate)
-        states = _initial_states(arch, meta)
+        states = _initial_states(self.arch, self.meta)
         context = [0] * CONTEXT_SIZE
-        decoder_out = _run_decoder(nets["decoder"], context)
+        decoder_out = _run_decoder(self.nets["decoder"], context)
+        chunks = frames = 0
+        forward = 0.0
         processed = 0
-        while processed + segment <= len(feats):
-            chunk = np.ascontiguousarray(feats[processed: processed + segment])
-            processed += offset
+        while processed + self.segment <= len(feats):
+            chunk = np.ascontiguousarray(feats[processed: processed + self.segment])
+            processed += self.offset
             t0 = time.perf_counter()
-            ex = nets["encoder"].create_extractor()
+            ex = self.nets["encoder"].create_extractor()
             ex.set_light_mode(False)
-            keep = [chunk] + states
             ex.input("in0", ncnn.Mat(chunk))
             for k, state in enumerate(states, start=1):
-                ex.input(f"in{k}", ncnn.Mat(state))
+                ex.input(f"in{k}", ncnn.Mat(state))  # states stay referenced until the next chunk
             ret, out0 = ex.extract("out0")
             if ret != 0:
-                raise CalibrationError(f"{files.encoder_param}: the encoder failed on {wav} (extract returned {ret})")
-            encoder_out = np.array(out0).reshape(-1, np.array(out0).shape[-1]).copy()
-            new_states = []
-            for target, source in zip(state_targets, state_sources):
+                raise CalibrationError(f"the encoder failed on {wav} (extract returned {ret})")
+            encoder_out = np.array(out0)
+            encoder_out = encoder_out.reshape(-1, encoder_out.shape[-1]).copy()
+            new_states = list(states)
+            for target, source in self.state_map:
                 _, mat = ex.extract(f"out{source}")
-                new_states.append(np.array(mat).reshape(states[target - 1].shape).astype(np.float32))
-            for blob, stats in enc_stats.items():
+                new_states[target - 1] = np.array(mat).reshape(states[target - 1].shape).astype(np.float32)
+            for blob, stats in enc.items():
                 _, mat = ex.extract(blob)
                 stats.add(np.array(mat))
             forward += time.perf_counter() - t0
-            del keep
-            if arch.name == "lstm":
-                states = [states[0]] + new_states
-            else:
-                states = new_states
+            states = new_states
             chunks += 1
             for frame in encoder_out:
                 frame = np.ascontiguousarray(frame, dtype=np.float32)
                 t0 = time.perf_counter()
-                jex = nets["joiner"].create_extractor()  # fresh per frame: each frame's statistics are its own
+                jex = self.nets["joiner"].create_extractor()  # fresh per frame: each frame's statistics are its own
                 jex.set_light_mode(False)
                 jex.input("in0", ncnn.Mat(frame))
                 jex.input("in1", ncnn.Mat(decoder_out))
                 _, logits = jex.extract("out0")
-                for blob, stats in join_stats.items():
+                for blob, stats in join.items():
                     _, mat = jex.extract(blob)
                     stats.add(np.array(mat))
                 token = int(np.argmax(np.array(logits)))
                 if token not in BLANK_IDS:
                     context = context[1:] + [token]
-                    decoder_out = _run_decoder(nets["decoder"], context)
+                    decoder_out = _run_decoder(self.nets["decoder"], context)
                 forward += time.perf_counter() - t0
                 frames += 1
+        return FileStats(enc, join, chunks, frames, forward)
+
+
+_WORKER: _ModelRunner | None = None
+
+
+def _init_worker(files: ModelFiles) -> None:
+    global _WORKER
+    _WORKER = _ModelRunner(files)
+
+
+def _work(wav: str) -> tuple[str, dict]:
+    return wav, _WORKER.run_file(Path(wav)).to_arrays()
+
+
+def _cache_key(model_key: str, wav: Path) -> str:
+    import hashlib
+    h = hashlib.sha256(model_key.encode())
+    h.update(Path(wav).read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _model_key(files: ModelFiles) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for p in vars(files).values():
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def calibrate(files: ModelFiles, wavs: list[Path],
+              on_progress: Callable[[int, int, str], None] | None = None,
+              cancelled: Callable[[], bool] | None = None, workers: int | None = None,
+              cache_dir: Path | None = None) -> CalibrationResult:
+    """Stream the calibration audio through the fp32 model and return the encoder and joiner tables.
+
+    Files are processed in parallel worker processes (one per core) when there
+    are several; each file's statistics are cached under ``cache_dir`` (keyed
+    by the model's and the file's bytes) so a resumed run skips finished files.
+    """
+    import os
+
+    t_start = time.perf_counter()
+    runner = _ModelRunner(files)
+    check = check_wavs(wavs, runner.segment)
+    if not check.usable:
+        raise CalibrationError("no usable calibration audio: " + ("; ".join(check.problems) or "the list is empty"))
+    total = len(check.usable)
+    model_key = _model_key(files) if cache_dir else ""
+    results: dict[str, FileStats] = {}
+    todo: list[Path] = []
+    for wav in check.usable:
+        cached = Path(cache_dir) / f"{_cache_key(model_key, wav)}.npz" if cache_dir else None
+        if cached is not None and cached.exists():
+            with np.load(cached) as d:
+                results[str(wav)] = FileStats.from_arrays(d)
+        else:
+            todo.append(wav)
+
+    def done(wav: str, stats: FileStats) -> None:
+        results[wav] = stats
+        if cache_dir:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            target = Path(cache_dir) / f"{_cache_key(model_key, Path(wav))}.npz"
+            tmp = target.with_suffix(".tmp.npz")
+            np.savez(tmp, **stats.to_arrays())
+            os.replace(tmp, target)
+        if on_progress:
+            elapsed = time.perf_counter() - t_start
+            finished = len(results)
+            fresh = max(1, finished - (total - len(todo)))
+            eta = elapsed / fresh * (total - finished)
+            on_progress(finished, total, f"Processing {wav} (ETA {eta:.0f} s)")
+
+    if on_progress:
+        on_progress(len(results), total, f"{len(results)} file(s) from the cache" if results else "starting")
+    n_workers = min(workers or os.cpu_count() or 1, len(todo))
+    if n_workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(files,)) as pool:
+            futures = [pool.submit(_work, str(w)) for w in todo]
+            for future in as_completed(futures):
+                if cancelled and cancelled():
+                    pool.shutdown(cancel_futures=True)
+                    raise CalibrationError("cancelled")
+                wav, arrays = future.result()
+                done(wav, FileStats.from_arrays(arrays))
+    else:
+        for wav in todo:
+            if cancelled and cancelled():
+                raise CalibrationError("cancelled")
+            done(str(wav), runner.run_file(wav))
+
+    enc = {blob: BlobStats() for blob in set(runner.enc_bottoms.values())}
+    join = {blob: BlobStats() for blob in set(runner.join_bottoms.values())}
+    chunks = frames = 0
+    forward = 0.0
+    for wav in check.usable:  # merge in file order: the result does not depend on which worker finished first
+        fs = results[str(wav)]
+        for blob, st in fs.encoder.items():
+            enc[blob].merge(st)
+        for blob, st in fs.joiner.items():
+            join[blob].merge(st)
+        chunks, frames, forward = chunks + fs.chunks, frames + fs.frames, forward + fs.forward
     if on_progress:
         on_progress(total, total, "statistics collected; choosing thresholds")
-    enc_table = _table(files.encoder_param, files.encoder_bin, enc_bottoms, enc_stats, encoder=True)
-    join_table = _table(files.joiner_param, files.joiner_bin, join_bottoms, join_stats, encoder=False)
+    enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc, encoder=True)
+    join_table = _table(files.joiner_param, files.joiner_bin, runner.join_bottoms, join, encoder=False)
     return CalibrationResult(enc_table, join_table, total, chunks, frames, time.perf_counter() - t_start, forward,
                              check.problems)
 

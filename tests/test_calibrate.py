@@ -114,3 +114,28 @@ def test_table_text_is_ncnns_format_and_reads_back():
 def test_unusable_table_lines_are_refused_with_their_line(bad):
     with pytest.raises(CalibrationError, match=r"encoder-scale-table.txt:2"):
         read_table(f"linear_1_param_0 1.0 \nlinear_1 {bad} \n", "encoder-scale-table.txt")
+
+
+def test_merging_per_file_statistics_matches_one_pass():
+    rng = np.random.default_rng(3)
+    files = [[rng.standard_normal(3000) * s for s in scales] for scales in ((0.2, 1.0), (5.0,), (0.05, 0.3, 2.0))]
+    one = BlobStats()
+    per_file = []
+    for batches in files:
+        f = BlobStats()
+        for b in batches:
+            one.add(b)
+            f.add(b)
+        per_file.append(f)
+    merged = BlobStats()
+    for f in per_file:
+        merged.merge(BlobStats.from_arrays(f.to_arrays()))
+    assert merged.count == one.count and merged.absmax == one.absmax
+    a, b = merged.histogram(), one.histogram()
+    assert a.sum() == pytest.approx(b.sum())
+    assert np.abs(a.reshape(64, -1).sum(1) - b.reshape(64, -1).sum(1)).sum() / b.sum() < 0.01
+    values = np.abs(np.concatenate([b for batches in files for b in batches]))
+    exact, _ = np.histogram(values[values > 0], bins=2048, range=(0, one.absmax))
+    t_exact = kl_threshold_bin(exact.astype(float))
+    # the KL minimum is flat: both one-pass variants land within 2 % of the two-pass threshold
+    assert abs(kl_threshold_bin(a) - t_exact) <= 41 and abs(kl_threshold_bin(b) - t_exact) <= 41

@@ -62,7 +62,22 @@ def test_tables_cover_every_quantizable_layer(fp32_model):
     for table in (result.encoder, result.joiner):
         back = read_table(table.text())  # refuses inf/nan/zero
         assert set(back.activations) == set(table.activations)
-    assert [p[0] for p in progress] == [0, 1, 2, 3] and progress[0][2].startswith("Processing ")
+    assert [p[0] for p in progress] == [0, 1, 2, 3, 3]
+    assert progress[1][2].startswith("Processing ") and "ETA" in progress[1][2]
+    assert progress[-1][2].startswith("statistics collected")
+
+
+def test_parallel_and_cached_runs_give_the_same_tables(fp32_model, tmp_path):
+    wavs = demo_recipe("lstm").test_wavs
+    serial = calibrate(fp32_model, wavs, workers=1)
+    cache = tmp_path / "cache"
+    parallel = calibrate(fp32_model, wavs, workers=2, cache_dir=cache)
+    assert parallel.encoder.text() == serial.encoder.text() and parallel.joiner.text() == serial.joiner.text()
+    assert len(list(cache.glob("*.npz"))) == 3
+    notes = []
+    again = calibrate(fp32_model, wavs, workers=2, cache_dir=cache, on_progress=lambda i, n, s: notes.append(s))
+    assert notes[0] == "3 file(s) from the cache" and not any(n.startswith("Processing") for n in notes)
+    assert again.encoder.text() == serial.encoder.text()
 
 
 def test_bad_audio_is_reported_by_name_before_the_run(tmp_path, fp32_model):
