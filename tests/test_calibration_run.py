@@ -177,3 +177,15 @@ def test_a_table_without_weight_scales_is_refused(fp32_model, tmp_path):
     with pytest.raises(QuantizeError, match="'linear_2'.*no 'linear_2_param_0'"):
         quantize(fp32_model.joiner_param, fp32_model.joiner_bin, table, out, tmp_path / "j.int8.bin")
     assert not out.exists()
+
+
+def test_int8_outputs_stay_close_to_fp32_on_the_calibration_audio(int8_model, fp32_model):
+    from core.int8_check import compare_int8
+    d, _, _ = int8_model
+    sims = compare_int8(fp32_model, (d / "encoder_jit_trace-pnnx.ncnn.int8.param", d / "encoder_jit_trace-pnnx.ncnn.int8.bin"),
+                        (d / "joiner_jit_trace-pnnx.ncnn.int8.param", d / "joiner_jit_trace-pnnx.ncnn.int8.bin"),
+                        demo_recipe("lstm").test_wavs)
+    assert {s.net for s in sims} == {"encoder", "joiner"}
+    for s in sims:
+        assert s.samples > 0 and s.mean_cosine >= 0.99, s.line()
+        assert s.min_cosine >= 0.95, s.line()
