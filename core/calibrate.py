@@ -40,17 +40,45 @@ class CalibrationError(Exception):
 
 
 class BlobStats:
-    """absmax and a histogram of |x| (zeros excluded) over every value seen, in one pass."""
+    """absmax and a histogram of |x| (zeros excluded) over every value seen, in one pass.
+
+    Values are buffered and enter the histogram in batches, so a small blob per
+    chunk costs a list append rather than several numpy calls.
+    """
+
+    _FLUSH_AT = 1 << 16
 
     def __init__(self, fine_bins: int = NUM_BINS * FINE_FACTOR):
         self.fine_bins = fine_bins
-        self.absmax = 0.0
+        self._absmax = 0.0
         self.range = 0.0  # the histogram covers [0, range)
-        self.hist = np.zeros(fine_bins, dtype=np.int64)
-        self.count = 0
+        self.hist = np.zeros(fine_bins, dtype=np.float64)  # counts; float so merged (re-binned) mass stays exact
+        self._count = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+
+    @property
+    def absmax(self) -> float:
+        self.flush()
+        return self._absmax
+
+    @property
+    def count(self) -> int:
+        self.flush()
+        return self._count
 
     def add(self, x: np.ndarray) -> None:
-        a = np.abs(np.asarray(x, dtype=np.float32).ravel())
+        values = np.asarray(x, dtype=np.float32).ravel()
+        self._pending.append(values)
+        self._pending_size += values.size
+        if self._pending_size >= self._FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        a = np.abs(np.concatenate(pending) if len(pending) > 1 else pending[0])
         a = a[a > 0]
         if a.size == 0:
             return
@@ -64,47 +92,49 @@ class BlobStats:
             self.hist[:] = 0
             self.hist[: merged.size] = merged
             self.range *= 2
-        self.absmax = max(self.absmax, top)
+        self._absmax = max(self._absmax, top)
         idx = np.minimum((a * (self.fine_bins / self.range)).astype(np.int64), self.fine_bins - 1)
         self.hist += np.bincount(idx, minlength=self.fine_bins)
-        self.count += a.size
+        self._count += a.size
 
     def merge(self, other: "BlobStats") -> None:
         """Add another file's statistics (ranges may differ: the smaller one is re-binned into the larger)."""
-        if other.count == 0:
+        self.flush()
+        other.flush()
+        if other._count == 0:
             return
-        if self.count == 0:
-            self.absmax, self.range, self.hist, self.count = other.absmax, other.range, other.hist.copy(), other.count
+        if self._count == 0:
+            self._absmax, self.range, self.hist, self._count = other._absmax, other.range, other.hist.copy(), other._count
             return
         big, small = (self, other) if self.range >= other.range else (other, self)
         edges_small = np.linspace(0.0, small.range, small.fine_bins + 1)
         cum = np.concatenate([[0.0], np.cumsum(small.hist, dtype=np.float64)])
         edges_big = np.linspace(0.0, big.range, big.fine_bins + 1)
         moved = np.diff(np.interp(edges_big, edges_small, cum))
-        hist = big.hist + np.rint(moved).astype(np.int64)
-        hist[-1] += small.hist.sum() - np.rint(moved).astype(np.int64).sum()  # keep the count exact
-        self.hist, self.range = hist, big.range
-        self.absmax = max(self.absmax, other.absmax)
-        self.count += other.count
+        self.hist, self.range = big.hist + moved, big.range
+        self._absmax = max(self._absmax, other._absmax)
+        self._count += other._count
 
     def to_arrays(self) -> dict:
-        return {"absmax": np.float64(self.absmax), "range": np.float64(self.range), "hist": self.hist,
-                "count": np.int64(self.count)}
+        self.flush()
+        return {"absmax": np.float64(self._absmax), "range": np.float64(self.range), "hist": self.hist,
+                "count": np.int64(self._count)}
 
     @classmethod
     def from_arrays(cls, d) -> "BlobStats":
         stats = cls(len(d["hist"]))
-        stats.absmax, stats.range, stats.count = float(d["absmax"]), float(d["range"]), int(d["count"])
-        stats.hist = np.asarray(d["hist"], dtype=np.int64).copy()
+        stats._absmax, stats.range, stats._count = float(d["absmax"]), float(d["range"]), int(d["count"])
+        stats.hist = np.asarray(d["hist"], dtype=np.float64).copy()
         return stats
 
     def histogram(self, bins: int = NUM_BINS) -> np.ndarray:
         """The counts re-binned to ``bins`` equal bins over exactly [0, absmax]."""
-        if self.absmax == 0.0:
+        self.flush()
+        if self._absmax == 0.0:
             return np.zeros(bins)
         fine_edges = np.linspace(0.0, self.range, self.fine_bins + 1)
         cum = np.concatenate([[0.0], np.cumsum(self.hist, dtype=np.float64)])
-        edges = np.linspace(0.0, self.absmax, bins + 1)
+        edges = np.linspace(0.0, self._absmax, bins + 1)
         out = np.diff(np.interp(edges, fine_edges, cum))
         out[-1] += cum[-1] - out.sum()  # the fine bin holding absmax spills past it: that mass is <= absmax
         return out

@@ -24,6 +24,7 @@ from .metadata import read_metadata
 from .ncnn_param import load_param
 
 CONTEXT_SIZE = 2
+POOL_WORTH_SECONDS = 8.0  # serial work left below which worker processes are not started
 BLANK_IDS = (0, 2)  # sherpa-ncnn treats <unk> (2) like blank
 
 
@@ -387,6 +388,14 @@ def calibrate(files: ModelFiles, wavs: list[Path],
     if on_progress:
         on_progress(len(results), total, f"{len(results)} file(s) from the cache" if results else "starting")
     n_workers = min(workers or os.cpu_count() or 1, len(todo))
+    if n_workers > 1 and workers is None and todo:
+        # worker processes cost ~1-2 s to start: time one file here and use them only when they pay off
+        first = todo.pop(0)
+        t0 = time.perf_counter()
+        done(str(first), runner.run_file(first))
+        if (time.perf_counter() - t0) * len(todo) < POOL_WORTH_SECONDS:
+            n_workers = 1
+        n_workers = min(n_workers, len(todo))
     if n_workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed

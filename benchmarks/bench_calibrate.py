@@ -1,0 +1,136 @@
+"""Benchmark: built-in calibration time against the bare ncnn forward passes over the same audio.
+
+Not a test. Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_calibrate.py [ARCH] [--seconds 120]
+
+Builds the demo model for ARCH (default lstm) through the real pipeline,
+re-converts encoder and joiner with fp16=0, makes calibration audio by
+repeating the demo wavs (about --seconds of speech-like signal in 10 files),
+then times (a) the physical floor: the same streaming encoder chunks and greedy
+joiner frames with only the outputs extracted, one process; (b) calibrate()
+with one worker; (c) calibrate() with one worker per core. Target: (b) <= 1.3x (a).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.audio import fbank, read_wav  # noqa: E402
+from core.calibration_run import (BLANK_IDS, CONTEXT_SIZE, ModelFiles, _ModelRunner, _run_decoder,  # noqa: E402
+                                  calibrate)
+from core.demo import demo_recipe  # noqa: E402
+from core.tools import wheel_pnnx  # noqa: E402
+
+TARGET = 1.3
+
+
+def build_model(arch: str, tmp: Path) -> ModelFiles:
+    run = tmp / "run"
+    subprocess.run([sys.executable, "-m", "tui.cli", "run", "--demo", arch, "--out", str(run)], check=True,
+                   capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    d = tmp / "fp32"
+    d.mkdir()
+    pnnx, _ = wheel_pnnx()
+    for net in ("encoder", "joiner"):
+        stem = d / net
+        subprocess.run([str(pnnx), str(run / "work/exp" / f"{net}_jit_trace-pnnx.pt"), f"pnnxparam={stem}.pnnx.param",
+                        f"pnnxbin={stem}.pnnx.bin", f"pnnxpy={stem}_pnnx.py", f"pnnxonnx={stem}.pnnx.onnx",
+                        f"ncnnparam={stem}.raw.param", f"ncnnbin={d}/{net}_jit_trace-pnnx.ncnn.bin",
+                        f"ncnnpy={stem}_ncnn.py", "fp16=0"], check=True, capture_output=True)
+        shutil.copy(run / f"{net}_jit_trace-pnnx.ncnn.param", d / f"{net}_jit_trace-pnnx.ncnn.param")
+    for ext in ("param", "bin"):
+        shutil.copy(run / f"decoder_jit_trace-pnnx.ncnn.{ext}", d / f"decoder_jit_trace-pnnx.ncnn.{ext}")
+    return ModelFiles(*(d / f"{n}_jit_trace-pnnx.ncnn.{e}" for n in ("encoder", "decoder", "joiner")
+                        for e in ("param", "bin")))
+
+
+def make_audio(arch: str, seconds: float, tmp: Path) -> list[Path]:
+    pieces = [read_wav(w).samples for w in demo_recipe(arch).test_wavs]
+    joined = np.concatenate(pieces)
+    per_file = int(seconds * 16000 / 10)
+    out = []
+    for i in range(10):
+        samples = np.resize(np.roll(joined, i * 1000), per_file)
+        path = tmp / f"cal-{i}.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+        out.append(path)
+    return out
+
+
+def forward_floor(files: ModelFiles, wavs: list[Path]) -> float:
+    """Only what calibration cannot avoid: features, encoder chunks with states, greedy joiner frames."""
+    import ncnn
+    runner = _ModelRunner(files)
+    t0 = time.perf_counter()
+    for wav in wavs:
+        w = read_wav(wav)
+        feats = fbank(w.samples, w.sample_rate)
+        states = __import__("core.calibration_run", fromlist=["_initial_states"])._initial_states(runner.arch, runner.meta)
+        context = [0] * CONTEXT_SIZE
+        dec = _run_decoder(runner.nets["decoder"], context)
+        pos = 0
+        while pos + runner.segment <= len(feats):
+            chunk = np.ascontiguousarray(feats[pos:pos + runner.segment])
+            pos += runner.offset
+            ex = runner.nets["encoder"].create_extractor()
+            ex.input("in0", ncnn.Mat(chunk))
+            for k, s in enumerate(states, start=1):
+                ex.input(f"in{k}", ncnn.Mat(s))
+            out0 = np.array(ex.extract("out0")[1])
+            new = list(states)
+            for target, source in runner.state_map:
+                new[target - 1] = np.array(ex.extract(f"out{source}")[1]).reshape(states[target - 1].shape)
+            states = new
+            for frame in out0.reshape(-1, out0.shape[-1]):
+                jex = runner.nets["joiner"].create_extractor()
+                jex.input("in0", ncnn.Mat(np.ascontiguousarray(frame)))
+                jex.input("in1", ncnn.Mat(dec))
+                token = int(np.argmax(np.array(jex.extract("out0")[1])))
+                if token not in BLANK_IDS:
+                    context = context[1:] + [token]
+                    dec = _run_decoder(runner.nets["decoder"], context)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("arch", nargs="?", default="lstm")
+    p.add_argument("--seconds", type=float, default=120.0)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = build_model(a.arch, tmp)
+        wavs = make_audio(a.arch, a.seconds, tmp)
+        floor = min(forward_floor(files, wavs) for _ in range(2))
+        t0 = time.perf_counter()
+        one = calibrate(files, wavs, workers=1)
+        serial = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        calibrate(files, wavs)
+        parallel = time.perf_counter() - t0
+    print(f"{a.arch}: {a.seconds:.0f} s of audio in 10 files, {one.chunks} encoder chunks, {one.frames} joiner frames")
+    print(f"  bare forward passes (floor)     {floor:7.2f} s")
+    print(f"  calibrate, 1 worker             {serial:7.2f} s  = {serial / floor:.2f}x the floor")
+    print(f"  calibrate, 1 worker per core    {parallel:7.2f} s  = {parallel / floor:.2f}x the floor")
+    verdict = "UNDER" if serial <= TARGET * floor else "OVER"
+    print(f"  single-worker calibration is {verdict} the {TARGET}x target")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
