@@ -50,4 +50,45 @@ def pnnx_parser() -> StageParser:
     return StageParser(_stages(*pairs))
 
 
-PARSERS = {"export": export_parser, "pnnx": pnnx_parser}
+class ScaleTableToolParser:
+    """sherpa-ncnn's generate-int8-scale-table: ``num files: N``, then ``Processing <wav>`` twice per file."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.seen = 0
+
+    @property
+    def total(self) -> int | None:
+        return 2 * self.files if self.files else None
+
+    def feed(self, line: str) -> tuple[int, str] | None:
+        m = re.match(r"num files: (\d+)", line)
+        if m:
+            self.files = int(m.group(1))
+            return 0, f"{self.files} files, two passes"
+        if line.startswith("Processing "):
+            self.seen += 1
+            pass_no = 1 if self.files == 0 or self.seen <= self.files else 2
+            return self.seen, f"pass {pass_no}: {line[len('Processing '):].strip()}"
+        if "create success" in line:
+            return self.total or self.seen, "tables written"
+        return None
+
+
+class QuantizeToolParser:
+    """ncnn2int8: one ``quantize_<kind> <layer>`` line per quantized layer (no total is known)."""
+
+    total = None
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def feed(self, line: str) -> tuple[int, str] | None:
+        if line.startswith("quantize_"):
+            self.count += 1
+            return self.count, line.strip()
+        return None
+
+
+PARSERS = {"export": export_parser, "pnnx": pnnx_parser, "int8-table-tool": ScaleTableToolParser,
+           "ncnn2int8": QuantizeToolParser}
