@@ -189,3 +189,20 @@ def test_int8_outputs_stay_close_to_fp32_on_the_calibration_audio(int8_model, fp
     for s in sims:
         assert s.samples > 0 and s.mean_cosine >= 0.99, s.line()
         assert s.min_cosine >= 0.95, s.line()
+
+
+def test_calibrate_and_quantize_commands(fp32_model, cli_json, tmp_path):
+    d = fp32_model.encoder_param.parent
+    wavs = [str(w) for w in demo_recipe("lstm").test_wavs]
+    wav_list = tmp_path / "wavs.txt"
+    wav_list.write_text("\n".join(wavs[1:]) + "\n")
+    code, r = cli_json("calibrate", d, "--wav", wavs[0], "--wav-list", wav_list, "--out", tmp_path / "tables")
+    assert code == 0 and r["ok"] and r["files"] == 3
+    table = tmp_path / "tables" / "joiner-scale-table.txt"
+    assert table.read_text().startswith("linear_1_param_0 ")
+    code, q = cli_json("quantize", fp32_model.joiner_param, fp32_model.joiner_bin, tmp_path / "j.int8.param",
+                       tmp_path / "j.int8.bin", table)
+    assert code == 0 and q["quantized"] == ["linear_1", "linear_2", "linear_3"]
+    assert (tmp_path / "j.int8.bin").stat().st_size < fp32_model.joiner_bin.stat().st_size / 3
+    code, r = cli_json("calibrate", d)
+    assert code == 2 and "list is empty" in r["error"]

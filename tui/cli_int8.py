@@ -1,0 +1,96 @@
+"""`sherpa-ncnn-wizard calibrate` and `quantize`: the built-in int8 tools on existing files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.text import Text
+
+from .cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from .cli_common import emit_json, stderr_console, stdout_console
+
+
+def _wavs(args) -> list[Path]:
+    wavs = [Path(w) for w in args.wav]
+    if args.wav_list:
+        wavs += [Path(line.strip()) for line in Path(args.wav_list).read_text().splitlines() if line.strip()]
+    return wavs
+
+
+def run_calibrate(args) -> int:
+    from core.calibrate import CalibrationError
+    from core.calibration_run import ModelFiles, calibrate
+
+    d = Path(args.dir)
+    names = {n: (d / f"{n}_jit_trace-pnnx.ncnn.param", d / f"{n}_jit_trace-pnnx.ncnn.bin")
+             for n in ("encoder", "decoder", "joiner")}
+    missing = [str(p) for pair in names.values() for p in pair if not p.exists()]
+    if missing:
+        stderr_console().print(f"error: missing {', '.join(missing)}")
+        return EXIT_BAD_INPUT
+    try:
+        wavs = _wavs(args)
+    except OSError as exc:
+        stderr_console().print(f"error: {args.wav_list}: {exc.strerror}")
+        return EXIT_BAD_INPUT
+    out = Path(args.out) if args.out else d
+    console = stdout_console()
+    progress = (lambda i, n, s: None) if args.json else (lambda i, n, s: console.print(f"[{i}/{n}] {s}",
+                                                                                       markup=False))
+    files = ModelFiles(*names["encoder"], *names["decoder"], *names["joiner"])
+    try:
+        result = calibrate(files, wavs, on_progress=progress, cache_dir=out / "calibration-cache")
+    except CalibrationError as exc:
+        if args.json:
+            emit_json({"ok": False, "error": str(exc)})
+        else:
+            stderr_console().print(Text("error: ", style="bold red") + Text(str(exc)))
+        return EXIT_BAD_INPUT if "no usable calibration audio" in str(exc) or "SherpaMetaData" in str(exc) \
+            else EXIT_FAILED
+    out.mkdir(parents=True, exist_ok=True)
+    from core.atomic import atomic_write_bytes
+    atomic_write_bytes(out / "encoder-scale-table.txt", result.encoder.text().encode())
+    atomic_write_bytes(out / "joiner-scale-table.txt", result.joiner.text().encode())
+    report = {"ok": True, "files": result.files, "chunks": result.chunks, "frames": result.frames,
+              "seconds": round(result.seconds, 3), "skipped": result.skipped,
+              "encoder_layers": list(result.encoder.activations), "joiner_layers": list(result.joiner.activations),
+              "tables": [str(out / "encoder-scale-table.txt"), str(out / "joiner-scale-table.txt")]}
+    if args.json:
+        emit_json(report)
+    else:
+        for s in result.skipped:
+            console.print(Text("skipped: ", style="yellow") + Text(s))
+        for part, table in (("encoder", result.encoder), ("joiner", result.joiner)):
+            for a in table.activations.values():
+                console.print(f"{part} {a.layer:<28} max = {a.absmax:<12.6g} threshold = {a.threshold:<12.6g} "
+                              f"scale = {a.scale:.6g}", markup=False)
+        console.print(Text(f"tables written: {report['tables'][0]}, {report['tables'][1]} "
+                           f"({result.files} files, {result.seconds:.1f} s)", style="green"))
+    return EXIT_OK
+
+
+def run_quantize(args) -> int:
+    from core.calibrate import CalibrationError, read_table
+    from core.quantize import quantize
+
+    try:
+        table = read_table(Path(args.table).read_text(), args.table)
+        report = quantize(Path(args.param), Path(args.bin), table, Path(args.out_param), Path(args.out_bin))
+    except OSError as exc:
+        stderr_console().print(f"error: {exc.filename}: {exc.strerror}")
+        return EXIT_BAD_INPUT
+    except CalibrationError as exc:
+        stderr_console().print(Text("error: ", style="bold red") + Text(str(exc)))
+        return EXIT_FAILED
+    data = {"ok": True, "quantized": report.quantized, "kept_float": report.kept_float,
+            "bin_bytes": [report.bytes_before, report.bytes_after],
+            "weight_bytes": [report.weight_bytes_before, report.weight_bytes_after]}
+    if args.json:
+        emit_json(data)
+    else:
+        c = stdout_console()
+        for name in report.quantized:
+            c.print(f"quantized {name}", markup=False)
+        c.print(f"weights of the quantized layers: {report.weight_bytes_before} -> {report.weight_bytes_after} bytes; "
+                f".bin {report.bytes_before} -> {report.bytes_after} bytes", markup=False)
+    return EXIT_OK
