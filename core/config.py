@@ -37,6 +37,7 @@ class FilesConfig:
     tokens: str = ""  # tokens.txt, or:
     bpe_model: str = ""  # bpe.model (tokens.txt is made from it)
     python: str = ""  # the interpreter that runs the export (default: this one)
+    ignore_checkpoint_mismatch: bool = False  # run even if the hyperparameters differ from the checkpoint's
 
 
 @dataclass
