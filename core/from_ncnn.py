@@ -1,0 +1,241 @@
+"""``run --from-ncnn DIR``: start from existing pnnx output instead of a checkpoint.
+
+DIR holds ``{encoder,decoder,joiner}_jit_trace-pnnx.ncnn.{param,bin}`` and
+``tokens.txt`` as pnnx wrote them (optionally pnnx's ``encoder.pnnx.param``,
+reference outputs ``encoder-reference.npz`` / ``decoder-joiner-reference.npz``,
+and the traced ``*_jit_trace-pnnx.pt``). The plan: import (copy into OUT, with
+doctor-style checks; DIR is never written) -> rewrite -> metadata -> validate
+-> summary. The originals are only read.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .architectures import ResolvedValues, get_arch, resolve
+from .atomic import atomic_write_bytes
+from .metadata import runtime_layer_check
+from .ncnn_param import load_param
+from .pipeline import NETS, Layout, PlanError, _check_out_dir, _versions, ncnn_name, pt_name
+from .rewrite_step import make_rewrite, rewritten
+from .runner import Plan, Step, StepContext, StepError
+from .steps import make_finalize_encoder, make_summary
+from .tokens import read_tokens
+
+LFS_POINTER = b"version https://git-lfs"
+REFERENCE_FILES = ("encoder-reference.npz", "decoder-joiner-reference.npz")
+
+
+@dataclass
+class FromNcnnRun:
+    plan: Plan
+    resolved: ResolvedValues
+    source: Path
+    reference_dir: Path | None
+    traced_dir: Path | None
+    warnings: list[str] = field(default_factory=list)
+    script: str = ""
+
+    @property
+    def out_dir(self) -> Path:
+        return self.plan.out_dir
+
+
+def source_problems(src: Path) -> list[str]:
+    """What makes DIR unusable as pnnx output (missing files, git-lfs pointers, unparsable params)."""
+    problems = []
+    if not src.is_dir():
+        return [f"--from-ncnn: {src} is not a directory"]
+    for net in NETS:
+        for ext in ("param", "bin"):
+            p = src / ncnn_name(net, ext)
+            if not p.is_file():
+                problems.append(f"--from-ncnn: {p.name} not found in {src}")
+            elif ext == "bin":
+                with open(p, "rb") as fh:
+                    if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+                        problems.append(f"--from-ncnn: {p.name} is a git-lfs pointer, not the weights; run "
+                                        "'git lfs pull' first")
+            else:
+                parsed = load_param(p)
+                if not parsed.ok:
+                    problems.append(f"--from-ncnn: {parsed.describe()}")
+    if not (src / "tokens.txt").is_file():
+        problems.append(f"--from-ncnn: tokens.txt not found in {src}")
+    return problems
+
+
+def make_import(layout, src: Path) -> Step:
+    """Copy DIR's files into OUT (encoder raw into work/pnnx, decoder/joiner final) and check them."""
+    copies = [(src / ncnn_name("encoder", e), layout.raw("encoder", e)) for e in ("param", "bin")]
+    if (src / "encoder.pnnx.param").is_file():
+        copies.append((src / "encoder.pnnx.param", layout.pnnx_dir / "encoder.pnnx.param"))
+    copies += [(src / ncnn_name(n, e), layout.final(n, e)) for n in ("decoder", "joiner") for e in ("param", "bin")]
+    copies.append((src / "tokens.txt", layout.tokens))
+
+    def run(ctx: StepContext) -> None:
+        layout.pnnx_dir.mkdir(parents=True, exist_ok=True)
+        for a, b in copies:
+            if b.exists() or b.is_symlink():
+                b.unlink()
+            shutil.copyfile(a, b)  # a copy, never a link: later steps must not be able to reach the originals
+            ctx.log(f"copied {a} -> {b}")
+        table = read_tokens(layout.tokens)
+        for p in table.problems:
+            ctx.log(f"{p.severity}: tokens.txt: {p}")
+        errors = [str(p) for p in table.problems if p.severity == "error"]
+        for net in ("decoder", "joiner"):
+            model = load_param(layout.final(net, "param")).model
+            check = runtime_layer_check(model, encoder=False)
+            ctx.log(("[✓] " if check.ok else "[✗] ") + f"{net}: {check.message}")
+            if not check.ok:
+                errors.append(f"{net}: {check.message}")
+        enc = load_param(layout.raw("encoder", "param")).model
+        ctx.log(f"encoder: {enc.layer_count} layers, {enc.blob_count} blobs, inputs {', '.join(enc.input_names)}")
+        if errors:
+            raise StepError("; ".join(errors), hint="fix the input directory (or re-run pnnx) first")
+
+    script = [f"mkdir -p {shlex.quote(str(layout.pnnx_dir))}"]
+    script += [f"cp {shlex.quote(str(a))} {shlex.quote(str(b))}" for a, b in copies]
+    return Step("import", "Copy the pnnx output into the output directory", func=run,
+                inputs=[a for a, _ in copies], outputs=[b for _, b in copies], script=script,
+                describe=f"copy the pnnx output of {src} into {layout.out} (the originals are only read)")
+
+
+def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Path | None, wavs) -> Step:
+    argv = [sys.executable, "-m", "core.from_ncnn", str(layout.out), "--arch", arch,
+            "--json-out", str(layout.out / "validation.json")]
+    if reference_dir is not None:
+        argv += ["--reference-dir", str(reference_dir)]
+    if traced_dir is not None:
+        argv += ["--traced-dir", str(traced_dir)]
+    for w in wavs:
+        argv += ["--wav", str(w)]
+    inputs = [layout.final(n, e) for n in NETS for e in ("param", "bin")] + [layout.tokens]
+    return Step("validate", "Validate: reference outputs vs ncnn, and decode in sherpa-ncnn", argv=argv,
+                env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])}, inputs=inputs,
+                outputs=[layout.out / "validation.json"], script=[shlex.join(argv)])
+
+
+def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *, out_dir: str | Path,
+                         reference_dir: str | Path | None = None, traced_dir: str | Path | None = None,
+                         wavs=(), check_out_dir: bool = True) -> FromNcnnRun:
+    """Check DIR and the flags and build the plan; raises PlanError naming every problem."""
+    src = Path(src).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    spec = get_arch(arch)
+    resolved = resolve(spec, flags)
+    problems = [f"hyperparameters: {p.message}" for p in resolved.errors]
+    warnings = [p.message for p in resolved.warnings]
+    problems += source_problems(src)
+    if out == src or src in out.parents:
+        problems.append(f"--out: {out} is inside the input directory; choose a directory outside {src}")
+    if check_out_dir:
+        problems += _check_out_dir(out)
+    ref = Path(reference_dir).expanduser().resolve() if reference_dir else None
+    if ref is None and src.is_dir() and any((src / f).is_file() for f in REFERENCE_FILES):
+        ref = src
+    if ref is not None and not any((ref / f).is_file() for f in REFERENCE_FILES):
+        problems.append(f"--reference-dir: {ref} has neither of {', '.join(REFERENCE_FILES)}")
+    traced = Path(traced_dir).expanduser().resolve() if traced_dir else None
+    if traced is None and src.is_dir() and (src / pt_name("encoder")).is_file():
+        traced = src
+    if traced is not None and not (traced / pt_name("encoder")).is_file():
+        problems.append(f"--traced-dir: {traced / pt_name('encoder')} not found")
+    if ref is None and traced is None:
+        warnings.append("no reference outputs (*-reference.npz) or traced *.pt files: only the decode in "
+                        "sherpa-ncnn is checked, not the numbers")
+    if problems:
+        raise PlanError(problems)
+    layout = Layout(out)
+    steps = [make_import(layout, src), make_rewrite(layout, spec.name),
+             make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin")),
+             _validate_step(layout, spec.name, ref, traced, [Path(w) for w in wavs]),
+             make_summary(layout, None)]
+    manifest = {
+        "tool": "sherpa-ncnn-wizard", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "from_ncnn": str(src), "arch": spec.name,
+        "hyperparameters": {spec.param(n).flag: spec.param(n).format(v) for n, v in resolved.values.items()},
+        "hyperparameter_sources": {spec.param(n).flag: s for n, s in resolved.sources.items()},
+        "reference_dir": str(ref) if ref else None, "traced_dir": str(traced) if traced else None,
+        "tools": {"versions": _versions()}, "warnings": warnings,
+    }
+    run = FromNcnnRun(Plan(steps, out, manifest), resolved, src, ref, traced, warnings)
+    lines = ["#!/usr/bin/env bash", f"# Written by sherpa-ncnn-wizard: {spec.title} from the pnnx output in {src}.",
+             "set -euo pipefail", ""]
+    for i, step in enumerate(steps, start=1):
+        lines.append(f"# {i}. {step.title}")
+        lines += step.script or [f"# ({step.describe})"]
+        lines.append("")
+    run.script = "\n".join(lines)
+    return run
+
+
+# -- the validate step's process ------------------------------------------------------
+
+def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, traced_dir: Path | None,
+                       wavs: list[Path], print_fn=print) -> dict:
+    from dataclasses import asdict
+
+    from . import validate as v
+    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
+    if traced_dir is not None:
+        sub = v.validate(out, arch, traced_dir, wavs, {}, numeric=True, run_decode=False, print_fn=print_fn)
+        report["numeric"] += sub["numeric"]
+        report["notes"] += sub["notes"]
+        report["ok"] &= sub["ok"]
+    elif reference_dir is not None:
+        from .reference_check import compare_directory
+        try:
+            results = compare_directory(out, reference_dir, arch=arch)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed check
+            results = []
+            report["ok"] = False
+            report["numeric"].append({"net": "all", "error": str(exc), "ok": False})
+            print_fn(f"-[✗] numeric check failed: {exc}")
+        for r in results:
+            print_fn(r.line())
+            report["numeric"].append(asdict(r))
+            report["ok"] &= r.ok
+    else:
+        report["notes"].append("numeric check skipped: no reference outputs or traced modules")
+        print_fn("numeric check skipped: no reference outputs or traced modules")
+    d = v.decode(out, wavs, {})
+    report["decode"] = asdict(d)
+    if d.ok:
+        for item in d.results:
+            print_fn(f"-[✓] sherpa-ncnn {d.model} {Path(item['wav']).name}: loaded and decoded "
+                     f"({len(item['tokens'])} tokens): {item['text'][:80]!r}")
+    else:
+        report["ok"] = False
+        print_fn(f"-[✗] sherpa-ncnn {d.model}: {d.error}")
+        for line in d.log_tail[-8:]:
+            print_fn(f"    {line}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m core.from_ncnn", description=validate_from_ncnn.__doc__)
+    p.add_argument("out", type=Path)
+    p.add_argument("--arch", default=None)
+    p.add_argument("--reference-dir", type=Path, default=None)
+    p.add_argument("--traced-dir", type=Path, default=None)
+    p.add_argument("--wav", action="append", type=Path, default=[])
+    p.add_argument("--json-out", type=Path, default=None)
+    a = p.parse_args(argv)
+    report = validate_from_ncnn(a.out, a.arch, a.reference_dir, a.traced_dir, a.wav,
+                                print_fn=lambda s: print(s, flush=True))
+    if a.json_out:
+        atomic_write_bytes(a.json_out, json.dumps(report, indent=2).encode())
+    print("validation passed" if report["ok"] else "validation FAILED", flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

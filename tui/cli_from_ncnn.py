@@ -1,0 +1,100 @@
+"""`sherpa-ncnn-wizard run --from-ncnn DIR --arch ARCH [icefall flags]`: start from existing pnnx output.
+
+Only light imports at module level: ``build_parser`` imports this module to add the options.
+"""
+from __future__ import annotations
+
+import argparse
+
+from core.architectures import ARCHITECTURES, EXPORT_ONLY_FLAGS
+
+
+def add_from_ncnn_arguments(run: argparse.ArgumentParser, source) -> None:
+    source.add_argument("--from-ncnn", metavar="DIR",
+                        help="start from existing pnnx output in DIR ({encoder,decoder,joiner}_jit_trace-pnnx.ncnn."
+                             "{param,bin}, tokens.txt): copy into --out, rewrite layers sherpa-ncnn lacks, add the "
+                             "metadata, validate; DIR is only read. Needs --arch and the icefall flags")
+    run.add_argument("--arch", choices=sorted(ARCHITECTURES), help="with --from-ncnn: the model architecture")
+    run.add_argument("--reference-dir", metavar="D",
+                     help="with --from-ncnn: where encoder-reference.npz / decoder-joiner-reference.npz are "
+                          "(default: DIR when it has them)")
+    run.add_argument("--traced-dir", metavar="D",
+                     help="with --from-ncnn: where the traced *_jit_trace-pnnx.pt files are (default: DIR when "
+                          "it has them)")
+    run.add_argument("--wav", action="append", default=[], metavar="W",
+                     help="with --from-ncnn: a 16 kHz test wav to decode (repeatable)")
+    own = {o for a in run._actions for o in a.option_strings}  # noqa: SLF001
+    flags: dict[str, None] = {}
+    for spec in ARCHITECTURES.values():
+        for hp in spec.hyperparams:
+            flags.setdefault(hp.flag, None)
+    for flag in flags:
+        if flag not in own:
+            run.add_argument(flag, dest="hp:" + flag, default=None, metavar="VALUE", help=argparse.SUPPRESS)
+    for flag in EXPORT_ONLY_FLAGS:
+        if flag not in own:
+            run.add_argument(flag, dest="ignored:" + flag, default=None, metavar="VALUE", help=argparse.SUPPRESS)
+
+
+def run_from_ncnn(args) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from rich.text import Text
+
+    from core.from_ncnn import build_from_ncnn_plan
+    from core.pipeline import PlanError
+
+    from .cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+    from .cli_common import stderr_console, stdout_console
+    from .cli_run import PlainRenderer, RichRenderer, _print_results, _run, _write_script
+
+    err = stderr_console()
+    if not args.arch:
+        err.print(Text("error: ", style="bold red") + Text("--from-ncnn needs --arch (zipformer, conv-emformer "
+                                                            "or lstm) and the icefall flags the model was exported with"))
+        return EXIT_BAD_INPUT
+    spec = ARCHITECTURES[args.arch]
+    own = {hp.flag for hp in spec.hyperparams}
+    given, notes = {}, []
+    for key, value in vars(args).items():
+        if value is None or not key.startswith("hp:"):
+            continue
+        if key[3:] in own:
+            given[key[3:]] = value
+        else:
+            notes.append(f"{key[3:]} is not a {spec.title} flag; ignored")
+    if args.int8:
+        err.print(Text("error: ", style="bold red") + Text("--int8 is not available yet with --from-ncnn"))
+        return EXIT_BAD_INPUT
+    out_dir = args.out or str(Path("runs") / f"from-ncnn-{spec.name}")
+    try:
+        planned = build_from_ncnn_plan(args.from_ncnn, args.arch, given, out_dir=out_dir,
+                                       reference_dir=args.reference_dir, traced_dir=args.traced_dir,
+                                       wavs=args.wav, check_out_dir=not args.dry_run)
+    except PlanError as exc:
+        err.print(Text("The run cannot start:", style="bold red"))
+        for p in exc.problems:
+            err.print(Text("  ✗ ", style="red") + Text(p))
+        return EXIT_BAD_INPUT
+    out = stdout_console()
+    for w in notes + planned.warnings:
+        out.print(Text("warning: ", style="yellow") + Text(w))
+    if args.script:
+        _write_script(Path(args.script), planned.script)
+        out.print(f"script written to {args.script}")
+    if args.dry_run:
+        out.print(Text(f"Plan for {spec.title} from {planned.source} -> {planned.out_dir} (nothing has been run)",
+                       style="bold"))
+        for i, step in enumerate(planned.plan.steps, start=1):
+            out.print(Text(f"{i:>2}. {step.title}", style="bold"))
+            out.print(f"    {step.command or step.describe}", highlight=False)
+        return EXIT_OK
+    planned.out_dir.mkdir(parents=True, exist_ok=True)
+    _write_script(planned.out_dir / "export.sh", planned.script)
+    renderer = RichRenderer(out) if out.is_terminal else PlainRenderer(out)
+    out.print(Text(f"{spec.title} from {planned.source} -> {planned.out_dir}", style="bold"))
+    status = asyncio.run(_run(planned, renderer, args.resume))
+    renderer.close()
+    _print_results(out, planned.out_dir, status)
+    return {"ok": EXIT_OK, "cancelled": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
