@@ -1,0 +1,396 @@
+"""The Textual wizard, driven with Textual's Pilot: the demo flow, validation, paste, Back, cancel, failure."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.architectures import get_arch, resolve
+from core.config import WizardConfig
+from core.demo import demo_config, demo_recipe
+from core.metadata import build_metadata
+from tui.wizard_app import WizardApp, make_app
+from tui.wizard_run import RunScreen, SummaryScreen
+from tui.wizard_screens import (ArchScreen, FilesScreen, HyperScreen, QuantScreen, ReviewScreen, StartScreen)
+
+SIZE = (100, 32)
+
+
+def text(app, selector: str) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+
+async def wait_for(pilot, predicate, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the wizard")
+        await pilot.pause(0.1)
+
+
+def run_done(app: WizardApp) -> bool:
+    return app.run_model is not None and app.run_model.status != "running" and not app.run_in_progress
+
+
+def expected_meta_line(arch: str) -> str:
+    config = demo_config(arch)
+    return build_metadata(resolve(get_arch(arch), config.hyperparameter_flags())).line
+
+
+async def review_ready(pilot) -> None:
+    """The review screen plans in a thread (build_plan reads the checkpoint): wait for it."""
+    assert isinstance(pilot.app.screen, ReviewScreen), pilot.app.screen
+    await wait_for(pilot, lambda: getattr(pilot.app.screen, "plan_state", "pending") != "pending", timeout=60)
+    await pilot.pause()
+
+
+async def go_to(pilot, screen_type, presses: int = 8) -> None:
+    for _ in range(presses):
+        if isinstance(pilot.app.screen, ReviewScreen):
+            await review_ready(pilot)
+        if isinstance(pilot.app.screen, screen_type):
+            return
+        await pilot.press("enter")
+        await pilot.pause()
+    assert isinstance(pilot.app.screen, screen_type), pilot.app.screen
+
+
+def demo_arch_button(arch: str) -> str:
+    return f"#arch-{arch}"
+
+
+# -- the whole demo flow -------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["zipformer", "conv-emformer", "lstm"])
+async def test_demo_flow_by_enter_only_reaches_a_finished_run(tmp_path, cli_json, arch):
+    app = make_app(out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        assert isinstance(app.screen, StartScreen)
+        if arch != "zipformer":
+            await pilot.click(demo_arch_button(arch))
+            app.screen.query_one("#demo").focus()
+        await go_to(pilot, ReviewScreen)
+        # the preview: the SherpaMetaData line is what `meta` computes for the demo's flags
+        assert text(app, "#meta-line") == expected_meta_line(arch)
+        assert "Nothing has been written yet" in text(app, "#nothing-written")
+        assert not (tmp_path / "out").exists()
+        table = app.screen.query_one("#meta-table")
+        assert table.row_count == len(build_metadata(resolve(get_arch(arch), demo_config(arch)
+                                                             .hyperparameter_flags())).entries)
+        assert "export-for-ncnn.py" in text(app, "#commands")
+        await pilot.press("enter")  # Run
+        await pilot.pause()
+        assert isinstance(app.screen, RunScreen)
+        await wait_for(pilot, lambda: run_done(app))
+        await pilot.pause(0.3)
+        assert app.run_model.status == "ok"
+        assert [s.status for s in app.run_model.steps] == ["ok"] * len(app.run_model.steps)
+        assert "all steps done" in text(app, "#run-status")
+        await pilot.press("enter")  # Summary (focused when the run finished)
+        await pilot.pause()
+        assert isinstance(app.screen, SummaryScreen)
+        transcripts = text(app, "#transcripts")
+        first = Path(demo_recipe(arch).test_wavs[0]).name
+        assert first in transcripts
+        assert "sherpa_ncnn.Recognizer(" in text(app, "#snippet")
+        assert "✓" in text(app, "#checks") and "✗" not in text(app, "#checks")
+    out = tmp_path / "out"
+    raw = out / "work" / "pnnx" / "encoder_jit_trace-pnnx.ncnn.param"
+    code, meta = cli_json("meta", raw, "--arch", arch, *demo_recipe(arch).flags)
+    assert code == 0 and meta["line"] == expected_meta_line(arch)
+    assert (out / "wizard.toml").is_file() and (out / "export.sh").is_file()
+
+
+# -- hyperparameters -------------------------------------------------------------------------
+
+async def test_invalid_field_disables_next_with_the_reason(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, HyperScreen)
+        screen = app.screen
+        assert not screen.query_one("#next").disabled
+        screen.query_one("#hp-decode_chunk_len").value = "abc"
+        await pilot.pause()
+        assert screen.query_one("#next").disabled
+        reason = text(app, "#r-decode_chunk_len")
+        assert "--decode-chunk-len" in reason and "not a whole number" in reason
+        assert screen.query_one("#hp-decode_chunk_len").has_class("-invalid")
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert isinstance(app.screen, HyperScreen)  # Next refused
+        # a cross-field error (stack lists of different lengths) is listed below the form
+        screen.query_one("#hp-decode_chunk_len").value = "32"
+        screen.query_one("#hp-num_encoder_layers").value = "2,2"
+        await pilot.pause()
+        assert screen.query_one("#next").disabled
+        assert text(app, "#r-decode_chunk_len") == ""
+        assert "--num-encoder-layers" in text(app, "#cross-errors") + text(app, "#r-num_encoder_layers")
+        screen.query_one("#hp-num_encoder_layers").value = ""  # empty: icefall's default
+        await pilot.pause()
+        state_ok = not screen.query_one("#next").disabled
+        assert state_ok == resolve(get_arch("zipformer"), {k: v for k, v in screen.given().items() if v}).ok
+
+
+async def test_pasted_flags_fill_the_form(tmp_path):
+    app = make_app(demo="lstm", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, HyperScreen)
+        screen = app.screen
+        await pilot.press("ctrl+f")
+        assert app.focused is screen.query_one("#paste")
+        screen.query_one("#paste").value = ("./lstm_transducer_stateless2/export-for-ncnn.py --exp-dir ./exp "
+                                            "--tokens data/lang_bpe_500/tokens.txt --epoch 99 --avg 1 "
+                                            "--num-encoder-layers 12 --encoder-dim=512 --rnn-hidden-size 1024 "
+                                            "--bogus-flag 3")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert screen.query_one("#hp-num_encoder_layers").value == "12"
+        assert screen.query_one("#hp-encoder_dim").value == "512"
+        assert screen.query_one("#hp-rnn_hidden_size").value == "1024"
+        result = text(app, "#paste-result")
+        assert "filled 3 flag(s)" in result and "--epoch" in result and "--bogus-flag" in result
+        assert not screen.query_one("#next").disabled
+        await pilot.press("ctrl+n")
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        await review_ready(pilot)
+        assert "1=12 2=512 3=1024" in text(app, "#meta-line")
+
+
+async def test_back_keeps_what_was_entered(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        assert isinstance(app.screen, FilesScreen)
+        app.screen.query_one("#f-out").value = str(tmp_path / "elsewhere")
+        await go_to(pilot, HyperScreen)
+        app.screen.query_one("#hp-decode_chunk_len").value = "64"
+        await pilot.pause()
+        await pilot.press("escape")  # back to Architecture
+        await pilot.pause()
+        assert isinstance(app.screen, ArchScreen)
+        await pilot.press("escape")  # back to Files: the edited value is still there
+        await pilot.pause()
+        assert isinstance(app.screen, FilesScreen)
+        assert app.screen.query_one("#f-out").value == str(tmp_path / "elsewhere")
+        await go_to(pilot, HyperScreen)  # a new hyperparameter screen starts from what was typed
+        assert app.screen.query_one("#hp-decode_chunk_len").value == "64"
+        await go_to(pilot, ReviewScreen)
+        assert "1=64" in text(app, "#meta-line")
+        assert str(tmp_path / "elsewhere") in text(app, "#commands")
+
+
+async def test_int8_choice_checks_the_calibration_audio(tmp_path):
+    app = make_app(demo="lstm", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, QuantScreen)
+        screen = app.screen
+        assert screen.query_one("#q-fp16").value and screen.query_one("#cal-wavs").disabled
+        screen.query_one("#q-int8").value = True
+        await pilot.pause()
+        assert not screen.query_one("#cal-wavs").disabled
+        assert "3 usable wav(s)" in text(app, "#cal-check") and not screen.query_one("#next").disabled
+        screen.query_one("#cal-wavs").value = str(tmp_path / "missing.wav")
+        await pilot.pause()
+        assert "missing.wav" in text(app, "#cal-check") and screen.query_one("#next").disabled
+        screen.query_one("#cal-wavs").value = str(demo_recipe("lstm").test_wavs[0].parent)  # a folder
+        await pilot.pause()
+        assert "3 usable wav(s)" in text(app, "#cal-check")
+        await pilot.click("#next")
+        await pilot.pause()
+        await review_ready(pilot)
+        commands = text(app, "#commands")
+        assert "Calibrate int8 scales" in commands and "Quantize encoder and joiner" in commands
+        assert app.config.output.int8 and len(app.config.calibration.wavs) == 3
+
+
+# -- run: cancel and failure -------------------------------------------------------------------
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.mark.slow
+async def test_cancel_mid_run_leaves_the_step_cancelled_and_no_process(tmp_path):
+    config = demo_config("lstm")
+    config.output.dir = str(tmp_path / "out")
+    app = WizardApp(config=config)
+    async with app.run_test(size=SIZE) as pilot:
+        await review_ready(pilot)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.runner is not None and app.runner._proc is not None
+                       and app.run_model.by_id["export"].status == "running", timeout=60)
+        pid = app.runner._proc.pid
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")  # confirm
+        await wait_for(pilot, lambda: run_done(app), timeout=30)
+        await pilot.pause(0.2)
+        assert app.run_model.status == "cancelled"
+        assert app.run_model.by_id["export"].status == "cancelled"
+        assert not process_alive(pid)
+        assert "cancelled" in text(app, "#run-status")
+        assert not app.screen.query_one("#resume").disabled
+
+
+def failing_recipe(tmp_path: Path) -> WizardConfig:
+    recipe = tmp_path / "icefall" / "egs" / "librispeech" / "ASR" / "broken_recipe"
+    recipe.mkdir(parents=True)
+    (recipe / "export-for-ncnn.py").write_text(
+        "import sys\nprint('parser.add_argument(\"--tokens\")')\n"
+        "print('Traceback (most recent call last):')\n"
+        "print(\"ModuleNotFoundError: No module named 'k2'\")\nsys.exit(1)\n")
+    demo = demo_recipe("lstm")
+    config = WizardConfig(arch="lstm")
+    config.hyperparameters = {demo.flags[i].lstrip("-"): demo.flags[i + 1] for i in range(0, len(demo.flags), 2)}
+    config.files.recipe = str(recipe)
+    config.files.checkpoint = str(demo.checkpoint)
+    config.files.tokens = str(demo.tokens)
+    config.validation.wavs = [str(w) for w in demo.test_wavs]
+    config.output.dir = str(tmp_path / "out")
+    return config
+
+
+async def test_a_failing_step_shows_its_hint_and_fix_goes_back(tmp_path):
+    app = WizardApp(config=failing_recipe(tmp_path))
+    async with app.run_test(size=SIZE) as pilot:
+        await review_ready(pilot)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: run_done(app), timeout=60)
+        await pilot.pause(0.3)
+        assert app.run_model.status == "failed"
+        assert app.run_model.by_id["export"].status == "failed"
+        failure = text(app, "#failure")
+        assert "exited with code 1" in failure
+        assert "No module named 'k2'" in failure
+        assert "hint: the export needs icefall's Python environment" in failure
+        assert "logs/03-export.log" in failure
+        await pilot.press("x")  # fix and resume: a missing module is about the model files / Python
+        await pilot.pause()
+        assert isinstance(app.screen, FilesScreen)
+        assert app.resume_next
+        await go_to(pilot, ReviewScreen)
+        assert str(app.screen.query_one("#next").label) == "Resume run"
+
+
+async def test_a_plan_problem_is_shown_at_review_and_run_is_disabled(tmp_path):
+    config = demo_config("lstm")
+    config.output.dir = str(tmp_path / "out")
+    config.tools.pnnx = str(tmp_path / "no-such-pnnx")
+    app = WizardApp(config=config)
+    async with app.run_test(size=SIZE) as pilot:
+        await review_ready(pilot)
+        assert app.screen.query_one("#next").disabled
+        assert "tools.pnnx" in text(app, "#problems") and "not found" in text(app, "#problems")
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        assert isinstance(app.screen, ReviewScreen) and app.runner is None
+        assert not (tmp_path / "out").exists()
+
+
+async def test_review_saves_config_and_script(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, ReviewScreen)
+        app.screen.query_one("#config-path").value = str(tmp_path / "saved.toml")
+        app.screen.query_one("#script-path").value = str(tmp_path / "saved.sh")
+        await pilot.press("ctrl+s")
+        await pilot.press("ctrl+e")
+        await pilot.pause()
+    from core.config import load_config
+    assert load_config(tmp_path / "saved.toml").arch == "zipformer"
+    assert (tmp_path / "saved.sh").read_text().startswith("#!/usr/bin/env bash")
+    assert not (tmp_path / "out").exists()
+
+
+async def test_open_config_starts_at_review_and_back_walks_the_steps(tmp_path):
+    config = demo_config("conv-emformer")
+    config.output.dir = str(tmp_path / "out")
+    config.save(tmp_path / "wizard.toml")
+    app = make_app(config_path=str(tmp_path / "wizard.toml"))
+    async with app.run_test(size=SIZE) as pilot:
+        await review_ready(pilot)
+        assert text(app, "#meta-line") == expected_meta_line("conv-emformer")
+        for screen_type in (QuantScreen, HyperScreen, ArchScreen, FilesScreen):
+            await pilot.press("escape")
+            await pilot.pause()
+            assert isinstance(app.screen, screen_type)
+
+
+async def test_command_palette_lists_the_main_actions(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, ReviewScreen)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"Run", "Save config", "Save script", "Back"} <= set(titles)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def test_bare_command_without_a_tty_prints_help():
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main([]))"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and "usage: sherpa-ncnn-wizard" in r.stdout
+    assert "textual" not in r.stderr
+
+
+def test_tui_help_does_not_import_textual():
+    import subprocess
+    r = subprocess.run([sys.executable, "-c", "import sys\nfrom tui.cli import main\n"
+                        "try:\n    main(['tui', '--help'])\nexcept SystemExit:\n    pass\n"
+                        "print('textual' in sys.modules)"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert "--demo ARCH" in r.stdout and r.stdout.strip().endswith("False")
+
+
+@pytest.mark.slow
+async def test_quit_during_a_run_asks_then_cancels(tmp_path):
+    config = demo_config("lstm")
+    config.output.dir = str(tmp_path / "out")
+    app = WizardApp(config=config)
+    async with app.run_test(size=SIZE) as pilot:
+        await review_ready(pilot)
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: app.runner is not None and app.runner._proc is not None, timeout=60)
+        pid = app.runner._proc.pid
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert app.run_in_progress  # only asked so far
+        await pilot.press("n")
+        await pilot.pause()
+        assert app.run_in_progress and not app.runner.cancelled
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        await pilot.press("y")
+        await wait_for(pilot, lambda: run_done(app), timeout=30)
+        await pilot.pause(0.2)
+    assert app.run_model.status == "cancelled"
+    assert not process_alive(pid)
+
+
+def test_run_model_batches_log_lines_per_step():
+    config = demo_config("lstm")
+    config.output.dir = "/tmp/sherpa-ncnn-wizard-unused"
+    from core.pipeline import build_plan
+    from core.events import LogLines as Lines
+    from tui.wizard_app import LOG_KEEP_LINES, RunModel
+    model = RunModel(build_plan(config, check_out_dir=False))
+    for i in range(100):
+        model.handle(Lines("export", tuple(f"{i}-{j}" for j in range(100))))
+    assert model.version == 0  # log lines alone never redraw the step list
+    lines = model.take_pending("export")
+    assert len(lines) == 10_000 and lines[-1] == "99-99"
+    assert model.take_pending("export") == []
+    assert len(model.by_id["export"].lines) == LOG_KEEP_LINES

@@ -1,0 +1,301 @@
+"""Plain helpers behind the Textual wizard (no textual import here, so they are easy to test).
+
+They only prepare what the screens show: they call core for every decision
+(resolve, build_metadata, find_pnnx, the pipeline's recipe helpers) and never
+run a process or parse a tool's log.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.architectures import EXPORT_ONLY_FLAGS, ArchSpec, ResolvedValues, resolve
+from core.config import WizardConfig
+from core.pipeline import find_export_script, find_icefall_root, ncnn_name, tokens_flag
+from core.steps import human
+from core.tools import find_pnnx
+
+NETS = ("encoder", "decoder", "joiner")
+MISMATCH_HINT = "hyperparameters don't match"
+
+
+@dataclass
+class FieldCheck:
+    ok: bool
+    message: str
+
+
+# -- model files ------------------------------------------------------------------
+
+def check_recipe(value: str) -> FieldCheck:
+    if not value.strip():
+        return FieldCheck(False, "required: the icefall recipe directory or its export-for-ncnn.py")
+    script = find_export_script(Path(value).expanduser())
+    if not script.is_file():
+        return FieldCheck(False, f"no export-for-ncnn.py at {script}")
+    if not os.access(script, os.R_OK):
+        return FieldCheck(False, f"{script} is not readable")
+    root = find_icefall_root(script)
+    where = f"icefall root {root}" if root else "not under egs/: PYTHONPATH is not extended"
+    flag = tokens_flag(script)
+    return FieldCheck(True, f"looks like an icefall recipe ({script.name}, takes {flag}; {where})")
+
+
+def check_file(value: str, what: str, required: bool = True) -> FieldCheck:
+    if not value.strip():
+        return FieldCheck(not required, f"required: {what}" if required else "not set")
+    p = Path(value).expanduser()
+    if not p.exists():
+        return FieldCheck(False, f"{p} not found")
+    if not p.is_file():
+        return FieldCheck(False, f"{p} is not a file")
+    if not os.access(p, os.R_OK):
+        return FieldCheck(False, f"{p} is not readable")
+    return FieldCheck(True, f"ok ({human(p.stat().st_size)})")
+
+
+def check_tokens(value: str) -> FieldCheck:
+    check = check_file(value, "tokens.txt or bpe.model")
+    if check.ok:
+        kind = "bpe.model: tokens.txt is made from it" if value.strip().endswith(".model") else "tokens.txt"
+        return FieldCheck(True, f"{check.message}, {kind}")
+    return check
+
+
+def check_python(value: str) -> FieldCheck:
+    import sys
+    py = value.strip() or sys.executable
+    found = shutil.which(py) or (py if Path(py).is_file() else None)
+    if not found:
+        return FieldCheck(False, f"{py} not found")
+    return FieldCheck(True, f"{found}" + (" (this interpreter)" if not value.strip() else ""))
+
+
+def check_out_dir(value: str) -> FieldCheck:
+    if not value.strip():
+        return FieldCheck(False, "required: where the model is written")
+    p = Path(value).expanduser().resolve()
+    if p.exists() and not p.is_dir():
+        return FieldCheck(False, f"{p} exists and is not a directory")
+    if p.is_dir() and any(p.iterdir()):
+        ours = {"run-state.json", "manifest.json", "wizard.toml"} & {c.name for c in p.iterdir()}
+        if not ours:
+            return FieldCheck(False, f"{p} is not empty and was not made by the wizard")
+        return FieldCheck(True, f"{p} (an earlier wizard run: it is replaced)")
+    return FieldCheck(True, f"{p} (created when the run starts)")
+
+
+def check_pnnx(value: str) -> FieldCheck:
+    info = find_pnnx(value.strip() or None)
+    if info.problems:
+        return FieldCheck(False, "; ".join(info.problems))
+    where = f"{info.path}" + (f" (pnnx {info.version}, the wheel's)" if info.source == "wheel" else " (yours)")
+    extra = ""
+    if len(info.on_path) > 1:
+        extra = f"; several pnnx on PATH: {', '.join(info.on_path)} (the one above is used by full path)"
+    elif info.on_path:
+        extra = f"; on PATH: {info.on_path[0]} (not used)"
+    return FieldCheck(True, "uses " + where + extra)
+
+
+FILE_FIELDS = (  # (id, label, getter/setter key, check)
+    ("recipe", "icefall recipe dir or export-for-ncnn.py", check_recipe),
+    ("checkpoint", "checkpoint (pretrained.pt / epoch-N.pt)",
+     lambda v: check_file(v, "the checkpoint (pretrained.pt / epoch-N.pt)")),
+    ("tokens", "tokens.txt or bpe.model", check_tokens),
+    ("python", "Python that runs the export (empty: this one)", check_python),
+    ("out", "output directory", check_out_dir),
+    ("pnnx", "pnnx binary (empty: the wheel's)", check_pnnx),
+)
+
+
+def file_values(config: WizardConfig) -> dict[str, str]:
+    f = config.files
+    return {"recipe": f.recipe, "checkpoint": f.checkpoint, "tokens": f.tokens or f.bpe_model,
+            "python": f.python, "out": config.output.dir, "pnnx": config.tools.pnnx}
+
+
+def apply_file_values(config: WizardConfig, values: dict[str, str]) -> None:
+    f = config.files
+    f.recipe = values["recipe"].strip()
+    f.checkpoint = values["checkpoint"].strip()
+    tok = values["tokens"].strip()
+    f.bpe_model, f.tokens = (tok, "") if tok.endswith(".model") else ("", tok)
+    f.python = values["python"].strip()
+    config.output.dir = values["out"].strip()
+    config.tools.pnnx = values["pnnx"].strip()
+
+
+# -- hyperparameters --------------------------------------------------------------
+
+@dataclass
+class FormState:
+    """What the hyperparameter form shows for the current inputs."""
+
+    resolved: ResolvedValues
+    field_errors: dict[str, list[str]] = field(default_factory=dict)  # flag -> messages
+    cross_errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.resolved.ok
+
+
+def form_state(spec: ArchSpec, given: dict[str, str]) -> FormState:
+    """Validate the form's non-empty values with core.architectures.resolve."""
+    resolved = resolve(spec, {k: v for k, v in given.items() if v.strip()})
+    state = FormState(resolved)
+    for p in resolved.problems:
+        if p.severity == "warning":
+            state.warnings.append(p.message)
+        elif len(p.flags) == 1 and any(hp.flag == p.flags[0] for hp in spec.hyperparams):
+            state.field_errors.setdefault(p.flags[0], []).append(p.message)
+        else:
+            state.cross_errors.append(p.message)
+    return state
+
+
+@dataclass
+class Pasted:
+    values: dict[str, str]  # flag -> value
+    ignored: list[str]  # export-only flags (--epoch ...)
+    unknown: list[str]  # flags this architecture does not have
+
+
+def parse_pasted_flags(spec: ArchSpec, text: str) -> Pasted:
+    """Flags from an export-for-ncnn.py command line (icefall syntax, shell quoting, backslash newlines)."""
+    tokens = shlex.split(text.replace("\\\n", " "))
+    known = {hp.flag for hp in spec.hyperparams}
+    out = Pasted({}, [], [])
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if not tok.startswith("--"):
+            continue  # python, the script path, ...
+        if "=" in tok:
+            flag, value = tok.split("=", 1)
+        else:
+            flag = tok
+            value = tokens[i] if i < len(tokens) and not tokens[i].startswith("--") else ""
+            if value:
+                i += 1
+        if flag in known:
+            out.values[flag] = value
+        elif flag in EXPORT_ONLY_FLAGS:
+            out.ignored.append(flag)
+        else:
+            out.unknown.append(flag)
+    return out
+
+
+# -- review and summary -------------------------------------------------------------
+
+def header_change(out_dir: Path) -> str:
+    """``N M → N+1 M``, with the real numbers when pnnx's encoder param is already there."""
+    raw = out_dir / "work" / "pnnx" / ncnn_name("encoder", "param")
+    try:
+        with open(raw, encoding="utf-8") as fh:
+            fh.readline()
+            n, m = fh.readline().split()[:2]
+        return f"{n} {m} → {int(n) + 1} {m}  (from the last pnnx output in {raw.parent})"
+    except (OSError, ValueError):
+        return "N M → N+1 M  (layer count + 1 for the metadata line; the real numbers are known after pnnx)"
+
+
+def sherpa_snippet(out_dir: Path) -> str:
+    def p(name: str) -> str:
+        return repr(str(out_dir / name))
+    args = [f"    tokens={p('tokens.txt')},"]
+    for net in NETS:
+        for ext in ("param", "bin"):
+            args.append(f"    {net}_{ext}={p(ncnn_name(net, ext))},")
+    return "\n".join(["import sherpa_ncnn", "", "recognizer = sherpa_ncnn.Recognizer(", *args,
+                      "    num_threads=2,", ")"])
+
+
+@dataclass
+class RunResults:
+    sizes: list[tuple[str, str, str, str]]
+    checks: list[tuple[bool, str]]
+    transcripts: list[tuple[str, str]]
+    decode_error: str | None
+    files: list[str]
+
+
+def read_results(out_dir: Path) -> RunResults:
+    def load(name: str):
+        try:
+            return json.loads((out_dir / name).read_text())
+        except (OSError, ValueError):
+            return None
+    summary = load("summary.json") or {}
+    sizes = [(r["model"], human(r.get("pt")), human(r.get("fp16")), human(r.get("int8")))
+             for r in summary.get("sizes", [])]
+    validation = load("validation.json") or {}
+    checks = []
+    for r in validation.get("numeric", []):
+        label = f"{r['net']} {r.get('output', '')} {r.get('note', '')}".strip()
+        detail = (f"max abs diff {r['max_abs']:.1e} ≤ {r['tolerance']:.0e}" if r.get("ok") else
+                  f"max abs diff {r['max_abs']:.1e} > {r['tolerance']:.0e}") if "max_abs" in r else r.get("error", "")
+        checks.append((bool(r.get("ok")), f"{label}: {detail}"))
+    transcripts = []
+    decode_error = None
+    d = validation.get("decode")
+    if d:
+        if d.get("ok"):
+            transcripts = [(Path(item["wav"]).name, item["text"]) for item in d.get("results", [])]
+            checks.append((True, f"sherpa-ncnn ({d.get('model', 'fp16')}) loaded the model and decoded "
+                                 f"{len(transcripts)} wav(s)"))
+        else:
+            decode_error = d.get("error") or "sherpa-ncnn failed"
+            checks.append((False, f"sherpa-ncnn: {decode_error}"))
+    files = summary.get("files") or sorted(p.name for p in out_dir.iterdir() if p.is_file()) \
+        if out_dir.is_dir() else []
+    return RunResults(sizes, checks, transcripts, decode_error, list(files))
+
+
+def fix_target(step: str, hint: str | None, error: str | None) -> str:
+    """Which screen "fix and resume" goes back to: "hyperparameters" for a mismatch, else "files"."""
+    text = f"{hint or ''} {error or ''}"
+    if MISMATCH_HINT in text or step == "metadata":
+        return "hyperparameters"
+    return "files"
+
+
+def calibration_wavs(text: str) -> list[Path]:
+    """Calibration audio from what the user typed: a folder, a list file, or paths separated by spaces."""
+    import shlex
+    paths: list[Path] = []
+    for word in shlex.split(text or ""):
+        p = Path(word).expanduser()
+        if p.is_dir():
+            paths += sorted(p.glob("*.wav"))
+        elif p.suffix.lower() in (".txt", ".lst", ".list", ".scp") and p.is_file():
+            paths += [Path(line.strip()) for line in p.read_text().splitlines() if line.strip()]
+        else:
+            paths.append(p)
+    return paths
+
+
+def calibration_check(wavs: list[Path], config) -> tuple[bool, list[str]]:
+    """(usable?, lines to show): count, total duration, and every file that cannot be used, by name."""
+    from core.architectures import get_arch, resolve
+    from core.audio import read_wav
+    from core.calibration_run import check_wavs
+    if not wavs:
+        return False, ["no calibration audio: give a folder of 16 kHz wavs, a list file, or paths"]
+    resolved = resolve(get_arch(config.arch), config.hyperparameter_flags())
+    segment = resolved.arch.segment_offset(resolved.values)[0] if resolved.ok else 51
+    check = check_wavs(wavs, segment)
+    seconds = 0.0
+    for w in check.usable:
+        seconds += read_wav(w).seconds
+    lines = [f"{len(check.usable)} usable wav(s), {seconds:.1f} s in total, 16 kHz"]
+    lines += [f"✗ {p}" for p in check.problems]
+    return bool(check.usable) and not any("Hz" in p for p in check.problems), lines
