@@ -158,6 +158,10 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
 
     tok_flag = tokens_flag(script) if script.is_file() else "--tokens"
     tokens_src = Path(f.tokens).expanduser() if f.tokens else None
+    if f.checkpoint and checkpoints and checkpoints[0].is_file():
+        p, w = check_checkpoint(config, checkpoints[0], tokens_src)
+        problems += p
+        warnings += w
     bpe = Path(f.bpe_model).expanduser() if f.bpe_model else None
     if tokens_src is None and bpe is None:
         problems.append("files.tokens: not set; give tokens.txt or files.bpe_model (bpe.model)")
@@ -178,8 +182,7 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     warnings += [f"tools.pnnx: {w}" for w in pnnx.warnings]
 
     if config.output.int8:
-        problems.append("output.int8: int8 is not available yet in this version (built-in calibration and "
-                        "quantization are coming); run without --int8 for the fp16 model")
+        problems += _check_calibration_wavs(config, resolved)
 
     if check_out_dir:
         problems += _check_out_dir(out)
@@ -193,7 +196,14 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     steps.append(_export_step(config, layout, script, root, checkpoints, tok_flag, bpe, resolved))
     for net in NETS:
         steps.append(_pnnx_step(pnnx.path, layout, net))
-    steps.append(make_finalize_encoder(layout, spec, resolved))
+    from .rewrite_step import make_rewrite, rewritten
+    steps.append(make_rewrite(layout, spec.name))
+    steps.append(make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin")))
+    if config.output.int8:
+        from .int8_steps import make_calibrate, make_pnnx_fp32, make_quantize
+        steps += [make_pnnx_fp32(pnnx.path, layout, net) for net in ("encoder", "joiner")]
+        steps.append(make_calibrate(layout, [Path(w) for w in config.calibration.wavs]))
+        steps.append(make_quantize(layout))
     if config.validation.numeric or config.validation.decode:
         steps.append(_validate_step(config, layout))
     steps.append(make_summary(layout, checkpoints[0] if len(checkpoints) == 1 else None))
@@ -213,6 +223,76 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     run = PlannedRun(plan, config, resolved, pnnx, warnings)
     run.script = render_script(run)
     return run
+
+
+def check_checkpoint(config: WizardConfig, ckpt: Path, tokens: Path | None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) from comparing the config with what the checkpoint's weights show.
+
+    A file that cannot be read as a checkpoint safely (not a torch file, or one that needs code to unpickle)
+    gives a warning, not a problem: icefall's export is the judge then. An architecture sherpa-ncnn cannot
+    run (Zipformer2) is a problem. Mismatches are problems unless files.ignore_checkpoint_mismatch is set.
+    """
+    from .checkpoint import CheckpointError, UnsupportedArchitectureError, check_against, check_tokens, detect
+    try:
+        detection = detect(ckpt)
+    except UnsupportedArchitectureError as exc:
+        return [f"files.checkpoint: {exc}"], []
+    except CheckpointError as exc:
+        return [], [f"files.checkpoint: not checked against the hyperparameters: {exc}"]
+    problems: list[str] = []
+    fixed_dims = ("decoder_dim is ", "joiner_dim is ")  # checked against the recipe's own get_params below
+    warnings = [f"files.checkpoint: {m}" for m in detection.disagreements + detection.warnings
+                if not m.startswith(fixed_dims)]
+    if detection.arch.name != "zipformer" and config.files.recipe:
+        warnings += _fixed_dim_warnings(Path(config.files.recipe).expanduser(), detection)
+    ignore = config.files.ignore_checkpoint_mismatch
+    for m in check_against(config, detection):
+        text = f"{'arch' if m.flag == 'arch' else 'hyperparameters'}: {m.message}"
+        if m.severity == "error" and not ignore:
+            problems.append(text + " (fix it, or set files.ignore_checkpoint_mismatch / "
+                                   "--ignore-checkpoint-mismatch to run anyway)")
+        else:
+            warnings.append(text)
+    if tokens is not None and tokens.is_file():
+        for msg in check_tokens(tokens, detection):
+            (warnings if ignore else problems).append(f"files.tokens: {msg}")
+    return problems, warnings
+
+
+def _fixed_dim_warnings(recipe: Path, detection) -> list[str]:
+    """ConvEmformer/LSTM recipes fix decoder_dim/joiner_dim in get_params; compare with the checkpoint."""
+    import re
+    folder = recipe if recipe.is_dir() else recipe.parent
+    text = ""
+    for name in ("do_not_use_it_directly.py", "train.py"):
+        try:
+            text += (folder / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    out = []
+    for key in ("decoder_dim", "joiner_dim"):
+        have = detection.extras.get(key)
+        m = re.search(rf"[\"']{key}[\"']\s*:\s*(\d+)", text)
+        if have is not None and m and int(m.group(1)) != have:
+            out.append(f"files.checkpoint: the checkpoint's {key} is {have}, but the recipe's get_params fixes it at "
+                       f"{m.group(1)}; the export will fail with a size mismatch")
+    return out
+
+
+def _check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> list[str]:
+    """int8 needs calibration audio: every file named before anything runs (not 16 kHz, unreadable, too short)."""
+    if not config.calibration.wavs:
+        return ["calibration.wavs: int8 needs calibration audio (16 kHz wavs like the ones the model will hear); "
+                "list some in [calibration] wavs"]
+    if not resolved.ok:
+        return []
+    from .calibration_run import check_wavs
+    segment, _ = resolved.arch.segment_offset(resolved.values)
+    check = check_wavs([Path(w) for w in config.calibration.wavs], segment)
+    problems = [f"calibration.wavs: {p}" for p in check.problems if "channels" not in p]
+    if not check.usable:
+        problems.append("calibration.wavs: none of the files can be used")
+    return problems
 
 
 def _check_out_dir(out: Path) -> list[str]:
@@ -276,6 +356,9 @@ def _pnnx_step(pnnx: Path, layout: Layout, net: str) -> Step:
 def _validate_step(config: WizardConfig, layout: Layout) -> Step:
     argv = [sys.executable, "-m", "core.validate", str(layout.out), "--arch", config.arch,
             "--traced-dir", str(layout.exp), "--json-out", str(layout.out / "validation.json")]
+    if config.output.int8:
+        from .int8_steps import fp32_dir
+        argv += ["--int8", "--fp32-dir", str(fp32_dir(layout))]
     for wav in config.validation.wavs:
         argv += ["--wav", wav]
     if not config.validation.numeric:
@@ -285,6 +368,9 @@ def _validate_step(config: WizardConfig, layout: Layout) -> Step:
     for wav, text in config.validation.transcripts.items():
         argv += ["--reference", f"{wav}={text}"]
     inputs = [layout.final(n, e) for n in NETS for e in ("param", "bin")] + [layout.tokens]
+    if config.output.int8:
+        from .int8_steps import int8_file
+        inputs += [int8_file(layout, n, e) for n in ("encoder", "joiner") for e in ("param", "bin")]
     inputs += [Path(w) for w in config.validation.wavs]
     return Step("validate", "Validate: torch vs ncnn, and decode in sherpa-ncnn", argv=argv,
                 env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])},

@@ -213,6 +213,7 @@ class Runner:
         for p in step.outputs:  # a stale output must never pass for this run's
             if p.is_symlink() or p.is_file():
                 p.unlink()
+            p.parent.mkdir(parents=True, exist_ok=True)  # tools like pnnx do not create directories
         t0 = time.monotonic()
         tail: list[str] = []
         with open(log_path, "w", encoding="utf-8") as log:

@@ -81,8 +81,10 @@ def make_tokens(layout, tokens_src: Path | None, bpe: Path | None) -> Step:
                 describe=f"{title.lower()} -> {layout.tokens}", script=script)
 
 
-def make_finalize_encoder(layout, spec, resolved) -> Step:
-    raw_param, raw_bin = layout.raw("encoder", "param"), layout.raw("encoder", "bin")
+def make_finalize_encoder(layout, spec, resolved, raw_param: Path | None = None, raw_bin: Path | None = None) -> Step:
+    # raw_param/raw_bin: the rewrite step's output (core.rewrite_step); default pnnx's own output
+    raw_param = raw_param or layout.raw("encoder", "param")
+    raw_bin = raw_bin or layout.raw("encoder", "bin")
     final_param, final_bin = layout.final("encoder", "param"), layout.final("encoder", "bin")
 
     def run(ctx: StepContext) -> None:
@@ -133,7 +135,7 @@ def size_table(layout, checkpoint: Path | None) -> list[dict]:
         rows.append({"model": net,
                      "pt": size(layout.pt(net)),
                      "fp16": size(layout.final(net, "bin")),
-                     "fp32": None,  # the fp32 set comes with int8
+                     "fp32": size(layout.work / "fp32" / f"{net}_jit_trace-pnnx.ncnn.bin"),
                      "int8": size(layout.out / f"{net}_jit_trace-pnnx.ncnn.int8.bin")})
     if checkpoint is not None and checkpoint.exists():
         rows.insert(0, {"model": "checkpoint", "pt": checkpoint.stat().st_size, "fp16": None, "fp32": None,
@@ -166,7 +168,10 @@ def make_summary(layout, checkpoint: Path | None) -> Step:
         files = sorted(str(p.relative_to(layout.out)) for p in layout.out.iterdir() if p.is_file())
         checks_file = layout.work / "metadata-checks.json"
         metadata_checks = json.loads(checks_file.read_text()) if checks_file.exists() else None
-        summary = {"sizes": rows, "metadata": metadata_checks, "validation": validation, "files": files}
+        rewrite_file = layout.work / "rewrite-plan.json"
+        rewrite = json.loads(rewrite_file.read_text()) if rewrite_file.exists() else None
+        summary = {"sizes": rows, "metadata": metadata_checks, "validation": validation, "files": files,
+                   "rewrite": rewrite}
         atomic_write_bytes(out, json.dumps(summary, indent=2).encode())
 
     return Step("summary", "Summary: sizes and results", func=run,

@@ -333,6 +333,36 @@ def detect_arch(out: Path) -> str | None:
     return spec.name if spec else None
 
 
+def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[str, str], report: dict,
+                  print_fn=print, target: float = 0.99) -> None:
+    """The int8 set: decoded by sherpa-ncnn, and compared with fp32 on the same inputs (cosine per output)."""
+    from .calibration_run import ModelFiles
+    from .int8_check import compare_int8
+    d = decode(out, wavs, references, int8=True)
+    report["decode_int8"] = asdict(d)
+    if d.ok:
+        for item in d.results:
+            print_fn(f"-[✓] sherpa-ncnn int8 {Path(item['wav']).name}: {item['text']!r}")
+    else:
+        report["ok"] = False
+        print_fn(f"-[✗] sherpa-ncnn int8: {d.error}")
+    fp32 = ModelFiles(out / "encoder_jit_trace-pnnx.ncnn.param", fp32_dir / "encoder_jit_trace-pnnx.ncnn.bin",
+                      out / "decoder_jit_trace-pnnx.ncnn.param", out / "decoder_jit_trace-pnnx.ncnn.bin",
+                      out / "joiner_jit_trace-pnnx.ncnn.param", fp32_dir / "joiner_jit_trace-pnnx.ncnn.bin")
+    if not wavs:
+        report["notes"].append("int8 similarity not measured: no wavs")
+        return
+    sims = compare_int8(fp32, (out / "encoder_jit_trace-pnnx.ncnn.int8.param", out / "encoder_jit_trace-pnnx.ncnn.int8.bin"),
+                        (out / "joiner_jit_trace-pnnx.ncnn.int8.param", out / "joiner_jit_trace-pnnx.ncnn.int8.bin"),
+                        wavs)
+    report["int8_similarity"] = [asdict(s) for s in sims]
+    for s in sims:
+        print_fn(s.line(target))
+        if s.mean_cosine < target:
+            report["notes"].append(f"int8 {s.net} {s.output}: mean cosine {s.mean_cosine:.4f} is below {target}; "
+                                   "try more calibration audio, or keep the most sensitive layers in float")
+
+
 def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
              numeric: bool = True, run_decode: bool = True, print_fn=print) -> dict:
     report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
@@ -390,10 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--no-numeric", action="store_true")
     p.add_argument("--no-decode", action="store_true")
+    p.add_argument("--int8", action="store_true", help="also check the *.int8.* encoder and joiner")
+    p.add_argument("--fp32-dir", type=Path, default=None, help="where the fp32 encoder/joiner .bin files are")
     a = p.parse_args(argv)
     refs = dict(r.split("=", 1) for r in a.reference if "=" in r)
-    report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode,
-                      print_fn=lambda s: print(s, flush=True))
+    say = lambda s: print(s, flush=True)  # noqa: E731
+    report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
+    if a.int8:
+        validate_int8(a.out, a.fp32_dir or a.out / "work" / "fp32", a.wav, refs, report, print_fn=say)
     if a.json_out:
         from .atomic import atomic_write_bytes
         atomic_write_bytes(a.json_out, json.dumps(report, indent=2).encode())

@@ -78,7 +78,7 @@ def test_resume_of_a_finished_demo_run_skips_everything(demo_runs, capsys):
     capsys.readouterr()
     assert main(["run", "--demo", "lstm", "--out", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("skipped (unchanged)") == 9
+    assert printed.count("skipped (unchanged)") == 10  # every step, the rewrite step included
 
 
 def test_changed_hyperparameters_give_a_different_correct_model(tmp_path, cli_json):
@@ -126,10 +126,49 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert script.read_text().startswith("#!/usr/bin/env bash") and script.stat().st_mode & 0o100
 
 
-def test_int8_is_refused_with_a_clear_message(tmp_path, capsys):
+def test_int8_demo_run_quantizes_calibrates_and_decodes(tmp_path, capsys):
     from tui.cli import main
-    assert main(["run", "--demo", "lstm", "--out", str(tmp_path / "o"), "--int8"]) == 2
-    assert "int8 is not available yet" in capsys.readouterr().err
+    out = tmp_path / "int8 out"
+    assert main(["run", "--demo", "lstm", "--out", str(out), "--int8"]) == 0
+    for net in ("encoder", "joiner"):
+        assert (out / f"{net}_jit_trace-pnnx.ncnn.int8.param").read_text().count(" 8=2") >= 1
+        assert (out / f"{net}-scale-table.txt").read_text().strip()
+    assert "SherpaMetaData" in (out / "encoder_jit_trace-pnnx.ncnn.int8.param").read_text()
+    validation = json.loads((out / "validation.json").read_text())
+    assert validation["ok"] and validation["decode_int8"]["ok"]
+    assert len(validation["decode_int8"]["results"]) == 3
+    assert all(s["mean_cosine"] >= 0.99 for s in validation["int8_similarity"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    steps = [s["id"] for s in manifest["steps"]]
+    assert {"pnnx-encoder-fp32", "pnnx-joiner-fp32", "calibrate", "quantize"} <= set(steps)
+    sizes = {r["model"]: r for r in manifest["summary"]["sizes"]}
+    assert sizes["joiner"]["int8"] < sizes["joiner"]["fp32"] / 2
+    printed = capsys.readouterr().out
+    assert "sherpa-ncnn int8" in printed and "cosine mean" in printed
+
+
+def test_int8_needs_usable_calibration_audio(tmp_path, capsys):
+    from tui.cli import main
+    import wave
+    cfg = demo_config("lstm")
+    cfg.output.int8 = True
+    cfg.calibration.wavs = []
+    cfg.output.dir = str(tmp_path / "o")
+    path = tmp_path / "w.toml"
+    cfg.save(path)
+    assert main(["run", "--config", str(path)]) == 2
+    assert "int8 needs calibration audio" in capsys.readouterr().err
+    slow = tmp_path / "phone.wav"
+    with wave.open(str(slow), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(b"\0\0" * 8000)
+    cfg.calibration.wavs = [str(slow)]
+    cfg.save(path)
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "phone.wav: 8000 Hz" in err and not (tmp_path / "o").exists()
 
 
 def test_validate_command_on_a_finished_run(demo_runs, cli_json):

@@ -132,7 +132,7 @@ def test_plan_has_exact_commands(fake):
     planned = build_plan(fake)
     steps = {s.id: s for s in planned.plan.steps}
     assert list(steps) == ["prepare", "tokens", "export", "pnnx-encoder", "pnnx-decoder", "pnnx-joiner",
-                           "metadata", "summary"]
+                           "rewrite", "metadata", "summary"]
     out = planned.out_dir
     export = steps["export"].argv
     i = export.index("--exp-dir")
@@ -177,7 +177,7 @@ def test_old_icefall_takes_bpe_model(tmp_path, fake):
     (lambda c: setattr(c.files, "checkpoint", "/nope/pretrained.pt"), "files.checkpoint: /nope/pretrained.pt not found"),
     (lambda c: setattr(c.files, "recipe", "/nope"), "files.recipe: /nope/export-for-ncnn.py not found"),
     (lambda c: setattr(c.files, "tokens", ""), "files.tokens: not set"),
-    (lambda c: setattr(c.output, "int8", True), "int8 is not available yet"),
+    (lambda c: setattr(c.output, "int8", True), "calibration.wavs: int8 needs calibration audio"),
     (lambda c: setattr(c.tools, "pnnx", "/nope/pnnx"), "tools.pnnx: /nope/pnnx not found"),
     (lambda c: c.hyperparameters.update({"encoder-dim": "64"}), "--rnn-hidden-size 48 must be >= --encoder-dim 64"),
     (lambda c: setattr(c.files, "python", "/nope/python3"), "files.python: /nope/python3 not found"),

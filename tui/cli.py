@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sherpa-ncnn-wizard",
         description="Take an icefall streaming transducer (Zipformer v1, ConvEmformer, LSTM) to a verified "
-                    "sherpa-ncnn model. Without a command, prints this help.",
+                    "sherpa-ncnn model. Without a command, opens the wizard (prints this help when not in a terminal).",
         epilog=EXIT_CODES_HELP,
         allow_abbrev=False,
     )
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("path", metavar="PATH", help="an encoder .param, or a directory with encoder/decoder/joiner "
                                                      ".param files and tokens.txt")
     doctor.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    from .cli_detect import add_detect_parsers
+    add_detect_parsers(sub)
+    from .cli_rewrite import add_rewrite_parser
+    add_rewrite_parser(sub)
     run = sub.add_parser(
         "run", allow_abbrev=False,
         help="run the whole pipeline: export, pnnx, metadata, validation",
@@ -93,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--script", metavar="F", help="also write the plan as a runnable bash script to F")
     run.add_argument("--python", metavar="PY", help="the Python that runs icefall's export (default: this one)")
     run.add_argument("--pnnx", metavar="PATH", help="use this pnnx binary instead of the wheel's")
+    run.add_argument("--ignore-checkpoint-mismatch", action="store_true",
+                     help="run even if the hyperparameters differ from what the checkpoint's weights show")
+    from .cli_from_ncnn import add_from_ncnn_arguments
+    add_from_ncnn_arguments(run, source)
+
+    tui = sub.add_parser(
+        "tui", allow_abbrev=False,
+        help="the guided wizard (Textual); also what the bare command opens in a terminal",
+        description="Open the wizard: demo or your model, files, architecture, hyperparameters, review, run, "
+                    "summary. Nothing is written before the run starts.",
+        epilog=EXIT_CODES_HELP,
+    )
+    tui_source = tui.add_mutually_exclusive_group()
+    tui_source.add_argument("--config", metavar="F", help="open this wizard.toml (starts at Review)")
+    tui_source.add_argument("--demo", metavar="ARCH", choices=sorted(ARCHITECTURES),
+                            help="start on a bundled demo (" + ", ".join(sorted(ARCHITECTURES)) + ")")
+    tui.add_argument("--out", metavar="DIR", help="output directory (default: the config's, or runs/demo-ARCH)")
 
     validate = sub.add_parser(
         "validate", allow_abbrev=False,
@@ -107,6 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(default: DIR/work/exp when present)")
     validate.add_argument("--wav", action="append", default=[], metavar="W", help="a 16 kHz test wav (repeatable)")
     validate.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+    calibrate = sub.add_parser(
+        "calibrate", allow_abbrev=False,
+        help="int8 scale tables from calibration audio (built in; no generate-int8-scale-table needed)",
+        description="Stream 16 kHz wavs through the fp32 model in DIR (encoder with SherpaMetaData; pnnx fp16=0) "
+                    "as sherpa-ncnn does and write encoder-scale-table.txt and joiner-scale-table.txt in ncnn's "
+                    "format. Statistics per file are cached, so a rerun skips finished files.",
+        epilog=EXIT_CODES_HELP,
+    )
+    calibrate.add_argument("dir", metavar="DIR", help="directory with the fp32 *_jit_trace-pnnx.ncnn.{param,bin}")
+    calibrate.add_argument("--wav", action="append", default=[], metavar="W", help="a calibration wav (repeatable)")
+    calibrate.add_argument("--wav-list", metavar="F", help="a file with one wav path per line")
+    calibrate.add_argument("--out", metavar="D", help="where the tables go (default: DIR)")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+    quantize = sub.add_parser(
+        "quantize", allow_abbrev=False,
+        help="write an int8 param/bin from a scale table (built in; like ncnn2int8)",
+        description="Quantize the Convolution and InnerProduct layers the table names; every other layer's bytes "
+                    "are copied as they are and the result is re-read to the last byte before it is written.",
+        epilog=EXIT_CODES_HELP,
+    )
+    for name in ("param", "bin", "out_param", "out_bin", "table"):
+        quantize.add_argument(name, metavar=name.upper())
+    quantize.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     return parser
 
 
@@ -129,15 +175,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "meta":
             from .cli_meta import run_meta
             return run_meta(args)
+        if args.command == "rewrite":
+            from .cli_rewrite import run_rewrite_cmd
+            return run_rewrite_cmd(args)
         if args.command == "doctor":
             from .cli_doctor import run_doctor
             return run_doctor(args)
+        if args.command in ("detect", "presets"):
+            from .cli_detect import run_detect, run_presets
+            return run_detect(args) if args.command == "detect" else run_presets(args)
+        if args.command == "run" and getattr(args, "from_ncnn", None):
+            from .cli_from_ncnn import run_from_ncnn
+            return run_from_ncnn(args)
         if args.command == "run":
             from .cli_run import run_pipeline
             return run_pipeline(args)
         if args.command == "validate":
             from .cli_validate import run_validate
             return run_validate(args)
+        if args.command in ("calibrate", "quantize"):
+            from .cli_int8 import run_calibrate, run_quantize
+            return run_calibrate(args) if args.command == "calibrate" else run_quantize(args)
+        if args.command == "tui" or (args.command is None and sys.stdin.isatty() and sys.stdout.isatty()):
+            from .wizard_app import run_tui  # textual is imported only here, so --help stays fast
+            return run_tui(args)
         parser.print_help()
         return EXIT_OK
     except KeyboardInterrupt:

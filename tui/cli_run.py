@@ -40,6 +40,8 @@ def load_run_config(args) -> WizardConfig:
         config.files.python = args.python
     if args.pnnx:
         config.tools.pnnx = args.pnnx
+    if getattr(args, "ignore_checkpoint_mismatch", False):
+        config.files.ignore_checkpoint_mismatch = True
     return config
 
 
@@ -194,10 +196,10 @@ def _print_results(out: Console, out_dir: Path, status: str) -> None:
     if summary_file.exists():
         summary = json.loads(summary_file.read_text())
         table = Table(title="sizes", show_edge=False)
-        for col in ("model", "pt", "fp16", "int8"):
+        for col in ("model", "pt", "fp16", "fp32", "int8"):
             table.add_column(col, justify="left" if col == "model" else "right")
         for r in summary["sizes"]:
-            table.add_row(r["model"], human(r["pt"]), human(r["fp16"]), human(r["int8"]))
+            table.add_row(r["model"], human(r["pt"]), human(r["fp16"]), human(r.get("fp32")), human(r["int8"]))
         out.print(table)
     vfile = out_dir / "validation.json"
     if vfile.exists():
@@ -217,6 +219,21 @@ def _print_results(out: Console, out_dir: Path, status: str) -> None:
                                                                   f"{Path(item['wav']).name}: {item['text']!r}{wer}"))
             else:
                 out.print(Text("[✗] ", style="red") + Text(f"sherpa-ncnn: {d['error']}"))
+        d8 = v.get("decode_int8")
+        if d8:
+            if d8["ok"]:
+                for item in d8["results"]:
+                    out.print(Text("[✓] ", style="green") + Text(f"sherpa-ncnn int8: {Path(item['wav']).name}: "
+                                                                  f"{item['text']!r}"))
+            else:
+                out.print(Text("[✗] ", style="red") + Text(f"sherpa-ncnn int8: {d8['error']}"))
+        for s in v.get("int8_similarity", []):
+            ok = s["mean_cosine"] >= 0.99
+            out.print(Text("[✓] " if ok else "[!] ", style="green" if ok else "yellow")
+                      + Text(f"int8 {s['net']} {s['output']}: cosine mean {s['mean_cosine']:.4f} "
+                             f"(worst {s['min_cosine']:.4f}) vs fp32"))
+        for note in v.get("notes", []):
+            out.print(Text("note: ", style="yellow") + Text(note))
     verdict = {"ok": ("done", "bold green"), "cancelled": ("cancelled: finished steps are kept; resume with --resume",
                                                            "bold yellow")}.get(status, ("failed: fix the problem, then "
                                                                                         "run again with --resume",

@@ -1,0 +1,119 @@
+"""The int8 part of a run: fp32 conversions, built-in calibration, built-in quantization.
+
+The fp32 set that calibration and quantization read is the final encoder param
+(rewritten, with SherpaMetaData) with pnnx's fp32 weights, and the joiner's
+param with its fp32 weights: pnnx writes the same param text for fp16 and fp32,
+and the calibrate step checks that, and that no rewrite moved weights, before
+it relies on it. The decoder stays fp16 (ncnn does not quantize it).
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+from .calibration_run import ModelFiles
+from .runner import Step, StepContext, StepError
+
+INT8_NETS = ("encoder", "joiner")
+
+
+def fp32_dir(layout) -> Path:
+    return layout.work / "fp32"
+
+
+def fp32_raw(layout, net: str, ext: str) -> Path:
+    return fp32_dir(layout) / f"{net}_jit_trace-pnnx.ncnn.{ext}"
+
+
+def int8_file(layout, net: str, ext: str) -> Path:
+    return layout.out / f"{net}_jit_trace-pnnx.ncnn.int8.{ext}"
+
+
+def table_file(layout, net: str) -> Path:
+    return layout.out / f"{net}-scale-table.txt"
+
+
+def fp32_model_files(layout) -> ModelFiles:
+    return ModelFiles(layout.final("encoder", "param"), fp32_raw(layout, "encoder", "bin"),
+                      layout.final("decoder", "param"), layout.final("decoder", "bin"),
+                      layout.final("joiner", "param"), fp32_raw(layout, "joiner", "bin"))
+
+
+def make_pnnx_fp32(pnnx: Path, layout, net: str) -> Step:
+    stem = fp32_dir(layout) / net
+    argv = [str(pnnx), str(layout.pt(net)), f"pnnxparam={stem}.pnnx.param", f"pnnxbin={stem}.pnnx.bin",
+            f"pnnxpy={stem}_pnnx.py", f"pnnxonnx={stem}.pnnx.onnx", f"ncnnparam={fp32_raw(layout, net, 'param')}",
+            f"ncnnbin={fp32_raw(layout, net, 'bin')}", f"ncnnpy={stem}_ncnn.py", "fp16=0"]
+    return Step(f"pnnx-{net}-fp32", f"Convert the {net} with pnnx (fp32, for int8)", argv=argv,
+                inputs=[layout.pt(net)], outputs=[fp32_raw(layout, net, "param"), fp32_raw(layout, net, "bin")],
+                parser="pnnx", script=[f"mkdir -p {shlex.quote(str(fp32_dir(layout)))}", shlex.join(argv)])
+
+
+def _check_fp32_set(layout) -> None:
+    for net, fp16_raw in (("encoder", layout.raw("encoder", "param")), ("joiner", layout.final("joiner", "param"))):
+        if fp32_raw(layout, net, "param").read_bytes() != fp16_raw.read_bytes():
+            raise StepError(f"pnnx wrote a different {net} graph with fp16=0 than with fp16=1; the int8 path assumes "
+                            "they are the same", hint="report this pnnx version; run without --int8 meanwhile")
+    plan = layout.work / "rewrite-plan.json"
+    if plan.exists() and json.loads(plan.read_text()).get("bin_changed"):
+        raise StepError("a rewrite changed the encoder's weights file; int8 of rewritten weights is not supported yet",
+                        hint="run without --int8 for the fp16 model")
+
+
+def make_calibrate(layout, wavs: list[Path]) -> Step:
+    files = fp32_model_files(layout)
+    outputs = [table_file(layout, n) for n in INT8_NETS]
+
+    def run(ctx: StepContext) -> None:
+        from .calibration_run import calibrate
+        from .calibrate import CalibrationError
+        _check_fp32_set(layout)
+        try:
+            result = calibrate(files, wavs, on_progress=lambda i, n, note: (ctx.progress(i, n, note), ctx.log(note)),
+                               cancelled=lambda: ctx._cancelled.is_set(), cache_dir=layout.work / "calibration-cache")
+        except CalibrationError as exc:
+            raise StepError(str(exc), hint="calibration needs 16 kHz mono wavs longer than one chunk") from None
+        for s in result.skipped:
+            ctx.log(f"skipped: {s}")
+        for part, table in (("encoder", result.encoder), ("joiner", result.joiner)):
+            for a in table.activations.values():
+                ctx.log(f"{part} {a.layer:<28} max = {a.absmax:<12.6g} threshold = {a.threshold:<12.6g} "
+                        f"scale = {a.scale:.6g}")
+        atomic_write_bytes(outputs[0], result.encoder.text().encode())
+        atomic_write_bytes(outputs[1], result.joiner.text().encode())
+        ctx.log(f"{result.files} files, {result.chunks} encoder chunks, {result.frames} joiner frames in "
+                f"{result.seconds:.1f} s")
+
+    wav_args = " ".join(f"--wav {shlex.quote(str(w))}" for w in wavs)
+    return Step("calibrate", "Calibrate int8 scales (built in)", func=run,
+                inputs=[*vars(files).values(), *wavs], outputs=outputs,
+                describe=f"stream {len(wavs)} calibration wav(s) through the fp32 model; write the scale tables",
+                script=[f"sherpa-ncnn-wizard calibrate {shlex.quote(str(fp32_dir(layout)))} {wav_args} "
+                        f"--out {shlex.quote(str(layout.out))}  # expects the fp32 set in one directory"])
+
+
+def make_quantize(layout) -> Step:
+    files = fp32_model_files(layout)
+    sources = {"encoder": (files.encoder_param, files.encoder_bin), "joiner": (files.joiner_param, files.joiner_bin)}
+    outputs = [int8_file(layout, n, e) for n in INT8_NETS for e in ("param", "bin")]
+
+    def run(ctx: StepContext) -> None:
+        from .calibrate import CalibrationError, read_table
+        from .quantize import quantize
+        for net in INT8_NETS:
+            try:
+                table = read_table(table_file(layout, net).read_text(), str(table_file(layout, net)))
+                report = quantize(*sources[net], table, int8_file(layout, net, "param"), int8_file(layout, net, "bin"))
+            except CalibrationError as exc:
+                raise StepError(str(exc)) from None
+            ctx.log(f"{net}: quantized {', '.join(report.quantized) or 'nothing'}; weights "
+                    f"{report.weight_bytes_before} -> {report.weight_bytes_after} bytes")
+
+    script = [f"sherpa-ncnn-wizard quantize {shlex.quote(str(p))} {shlex.quote(str(b))} "
+              f"{shlex.quote(str(int8_file(layout, n, 'param')))} {shlex.quote(str(int8_file(layout, n, 'bin')))} "
+              f"{shlex.quote(str(table_file(layout, n)))}" for n, (p, b) in sources.items()]
+    return Step("quantize", "Quantize encoder and joiner to int8 (built in)", func=run,
+                inputs=[*(p for pair in sources.values() for p in pair), *(table_file(layout, n) for n in INT8_NETS)],
+                outputs=outputs, describe="write the int8 encoder and joiner", script=script)
