@@ -91,10 +91,15 @@ def find_export_script(recipe: Path) -> Path:
 
 
 def find_icefall_root(script: Path) -> Path | None:
-    """The directory above ``egs/`` (what icefall's docs put on PYTHONPATH)."""
-    for parent in script.resolve().parents:
-        if parent.name == "egs":
-            return parent.parent
+    """The directory above ``egs/`` (what icefall's docs put on PYTHONPATH), as the user wrote the path.
+
+    Symlinks are followed only when the path as given has no ``egs/`` (e.g. a
+    recipe script linked from elsewhere).
+    """
+    for candidate in (script.absolute(), script.resolve()):
+        for parent in candidate.parents:
+            if parent.name == "egs":
+                return parent.parent
     return None
 
 

@@ -2,9 +2,11 @@
 
 No timings get in: the app runs with show_timings=False, the run screen is fed
 a fixed sequence of core events (no real run), and the summary reads a
-crafted output directory. Paths are fixed (/tmp/sherpa-ncnn-wizard-snapshot)
-so the review's commands are stable. Update with ``--snapshot-update`` only
-after looking at the result.
+crafted output directory. Every path on screen is fixed, whatever the checkout's
+location: the demo assets, the Python and the pnnx binary are reached through
+symlinks under /tmp/sherpa-ncnn-wizard-snapshot-paths, and the output goes to
+/tmp/sherpa-ncnn-wizard-snapshot. Update with ``--snapshot-update`` only after
+looking at the result.
 """
 from __future__ import annotations
 
@@ -22,16 +24,32 @@ from tui.wizard_run import RunScreen, SummaryScreen
 SIZE = (100, 32)
 OUT = Path("/tmp/sherpa-ncnn-wizard-snapshot")
 
-pytestmark = pytest.mark.skipif(Path(__file__).resolve().parents[1] != Path("/work/main")
-                                or DEMO_ROOT != Path("/work/main/assets/demo"),
-                                reason="the snapshots show absolute paths of the reference checkout")
+FIXED = Path("/tmp/sherpa-ncnn-wizard-snapshot-paths")
 
 
 @pytest.fixture(autouse=True)
-def clean_out():
+def fixed_paths(monkeypatch):
+    """Same paths on every machine: symlinks at a fixed place stand in for this checkout's files."""
+    import sys
+
+    import core.demo
+    import core.tools
     shutil.rmtree(OUT, ignore_errors=True)
+    shutil.rmtree(FIXED, ignore_errors=True)
+    FIXED.mkdir(parents=True)
+    pnnx, version = core.tools.wheel_pnnx()
+    (FIXED / "demo").symlink_to(DEMO_ROOT)
+    (FIXED / "python").symlink_to(sys.executable)
+    (FIXED / "pnnx").symlink_to(pnnx)
+    monkeypatch.setattr(core.demo, "DEMO_ROOT", FIXED / "demo")
+    monkeypatch.setattr(core.demo, "ICEFALL_ROOT", FIXED / "demo" / "icefall")
+    monkeypatch.setattr(core.demo, "TEST_WAVS", FIXED / "demo" / "test_wavs")
+    monkeypatch.setattr(sys, "executable", str(FIXED / "python"))
+    monkeypatch.setattr(core.tools, "wheel_pnnx", lambda: (FIXED / "pnnx", version))
+    monkeypatch.setattr(core.tools, "pnnx_on_path", lambda: [])
     yield
     shutil.rmtree(OUT, ignore_errors=True)
+    shutil.rmtree(FIXED, ignore_errors=True)
 
 
 def demo_app(arch: str = "zipformer") -> WizardApp:
