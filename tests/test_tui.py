@@ -394,3 +394,21 @@ def test_run_model_batches_log_lines_per_step():
     assert len(lines) == 10_000 and lines[-1] == "99-99"
     assert model.take_pending("export") == []
     assert len(model.by_id["export"].lines) == LOG_KEEP_LINES
+
+
+def test_summary_results_show_fp16_and_int8_side_by_side(tmp_path):
+    import json
+    from tui import wizard_logic as logic
+    (tmp_path / "summary.json").write_text(json.dumps({"sizes": [
+        {"model": "joiner", "pt": 26000, "fp16": 8700, "fp32": 16900, "int8": 5100}], "files": ["a"]}))
+    (tmp_path / "validation.json").write_text(json.dumps({
+        "numeric": [], "ok": True,
+        "decode": {"ok": True, "model": "fp16", "results": [{"wav": "/x/a.wav", "text": "HELLO"}]},
+        "decode_int8": {"ok": True, "model": "int8", "results": [{"wav": "/x/a.wav", "text": "HELO"}]},
+        "int8_similarity": [{"net": "joiner", "output": "out0", "mean_cosine": 0.995, "min_cosine": 0.98,
+                             "samples": 10}]}))
+    r = logic.read_results(tmp_path)
+    assert r.sizes == [("joiner", "25.4 KB", "8.5 KB", "16.5 KB", "5.0 KB")]
+    assert r.transcripts == [("a.wav", "fp16 'HELLO'   int8 'HELO'")]
+    assert (True, "int8 joiner out0 vs fp32: cosine mean 0.9950 (worst 0.9800)") in r.checks
+    assert any("int8" in text and ok for ok, text in r.checks)

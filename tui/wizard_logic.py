@@ -235,7 +235,7 @@ def read_results(out_dir: Path) -> RunResults:
         except (OSError, ValueError):
             return None
     summary = load("summary.json") or {}
-    sizes = [(r["model"], human(r.get("pt")), human(r.get("fp16")), human(r.get("int8")))
+    sizes = [(r["model"], human(r.get("pt")), human(r.get("fp16")), human(r.get("fp32")), human(r.get("int8")))
              for r in summary.get("sizes", [])]
     validation = load("validation.json") or {}
     checks = []
@@ -255,6 +255,19 @@ def read_results(out_dir: Path) -> RunResults:
         else:
             decode_error = d.get("error") or "sherpa-ncnn failed"
             checks.append((False, f"sherpa-ncnn: {decode_error}"))
+    d8 = validation.get("decode_int8")
+    int8_texts: dict[str, str] = {}
+    if d8:
+        if d8.get("ok"):
+            int8_texts = {Path(item["wav"]).name: item["text"] for item in d8.get("results", [])}
+            checks.append((True, f"sherpa-ncnn (int8) loaded the int8 model and decoded {len(int8_texts)} wav(s)"))
+        else:
+            checks.append((False, f"sherpa-ncnn int8: {d8.get('error') or 'failed'}"))
+    for sim in validation.get("int8_similarity", []):
+        checks.append((sim["mean_cosine"] >= 0.99, f"int8 {sim['net']} {sim['output']} vs fp32: cosine mean "
+                                                   f"{sim['mean_cosine']:.4f} (worst {sim['min_cosine']:.4f})"))
+    if int8_texts:
+        transcripts = [(wav, f"fp16 {text!r}   int8 {int8_texts.get(wav, '-')!r}") for wav, text in transcripts]
     files = summary.get("files") or sorted(p.name for p in out_dir.iterdir() if p.is_file()) \
         if out_dir.is_dir() else []
     return RunResults(sizes, checks, transcripts, decode_error, list(files))

@@ -278,7 +278,7 @@ class RunScreen(Screen):
 
 
 class SizeTable(DataTable):
-    """pt / fp16 / int8 sizes per model (OUT/summary.json)."""
+    """pt / fp16 / fp32 / int8 sizes per model (OUT/summary.json)."""
 
 
 class SummaryScreen(Screen):
@@ -301,11 +301,11 @@ class SummaryScreen(Screen):
                 checks.append("✓ " if ok else "✗ ", style="green" if ok else "red")
                 checks.append(text + "\n")
             yield Static(checks, id="checks")
-            yield Label("Transcripts (real sherpa-ncnn, fp16)", classes="section")
+            yield Label("Transcripts (real sherpa-ncnn)", classes="section")
             transcripts = Text()
             for wav, text in results.transcripts:
                 transcripts.append(f"{wav}: ", style="bold")
-                transcripts.append(f"{text!r}\n")
+                transcripts.append(f"{text}\n" if text.startswith("fp16 ") else f"{text!r}\n")
             if results.decode_error:
                 transcripts.append(results.decode_error, style="red")
             yield Static(transcripts, id="transcripts")
@@ -317,7 +317,7 @@ class SummaryScreen(Screen):
 
     def on_mount(self) -> None:
         table = self.query_one("#sizes", SizeTable)
-        table.add_columns("model", "pt", "fp16", "int8")
+        table.add_columns("model", "pt", "fp16", "fp32", "int8")
         for row in logic.read_results(self.out_dir).sizes:
             table.add_row(*row)
 
