@@ -412,3 +412,48 @@ def test_summary_results_show_fp16_and_int8_side_by_side(tmp_path):
     assert r.transcripts == [("a.wav", "fp16 'HELLO'   int8 'HELO'")]
     assert (True, "int8 joiner out0 vs fp32: cosine mean 0.9950 (worst 0.9800)") in r.checks
     assert any("int8" in text and ok for ok, text in r.checks)
+
+
+async def test_detect_from_checkpoint_fills_the_form_and_marks_fields(tmp_path):
+    """A 2-stack Zipformer checkpoint: detection sets the architecture and fills the form; edits are marked;
+    a contradiction is refused at Review until the user confirms."""
+    import subprocess
+    import sys as _sys
+    from core.demo import DEMO_ROOT
+    flags = ["--num-encoder-layers", "2,2", "--feedforward-dims", "64,64", "--nhead", "2,2", "--encoder-dims", "32,32",
+             "--attention-dims", "16,16", "--encoder-unmasked-dims", "16,16", "--zipformer-downsampling-factors", "1,2",
+             "--cnn-module-kernels", "7,7", "--decoder-dim", "32", "--joiner-dim", "32"]
+    ckpt = tmp_path / "pretrained.pt"
+    subprocess.run([_sys.executable, str(DEMO_ROOT / "make_demo_assets.py"), "checkpoint", "--arch", "zipformer",
+                    "--tokens", str(demo_recipe("zipformer").tokens), "--out", str(ckpt), "--", *flags],
+                   check=True, capture_output=True)
+    app = make_app(demo="lstm", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, FilesScreen)
+        app.screen.query_one("#f-checkpoint").value = str(ckpt)
+        app.screen.query_one("#f-recipe").value = str(DEMO_ROOT / "icefall/egs/librispeech/ASR/"
+                                                      "pruned_transducer_stateless7_streaming")
+        await pilot.pause()
+        app.screen.action_detect()
+        await wait_for(pilot, lambda: app.detected is not None, timeout=60)
+        assert "Streaming Zipformer" in text(app, "#detect-result")
+        assert app.config.arch == "zipformer"
+        await go_to(pilot, HyperScreen)
+        screen = app.screen
+        assert screen.query_one("#hp-num_encoder_layers").value == "2,2"
+        assert "detected (weights)" in text(app, "#d-num_encoder_layers")
+        assert "not in the weights" in text(app, "#d-decode_chunk_len")
+        screen.query_one("#hp-encoder_dims").value = "48,48"
+        await pilot.pause()
+        assert "edited (checkpoint: 32,32)" in text(app, "#d-encoder_dims")
+        assert not screen.query_one("#next").disabled, text(app, "#nav-note")
+        await pilot.click("#next")
+        await pilot.pause()
+        await go_to(pilot, ReviewScreen)
+        await review_ready(pilot)
+        assert "checkpoint has 32" in text(app, "#problems")
+        assert app.screen.query_one("#ignore-mismatch").display and app.screen.query_one("#next").disabled
+        await pilot.click("#ignore-mismatch")
+        await review_ready(pilot)
+        assert app.config.files.ignore_checkpoint_mismatch
+        assert not app.screen.query_one("#next").disabled

@@ -118,6 +118,7 @@ class WizardApp(App):
                  out_dir: str | None = None, show_timings: bool = True):
         super().__init__()
         self.config = config or WizardConfig()
+        self.detected = None  # what "Detect from checkpoint" found (wizard_logic.DetectedModel)
         self.start_demo = demo
         self.start_config = config is not None
         self.out_override = out_dir

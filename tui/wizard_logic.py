@@ -312,3 +312,52 @@ def calibration_check(wavs: list[Path], config) -> tuple[bool, list[str]]:
     lines = [f"{len(check.usable)} usable wav(s), {seconds:.1f} s in total, 16 kHz"]
     lines += [f"✗ {p}" for p in check.problems]
     return bool(check.usable) and not any("Hz" in p for p in check.problems), lines
+
+
+@dataclass
+class DetectedModel:
+    """What "Detect from checkpoint" found, ready to fill the form."""
+
+    ok: bool
+    message: str
+    arch: str | None = None
+    hyperparameters: dict[str, str] = field(default_factory=dict)  # flag without dashes -> value, every field
+    sources: dict[str, str] = field(default_factory=dict)  # name -> "weights" | "training params" | "default"
+    values: dict[str, str] = field(default_factory=dict)  # name -> text, every hyperparameter
+
+
+def detect_checkpoint(path: str) -> DetectedModel:
+    """Read the checkpoint safely (core.checkpoint) and say what it reveals; never raises."""
+    from core.checkpoint import CheckpointError, detect
+    p = Path(path).expanduser()
+    if not p.is_file():
+        return DetectedModel(False, f"✗ {p}: not found")
+    try:
+        d = detect(p)
+    except CheckpointError as exc:
+        return DetectedModel(False, f"✗ {exc}")
+    revealed = {n: v for n, v in d.values.items() if v.revealed}
+    # every field is filled: what the weights do not reveal gets detection's default, sized to this model
+    # (e.g. one --encoder-unmasked-dims value per detected stack), not icefall's 5-stack default
+    hyper = {d.arch.param(n).flag.lstrip("-"): v.text for n, v in d.values.items()}
+    sources = {n: v.source for n, v in d.values.items()}
+    values = {n: v.text for n, v in d.values.items()}
+    msg = (f"✓ {d.arch.title}: {len(revealed)} of {len(d.values)} hyperparameters read from the checkpoint; "
+           "the others are marked 'not in the weights' (icefall's default)")
+    if d.disagreements:
+        msg += "\n! " + "\n! ".join(d.disagreements)
+    return DetectedModel(True, msg, d.arch.name, hyper, sources, values)
+
+
+def field_mark(name: str, current: str, default: str, detected: DetectedModel | None) -> str:
+    """The tag next to a form field: detected (and from where), default, or edited."""
+    if detected is not None and detected.ok and name in detected.sources:
+        source = detected.sources[name]
+        wanted = detected.values[name]
+        if source == "default":
+            return f"not in the weights · default {wanted}" if current.strip() in ("", wanted) \
+                else "edited (not in the weights)"
+        if current.strip() == wanted:
+            return f"detected ({source})"
+        return f"edited (checkpoint: {wanted})"
+    return f"default {default}" if not current.strip() else "edited"

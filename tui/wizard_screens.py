@@ -220,6 +220,36 @@ class FilesScreen(StepScreen):
             yield Label(label, classes="field-label")
             yield Input(values[key], id=f"f-{key}")
             yield FieldCheckView("", id=f"c-{key}", classes="check")
+        with Horizontal(classes="save-row"):
+            yield Button("Detect from checkpoint", id="detect")
+        yield Static("", id="detect-result", classes="muted")
+
+    BINDINGS = StepScreen.BINDINGS + [Binding("ctrl+d", "detect", "Detect from checkpoint")]
+
+    def action_detect(self) -> None:
+        self.save()
+        self.query_one("#detect-result", Static).update("reading the checkpoint (safely: no code runs) ...")
+        self.detect_in_thread(self.app.config.files.checkpoint)
+
+    @work(thread=True, exclusive=True, group="detect", exit_on_error=False)
+    def detect_in_thread(self, path: str) -> None:
+        """torch is imported to read the checkpoint: off the UI thread."""
+        result = logic.detect_checkpoint(path)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_detected, result)
+
+    def show_detected(self, result: "logic.DetectedModel") -> None:
+        if not self.is_attached:
+            return
+        self.query_one("#detect-result", Static).update(Text(result.message))
+        if result.ok:
+            self.app.config.arch = result.arch
+            self.app.config.hyperparameters = dict(result.hyperparameters)
+            self.app.detected = result
+
+    @on(Button.Pressed, "#detect")
+    def _detect(self) -> None:
+        self.action_detect()
 
     def values(self) -> dict[str, str]:
         return {key: self.query_one(f"#f-{key}", Input).value for key, _l, _c in logic.FILE_FIELDS}
@@ -281,6 +311,7 @@ class ArchScreen(StepScreen):
         if arch != self.app.config.arch:
             self.app.config.arch = arch
             self.app.config.hyperparameters = {}
+            self.app.detected = None  # the detection was for another architecture
 
     def next_screen(self) -> Screen:
         return HyperScreen()
@@ -336,6 +367,11 @@ class HyperScreen(StepScreen):
             reason.display = bool(errors)
             self.query_one(f"#hp-{hp.name}", Input).set_class(bool(errors), "-invalid")
             is_default = state.resolved.sources.get(hp.name) == "default"
+            mark = logic.field_mark(hp.name, self.query_one(f"#hp-{hp.name}", Input).value, hp.default,
+                                    self.app.detected)
+            tags = [mark] + ([f"key {hp.meta_key}"] if hp.meta_key is not None else []) \
+                + (["training only"] if hp.training_only else [])
+            self.query_one(f"#d-{hp.name}", Static).update(" · ".join(tags))
             self.query_one(f"#d-{hp.name}", Static).set_class(is_default, "is-default")
         self.query_one("#cross-errors", Static).update(Text("\n".join("✗ " + e for e in state.cross_errors)))
         self.query_one("#warnings", Static).update(Text("\n".join("! " + w for w in state.warnings)))
@@ -441,6 +477,7 @@ class ReviewScreen(StepScreen):
         yield Static("Nothing has been written yet. This is exactly what the run will do.", classes="intro",
                      id="nothing-written")
         yield Static("", id="problems", classes="error")
+        yield Button("Run anyway: the hyperparameters are right, the checkpoint check is not", id="ignore-mismatch")
         yield Label("SherpaMetaData line", classes="section")
         yield Static("", id="meta-line", classes="code")
         yield MetaTable(id="meta-table", cursor_type="row", zebra_stripes=True)
@@ -459,6 +496,7 @@ class ReviewScreen(StepScreen):
     def on_mount(self) -> None:
         table = self.query_one("#meta-table", MetaTable)
         table.add_columns("key", "value", "from")
+        self.query_one("#ignore-mismatch", Button).display = False  # shown when the plan reports a mismatch
         super().on_mount()
 
     def refresh_state(self) -> None:
@@ -507,6 +545,8 @@ class ReviewScreen(StepScreen):
         if not self.is_attached:
             return
         self.planned = planned
+        mismatch = any("ignore_checkpoint_mismatch" in p for p in problems)
+        self.query_one("#ignore-mismatch", Button).display = planned is None and mismatch
         if planned is None:
             self.plan_state = "error"
             self.query_one("#problems", Static).display = True
@@ -543,6 +583,12 @@ class ReviewScreen(StepScreen):
         path = Path(self.query_one("#script-path", Input).value.strip() or "export.sh").expanduser()
         _write_script(path, render_script(self.planned))
         self.query_one("#saved", Static).update(Text(f"script saved to {path.resolve()}"))
+
+    @on(Button.Pressed, "#ignore-mismatch")
+    def _ignore_mismatch(self) -> None:
+        """The user confirms: run although the config contradicts the checkpoint (recorded in wizard.toml)."""
+        self.app.config.files.ignore_checkpoint_mismatch = True
+        self.refresh_state()
 
     @on(Button.Pressed, "#save-config")
     def _save_config(self) -> None:
