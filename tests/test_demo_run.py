@@ -126,10 +126,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert script.read_text().startswith("#!/usr/bin/env bash") and script.stat().st_mode & 0o100
 
 
-def test_int8_demo_run_quantizes_calibrates_and_decodes(tmp_path, capsys):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_int8_demo_run_quantizes_calibrates_and_decodes(tmp_path, capsys, arch):
     from tui.cli import main
     out = tmp_path / "int8 out"
-    assert main(["run", "--demo", "lstm", "--out", str(out), "--int8"]) == 0
+    assert main(["run", "--demo", arch, "--out", str(out), "--int8"]) == 0
     for net in ("encoder", "joiner"):
         assert (out / f"{net}_jit_trace-pnnx.ncnn.int8.param").read_text().count(" 8=2") >= 1
         assert (out / f"{net}-scale-table.txt").read_text().strip()

@@ -457,3 +457,26 @@ async def test_detect_from_checkpoint_fills_the_form_and_marks_fields(tmp_path):
         await review_ready(pilot)
         assert app.config.files.ignore_checkpoint_mismatch
         assert not app.screen.query_one("#next").disabled
+
+
+async def test_presets_fill_the_form(tmp_path):
+    from core.presets import PRESETS
+    app = make_app(demo="conv-emformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, HyperScreen)
+        preset = next(p for p in PRESETS.values() if p.arch == "conv-emformer")
+        app.screen.query_one("#preset").value = preset.name
+        await pilot.pause()
+        for flag, value in preset.flags.items():
+            name = flag.lstrip("-").replace("-", "_")
+            assert app.screen.query_one(f"#hp-{name}").value == value
+        assert not app.screen.query_one("#next").disabled
+
+
+def test_path_completion(tmp_path):
+    from tui.wizard_logic import PathCompletion
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "pretrained.pt").write_text("x")
+    assert PathCompletion.complete(str(tmp_path / "ex")) == str(tmp_path / "exp") + "/"
+    assert PathCompletion.complete(str(tmp_path / "exp") + "/pre") == str(tmp_path / "exp" / "pretrained.pt")
+    assert PathCompletion.complete(str(tmp_path / "nothing-like-this")) is None

@@ -361,3 +361,34 @@ def field_mark(name: str, current: str, default: str, detected: DetectedModel | 
             return f"detected ({source})"
         return f"edited (checkpoint: {wanted})"
     return f"default {default}" if not current.strip() else "edited"
+
+
+def presets_for(arch: str) -> list:
+    """The published models (core.presets) of this architecture."""
+    from core.presets import PRESETS
+    return [p for p in PRESETS.values() if p.arch == arch]
+
+
+def preset_values(name: str) -> dict[str, str]:
+    """icefall flag -> value of a preset, for filling the form."""
+    from core.presets import get_preset
+    return dict(get_preset(name).flags)
+
+
+class PathCompletion:
+    """Suggest the rest of a path from what exists on disk (first match, directories end with '/')."""
+
+    @staticmethod
+    def complete(value: str) -> str | None:
+        if not value:
+            return None
+        p = Path(value).expanduser()
+        parent, stem = (p, "") if value.endswith("/") else (p.parent, p.name)
+        try:
+            names = sorted(c.name + ("/" if c.is_dir() else "") for c in parent.iterdir() if c.name.startswith(stem))
+        except OSError:
+            return None
+        names = [n for n in names if not n.startswith(".") or stem.startswith(".")]
+        if not names:
+            return None
+        return value + names[0][len(stem):] if names[0] != stem else None

@@ -15,8 +15,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
+from textual.suggester import Suggester
 from textual.worker import get_current_worker
-from textual.widgets import Button, DataTable, Footer, Input, Label, RadioButton, RadioSet, Static
+from textual.widgets import Button, DataTable, Footer, Input, Label, RadioButton, RadioSet, Select, Static
 
 from core.architectures import ARCHITECTURES, get_arch
 from core.metadata import build_metadata
@@ -200,6 +201,16 @@ class StartScreen(Screen):
 
 # -- 2. model files ---------------------------------------------------------------------
 
+class PathSuggester(Suggester):
+    """Tab-completes paths in the file fields (Textual shows the suggestion; right arrow accepts it)."""
+
+    def __init__(self):
+        super().__init__(use_cache=False, case_sensitive=True)
+
+    async def get_suggestion(self, value: str) -> str | None:
+        return logic.PathCompletion.complete(value)
+
+
 class FieldCheckView(Static):
     """✓/✗ and the reason, under an input."""
 
@@ -218,7 +229,7 @@ class FilesScreen(StepScreen):
                          classes="intro")
         for key, label, _check in logic.FILE_FIELDS:
             yield Label(label, classes="field-label")
-            yield Input(values[key], id=f"f-{key}")
+            yield Input(values[key], id=f"f-{key}", suggester=PathSuggester())
             yield FieldCheckView("", id=f"c-{key}", classes="check")
         with Horizontal(classes="save-row"):
             yield Button("Detect from checkpoint", id="detect")
@@ -334,6 +345,10 @@ class HyperScreen(StepScreen):
         given = self.app.config.hyperparameters
         yield Static(f"{self.spec.title}: icefall's flag names; empty means icefall's default. Paste the flags of "
                      "your export-for-ncnn.py command below to fill the form.", classes="intro")
+        presets = logic.presets_for(self.spec.name)
+        if presets:
+            yield Select([(f"{p.name}: {p.description}", p.name) for p in presets], prompt="Preset: a published "
+                         "model's exact export flags", id="preset", allow_blank=True)
         with Horizontal(classes="paste-row"):
             yield Input(placeholder="./export-for-ncnn.py --epoch 30 --num-encoder-layers 2,4,3,2,4 ...",
                         id="paste")
@@ -387,6 +402,16 @@ class HyperScreen(StepScreen):
     @on(Input.Submitted, ".hp-input")
     def _submitted(self) -> None:
         self.action_next()
+
+    @on(Select.Changed, "#preset")
+    def fill_from_preset(self, event: Select.Changed) -> None:
+        if event.value is Select.BLANK or event.value is None:
+            return
+        values = logic.preset_values(str(event.value))
+        for hp in self.spec.hyperparams:
+            self.query_one(f"#hp-{hp.name}", Input).value = values.get(hp.flag, "")
+        self.query_one("#paste-result", Static).update(Text(f"filled from the preset {event.value}"))
+        self.refresh_state()
 
     def action_focus_paste(self) -> None:
         self.query_one("#paste", Input).focus()
