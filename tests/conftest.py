@@ -17,6 +17,12 @@ def fixture_flags(arch: str) -> list[str]:
     return (FIXTURES / ARCH_DIRS[arch] / "export-flags.txt").read_text().split()
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path_factory, monkeypatch):
+    """Recent-runs state goes to a temp dir, never the user's home."""
+    monkeypatch.setenv("SHERPA_NCNN_WIZARD_STATE", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def model_dir(tmp_path):
     """Copy a fixture's params and tokens to a writable dir, with small stand-in .bin files."""

@@ -480,3 +480,21 @@ def test_path_completion(tmp_path):
     assert PathCompletion.complete(str(tmp_path / "ex")) == str(tmp_path / "exp") + "/"
     assert PathCompletion.complete(str(tmp_path / "exp") + "/pre") == str(tmp_path / "exp" / "pretrained.pt")
     assert PathCompletion.complete(str(tmp_path / "nothing-like-this")) is None
+
+
+async def test_recent_runs_are_listed_and_reopen_at_review(tmp_path):
+    from core.recent import record_run, recent_runs
+    out = tmp_path / "a run"
+    out.mkdir()
+    config = demo_config("lstm")
+    config.output.dir = str(out)
+    config.save(out / "wizard.toml")
+    record_run(out, "lstm", "ok")
+    record_run(tmp_path / "gone", "zipformer", "failed")  # no wizard.toml: not listed
+    assert [e["out"] for e in recent_runs()] == [str(out.resolve())]
+    app = WizardApp(show_timings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        assert "lstm" in str(app.screen.query_one("#recent-0").label)
+        await pilot.click("#recent-0")
+        await pilot.pause()
+        assert isinstance(app.screen, ReviewScreen) and app.config.output.dir == str(out)

@@ -74,6 +74,8 @@ def run_pipeline(args) -> int:
     out.print(Text(f"{planned.resolved.arch.title} -> {planned.out_dir}", style="bold"))
     status = asyncio.run(_run(planned, renderer, args.resume))
     renderer.close()
+    from core.recent import record_run
+    record_run(planned.out_dir, planned.resolved.arch.name, status)
     _print_results(out, planned.out_dir, status)
     return {"ok": EXIT_OK, "cancelled": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
 

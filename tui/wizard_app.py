@@ -223,6 +223,10 @@ class WizardApp(App):
 
     def on_core_event(self, event) -> None:
         """Runner.on_event: called on the App's loop (see the module docstring)."""
+        from core.events import RunFinished
+        if isinstance(event, RunFinished) and self.planned is not None:
+            from core.recent import record_run
+            record_run(self.planned.out_dir, self.planned.resolved.arch.name, event.status)
         if self.run_model is not None:
             self.run_model.handle(event)
         if isinstance(event, RunFinished):

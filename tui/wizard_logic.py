@@ -392,3 +392,11 @@ class PathCompletion:
         if not names:
             return None
         return value + names[0][len(stem):] if names[0] != stem else None
+
+
+def recent_run_choices() -> list[tuple[str, Path]]:
+    """(label, wizard.toml) for the recent runs that can still be opened."""
+    from core.recent import recent_runs
+    marks = {"ok": "✓", "failed": "✗", "cancelled": "■"}
+    return [(f"{marks.get(e.get('status'), '?')} {e.get('arch', '?')}  {e['out']}  ({e.get('time', '')})",
+             Path(e["out"]) / "wizard.toml") for e in recent_runs()[:5]]

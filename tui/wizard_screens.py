@@ -162,7 +162,19 @@ class StartScreen(Screen):
                 yield Button("Open wizard.toml", id="open")
                 yield Input(placeholder="path/to/wizard.toml", id="toml")
             yield Static("", id="open-error", classes="error")
+            runs = logic.recent_run_choices()
+            if runs:
+                yield Label("Recent runs (opens their wizard.toml at Review)", classes="section")
+                for i, (label, _path) in enumerate(runs):
+                    yield Button(label, id=f"recent-{i}", classes="recent")
         yield Footer()
+
+    @on(Button.Pressed, ".recent")
+    def _recent(self, event: Button.Pressed) -> None:
+        index = int((event.button.id or "recent-0").removeprefix("recent-"))
+        _label, path = logic.recent_run_choices()[index]
+        error = self.app.open_config(str(path))
+        self.query_one("#open-error", Static).update(error or "")
 
     AUTO_FOCUS = "#demo"
 
