@@ -158,9 +158,10 @@ def make_summary(layout, checkpoint: Path | None) -> Step:
 
     def run(ctx: StepContext) -> None:
         rows = size_table(layout, checkpoint)
-        ctx.log(f"{'model':<12}{'pt':>12}{'fp16':>12}{'int8':>12}")
+        ctx.log(f"{'model':<12}{'pt':>12}{'fp16':>12}{'fp32':>12}{'int8':>12}")
         for r in rows:
-            ctx.log(f"{r['model']:<12}{human(r['pt']):>12}{human(r['fp16']):>12}{human(r['int8']):>12}")
+            ctx.log(f"{r['model']:<12}{human(r['pt']):>12}{human(r['fp16']):>12}{human(r['fp32']):>12}"
+                    f"{human(r['int8']):>12}")
         validation = None
         vfile = layout.out / "validation.json"
         if vfile.exists():
