@@ -190,33 +190,33 @@ _ZIPFORMER_STACK_FLAGS = (
 )
 
 _ZIPFORMER_PARAMS = (
-    HyperParam("--num-encoder-layers", "int_list", "2,4,3,2,4", "Number of zipformer encoder layers per stack, "
-               "comma separated.", meta_key=16, in_weights=True),
-    HyperParam("--feedforward-dims", "int_list", "1024,1024,2048,2048,1024", "Feedforward dimension of the "
-               "zipformer encoder layers, per stack, comma separated.", in_weights=True),
-    HyperParam("--nhead", "int_list", "8,8,8,8,8", "Number of attention heads in the zipformer encoder layers: "
-               "a single int or comma-separated list.", in_weights=True),
-    HyperParam("--encoder-dims", "int_list", "384,384,384,384,384", "Embedding dimension in the 2 blocks of "
-               "zipformer encoder layers, comma separated.", meta_key=17, in_weights=True),
-    HyperParam("--attention-dims", "int_list", "192,192,192,192,192", "Attention dimension in the 2 blocks of "
-               "zipformer encoder layers, comma separated; not the same as embedding dimension.", meta_key=18,
+    HyperParam("--num-encoder-layers", "int_list", "2,4,3,2,4", "Layers per encoder stack, comma separated.",
+               meta_key=16, in_weights=True),
+    HyperParam("--feedforward-dims", "int_list", "1024,1024,2048,2048,1024", "Feed-forward width of each stack's "
+               "layers, comma separated.", in_weights=True),
+    HyperParam("--nhead", "int_list", "8,8,8,8,8", "Attention heads per stack, comma separated.", in_weights=True),
+    HyperParam("--encoder-dims", "int_list", "384,384,384,384,384", "Model (embedding) width of each stack, "
+               "comma separated.", meta_key=17, in_weights=True),
+    HyperParam("--attention-dims", "int_list", "192,192,192,192,192", "Width of each stack's attention "
+               "projections (separate from the model width), comma separated.", meta_key=18,
                in_weights=True),
-    HyperParam("--encoder-unmasked-dims", "int_list", "256,256,256,256,256", "Unmasked dimensions in the "
-               "encoders, relates to augmentation during training. Must be <= each of encoder_dims.",
+    HyperParam("--encoder-unmasked-dims", "int_list", "256,256,256,256,256", "Dims kept by training-time "
+               "feature masking; at most each stack's width. Not used by the exported graph.",
                training_only=True),
-    HyperParam("--zipformer-downsampling-factors", "int_list", "1,2,4,8,2", "Downsampling factor for each stack "
-               "of encoder layers.", meta_key=19, in_weights=True),
-    HyperParam("--cnn-module-kernels", "int_list", "31,31,31,31,31", "Sizes of kernels in convolution modules.",
+    HyperParam("--zipformer-downsampling-factors", "int_list", "1,2,4,8,2", "Frame-rate reduction of each stack, "
+               "comma separated.", meta_key=19, in_weights=True),
+    HyperParam("--cnn-module-kernels", "int_list", "31,31,31,31,31", "Kernel of each stack's convolution module.",
                meta_key=20, in_weights=True),
-    HyperParam("--decoder-dim", "int", "512", "Embedding dimension in the decoder model.", in_weights=True),
-    HyperParam("--joiner-dim", "int", "512", "Dimension used in the joiner model. Outputs from the encoder and "
-               "decoder model are projected to this dimension before adding.", in_weights=True),
-    HyperParam("--short-chunk-size", "int", "50", "Chunk length of dynamic training; the chunk size would be "
-               "either max sequence length of current batch or uniformly sampled from (1, short_chunk_size).",
+    HyperParam("--decoder-dim", "int", "512", "Width of the decoder's embedding.", in_weights=True),
+    HyperParam("--joiner-dim", "int", "512", "Encoder and decoder outputs are "
+               "projected to this width and added in the joiner.", in_weights=True),
+    HyperParam("--short-chunk-size", "int", "50", "Upper bound of the random chunk "
+               "size in dynamic-chunk training. Not used by the exported graph.",
                training_only=True),
-    HyperParam("--num-left-chunks", "int", "4", "How many left context chunks can be seen in chunkwise "
-               "attention.", meta_key=2),
-    HyperParam("--decode-chunk-len", "int", "32", "The chunk size for decoding (in frames before subsampling).",
+    HyperParam("--num-left-chunks", "int", "4", "How many earlier chunks the attention "
+               "may look at when streaming.", meta_key=2),
+    HyperParam("--decode-chunk-len", "int", "32", "Frames (before subsampling) decoded per "
+               "streaming chunk.",
                meta_key=1),
     _CONTEXT_SIZE,
 )
@@ -405,8 +405,8 @@ _LSTM_PARAMS = (
     HyperParam("--num-encoder-layers", "int", "12", "Number of RNN encoder layers.", meta_key=1, in_weights=True),
     HyperParam("--encoder-dim", "int", "512", "Encoder output dimension.", meta_key=2, in_weights=True),
     HyperParam("--rnn-hidden-size", "int", "1024", "Hidden dim for LSTM layers.", meta_key=3, in_weights=True),
-    HyperParam("--aux-layer-period", "int", "0", "Period of auxiliary layers used for random combiner during "
-               "training. If set to 0, will not use the random combiner (default).", minimum=0,
+    HyperParam("--aux-layer-period", "int", "0", "Training only: combine every N-th "
+               "layer's output at random (0 = off).", minimum=0,
                training_only=True),
     _CONTEXT_SIZE,
 )

@@ -15,25 +15,18 @@ from icefall.utils import AttributeDict, get_env_info, training_bookkeeping
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder-dim", type=int, default=512, help="Attention dim for the Emformer")
-    parser.add_argument("--nhead", type=int, default=8, help="Number of attention heads for the Emformer")
-    parser.add_argument("--dim-feedforward", type=int, default=2048,
-                        help="Feed-forward dimension for the Emformer")
-    parser.add_argument("--num-encoder-layers", type=int, default=12,
-                        help="Number of encoder layers for the Emformer")
-    parser.add_argument("--cnn-module-kernel", type=int, default=31,
-                        help="Kernel size for the convolution module.")
+    """icefall's model flags for this recipe: names, types and defaults (help texts are the demo's own)."""
+    parser.add_argument("--encoder-dim", type=int, default=512, help="Model width (d_model) of the Emformer.")
+    parser.add_argument("--nhead", type=int, default=8, help="Attention heads of the Emformer layers.")
+    parser.add_argument("--dim-feedforward", type=int, default=2048, help="Feed-forward width of the Emformer layers.")
+    parser.add_argument("--num-encoder-layers", type=int, default=12, help="How many Emformer layers.")
+    parser.add_argument("--cnn-module-kernel", type=int, default=31, help="Kernel of the convolution modules.")
     parser.add_argument("--left-context-length", type=int, default=32,
-                        help="""Number of frames before subsampling for left context
-        in the Emformer.""")
-    parser.add_argument("--chunk-length", type=int, default=32,
-                        help="""Number of frames before subsampling for each chunk
-        in the Emformer.""")
+                        help="Left context in frames before subsampling (cached keys and values).")
+    parser.add_argument("--chunk-length", type=int, default=32, help="Chunk length in frames before subsampling.")
     parser.add_argument("--right-context-length", type=int, default=8,
-                        help="""Number of frames before subsampling for right context
-        in the Emformer.""")
-    parser.add_argument("--memory-size", type=int, default=0,
-                        help="Number of entries in the memory for the Emformer.")
+                        help="Look-ahead in frames before subsampling.")
+    parser.add_argument("--memory-size", type=int, default=0, help="Entries in the Emformer's memory bank.")
 
 
 def get_params() -> AttributeDict:

@@ -17,14 +17,12 @@ from lstm import RNN
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-encoder-layers", type=int, default=12, help="Number of RNN encoder layers..")
-    parser.add_argument("--encoder-dim", type=int, default=512, help="Encoder output dimesion.")
-    parser.add_argument("--rnn-hidden-size", type=int, default=1024, help="Hidden dim for LSTM layers.")
+    """icefall's model flags for this recipe: names, types and defaults (help texts are the demo's own)."""
+    parser.add_argument("--num-encoder-layers", type=int, default=12, help="How many LSTM layers.")
+    parser.add_argument("--encoder-dim", type=int, default=512, help="Width of the encoder output (LSTM projection).")
+    parser.add_argument("--rnn-hidden-size", type=int, default=1024, help="Hidden width of the LSTM cells.")
     parser.add_argument("--aux-layer-period", type=int, default=0,
-                        help="""Peroid of auxiliary layers used for randomly combined during training.
-        If set to 0, will not use the random combiner (Default).
-        You can set a positive integer to use the random combiner, e.g., 3.
-        """)
+                        help="Training only: combine every N-th layer's output at random (0 = off).")
 
 
 def get_params() -> AttributeDict:

@@ -15,40 +15,32 @@ from zipformer_for_ncnn_export_only import Zipformer
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-encoder-layers", type=str, default="2,4,3,2,4",
-                        help="Number of zipformer encoder layers, comma separated.")
+    """icefall's model flags for this recipe: names, types and defaults (help texts are the demo's own)."""
+    per_stack = "one value per encoder stack, comma separated"
+    parser.add_argument("--num-encoder-layers", type=str, default="2,4,3,2,4", help=f"Layers per stack; {per_stack}.")
     parser.add_argument("--feedforward-dims", type=str, default="1024,1024,2048,2048,1024",
-                        help="Feedforward dimension of the zipformer encoder layers, comma separated.")
-    parser.add_argument("--nhead", type=str, default="8,8,8,8,8",
-                        help="Number of attention heads in the zipformer encoder layers.")
+                        help=f"Feed-forward width of each stack's layers; {per_stack}.")
+    parser.add_argument("--nhead", type=str, default="8,8,8,8,8", help=f"Attention heads; {per_stack}.")
     parser.add_argument("--encoder-dims", type=str, default="384,384,384,384,384",
-                        help="Embedding dimension in the 2 blocks of zipformer encoder layers, comma separated")
+                        help=f"Model (embedding) width of each stack; {per_stack}.")
     parser.add_argument("--attention-dims", type=str, default="192,192,192,192,192",
-                        help="Attention dimension in the 2 blocks of zipformer encoder layers, comma separated; "
-                             "not the same as embedding dimension.")
+                        help=f"Width of the attention projections, separate from the model width; {per_stack}.")
     parser.add_argument("--encoder-unmasked-dims", type=str, default="256,256,256,256,256",
-                        help="Unmasked dimensions in the encoders, relates to augmentation during training.  "
-                             "Must be <= each of encoder_dims.  Empirically, less than 256 seems to make "
-                             "performance  worse.")
+                        help=f"Training-time feature masking keeps this many dims, at most the stack's width; "
+                             f"{per_stack}.")
     parser.add_argument("--zipformer-downsampling-factors", type=str, default="1,2,4,8,2",
-                        help="Downsampling factor for each stack of encoder layers.")
+                        help=f"Frame-rate reduction of each stack; {per_stack}.")
     parser.add_argument("--cnn-module-kernels", type=str, default="31,31,31,31,31",
-                        help="Sizes of kernels in convolution modules")
-    parser.add_argument("--decoder-dim", type=int, default=512,
-                        help="Embedding dimension in the decoder model.")
+                        help=f"Kernel of each stack's convolution module; {per_stack}.")
+    parser.add_argument("--decoder-dim", type=int, default=512, help="Width of the decoder's embedding.")
     parser.add_argument("--joiner-dim", type=int, default=512,
-                        help="""Dimension used in the joiner model.
-        Outputs from the encoder and decoder model are projected
-        to this dimension before adding.
-        """)
+                        help="Encoder and decoder outputs are projected to this width and added in the joiner.")
     parser.add_argument("--short-chunk-size", type=int, default=50,
-                        help="""Chunk length of dynamic training, the chunk size would be either
-        max sequence length of current batch or uniformly sampled from (1, short_chunk_size).
-        """)
+                        help="Upper bound of the random chunk size used in dynamic-chunk training.")
     parser.add_argument("--num-left-chunks", type=int, default=4,
-                        help="How many left context can be seen in chunks when calculating attention.")
+                        help="How many earlier chunks the attention may look at when streaming.")
     parser.add_argument("--decode-chunk-len", type=int, default=32,
-                        help="The chunk size for decoding (in frames before subsampling)")
+                        help="Frames (before subsampling) decoded per streaming chunk.")
 
 
 def get_params() -> AttributeDict:
