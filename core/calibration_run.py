@@ -56,7 +56,7 @@ class CalibrationResult:
     skipped: list[str]
 
 
-class _Keeper:
+class Keeper:
     """Python ncnn layers must outlive the Net: keep every instance and creator here."""
 
     def __init__(self):
@@ -67,7 +67,7 @@ class _Keeper:
         return x
 
 
-def _register_meta(net, keeper: _Keeper) -> None:
+def register_meta_layer(net, keeper: Keeper) -> None:
     import ncnn
 
     class SherpaMetaData(ncnn.Layer):
@@ -91,7 +91,7 @@ def read_quantizable_weights(param: Path, binary: Path, encoder: bool) -> dict[s
     """
     import ncnn
 
-    keeper = _Keeper()
+    keeper = Keeper()
     found: dict[str, tuple[str, np.ndarray, int, bool]] = {}
 
     def make(kind: str):
@@ -129,7 +129,7 @@ def read_quantizable_weights(param: Path, binary: Path, encoder: bool) -> dict[s
     net = ncnn.Net()
     keeper.keep(net)
     if encoder:
-        _register_meta(net, keeper)
+        register_meta_layer(net, keeper)
     for kind in QUANTIZABLE:
         net.register_custom_layer(kind, make(kind), lambda layer: None)
     if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
@@ -239,7 +239,7 @@ class _ModelRunner:
                                    "(sherpa-ncnn-wizard meta ... --apply): calibration needs the chunk sizes")
         self.arch = BY_MODEL_TYPE[self.meta[0]]
         self.segment, self.offset = self.arch.segment_offset(self.arch.values_from_metadata(self.meta))
-        self.keeper = _Keeper()
+        self.keeper = Keeper()
         self.nets = {}
         for name, (param, binary) in {"encoder": (files.encoder_param, files.encoder_bin),
                                       "decoder": (files.decoder_param, files.decoder_bin),
@@ -247,7 +247,7 @@ class _ModelRunner:
             net = self.keeper.keep(ncnn.Net())
             net.opt.num_threads = threads
             if name == "encoder":
-                _register_meta(net, self.keeper)
+                register_meta_layer(net, self.keeper)
             if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
                 raise CalibrationError(f"{param}: python ncnn could not load it with {binary}")
             self.nets[name] = net

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import fbank, read_wav
-from .calibration_run import BLANK_IDS, CONTEXT_SIZE, ModelFiles, _initial_states, _Keeper, _register_meta, _run_decoder
+from .calibration_run import BLANK_IDS, CONTEXT_SIZE, ModelFiles, _initial_states, Keeper, register_meta_layer, _run_decoder
 from .architectures import BY_MODEL_TYPE
 from .metadata import read_metadata
 from .ncnn_param import load_param
@@ -44,7 +44,7 @@ def compare_int8(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_joiner:
                  wavs: list[Path]) -> list[Similarity]:
     import ncnn
 
-    keeper = _Keeper()
+    keeper = Keeper()
     meta = read_metadata(load_param(fp32.encoder_param).model)
     arch = BY_MODEL_TYPE[meta[0]]
     segment, offset = arch.segment_offset(arch.values_from_metadata(meta))
@@ -52,7 +52,7 @@ def compare_int8(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_joiner:
     def load(param, binary, encoder):
         net = keeper.keep(ncnn.Net())
         if encoder:
-            _register_meta(net, keeper)
+            register_meta_layer(net, keeper)
         if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
             raise ValueError(f"python ncnn could not load {param}")
         return net

@@ -24,6 +24,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .calibrate import CalibrationError, ScaleTable
+from .calibration_run import Keeper, register_meta_layer
 from .ncnn_param import load_param
 
 INT8_TAG = struct.pack("<I", 0x000D4B38)
@@ -115,23 +116,11 @@ def read_layout(param: Path, data: bytes, custom: dict | None = None) -> tuple[d
         keep.append(create)
         return create
 
-    class Passive(ncnn.Layer):  # custom layers without weights: SherpaMetaData etc.
-        def __init__(self):
-            super().__init__()
-            self.one_blob_only = False
-
-        def load_param(self, pd):
-            return 0
-
-    def passive():
-        layer = Passive()
-        keep.append(layer)
-        return layer
-    keep.append(passive)
-
     net = ncnn.Net()
     keep.append(net)
-    net.register_custom_layer("SherpaMetaData", passive, lambda layer: None)
+    keeper = Keeper()
+    keep.append(keeper)
+    register_meta_layer(net, keeper)
     for kind, creator in (custom or {}).items():
         net.register_custom_layer(kind, creator, lambda layer: None)
     for kind in SUPPORTED:
@@ -223,26 +212,12 @@ def _verify(param_bytes: bytes, bin_bytes: bytes, out_param: Path) -> None:
     import ncnn
     import tempfile
 
-    keep: list = []
-
-    class Passive(ncnn.Layer):
-        def __init__(self):
-            super().__init__()
-            self.one_blob_only = False
-
-        def load_param(self, pd):
-            return 0
-
-    def passive():
-        layer = Passive()
-        keep.append(layer)
-        return layer
-
+    keeper = Keeper()
     with tempfile.NamedTemporaryFile("wb", suffix=".param", dir=Path(out_param).parent, delete=True) as tmp:
         tmp.write(param_bytes)
         tmp.flush()
-        net = ncnn.Net()
-        net.register_custom_layer("SherpaMetaData", passive, lambda layer: None)
+        net = keeper.keep(ncnn.Net())
+        register_meta_layer(net, keeper)
         if net.load_param(tmp.name) != 0:
             raise QuantizeError(f"{out_param}: the int8 param would not load; nothing was written")
         reader = _recording_reader(bin_bytes)

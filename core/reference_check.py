@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .validate import TOLERANCE, NumericResult, _precision, _register_meta, drop_batch_axis
+from .validate import TOLERANCE, NumericResult, _precision, register_meta_layer, drop_batch_axis
 
 
 def _state_map(ref, chunk_out: str, chunk_in: str) -> dict[int, int]:
@@ -36,7 +36,7 @@ def _net(param: Path, binary: Path, keep: list, register=None):
     import ncnn
     net = ncnn.Net()
     net.opt.num_threads = 1
-    _register_meta(net, keep)
+    register_meta_layer(net, keep)
     if register is not None:
         register(net, keep)
     if net.load_param(str(param)) != 0:

@@ -50,26 +50,6 @@ class DecodeResult:
 
 # -- numeric -----------------------------------------------------------------
 
-def _register_meta(net, keep: list) -> None:
-    import ncnn
-
-    class SherpaMetaData(ncnn.Layer):  # only carries data; sherpa-ncnn reads it, ncnn must just accept it
-        def __init__(self):
-            super().__init__()
-            self.one_blob_only = False
-
-        def load_param(self, pd):
-            return 0
-
-    def creator():
-        layer = SherpaMetaData()
-        keep.append(layer)
-        return layer
-
-    keep.append(creator)
-    net.register_custom_layer("SherpaMetaData", creator, lambda layer: None)
-
-
 def _input_specs(module) -> list[tuple[list[int], object]]:
     specs = []
     for value in list(module.graph.inputs())[1:]:
@@ -147,11 +127,12 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
         else:
             inputs.append(torch.from_numpy(rng.standard_normal(shape).astype(np.float32)))
 
-    keep: list = []
-    ncnn_net = ncnn.Net()
+    from .calibration_run import Keeper, register_meta_layer
+    keep = Keeper()
+    ncnn_net = keep.keep(ncnn.Net())
     ncnn_net.opt.num_threads = threads
     if net == "encoder":
-        _register_meta(ncnn_net, keep)
+        register_meta_layer(ncnn_net, keep)
     if ncnn_net.load_param(str(param)) != 0 or ncnn_net.load_model(str(binary)) != 0:
         raise ValueError(f"python ncnn could not load {param} / {binary}")
     precision = _precision(binary, param)
