@@ -56,14 +56,11 @@ class CalibrationResult:
     skipped: list[str]
 
 
-class Keeper:
-    """Python ncnn layers must outlive the Net: keep every instance and creator here."""
-
-    def __init__(self):
-        self.items: list = []
+class Keeper(list):
+    """Python ncnn layers must outlive the Net: every instance and creator is kept here."""
 
     def keep(self, x):
-        self.items.append(x)
+        self.append(x)
         return x
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .validate import TOLERANCE, NumericResult, _precision, register_meta_layer, drop_batch_axis
+from .calibration_run import Keeper, register_meta_layer
+from .validate import TOLERANCE, NumericResult, _precision, drop_batch_axis
 
 
 def _state_map(ref, chunk_out: str, chunk_in: str) -> dict[int, int]:
@@ -32,7 +33,7 @@ def _state_map(ref, chunk_out: str, chunk_in: str) -> dict[int, int]:
     return mapping
 
 
-def _net(param: Path, binary: Path, keep: list, register=None):
+def _net(param: Path, binary: Path, keep: Keeper, register=None):
     import ncnn
     net = ncnn.Net()
     net.opt.num_threads = 1
@@ -106,7 +107,7 @@ def compare_encoder(param: Path, binary: Path, npz: Path, register=None) -> list
     import numpy as np
     ref = np.load(npz)
     tol_rel = TOLERANCE[_precision(binary, param)]
-    keep: list = []
+    keep = Keeper()
     net = _net(param, binary, keep, register)
     n_in = len([k for k in ref.files if k.startswith("chunk0_in")])
     n_out = len([k for k in ref.files if k.startswith("chunk0_out")])
@@ -138,7 +139,7 @@ def compare_decoder_joiner(directory: Path, npz: Path) -> list[NumericResult]:
     for net_name in ("decoder", "joiner"):
         param = directory / f"{net_name}_jit_trace-pnnx.ncnn.param"
         binary = directory / f"{net_name}_jit_trace-pnnx.ncnn.bin"
-        keep: list = []
+        keep = Keeper()
         net = _net(param, binary, keep)
         ins = sorted(k for k in ref.files if k.startswith(f"{net_name}_in"))
         feeds = {k[len(net_name) + 1:]: _feed(ref[k], net_name) for k in ins}
@@ -163,7 +164,7 @@ def compare_streaming(param: Path, binary: Path, npz: Path, arch: str, register=
     segment, offset = STREAMING[arch]
     ref = np.load(npz)
     tol_rel = TOLERANCE[_precision(binary, param)]
-    keep: list = []
+    keep = Keeper()
     net = _net(param, binary, keep, register)
     x = drop_batch_axis(ref["chunk0_in0"])
     want = drop_batch_axis(ref["chunk0_out0"])
