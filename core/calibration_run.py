@@ -79,62 +79,12 @@ def register_meta_layer(net, keeper: Keeper) -> None:
     net.register_custom_layer("SherpaMetaData", creator, lambda layer: None)
 
 
-def read_quantizable_weights(param: Path, binary: Path, encoder: bool) -> dict[str, tuple[str, np.ndarray, int, bool]]:
-    """name -> (type, weights, rows, six_bit) for every quantizable layer, read through ncnn's own loader.
-
-    Built-in Convolution / ConvolutionDepthWise / InnerProduct are replaced on a
-    read-only Net by Python layers that keep what ncnn hands them; every other
-    layer is loaded by ncnn itself, so the weight offsets are always right.
-    """
-    import ncnn
-
-    keeper = Keeper()
-    found: dict[str, tuple[str, np.ndarray, int, bool]] = {}
-
-    def make(kind: str):
-        class Reader(ncnn.Layer):
-            def __init__(self):
-                super().__init__()
-                self.one_blob_only = True
-
-            def load_param(self, pd):
-                self.num_output = pd.get(0, 0)
-                self.int8 = pd.get(8, 0)
-                if kind == "InnerProduct":
-                    self.bias_term, self.size, self.rows, self.six_bit = pd.get(1, 0), pd.get(2, 0), pd.get(0, 0), False
-                else:
-                    kw = pd.get(1, 0)
-                    kh, dw, sw = pd.get(11, kw), pd.get(2, 1), pd.get(3, 1)
-                    dh, sh = pd.get(12, dw), pd.get(13, sw)
-                    self.bias_term, self.size = pd.get(5, 0), pd.get(6, 0)
-                    self.rows = pd.get(7, 1) if kind == "ConvolutionDepthWise" else self.num_output
-                    self.six_bit = kind == "Convolution" and (kw, kh, dw, dh, sw, sh) == (3, 3, 1, 1, 1, 1)
-                return 0
-
-            def load_model(self, mb):
-                if self.int8:
-                    raise CalibrationError(f"{param}: already quantized (int8_scale_term set); calibrate the fp32 model")
-                weights = np.array(mb.load(self.size, 0)).copy()
-                if self.bias_term:
-                    mb.load(self.num_output, 1)
-                self.weights = weights
-                return 0
-
-        creator = keeper.keep(lambda: keeper.keep(Reader()))
-        return creator
-
-    net = ncnn.Net()
-    keeper.keep(net)
-    if encoder:
-        register_meta_layer(net, keeper)
-    for kind in QUANTIZABLE:
-        net.register_custom_layer(kind, make(kind), lambda layer: None)
-    if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
-        raise CalibrationError(f"{param}: python ncnn could not load it with {binary}")
-    for layer in net.layers():
-        if layer.type in QUANTIZABLE:
-            found[layer.name] = (layer.type, layer.weights, layer.rows, layer.six_bit)
-    return found
+def read_quantizable_weights(param: Path, binary: Path) -> dict[str, tuple[str, np.ndarray, int, bool]]:
+    """name -> (type, weights, rows, six_bit) for every quantizable layer, read through ncnn's own loader
+    (core.quantize.read_layout: the quantizable layers are Python readers, everything else is ncnn's)."""
+    from .quantize import read_layout  # quantize imports this module: import here
+    regions, _ = read_layout(param, Path(binary).read_bytes(), kinds=QUANTIZABLE)
+    return {name: (r.type, r.weights, r.rows, r.six_bit) for name, r in regions.items()}
 
 
 def check_wavs(wavs: list[Path], segment_frames: int) -> WavCheck:
@@ -424,8 +374,8 @@ def calibrate(files: ModelFiles, wavs: list[Path],
         chunks, frames, forward = chunks + fs.chunks, frames + fs.frames, forward + fs.forward
     if on_progress:
         on_progress(total, total, "statistics collected; choosing thresholds")
-    enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc, encoder=True)
-    join_table = _table(files.joiner_param, files.joiner_bin, runner.join_bottoms, join, encoder=False)
+    enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc)
+    join_table = _table(files.joiner_param, files.joiner_bin, runner.join_bottoms, join)
     return CalibrationResult(enc_table, join_table, total, chunks, frames, time.perf_counter() - t_start, forward,
                              check.problems)
 
@@ -439,8 +389,8 @@ def _run_decoder(net, context: list[int]) -> np.ndarray:
     return np.ascontiguousarray(np.array(out).reshape(-1), dtype=np.float32)
 
 
-def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict[str, BlobStats], encoder: bool) -> ScaleTable:
-    weights = read_quantizable_weights(param, binary, encoder)
+def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict[str, BlobStats]) -> ScaleTable:
+    weights = read_quantizable_weights(param, binary)
     table = ScaleTable()
     for name, (kind, w, rows, six_bit) in weights.items():
         table.weights[name] = weight_scales(name, w, rows, six_bit)

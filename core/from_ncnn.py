@@ -205,17 +205,8 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
     else:
         report["notes"].append("numeric check skipped: no reference outputs or traced modules")
         print_fn("numeric check skipped: no reference outputs or traced modules")
-    d = v.decode(out, wavs, {})
-    report["decode"] = asdict(d)
-    if d.ok:
-        for item in d.results:
-            print_fn(f"-[✓] sherpa-ncnn {d.model} {Path(item['wav']).name}: loaded and decoded "
-                     f"({len(item['tokens'])} tokens): {item['text'][:80]!r}")
-    else:
-        report["ok"] = False
-        print_fn(f"-[✗] sherpa-ncnn {d.model}: {d.error}")
-        for line in d.log_tail[-8:]:
-            print_fn(f"    {line}")
+    v.report_decode(v.decode(out, wavs, {}), report, print_fn,
+                    describe=lambda item: f"loaded and decoded ({len(item['tokens'])} tokens): {item['text'][:80]!r}")
     return report
 
 

@@ -73,10 +73,14 @@ class WeightRegion:
     weight: tuple[int, int]  # byte range of the weight blob (tag + data + padding)
     bias: tuple[int, int] | None
     weights: np.ndarray = field(repr=False, default=None)
+    rows: int = 0  # weight rows with their own scale: outputs, or groups for ConvolutionDepthWise
+    six_bit: bool = False  # a 3x3 stride-1 convolution: ncnn's winograd int8 path wants 6-bit weights
 
 
-def read_layout(param: Path, data: bytes, custom: dict | None = None) -> tuple[dict[str, WeightRegion], int]:
-    """Where each Convolution/InnerProduct's weights and bias sit in ``data``, and how many bytes ncnn reads."""
+def read_layout(param: Path, data: bytes, custom: dict | None = None,
+                kinds: tuple[str, ...] = SUPPORTED) -> tuple[dict[str, WeightRegion], int]:
+    """Where each layer of ``kinds`` keeps its weights and bias in ``data`` (and the weights themselves),
+    and how many bytes ncnn reads. Calibration reads the weights through this too."""
     import ncnn
 
     keep: list = []
@@ -92,13 +96,21 @@ def read_layout(param: Path, data: bytes, custom: dict | None = None) -> tuple[d
             def load_param(self, pd):
                 self.num_output = pd.get(0, 0)
                 self.int8 = pd.get(8, 0)
-                self.bias_term = pd.get(1 if kind == "InnerProduct" else 5, 0)
-                self.size = pd.get(2 if kind == "InnerProduct" else 6, 0)
+                self.six_bit = False
+                if kind == "InnerProduct":
+                    self.bias_term, self.size, self.rows = pd.get(1, 0), pd.get(2, 0), self.num_output
+                else:
+                    kw = pd.get(1, 0)
+                    kh, dw, sw = pd.get(11, kw), pd.get(2, 1), pd.get(3, 1)
+                    dh, sh = pd.get(12, dw), pd.get(13, sw)
+                    self.bias_term, self.size = pd.get(5, 0), pd.get(6, 0)
+                    self.rows = pd.get(7, 1) if kind == "ConvolutionDepthWise" else self.num_output
+                    self.six_bit = kind == "Convolution" and (kw, kh, dw, dh, sw, sh) == (3, 3, 1, 1, 1, 1)
                 return 0
 
             def load_model(self, mb):
                 if self.int8:
-                    raise QuantizeError(f"layer {self.name!r} ({kind}) is already int8")
+                    raise QuantizeError(f"{param}: layer {self.name!r} ({kind}) is already int8; use the fp32 model")
                 start = reader.pos
                 self.weights = np.array(mb.load(self.size, 0)).copy()
                 weight = (start, reader.pos)
@@ -123,16 +135,17 @@ def read_layout(param: Path, data: bytes, custom: dict | None = None) -> tuple[d
     register_meta_layer(net, keeper)
     for kind, creator in (custom or {}).items():
         net.register_custom_layer(kind, creator, lambda layer: None)
-    for kind in SUPPORTED:
+    for kind in kinds:
         net.register_custom_layer(kind, reader_layer(kind), lambda layer: None)
     if net.load_param(str(param)) != 0:
         raise QuantizeError(f"{param}: python ncnn could not read it")
     if net.load_model(reader) != 0:
         raise QuantizeError(f"{param}: ncnn could not read its weights (the .bin does not match the param)")
     for layer in net.layers():
-        if layer.type in SUPPORTED:
+        if layer.type in kinds:
             weight, bias = layer.region
-            regions[layer.name] = WeightRegion(layer.name, layer.type, layer.num_output, weight, bias, layer.weights)
+            regions[layer.name] = WeightRegion(layer.name, layer.type, layer.num_output, weight, bias, layer.weights,
+                                               layer.rows, layer.six_bit)
     return regions, reader.pos
 
 

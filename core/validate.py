@@ -377,18 +377,23 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
                     report["numeric"].append(asdict(r))
                     report["ok"] &= r.ok
     if run_decode:
-        d = decode(out, wavs, references)
-        report["decode"] = asdict(d)
-        if d.ok:
-            for item in d.results:
-                wer = f"  (WER {item['wer']:.1%})" if "wer" in item else ""
-                print_fn(f"-[✓] sherpa-ncnn {d.model} {Path(item['wav']).name}: {item['text']!r}{wer}")
-        else:
-            report["ok"] = False
-            print_fn(f"-[✗] sherpa-ncnn {d.model}: {d.error}")
-            for line in d.log_tail[-8:]:
-                print_fn(f"    {line}")
+        report_decode(decode(out, wavs, references), report, print_fn)
     return report
+
+
+def report_decode(d: DecodeResult, report: dict, print_fn=print,
+                  describe=lambda item: f"{item['text']!r}" + (f"  (WER {item['wer']:.1%})" if "wer" in item else "")
+                  ) -> None:
+    """Record a decode result in ``report["decode"]`` and print a line per file (or the failure and its log)."""
+    report["decode"] = asdict(d)
+    if d.ok:
+        for item in d.results:
+            print_fn(f"-[✓] sherpa-ncnn {d.model} {Path(item['wav']).name}: {describe(item)}")
+    else:
+        report["ok"] = False
+        print_fn(f"-[✗] sherpa-ncnn {d.model}: {d.error}")
+        for line in d.log_tail[-8:]:
+            print_fn(f"    {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
