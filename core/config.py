@@ -43,6 +43,8 @@ class FilesConfig:
 @dataclass
 class ToolsConfig:
     pnnx: str = ""  # default: the pnnx wheel's binary
+    generate_int8_scale_table: str = ""  # sherpa-ncnn's table tool (default: looked up on PATH)
+    ncnn2int8: str = ""  # ncnn's quantizer (default: looked up on PATH)
 
 
 @dataclass
@@ -54,6 +56,13 @@ class OutputConfig:
 @dataclass
 class CalibrationConfig:
     wavs: list[str] = field(default_factory=list)
+    # who makes the scale tables and the int8 files: "builtin" (always there), "external" (sherpa-ncnn's
+    # generate-int8-scale-table and/or ncnn2int8, each where found; the built-in one for the other) or "auto"
+    # (external where found, otherwise built in)
+    backend: str = "builtin"
+
+
+INT8_BACKENDS = ("builtin", "external", "auto")
 
 
 @dataclass
@@ -117,6 +126,9 @@ def config_from_dict(data: dict, source: str = "config") -> WizardConfig:
     except KeyError:
         raise ConfigError(f"{source}: arch = {config.arch!r} is not one of {', '.join(ARCHITECTURES)}") from None
     config.arch = spec.name
+    if config.calibration.backend not in INT8_BACKENDS:
+        raise ConfigError(f"{source}: calibration.backend = {config.calibration.backend!r} is not one of "
+                          f"{', '.join(INT8_BACKENDS)}")
     known = {hp.name for hp in spec.hyperparams} | {hp.flag.lstrip("-") for hp in spec.hyperparams}
     for key, value in config.hyperparameters.items():
         if key not in known:
@@ -183,8 +195,10 @@ def _resolve_paths(config: WizardConfig, base: Path) -> None:
             setattr(f, name, str((base / value).resolve()))
     if f.python and ("/" in f.python) and not Path(f.python).is_absolute():
         f.python = str((base / f.python).resolve())
-    if config.tools.pnnx and "/" in config.tools.pnnx and not Path(config.tools.pnnx).is_absolute():
-        config.tools.pnnx = str((base / config.tools.pnnx).resolve())
+    for tool in ("pnnx", "generate_int8_scale_table", "ncnn2int8"):
+        value = getattr(config.tools, tool)
+        if value and "/" in value and not Path(value).is_absolute():
+            setattr(config.tools, tool, str((base / value).resolve()))
     if config.output.dir and not Path(config.output.dir).is_absolute():
         config.output.dir = str((base / config.output.dir).resolve())
     config.calibration.wavs = [str((base / w).resolve()) if not Path(w).is_absolute() else w

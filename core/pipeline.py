@@ -186,8 +186,13 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     problems += [f"tools.pnnx: {p}" for p in pnnx.problems]
     warnings += [f"tools.pnnx: {w}" for w in pnnx.warnings]
 
+    int8_backend = None
     if config.output.int8:
         problems += _check_calibration_wavs(config, resolved)
+        from .int8_external import choose_backend
+        int8_backend = choose_backend(config)
+        problems += int8_backend.problems
+        warnings += [f"int8: {n}" for n in int8_backend.notes]
 
     if check_out_dir:
         problems += _check_out_dir(out)
@@ -205,10 +210,7 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     steps.append(make_rewrite(layout, spec.name))
     steps.append(make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin")))
     if config.output.int8:
-        from .int8_steps import make_calibrate, make_pnnx_fp32, make_quantize
-        steps += [make_pnnx_fp32(pnnx.path, layout, net) for net in ("encoder", "joiner")]
-        steps.append(make_calibrate(layout, [Path(w) for w in config.calibration.wavs]))
-        steps.append(make_quantize(layout))
+        steps += _int8_steps(config, layout, pnnx.path, int8_backend)
     if config.validation.numeric or config.validation.decode:
         steps.append(_validate_step(config, layout))
     steps.append(make_summary(layout, checkpoints[0] if len(checkpoints) == 1 else None))
@@ -221,7 +223,8 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
         "hyperparameters": {spec.param(n).flag: spec.param(n).format(v) for n, v in resolved.values.items()},
         "hyperparameter_sources": {spec.param(n).flag: s for n, s in resolved.sources.items()},
         "tools": {"python": python, "export_script": str(script), "icefall_root": str(root) if root else None,
-                  "pnnx": pnnx.as_dict(), "versions": _versions()},
+                  "pnnx": pnnx.as_dict(), "versions": _versions(),
+                  **({"int8": int8_backend.as_dict()} if int8_backend else {})},
         "warnings": warnings,
     }
     plan = Plan(steps, out, manifest)
@@ -282,6 +285,24 @@ def _fixed_dim_warnings(recipe: Path, detection) -> list[str]:
             out.append(f"files.checkpoint: the checkpoint's {key} is {have}, but the recipe's get_params fixes it at "
                        f"{m.group(1)}; the export will fail with a size mismatch")
     return out
+
+
+def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend) -> list[Step]:
+    """fp32 conversions, then calibrate and quantize with the built-in code or the user's tools."""
+    from .int8_external import make_external_calibrate, make_external_quantize, make_int8_metadata
+    from .int8_steps import make_calibrate, make_pnnx_fp32, make_quantize
+    wavs = [Path(w) for w in config.calibration.wavs]
+    steps = [make_pnnx_fp32(pnnx, layout, net) for net in ("encoder", "joiner")]
+    if backend.table_tool:
+        steps.append(make_external_calibrate(layout, backend.table_tool, wavs))
+    else:
+        steps.append(make_calibrate(layout, wavs))
+    if backend.quantize_tool:
+        steps += [make_external_quantize(layout, backend.quantize_tool, net) for net in ("encoder", "joiner")]
+        steps.append(make_int8_metadata(layout))
+    else:
+        steps.append(make_quantize(layout))
+    return steps
 
 
 def _check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> list[str]:

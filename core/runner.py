@@ -83,6 +83,8 @@ class Step:
     describe: str = ""  # one line for --dry-run when there is no argv
     script: list[str] = field(default_factory=list)  # the same step as shell lines, for export.sh
     fingerprint_extra: str = ""  # what else, besides argv, decides the step's result
+    before: Callable[[], None] | None = None  # a process step's preparation (may raise StepError)
+    verify: Callable[[list[str]], str | None] | None = None  # judges a tool whose exit code lies: its log -> error
 
     @property
     def command(self) -> str | None:
@@ -228,7 +230,14 @@ class Runner:
                 self.on_event(LogLines(step.id, tuple(lines)))
             try:
                 if step.argv:
+                    if step.before is not None:
+                        step.before()
                     error = await self._run_process(step, record)
+                    if error is None and step.verify is not None:
+                        log.flush()
+                        error = step.verify(log_path.read_text(encoding="utf-8", errors="replace").splitlines())
+                        if error:
+                            record([f"error: {error}"])
                 else:
                     error = await self._run_function(step, record)
             except StepCancelled:

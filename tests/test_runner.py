@@ -173,3 +173,28 @@ def test_in_process_step_logs_progress_and_errors(tmp_path):
     assert any(isinstance(e, Progress) and e.note == "half" for e in events)
     f = finished(events)["b"]
     assert f.error == "tokens.txt has no <blk>" and f.hint == "make it from bpe.model"
+
+
+def test_a_tool_whose_exit_code_lies_is_judged_by_verify_and_before_can_refuse(tmp_path):
+    out = tmp_path / "o.txt"
+    seen = []
+
+    def verify(lines):
+        seen.extend(lines)
+        return None if "all written" in lines else "the tool did not say it wrote everything"
+
+    liar = py_step("liar", f"open({str(out)!r}, 'w').write('x'); print('half written')", outputs=[out], verify=verify)
+    status, events, _ = run(Plan([liar], tmp_path))
+    assert status == "failed" and "did not say it wrote everything" in finished(events)["liar"].error
+    assert "half written" in seen  # verify reads the step's whole log
+    honest = py_step("honest", f"open({str(out)!r}, 'w').write('x'); print('all written')", outputs=[out],
+                     verify=verify)
+    assert run(Plan([honest], tmp_path))[0] == "ok"
+
+    def refuse():
+        raise StepError("the input carries weights the tool drops", hint="use the built-in one")
+    never = py_step("never", f"open({str(out)!r}, 'w').write('x')", outputs=[out], before=refuse)
+    status, events, _ = run(Plan([never], tmp_path))
+    done = finished(events)["never"]
+    assert status == "failed" and "carries weights" in done.error and done.hint == "use the built-in one"
+    assert not out.exists()  # the process never ran

@@ -498,3 +498,25 @@ async def test_recent_runs_are_listed_and_reopen_at_review(tmp_path):
         await pilot.click("#recent-0")
         await pilot.pause()
         assert isinstance(app.screen, ReviewScreen) and app.config.output.dir == str(out)
+
+
+async def test_quantization_screen_offers_the_external_tools_when_found(tmp_path, monkeypatch):
+    from tests.int8_tool_standins import install
+    bindir = install(tmp_path / "bin")
+    monkeypatch.setenv("PATH", str(bindir) + os.pathsep + os.environ["PATH"])
+    app = make_app(demo="lstm", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, QuantScreen)
+        screen = app.screen
+        backend = screen.query_one("#int8-backend")
+        assert backend.disabled and backend.value == "builtin"  # nothing to choose before int8 is chosen
+        screen.query_one("#q-int8").value = True
+        await pilot.pause()
+        assert not backend.disabled
+        backend.value = "external"
+        await pilot.click("#next")
+        await pilot.pause()
+        await review_ready(pilot)
+        commands = text(app, "#commands")
+        assert str(bindir / "generate-int8-scale-table") in commands and str(bindir / "ncnn2int8") in commands
+        assert app.config.calibration.backend == "external"

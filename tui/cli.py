@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run on a bundled demo recipe (" + ", ".join(sorted(ARCHITECTURES)) + ")")
     run.add_argument("--out", metavar="DIR", help="output directory (default: the config's, or runs/demo-ARCH)")
     run.add_argument("--int8", action="store_true", help="also produce an int8 model")
+    run.add_argument("--int8-backend", choices=("builtin", "external", "auto"),
+                     help="who calibrates and quantizes: the built-in code (default), your "
+                          "generate-int8-scale-table / ncnn2int8 (external: each one found; auto: the same, "
+                          "built in where not found)")
+    run.add_argument("--table-tool", metavar="PATH", help="sherpa-ncnn's generate-int8-scale-table binary")
+    run.add_argument("--ncnn2int8", metavar="PATH", help="ncnn's ncnn2int8 binary")
     run.add_argument("--dry-run", action="store_true", help="print the plan (every command) and run nothing")
     run.add_argument("--resume", action="store_true", help="skip steps whose inputs and outputs are unchanged")
     run.add_argument("--script", metavar="F", help="also write the plan as a runnable bash script to F")

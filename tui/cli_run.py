@@ -36,6 +36,12 @@ def load_run_config(args) -> WizardConfig:
         config.output.dir = args.out
     if args.int8:
         config.output.int8 = True
+    if getattr(args, "int8_backend", None):
+        config.calibration.backend = args.int8_backend
+    if getattr(args, "table_tool", None):
+        config.tools.generate_int8_scale_table = args.table_tool
+    if getattr(args, "ncnn2int8", None):
+        config.tools.ncnn2int8 = args.ncnn2int8
     if args.python:
         config.files.python = args.python
     if args.pnnx:

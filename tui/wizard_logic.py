@@ -314,6 +314,22 @@ def calibration_check(wavs: list[Path], config) -> tuple[bool, list[str]]:
     return bool(check.usable) and not any("Hz" in p for p in check.problems), lines
 
 
+def int8_backend_options(config) -> list[tuple[str, str]]:
+    """(label, value) pairs for the backend choice; the external ones name the tools found, or say none are."""
+    from core.int8_tools import find_int8_tools
+    tools = find_int8_tools(config.tools.generate_int8_scale_table, config.tools.ncnn2int8)
+    found = ", ".join(f"{p.name} at {p}" for p in (tools.table_tool, tools.quantize_tool) if p)
+    options = [("built in (Python on the ncnn wheel; works on every model here)", "builtin")]
+    if found:
+        options += [(f"your tools: {found} (built in for a missing one)", "external"),
+                    ("your tools where found, built in otherwise", "auto")]
+    else:
+        options += [("auto: generate-int8-scale-table / ncnn2int8 when on PATH (none found now)", "auto")]
+    if config.calibration.backend not in {v for _, v in options}:
+        options.append((f"{config.calibration.backend} (from the config; no tools found)", config.calibration.backend))
+    return options
+
+
 @dataclass
 class DetectedModel:
     """What "Detect from checkpoint" found, ready to fill the form."""

@@ -470,6 +470,9 @@ class QuantScreen(StepScreen):
         yield Label("Calibration audio (a folder of 16 kHz wavs, a list file, or paths)", classes="section")
         yield Input(" ".join(self.app.config.calibration.wavs), id="cal-wavs")
         yield Static("", id="cal-check", classes="muted")
+        yield Label("Who calibrates and quantizes", classes="section", id="backend-label")
+        yield Select(logic.int8_backend_options(self.app.config), value=self.app.config.calibration.backend,
+                     allow_blank=False, id="int8-backend")
 
     def _int8(self) -> bool:
         return self.query_one("#q-int8", RadioButton).value
@@ -478,6 +481,7 @@ class QuantScreen(StepScreen):
         wavs = logic.calibration_wavs(self.query_one("#cal-wavs", Input).value)
         ok, lines = logic.calibration_check(wavs, self.app.config) if self._int8() else (True, [])
         self.query_one("#cal-wavs", Input).disabled = not self._int8()
+        self.query_one("#int8-backend", Select).disabled = not self._int8()
         self.query_one("#cal-check", Static).update(Text("\n".join(lines) if self._int8()
                                                          else "int8 not chosen: only the fp16 model is made"))
         self.query_one("#next", Button).disabled = not ok
@@ -489,6 +493,7 @@ class QuantScreen(StepScreen):
 
     def save(self) -> None:
         self.app.config.output.int8 = self._int8()
+        self.app.config.calibration.backend = str(self.query_one("#int8-backend", Select).value)
         if self._int8():
             self.app.config.calibration.wavs = [str(w) for w in
                                                 logic.calibration_wavs(self.query_one("#cal-wavs", Input).value)]
