@@ -107,9 +107,12 @@ def make_import(layout, src: Path) -> Step:
                 describe=f"copy the pnnx output of {src} into {layout.out} (the originals are only read)")
 
 
-def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Path | None, wavs) -> Step:
+def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Path | None, wavs,
+                   int8: bool = False) -> Step:
     argv = [sys.executable, "-m", "core.from_ncnn", str(layout.out), "--arch", arch,
             "--json-out", str(layout.out / "validation.json")]
+    if int8:
+        argv.append("--int8")
     if reference_dir is not None:
         argv += ["--reference-dir", str(reference_dir)]
     if traced_dir is not None:
@@ -117,6 +120,9 @@ def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Pa
     for w in wavs:
         argv += ["--wav", str(w)]
     inputs = [layout.final(n, e) for n in NETS for e in ("param", "bin")] + [layout.tokens]
+    if int8:
+        from .int8_steps import int8_file
+        inputs += [int8_file(layout, n, e) for n in ("encoder", "joiner") for e in ("param", "bin")]
     return Step("validate", "Validate: reference outputs vs ncnn, and decode in sherpa-ncnn", argv=argv,
                 env={"PYTHONPATH": str(Path(__file__).resolve().parents[1])}, inputs=inputs,
                 outputs=[layout.out / "validation.json"], script=[shlex.join(argv)])
@@ -124,8 +130,12 @@ def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Pa
 
 def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *, out_dir: str | Path,
                          reference_dir: str | Path | None = None, traced_dir: str | Path | None = None,
-                         wavs=(), check_out_dir: bool = True) -> FromNcnnRun:
-    """Check DIR and the flags and build the plan; raises PlanError naming every problem."""
+                         wavs=(), check_out_dir: bool = True, int8=None) -> FromNcnnRun:
+    """Check DIR and the flags and build the plan; raises PlanError naming every problem.
+
+    ``int8``: a WizardConfig whose ``calibration`` (wavs, backend) and ``tools`` say how to make an int8
+    set too. The files in DIR are used as they are (pnnx's fp16 or fp32 weights; ncnn reads both as float).
+    """
     src = Path(src).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve()
     spec = get_arch(arch)
@@ -150,20 +160,34 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
     if ref is None and traced is None:
         warnings.append("no reference outputs (*-reference.npz) or traced *.pt files: only the decode in "
                         "sherpa-ncnn is checked, not the numbers")
+    backend = None
+    if int8 is not None:
+        from .int8_external import choose_backend
+        from .pipeline import _check_calibration_wavs
+        problems += _check_calibration_wavs(int8, resolved)
+        backend = choose_backend(int8)
+        problems += backend.problems
+        warnings += [f"int8: {n}" for n in backend.notes]
     if problems:
         raise PlanError(problems)
     layout = Layout(out)
     steps = [make_import(layout, src), make_rewrite(layout, spec.name),
-             make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin")),
-             _validate_step(layout, spec.name, ref, traced, [Path(w) for w in wavs]),
-             make_summary(layout, None)]
+             make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin"))]
+    if backend is not None:
+        from .calibration_run import ModelFiles
+        from .int8_steps import make_int8_steps
+        files = ModelFiles(*(layout.final(n, e) for n in NETS for e in ("param", "bin")))
+        steps += make_int8_steps(layout, [Path(w) for w in int8.calibration.wavs], backend, files)
+    steps += [_validate_step(layout, spec.name, ref, traced, [Path(w) for w in wavs], int8=backend is not None),
+              make_summary(layout, None)]
     manifest = {
         "tool": "sherpa-ncnn-wizard", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "from_ncnn": str(src), "arch": spec.name,
         "hyperparameters": {spec.param(n).flag: spec.param(n).format(v) for n, v in resolved.values.items()},
         "hyperparameter_sources": {spec.param(n).flag: s for n, s in resolved.sources.items()},
         "reference_dir": str(ref) if ref else None, "traced_dir": str(traced) if traced else None,
-        "tools": {"versions": _versions()}, "warnings": warnings,
+        "tools": {"versions": _versions(), **({"int8": backend.as_dict()} if backend else {})},
+        "warnings": warnings,
     }
     run = FromNcnnRun(Plan(steps, out, manifest), resolved, src, ref, traced, warnings)
     lines = ["#!/usr/bin/env bash", f"# Written by sherpa-ncnn-wizard: {spec.title} from the pnnx output in {src}.",
@@ -179,7 +203,7 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
 # -- the validate step's process ------------------------------------------------------
 
 def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, traced_dir: Path | None,
-                       wavs: list[Path], print_fn=print) -> dict:
+                       wavs: list[Path], print_fn=print, int8: bool = False) -> dict:
     from dataclasses import asdict
 
     from . import validate as v
@@ -207,6 +231,8 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
         print_fn("numeric check skipped: no reference outputs or traced modules")
     v.report_decode(v.decode(out, wavs, {}), report, print_fn,
                     describe=lambda item: f"loaded and decoded ({len(item['tokens'])} tokens): {item['text'][:80]!r}")
+    if int8:  # compared with the float set it was made from: the files in OUT
+        v.validate_int8(out, out, wavs, {}, report, print_fn=print_fn)
     return report
 
 
@@ -219,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--traced-dir", type=Path, default=None)
     p.add_argument("--wav", action="append", type=Path, default=[])
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--int8", action="store_true", help="also check the *.int8.* encoder and joiner")
     a = p.parse_args(argv)
     report = validate_from_ncnn(a.out, a.arch, a.reference_dir, a.traced_dir, a.wav,
-                                print_fn=lambda s: print(s, flush=True))
+                                print_fn=lambda s: print(s, flush=True), int8=a.int8)
     if a.json_out:
         atomic_write_bytes(a.json_out, json.dumps(report, indent=2).encode())
     print("validation passed" if report["ok"] else "validation FAILED", flush=True)

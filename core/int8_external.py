@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_write_bytes
+from .calibration_run import ModelFiles
 from .int8_steps import INT8_NETS, _check_fp32_set, fp32_model_files, int8_file, table_file
 from .int8_tools import (QUANTIZE_TOOL, TABLE_TOOL, find_int8_tools, quantize_tool_argv, quantize_tool_succeeded,
                          table_tool_argv, table_tool_succeeded)
@@ -81,14 +82,16 @@ def _int8_no_meta(layout) -> Path:
     return layout.work / "int8" / "encoder.int8.nometa.param"
 
 
-def make_external_calibrate(layout, tool: Path, wavs: list[Path]) -> Step:
-    files = fp32_model_files(layout)
+def make_external_calibrate(layout, tool: Path, wavs: list[Path], files: ModelFiles | None = None) -> Step:
+    check_fp32 = files is None
+    files = files or fp32_model_files(layout)
     tables = [table_file(layout, n) for n in INT8_NETS]
     argv = table_tool_argv(tool, (files.encoder_param, files.encoder_bin), (files.decoder_param, files.decoder_bin),
                            (files.joiner_param, files.joiner_bin), tables[0], tables[1], wav_list_file(layout))
 
     def before() -> None:
-        _check_fp32_set(layout)
+        if check_fp32:
+            _check_fp32_set(layout)
         atomic_write_bytes(wav_list_file(layout), "".join(f"{w}\n" for w in wavs).encode())
 
     def verify(lines: list[str]) -> str | None:
@@ -115,9 +118,9 @@ def _tables_usable(tables: list[Path]) -> str | None:
     return None
 
 
-def make_external_quantize(layout, tool: Path, net: str) -> Step:
+def make_external_quantize(layout, tool: Path, net: str, files: ModelFiles | None = None) -> Step:
     """ncnn2int8 on one net; the encoder's input is the final param without its SherpaMetaData line."""
-    files = fp32_model_files(layout)
+    files = files or fp32_model_files(layout)
     param = files.encoder_param if net == "encoder" else files.joiner_param
     binary = files.encoder_bin if net == "encoder" else files.joiner_bin
     source = no_meta_file(layout, net) if net == "encoder" else param

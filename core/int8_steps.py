@@ -62,14 +62,17 @@ def _check_fp32_set(layout) -> None:
                         hint="run without --int8 for the fp16 model")
 
 
-def make_calibrate(layout, wavs: list[Path]) -> Step:
-    files = fp32_model_files(layout)
+def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) -> Step:
+    """Built-in calibration of ``files`` (default: the run's fp32 set, checked against the fp16 graph first)."""
+    check_fp32 = files is None
+    files = files or fp32_model_files(layout)
     outputs = [table_file(layout, n) for n in INT8_NETS]
 
     def run(ctx: StepContext) -> None:
         from .calibration_run import calibrate
         from .calibrate import CalibrationError
-        _check_fp32_set(layout)
+        if check_fp32:
+            _check_fp32_set(layout)
         try:
             result = calibrate(files, wavs, on_progress=lambda i, n, note: (ctx.progress(i, n, note), ctx.log(note)),
                                cancelled=lambda: ctx._cancelled.is_set(), cache_dir=layout.work / "calibration-cache")
@@ -94,8 +97,8 @@ def make_calibrate(layout, wavs: list[Path]) -> Step:
                         f"--out {shlex.quote(str(layout.out))}  # expects the fp32 set in one directory"])
 
 
-def make_quantize(layout) -> Step:
-    files = fp32_model_files(layout)
+def make_quantize(layout, files: ModelFiles | None = None) -> Step:
+    files = files or fp32_model_files(layout)
     sources = {"encoder": (files.encoder_param, files.encoder_bin), "joiner": (files.joiner_param, files.joiner_bin)}
     outputs = [int8_file(layout, n, e) for n in INT8_NETS for e in ("param", "bin")]
 
@@ -117,3 +120,16 @@ def make_quantize(layout) -> Step:
     return Step("quantize", "Quantize encoder and joiner to int8 (built in)", func=run,
                 inputs=[*(p for pair in sources.values() for p in pair), *(table_file(layout, n) for n in INT8_NETS)],
                 outputs=outputs, describe="write the int8 encoder and joiner", script=script)
+
+
+def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None = None) -> list[Step]:
+    """calibrate and quantize, each with the built-in code or the user's tool (``backend``: an Int8Backend)."""
+    from .int8_external import make_external_calibrate, make_external_quantize, make_int8_metadata
+    steps = [make_external_calibrate(layout, backend.table_tool, wavs, files) if backend.table_tool
+             else make_calibrate(layout, wavs, files)]
+    if backend.quantize_tool:
+        steps += [make_external_quantize(layout, backend.quantize_tool, net, files) for net in INT8_NETS]
+        steps.append(make_int8_metadata(layout))
+    else:
+        steps.append(make_quantize(layout, files))
+    return steps

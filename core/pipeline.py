@@ -289,20 +289,9 @@ def _fixed_dim_warnings(recipe: Path, detection) -> list[str]:
 
 def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend) -> list[Step]:
     """fp32 conversions, then calibrate and quantize with the built-in code or the user's tools."""
-    from .int8_external import make_external_calibrate, make_external_quantize, make_int8_metadata
-    from .int8_steps import make_calibrate, make_pnnx_fp32, make_quantize
-    wavs = [Path(w) for w in config.calibration.wavs]
+    from .int8_steps import make_int8_steps, make_pnnx_fp32
     steps = [make_pnnx_fp32(pnnx, layout, net) for net in ("encoder", "joiner")]
-    if backend.table_tool:
-        steps.append(make_external_calibrate(layout, backend.table_tool, wavs))
-    else:
-        steps.append(make_calibrate(layout, wavs))
-    if backend.quantize_tool:
-        steps += [make_external_quantize(layout, backend.quantize_tool, net) for net in ("encoder", "joiner")]
-        steps.append(make_int8_metadata(layout))
-    else:
-        steps.append(make_quantize(layout))
-    return steps
+    return steps + make_int8_steps(layout, [Path(w) for w in config.calibration.wavs], backend)
 
 
 def _check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> list[str]:

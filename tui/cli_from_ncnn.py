@@ -23,6 +23,8 @@ def add_from_ncnn_arguments(run: argparse.ArgumentParser, source) -> None:
                           "it has them)")
     run.add_argument("--wav", action="append", default=[], metavar="W",
                      help="with --from-ncnn: a 16 kHz test wav to decode (repeatable)")
+    run.add_argument("--calibration-wav", action="append", default=[], metavar="W",
+                     help="with --from-ncnn --int8: a 16 kHz calibration wav (repeatable; default: the --wav files)")
     own = {o for a in run._actions for o in a.option_strings}  # noqa: SLF001
     flags: dict[str, None] = {}
     for spec in ARCHITECTURES.values():
@@ -64,14 +66,21 @@ def run_from_ncnn(args) -> int:
             given[key[3:]] = value
         else:
             notes.append(f"{key[3:]} is not a {spec.title} flag; ignored")
+    int8 = None
     if args.int8:
-        err.print(Text("error: ", style="bold red") + Text("--int8 is not available yet with --from-ncnn"))
-        return EXIT_BAD_INPUT
+        from core.config import WizardConfig
+        int8 = WizardConfig(arch=spec.name)
+        int8.calibration.wavs = [str(Path(w).resolve()) for w in (args.calibration_wav or args.wav)]
+        int8.calibration.backend = args.int8_backend or "builtin"
+        int8.tools.generate_int8_scale_table = args.table_tool or ""
+        int8.tools.ncnn2int8 = args.ncnn2int8 or ""
+        if not args.calibration_wav and args.wav:
+            notes.append("no --calibration-wav: calibrating on the --wav files")
     out_dir = args.out or str(Path("runs") / f"from-ncnn-{spec.name}")
     try:
         planned = build_from_ncnn_plan(args.from_ncnn, args.arch, given, out_dir=out_dir,
                                        reference_dir=args.reference_dir, traced_dir=args.traced_dir,
-                                       wavs=args.wav, check_out_dir=not args.dry_run)
+                                       wavs=args.wav, check_out_dir=not args.dry_run, int8=int8)
     except PlanError as exc:
         err.print(Text("The run cannot start:", style="bold red"))
         for p in exc.problems:
