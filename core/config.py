@@ -38,6 +38,7 @@ class FilesConfig:
     bpe_model: str = ""  # bpe.model (tokens.txt is made from it)
     python: str = ""  # the interpreter that runs the export (default: this one)
     ignore_checkpoint_mismatch: bool = False  # run even if the hyperparameters differ from the checkpoint's
+    from_ncnn: str = ""  # instead of all the above: a directory of existing pnnx output (only read)
 
 
 @dataclass
@@ -189,7 +190,7 @@ def _convert(tp, value, source: str, key: str):
 
 def _resolve_paths(config: WizardConfig, base: Path) -> None:
     f = config.files
-    for name in ("recipe", "icefall_root", "checkpoint", "exp_dir", "tokens", "bpe_model"):
+    for name in ("recipe", "icefall_root", "checkpoint", "exp_dir", "tokens", "bpe_model", "from_ncnn"):
         value = getattr(f, name)
         if value and not Path(value).is_absolute():
             setattr(f, name, str((base / value).resolve()))

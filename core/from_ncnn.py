@@ -40,6 +40,7 @@ class FromNcnnRun:
     traced_dir: Path | None
     warnings: list[str] = field(default_factory=list)
     script: str = ""
+    config: object = None  # the WizardConfig it came from (for wizard.toml), when there is one
 
     @property
     def out_dir(self) -> Path:
@@ -197,6 +198,15 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
         lines += step.script or [f"# ({step.describe})"]
         lines.append("")
     run.script = "\n".join(lines)
+    return run
+
+
+def build_from_ncnn_config(config, *, out_dir=None, check_out_dir: bool = True) -> FromNcnnRun:
+    """The same plan from a WizardConfig whose ``files.from_ncnn`` names the directory (wizard and --config)."""
+    run = build_from_ncnn_plan(config.files.from_ncnn, config.arch, config.hyperparameter_flags(),
+                               out_dir=out_dir or config.output.dir, wavs=config.validation.wavs,
+                               check_out_dir=check_out_dir, int8=config if config.output.int8 else None)
+    run.config = config
     return run
 
 

@@ -117,7 +117,13 @@ def tokens_flag(script: Path) -> str:
 
 
 def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check_out_dir: bool = True) -> PlannedRun:
-    """Check the config and build the plan; raises PlanError naming every problem found."""
+    """Check the config and build the plan; raises PlanError naming every problem found.
+
+    A config with ``files.from_ncnn`` starts from existing pnnx output (core.from_ncnn) instead.
+    """
+    if config.files.from_ncnn:
+        from .from_ncnn import build_from_ncnn_config
+        return build_from_ncnn_config(config, out_dir=out_dir, check_out_dir=check_out_dir)
     problems: list[str] = []
     warnings: list[str] = []
     spec = get_arch(config.arch)

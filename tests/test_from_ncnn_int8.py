@@ -48,3 +48,18 @@ def test_lstm_from_ncnn_int8_decodes_in_sherpa_ncnn(cli, tmp_path):
     assert (out / "joiner_jit_trace-pnnx.ncnn.int8.bin").stat().st_size < (
         out / "joiner_jit_trace-pnnx.ncnn.bin").stat().st_size
     assert before == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (REAL / "lstm").iterdir()}
+
+
+@needs_real
+def test_a_config_with_files_from_ncnn_plans_the_from_ncnn_run(tmp_path):
+    from core.config import config_from_dict
+    from core.pipeline import build_plan
+    config = config_from_dict({"arch": "lstm", "hyperparameters": {"num-encoder-layers": 3, "encoder-dim": 192,
+                                                                   "rnn-hidden-size": 384},
+                               "files": {"from_ncnn": str(REAL / "lstm")}, "output": {"dir": str(tmp_path / "o"),
+                                                                                     "int8": True},
+                               "calibration": {"wavs": [str(w) for w in WAVS]}})
+    run = build_plan(config)
+    ids = [s.id for s in run.plan.steps]
+    assert ids[:3] == ["import", "rewrite", "metadata"] and "calibrate" in ids and "quantize" in ids
+    assert run.config is config and run.resolved.arch.name == "lstm"

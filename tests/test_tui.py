@@ -520,3 +520,50 @@ async def test_quantization_screen_offers_the_external_tools_when_found(tmp_path
         commands = text(app, "#commands")
         assert str(bindir / "generate-int8-scale-table") in commands and str(bindir / "ncnn2int8") in commands
         assert app.config.calibration.backend == "external"
+
+
+# -- "I already have ncnn files" -----------------------------------------------------------------
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-real"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"the icefall-real fixtures are not at {REAL}")
+async def test_existing_ncnn_files_flow_rewrites_adds_metadata_and_decodes(tmp_path):
+    from tui.wizard_ncnn import NcnnDirScreen
+    src = REAL / "lstm"
+    app = make_app(out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NcnnDirScreen) and screen.query_one("#next").disabled
+        screen.query_one("#ncnn-dir").value = str(tmp_path)  # not pnnx output
+        await pilot.pause()
+        assert "encoder_jit_trace-pnnx.ncnn.param not found" in text(app, "#c-ncnn-dir")
+        screen.query_one("#ncnn-dir").value = str(src)
+        screen.query_one("#ncnn-wavs").value = str(demo_recipe("lstm").test_wavs[0].parent)
+        await wait_for(pilot, lambda: "rewrite:" in text(app, "#ncnn-found"), timeout=30)
+        found = text(app, "#ncnn-found")
+        assert "looks like a lstm encoder" in found and "reference outputs" in found
+        assert "lengths-cast x1" in found  # what the rewrite step will do, before anything is written
+        await go_to(pilot, ArchScreen)
+        assert app.screen.query_one("#a-lstm").value  # preselected from the graph
+        await go_to(pilot, HyperScreen)
+        app.screen.query_one("#paste").value = " ".join((src / "export-flags.txt").read_text().split())
+        await pilot.click("#fill")
+        await pilot.pause()
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert isinstance(app.screen, QuantScreen), text(app, "#paste-result") + text(app, "#cross-errors")
+        await go_to(pilot, ReviewScreen)
+        assert app.screen.plan_state == "ok", text(app, "#problems")
+        assert "after the rewrite" in text(app, "#header-change") and "with the metadata line" in text(
+            app, "#header-change")
+        assert "Copy the pnnx output" in text(app, "#commands") and not (tmp_path / "out").exists()
+        await pilot.press("enter")  # Run
+        await pilot.pause()
+        await wait_for(pilot, lambda: run_done(app))
+        assert app.run_model.status == "ok", [(s.id, s.status) for s in app.run_model.steps]
+    assert "SherpaMetaData" in (tmp_path / "out" / "encoder_jit_trace-pnnx.ncnn.param").read_text()
+    assert "from_ncnn" in (tmp_path / "out" / "wizard.toml").read_text()

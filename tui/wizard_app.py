@@ -156,6 +156,13 @@ class WizardApp(App):
         self.own_model = True
         self.push_screen(FilesScreen())
 
+    def use_existing_ncnn(self) -> None:
+        from .wizard_ncnn import NcnnDirScreen
+        self.config = WizardConfig()
+        self.config.output.dir = self.out_override or str(Path("runs") / "from-ncnn")
+        self.own_model = True
+        self.push_screen(NcnnDirScreen())
+
     def open_config(self, path: str) -> str | None:
         """Load a wizard.toml and go to Review; returns an error message instead."""
         from core.config import ConfigError
@@ -170,7 +177,12 @@ class WizardApp(App):
 
     def open_config_at_review(self) -> None:
         from .wizard_screens import ArchScreen, FilesScreen, HyperScreen, QuantScreen, ReviewScreen
-        for screen in (FilesScreen(), ArchScreen(), HyperScreen(), QuantScreen(), ReviewScreen()):
+        if self.config.files.from_ncnn:
+            from .wizard_ncnn import NcnnDirScreen
+            files: object = NcnnDirScreen()
+        else:
+            files = FilesScreen()
+        for screen in (files, ArchScreen(), HyperScreen(), QuantScreen(), ReviewScreen()):
             self.push_screen(screen)
 
     # -- the run ----------------------------------------------------------------

@@ -196,8 +196,10 @@ def parse_pasted_flags(spec: ArchSpec, text: str) -> Pasted:
 
 # -- review and summary -------------------------------------------------------------
 
-def header_change(out_dir: Path) -> str:
+def header_change(out_dir: Path, from_ncnn: str = "", arch: str | None = None) -> str:
     """``N M → N+1 M``, with the real numbers when pnnx's encoder param is already there."""
+    if from_ncnn:
+        return ncnn_header_change(from_ncnn, arch)
     raw = out_dir / "work" / "pnnx" / ncnn_name("encoder", "param")
     try:
         with open(raw, encoding="utf-8") as fh:
@@ -416,3 +418,71 @@ def recent_run_choices() -> list[tuple[str, Path]]:
     marks = {"ok": "✓", "failed": "✗", "cancelled": "■"}
     return [(f"{marks.get(e.get('status'), '?')} {e.get('arch', '?')}  {e['out']}  ({e.get('time', '')})",
              Path(e["out"]) / "wizard.toml") for e in recent_runs()[:5]]
+
+
+# -- existing ncnn files ("I already have ncnn files") ------------------------------
+
+def check_ncnn_dir(value: str) -> FieldCheck:
+    """The directory of pnnx output: every file there, no git-lfs pointers, params ncnn would load."""
+    from core.from_ncnn import source_problems
+    if not value.strip():
+        return FieldCheck(False, "required: the directory with encoder/decoder/joiner_jit_trace-pnnx.ncnn.{param,bin}"
+                                 " and tokens.txt")
+    problems = source_problems(Path(value).expanduser().resolve())
+    if problems:
+        return FieldCheck(False, "; ".join(p.removeprefix("--from-ncnn: ") for p in problems))
+    return FieldCheck(True, "pnnx output found (it is only read: the run works on copies)")
+
+
+def guess_arch(param: Path) -> str | None:
+    """The architecture a pnnx encoder most likely is (to preselect it): layer types first, then input count."""
+    from core.ncnn_param import load_param
+    model = load_param(param).model
+    if model is None:
+        return None
+    types = {layer.type for layer in model.layers}
+    if "LSTM" in types:
+        return "lstm"
+    if types & {"CumulativeSum", "torch.as_strided", "PoolingModuleNoProj", "TensorAsStrided", "SimpleUpsample"}:
+        return "zipformer"
+    states = len(model.input_names) - 1
+    if states > 0 and states % 4 == 0:
+        return "conv-emformer"
+    if states > 0 and states % 7 == 0:
+        return "zipformer"
+    return None
+
+
+def describe_ncnn_dir(value: str, arch: str | None = None) -> list[str]:
+    """What the run will find in the directory: reference data, and what the rewrite step will do."""
+    from core.from_ncnn import REFERENCE_FILES
+    from core.pipeline import pt_name
+    from core.rewrite import plan_file
+    src = Path(value).expanduser().resolve()
+    lines = []
+    refs = [f for f in REFERENCE_FILES if (src / f).is_file()]
+    traced = (src / pt_name("encoder")).is_file()
+    if traced:
+        lines.append("✓ traced *.pt files: the numbers are checked against torch")
+    elif refs:
+        lines.append(f"✓ reference outputs ({', '.join(refs)}): the numbers are checked against them")
+    else:
+        lines.append("! no reference outputs or traced *.pt: only sherpa-ncnn's decode is checked, not the numbers")
+    pnnx_param = src / "encoder.pnnx.param"
+    lines.append("✓ encoder.pnnx.param (pnnx's own graph: the rewrites check operator attributes in it)"
+                 if pnnx_param.is_file() else "! no encoder.pnnx.param: rewrites cannot check pnnx's attributes")
+    plan = plan_file(src / ncnn_name("encoder", "param"), arch=arch)
+    mark = {"rewrite": "✓", "unchanged": "✓", "refused": "✗"}[plan.action]
+    lines.append(f"{mark} rewrite: {plan.summary()}")
+    return lines
+
+
+def ncnn_header_change(src: str, arch: str | None = None) -> str:
+    """``N M → N' M' → N'+1 M'``: the rewrite's change, then the metadata line, for existing pnnx output."""
+    from core.rewrite import plan_file
+    plan = plan_file(Path(src).expanduser().resolve() / ncnn_name("encoder", "param"), arch=arch)
+    if plan.action == "refused":
+        return f"{plan.header_before} → (the rewrite refuses: {'; '.join(plan.errors)[:200]})"
+    n, m = plan.header_after.split()[:2]
+    rewrite = f" → {plan.header_after} after the rewrite" if plan.action == "rewrite" else ""
+    return f"{plan.header_before}{rewrite} → {int(n) + 1} {m} with the metadata line"

@@ -144,7 +144,8 @@ class StepScreen(Screen):
 class StartScreen(Screen):
     """Demo or your own model, or open a saved wizard.toml."""
 
-    BINDINGS = [Binding("d", "demo", "Demo"), Binding("m", "own", "My model"), Binding("o", "open", "Open toml")]
+    BINDINGS = [Binding("d", "demo", "Demo"), Binding("m", "own", "My model"), Binding("n", "ncnn", "ncnn files"),
+                Binding("o", "open", "Open toml")]
 
     def compose(self) -> ComposeResult:
         yield StepBar("Start")
@@ -158,6 +159,10 @@ class StartScreen(Screen):
             with Horizontal(classes="choice"):
                 yield Button("Export my model", id="own")
                 yield Static("your icefall recipe, checkpoint and tokens", classes="muted")
+            with Horizontal(classes="choice"):
+                yield Button("I already have ncnn files", id="ncnn")
+                yield Static("pnnx output sherpa-ncnn won't load: rewrite, metadata, validate",
+                             classes="muted")
             with Horizontal(classes="choice"):
                 yield Button("Open wizard.toml", id="open")
                 yield Input(placeholder="path/to/wizard.toml", id="toml")
@@ -187,6 +192,13 @@ class StartScreen(Screen):
 
     def action_own(self) -> None:
         self.app.use_own_model()
+
+    def action_ncnn(self) -> None:
+        self.app.use_existing_ncnn()
+
+    @on(Button.Pressed, "#ncnn")
+    def _ncnn(self) -> None:
+        self.action_ncnn()
 
     def action_open(self) -> None:
         path = self.query_one("#toml", Input).value.strip()
@@ -600,7 +612,8 @@ class ReviewScreen(StepScreen):
         self.plan_state = "ok"
         self.query_one("#problems", Static).update(Text("\n".join("! " + w for w in self.planned.warnings)))
         self.query_one("#problems", Static).display = bool(self.planned.warnings)
-        self.query_one("#header-change", Static).update(Text(logic.header_change(self.planned.out_dir)))
+        self.query_one("#header-change", Static).update(Text(logic.header_change(
+            self.planned.out_dir, self.app.config.files.from_ncnn, self.app.config.arch)))
         lines = Text()
         for number, title, what in describe_plan(self.planned):
             lines.append(f"{number}. {title}\n", style="bold")
