@@ -61,6 +61,7 @@ class CalibrationConfig:
     # generate-int8-scale-table and/or ncnn2int8, each where found; the built-in one for the other) or "auto"
     # (external where found, otherwise built in)
     backend: str = "builtin"
+    resample: bool = False  # resample wavs that are not 16 kHz (soxr) instead of refusing them
 
 
 INT8_BACKENDS = ("builtin", "external", "auto")

@@ -176,9 +176,9 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
              make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin"))]
     if backend is not None:
         from .calibration_run import ModelFiles
-        from .int8_steps import make_int8_steps
+        from .pipeline import calibration_steps
         files = ModelFiles(*(layout.final(n, e) for n in NETS for e in ("param", "bin")))
-        steps += make_int8_steps(layout, [Path(w) for w in int8.calibration.wavs], backend, files)
+        steps += calibration_steps(int8, layout, backend, warnings, files)
     steps += [_validate_step(layout, spec.name, ref, traced, [Path(w) for w in wavs], int8=backend is not None),
               make_summary(layout, None)]
     manifest = {

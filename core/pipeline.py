@@ -216,7 +216,7 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     steps.append(make_rewrite(layout, spec.name))
     steps.append(make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin")))
     if config.output.int8:
-        steps += _int8_steps(config, layout, pnnx.path, int8_backend)
+        steps += _int8_steps(config, layout, pnnx.path, int8_backend, warnings)
     if config.validation.numeric or config.validation.decode:
         steps.append(_validate_step(config, layout))
     steps.append(make_summary(layout, checkpoints[0] if len(checkpoints) == 1 else None))
@@ -293,11 +293,21 @@ def _fixed_dim_warnings(recipe: Path, detection) -> list[str]:
     return out
 
 
-def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend) -> list[Step]:
+def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend, warnings: list[str]) -> list[Step]:
     """fp32 conversions, then calibrate and quantize with the built-in code or the user's tools."""
     from .int8_steps import make_int8_steps, make_pnnx_fp32
     steps = [make_pnnx_fp32(pnnx, layout, net) for net in ("encoder", "joiner")]
-    return steps + make_int8_steps(layout, [Path(w) for w in config.calibration.wavs], backend)
+    return steps + calibration_steps(config, layout, backend, warnings)
+
+
+def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: list[str], files=None) -> list[Step]:
+    """[resample,] calibrate, quantize: the int8 steps after the float set exists."""
+    from .calibration_audio import make_calibration_audio, plan_audio
+    from .int8_steps import make_int8_steps
+    audio = plan_audio(layout, [Path(w) for w in config.calibration.wavs], config.calibration.resample)
+    warnings += audio.notes
+    steps = [make_calibration_audio(audio)] if audio.resample else []
+    return steps + make_int8_steps(layout, audio.wavs, backend, files)
 
 
 def _check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> list[str]:
@@ -307,11 +317,27 @@ def _check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> l
                 "list some in [calibration] wavs"]
     if not resolved.ok:
         return []
+    from .audio import SAMPLE_RATE, AudioError, read_wav
     from .calibration_run import check_wavs
     segment, _ = resolved.arch.segment_offset(resolved.values)
-    check = check_wavs([Path(w) for w in config.calibration.wavs], segment)
+    wavs = [Path(w) for w in config.calibration.wavs]
+    other_rate = []
+    if config.calibration.resample:  # checked here by length; the rate is the resample step's job
+        for w in wavs:
+            try:
+                wave = read_wav(w)
+            except AudioError:
+                continue
+            if wave.sample_rate != SAMPLE_RATE:
+                other_rate.append(w)
+    check = check_wavs([w for w in wavs if w not in other_rate], segment)
     problems = [f"calibration.wavs: {p}" for p in check.problems if "channels" not in p]
-    if not check.usable:
+    if any(" Hz; " in p for p in check.problems):
+        problems.append("calibration.wavs: or set calibration.resample = true to resample them to 16 kHz")
+    short = [w for w in other_rate if read_wav(w).seconds < (segment + 1) * 0.01]
+    problems += [f"calibration.wavs: {w}: shorter than one chunk ({(segment + 1) * 0.01:.2f} s); it would "
+                 "contribute nothing" for w in short]
+    if not check.usable and len(short) == len(other_rate):
         problems.append("calibration.wavs: none of the files can be used")
     return problems
 

@@ -567,3 +567,30 @@ async def test_existing_ncnn_files_flow_rewrites_adds_metadata_and_decodes(tmp_p
         assert app.run_model.status == "ok", [(s.id, s.status) for s in app.run_model.steps]
     assert "SherpaMetaData" in (tmp_path / "out" / "encoder_jit_trace-pnnx.ncnn.param").read_text()
     assert "from_ncnn" in (tmp_path / "out" / "wizard.toml").read_text()
+
+
+async def test_calibration_audio_at_another_rate_needs_the_resample_tick(tmp_path):
+    import soxr
+
+    from core.audio import read_wav
+    from core.calibration_audio import float_wav_bytes
+    odd = tmp_path / "cd.wav"
+    odd.write_bytes(float_wav_bytes(soxr.resample(read_wav(demo_recipe("lstm").test_wavs[0]).samples, 16000, 44100),
+                                    44100))
+    app = make_app(demo="lstm", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SIZE) as pilot:
+        await go_to(pilot, QuantScreen)
+        screen = app.screen
+        screen.query_one("#q-int8").value = True
+        screen.query_one("#cal-wavs").value = str(odd)
+        await pilot.pause()
+        assert "44100 Hz" in text(app, "#cal-check") and screen.query_one("#next").disabled
+        screen.query_one("#resample").value = True
+        await pilot.pause()
+        assert "resampled to 16 kHz when the run starts" in text(app, "#cal-check")
+        assert not screen.query_one("#next").disabled
+        await pilot.click("#next")
+        await pilot.pause()
+        await review_ready(pilot)
+        assert "Resample calibration audio to 16 kHz" in text(app, "#commands")
+        assert app.config.calibration.resample

@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="who calibrates and quantizes: the built-in code (default), your "
                           "generate-int8-scale-table / ncnn2int8 (external: each one found; auto: the same, "
                           "built in where not found)")
+    run.add_argument("--resample", action="store_true",
+                     help="with --int8: resample calibration wavs that are not 16 kHz (otherwise they are refused)")
     run.add_argument("--table-tool", metavar="PATH", help="sherpa-ncnn's generate-int8-scale-table binary")
     run.add_argument("--ncnn2int8", metavar="PATH", help="ncnn's ncnn2int8 binary")
     run.add_argument("--dry-run", action="store_true", help="print the plan (every command) and run nothing")

@@ -72,6 +72,7 @@ def run_from_ncnn(args) -> int:
         int8 = WizardConfig(arch=spec.name)
         int8.calibration.wavs = [str(Path(w).resolve()) for w in (args.calibration_wav or args.wav)]
         int8.calibration.backend = args.int8_backend or "builtin"
+        int8.calibration.resample = bool(args.resample)
         int8.tools.generate_int8_scale_table = args.table_tool or ""
         int8.tools.ncnn2int8 = args.ncnn2int8 or ""
         if not args.calibration_wav and args.wav:

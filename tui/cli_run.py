@@ -36,6 +36,8 @@ def load_run_config(args) -> WizardConfig:
         config.output.dir = args.out
     if args.int8:
         config.output.int8 = True
+    if getattr(args, "resample", False):
+        config.calibration.resample = True
     if getattr(args, "int8_backend", None):
         config.calibration.backend = args.int8_backend
     if getattr(args, "table_tool", None):

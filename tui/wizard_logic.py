@@ -311,9 +311,18 @@ def calibration_check(wavs: list[Path], config) -> tuple[bool, list[str]]:
     seconds = 0.0
     for w in check.usable:
         seconds += read_wav(w).seconds
+    rate_problems = [p for p in check.problems if " Hz; " in p]
+    resample = config.calibration.resample and rate_problems
     lines = [f"{len(check.usable)} usable wav(s), {seconds:.1f} s in total, 16 kHz"]
-    lines += [f"✗ {p}" for p in check.problems]
-    return bool(check.usable) and not any("Hz" in p for p in check.problems), lines
+    for p in check.problems:
+        if p in rate_problems and resample:
+            lines.append("→ " + p.split("; ")[0] + ": resampled to 16 kHz when the run starts")
+        else:
+            lines.append(f"✗ {p}")
+    if rate_problems and not resample:
+        lines.append("tick 'resample' below to use them anyway")
+    usable = bool(check.usable) or bool(resample)
+    return usable and (bool(resample) or not rate_problems), lines
 
 
 def int8_backend_options(config) -> list[tuple[str, str]]:

@@ -17,7 +17,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.suggester import Suggester
 from textual.worker import get_current_worker
-from textual.widgets import Button, DataTable, Footer, Input, Label, RadioButton, RadioSet, Select, Static
+from textual.widgets import (Button, Checkbox, DataTable, Footer, Input, Label, RadioButton, RadioSet, Select,
+                             Static)
 
 from core.architectures import ARCHITECTURES, get_arch
 from core.metadata import build_metadata
@@ -482,6 +483,8 @@ class QuantScreen(StepScreen):
         yield Label("Calibration audio (a folder of 16 kHz wavs, a list file, or paths)", classes="section")
         yield Input(" ".join(self.app.config.calibration.wavs), id="cal-wavs")
         yield Static("", id="cal-check", classes="muted")
+        yield Checkbox("resample wavs that are not 16 kHz (soxr; your files are only read)",
+                       self.app.config.calibration.resample, id="resample")
         yield Label("Who calibrates and quantizes", classes="section", id="backend-label")
         yield Select(logic.int8_backend_options(self.app.config), value=self.app.config.calibration.backend,
                      allow_blank=False, id="int8-backend")
@@ -490,16 +493,19 @@ class QuantScreen(StepScreen):
         return self.query_one("#q-int8", RadioButton).value
 
     def refresh_state(self) -> None:
+        self.app.config.calibration.resample = self.query_one("#resample", Checkbox).value
         wavs = logic.calibration_wavs(self.query_one("#cal-wavs", Input).value)
         ok, lines = logic.calibration_check(wavs, self.app.config) if self._int8() else (True, [])
         self.query_one("#cal-wavs", Input).disabled = not self._int8()
         self.query_one("#int8-backend", Select).disabled = not self._int8()
+        self.query_one("#resample", Checkbox).disabled = not self._int8()
         self.query_one("#cal-check", Static).update(Text("\n".join(lines) if self._int8()
                                                          else "int8 not chosen: only the fp16 model is made"))
         self.query_one("#next", Button).disabled = not ok
 
     @on(RadioSet.Changed)
     @on(Input.Changed, "#cal-wavs")
+    @on(Checkbox.Changed, "#resample")
     def _changed(self) -> None:
         self.refresh_state()
 
