@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Input, Label, Static
@@ -20,10 +20,10 @@ from textual.worker import get_current_worker
 from core.pipeline import ncnn_name
 
 from . import wizard_logic as logic
-from .wizard_screens import ArchScreen, FieldCheckView, PathSuggester, StepScreen
+from .wizard_screens import ArchScreen, FieldCheckView, FormScreen, PathSuggester
 
 
-class NcnnDirScreen(StepScreen):
+class NcnnDirScreen(FormScreen):
     STEP = "Files"
     AUTO_FOCUS = "#ncnn-dir"
 
@@ -78,14 +78,6 @@ class NcnnDirScreen(StepScreen):
         self.guessed = arch
 
     guessed: str | None = None
-
-    @on(Input.Changed)
-    def _changed(self) -> None:
-        self.refresh_state()
-
-    @on(Input.Submitted)
-    def _submitted(self) -> None:
-        self.action_next()
 
     def save(self) -> None:
         config = self.app.config

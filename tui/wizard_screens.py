@@ -244,7 +244,19 @@ class FieldCheckView(Static):
         self.set_class(not check.ok, "bad")
 
 
-class FilesScreen(StepScreen):
+class FormScreen(StepScreen):
+    """A step made of text fields: every edit re-checks them, Enter in a field means Next."""
+
+    @on(Input.Changed)
+    def _changed(self) -> None:
+        self.refresh_state()
+
+    @on(Input.Submitted)
+    def _submitted(self) -> None:
+        self.action_next()
+
+
+class FilesScreen(FormScreen):
     STEP = "Files"
 
     def body(self) -> ComposeResult:
@@ -299,14 +311,6 @@ class FilesScreen(StepScreen):
         self.query_one("#next", Button).disabled = not ok
         self.query_one("#nav-note", Static).update("" if ok else Text("✗ fix the fields marked ✗ to go on",
                                                                         style="red"))
-
-    @on(Input.Changed)
-    def _changed(self) -> None:
-        self.refresh_state()
-
-    @on(Input.Submitted)
-    def _submitted(self) -> None:
-        self.action_next()
 
     def save(self) -> None:
         logic.apply_file_values(self.app.config, self.values())
