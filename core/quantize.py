@@ -1,21 +1,36 @@
-"""Built-in int8 quantization: ncnn2int8's job for Convolution and InnerProduct, with the byte layout proven.
+"""Built-in int8 quantization (ncnn2int8's job) with the byte layout proven.
 
-The .bin layout is not guessed per layer type: ncnn itself loads the model
-through a recording DataReader, and the quantizable layer types are replaced
-(on that read-only net) by Python layers that note where their weight and bias
-reads start and end. Every other layer's bytes are copied verbatim, so custom
-layers with weights (e.g. SimpleUpsample) keep their offsets - where stock
-ncnn2int8 drops them. The written .bin is loaded again the same way and must
-be consumed to its last byte.
+The .bin layout is not guessed per layer type. ncnn itself loads the model
+through a recording DataReader, with every built-in layer type wrapped (on that
+read-only net) in a Python layer that hands ncnn's own layer a recording
+ModelBin: so each layer's every ``load(w, type)`` is known with its byte range
+and its load type (0 = tagged, 1 = raw fp32). Bytes that no recorded load
+covers (a custom layer's) are copied verbatim. The written .bin is loaded again
+by plain ncnn and must be consumed to its last byte.
 
-A layer is quantized when the table has both its input scale (``name``) and
-its weight scales (``name_param_0``), as ncnn2int8 decides. Weights become int8
-(per output channel, round half away from zero, clipped to +-127) followed by
-the weight and input scales; the param line gets ``8=2``.
+What is written (the formats of the ncnn that sherpa-ncnn 2.1.15 links,
+Tencent/ncnn c4193aad; its ncnn2int8 writes the same):
+
+* Convolution / InnerProduct with table entries (``name`` and ``name_param_0``):
+  int8 weights per output channel (round half away from zero, clipped to
+  +-127), bias unchanged, then the weight scales and the input scale; ``8=2``.
+* Gemm with a constant B (pnnx's Linear on a 3-D input) or a constant,
+  untransposed A: weight-only int8; ncnn quantizes the activations at runtime,
+  so no table entry is needed. B gets one scale for the whole matrix, A one per
+  row; the scales follow the layer's C; ``18=2``.
+* LSTM: weight_xc and weight_hc int8 with one scale per gate row; bias_c and
+  the projection weight_hr stay float; the two scale arrays follow; ``8=2``.
+* Embed (a decoder's; the pipeline keeps the decoder fp16): weight-only int8
+  with one scale for the table, after the bias; ``18=2``.
+* every other tagged (type 0) fp32 load is written as fp16 (tag 0x01306B47),
+  which ncnn's ModelBin widens back to fp32; raw (type 1) loads - biases,
+  LayerNorm, scales - stay fp32 byte for byte.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,24 +170,314 @@ def _int8(weights: np.ndarray, scales: np.ndarray, rows: int) -> np.ndarray:
     return np.clip(q, -127, 127).astype(np.int8).reshape(-1)
 
 
+FP16_TAG = struct.pack("<I", 0x01306B47)
+FP32_TAGS = (struct.pack("<I", 0), struct.pack("<I", 0x0002C056))
+FP16_MAX = 65504.0
+DYNAMIC = ("Gemm", "LSTM", "Embed")  # weight-only int8 (activations quantized at runtime): no table entries
+INT8_KEY = {"Convolution": 8, "InnerProduct": 8, "LSTM": 8, "Gemm": 18, "Embed": 18}
+
+
+@dataclass
+class Load:
+    """One ``ModelBin::load(w, type)`` call of a layer and the bytes it consumed."""
+
+    w: int
+    type: int  # 0 = tagged (fp32 / fp16 / int8 by its tag), 1 = raw fp32
+    start: int
+    end: int
+
+
+@dataclass
+class LayerLoads:
+    name: str
+    type: str
+    params: dict[int, int]  # the integer view of keys 0..22 (ncnn's ParamDict::get(id, int))
+    loads: list[Load]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Hide ncnn's 'overwrite built-in layer type X' lines (printed on fd 2 by register_custom_layer)."""
+    import os
+    import sys
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def record_loads(param: Path, data: bytes, custom: dict | None = None) -> tuple[list[LayerLoads], int]:
+    """Every layer's weight loads, in load order, as ncnn itself performs them, and how many bytes ncnn reads.
+
+    Each built-in layer type is wrapped in a Python layer that creates ncnn's own layer, passes it the
+    ParamDict and a ModelBin that records every ``load(w, type)``. Types ncnn cannot create (custom
+    layers) must come in ``custom`` (type -> creator) or be SherpaMetaData, else the model is refused:
+    their weights' extent would be unknown.
+    """
+    import ncnn
+
+    parsed = load_param(param)
+    if parsed.model is None:
+        raise QuantizeError(parsed.describe())
+    keep = Keeper()
+    reader = _recording_reader(data)
+    found: list[LayerLoads] = []
+
+    def wrapper(kind: str):
+        class RecordingModelBin(ncnn.ModelBin):
+            def __init__(self, inner, entry: LayerLoads):
+                super().__init__()
+                self.inner, self.entry = inner, entry
+
+            def load(self, w, type):
+                start = reader.pos
+                m = self.inner.load(w, type)
+                self.entry.loads.append(Load(int(w), int(type), start, reader.pos))
+                return m
+
+        class Wrapper(ncnn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.inner = ncnn.create_layer(kind)
+                self.params = {}
+
+            def load_param(self, pd):
+                self.params = {k: int(pd.get(k, 0)) for k in range(23)}
+                return self.inner.load_param(pd)
+
+            def load_model(self, mb):
+                entry = LayerLoads(self.name, kind, self.params, [])
+                found.append(entry)
+                rec = keep.keep(RecordingModelBin(mb, entry))
+                return self.inner.load_model(rec)
+
+        def create():
+            return keep.keep(Wrapper())
+        return keep.keep(create)
+
+    net = keep.keep(ncnn.Net())
+    register_meta_layer(net, keep)
+    custom = custom or {}
+    with _quiet_stderr():
+        for kind, creator in custom.items():
+            net.register_custom_layer(kind, creator, lambda layer: None)
+        for kind in sorted(parsed.model.layer_types()):
+            if kind in custom or kind in ("SherpaMetaData", "Input"):
+                continue
+            probe = ncnn.create_layer(kind)
+            if probe is None:
+                layer = parsed.model.layers_of_type(kind)[0]
+                raise QuantizeError(f"layer {layer.name!r} ({kind}): python ncnn does not know this layer type, so "
+                                    "where its weights lie in the .bin is unknown; nothing was written")
+            del probe
+            net.register_custom_layer(kind, wrapper(kind), lambda layer: None)
+    if net.load_param(str(param)) != 0:
+        raise QuantizeError(f"{param}: python ncnn could not read it")
+    if net.load_model(reader) != 0:
+        raise QuantizeError(f"{param}: ncnn could not read its weights (the .bin does not match the param)")
+    return found, reader.pos
+
+
+def _floats(data: bytes, ld: Load) -> np.ndarray | None:
+    """The float values of a tagged load that holds fp32 or fp16 data (None for int8 or quantized-table data)."""
+    if ld.type != 0:
+        return None
+    tag = data[ld.start:ld.start + 4]
+    body = data[ld.start + 4:ld.end]
+    if tag in FP32_TAGS and len(body) == 4 * ld.w:
+        return np.frombuffer(body, dtype="<f4").astype(np.float32)
+    if tag == FP16_TAG and len(body) == 2 * ld.w + (-2 * ld.w % 4):
+        return np.frombuffer(body[:2 * ld.w], dtype="<f2").astype(np.float32)
+    return None
+
+
+def _fp16_blob(values: np.ndarray) -> bytes | None:
+    """A tagged fp16 blob, or None when fp16 cannot hold the values (non-finite or beyond +-65504)."""
+    if not np.isfinite(values).all() or (values.size and float(np.abs(values).max()) > FP16_MAX):
+        return None
+    h = values.astype("<f2").tobytes()
+    return FP16_TAG + h + b"\0" * (-len(h) % 4)
+
+
+def _int8_blob(q: np.ndarray) -> bytes:
+    b = q.astype(np.int8).tobytes()
+    return INT8_TAG + b + b"\0" * (-len(b) % 4)
+
+
+def _row_scales(w: np.ndarray) -> np.ndarray:
+    """127/absmax per row; an all-zero row gets 1 (its int8 values are all 0 whatever the scale)."""
+    absmax = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0], np.float32)
+    return np.where(absmax > 0, 127.0 / np.where(absmax > 0, absmax, 1.0), 1.0).astype(np.float32)
+
+
+def _raw(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
 @dataclass
 class QuantizeReport:
-    quantized: list[str]
+    quantized: list[str]  # Convolution/InnerProduct quantized with the table's scales
     kept_float: list[str]  # quantizable layers without table entries
     bytes_before: int
     bytes_after: int
-    weight_bytes_before: int
+    weight_bytes_before: int  # the int8 weights' blobs, before and after (all int8 layers)
     weight_bytes_after: int
+    dynamic: list[str] = field(default_factory=list)  # Gemm/LSTM/Embed: weight-only int8
+    fp16: list[str] = field(default_factory=list)  # layers whose other tagged float weights are now fp16
+    notes: list[str] = field(default_factory=list)  # layers of a dynamic type left in float, and why
 
 
-def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_bin: Path) -> QuantizeReport:
-    """Write the int8 param/bin pair; the originals are only read."""
+class _Plan:
+    """New bytes for some loads, and bytes (scales) to append after a layer's last load."""
+
+    def __init__(self):
+        self.replace: dict[int, bytes] = {}  # keyed by id() of the Load
+        self.after: dict[int, bytes] = {}  # keyed by id() of the LayerLoads: appended after its last load
+
+
+def _need_floats(data: bytes, layer: LayerLoads, ld: Load, what: str) -> np.ndarray:
+    values = _floats(data, ld)
+    if values is None:
+        raise QuantizeError(f"layer {layer.name!r} ({layer.type}): its {what} is not fp32/fp16 data "
+                            "(already quantized?); use the fp32 model")
+    return values
+
+
+def _plan_static(data: bytes, layer: LayerLoads, table: ScaleTable, plan: _Plan) -> tuple[int, int]:
+    """Convolution / InnerProduct with table scales: int8 weight (per output channel), bias kept, scales after."""
+    p = layer.params
+    num_output = p[0]
+    if p[8]:
+        raise QuantizeError(f"{layer.name!r} ({layer.type}) is already int8; use the fp32 model")
+    bias_term = p[1] if layer.type == "InnerProduct" else p[5]
+    expected = [0, 1] if bias_term else [0]
+    if [ld.type for ld in layer.loads] != expected:
+        raise QuantizeError(f"layer {layer.name!r} ({layer.type}): ncnn loaded {len(layer.loads)} blob(s) of types "
+                            f"{[ld.type for ld in layer.loads]}, expected {expected}; cannot write it in int8")
+    scales = table.weights[layer.name].astype(np.float32)
+    if scales.size != num_output:
+        raise QuantizeError(f"layer {layer.name!r} ({layer.type}): {scales.size} weight scales for "
+                            f"{num_output} outputs")
+    w = layer.loads[0]
+    values = _need_floats(data, layer, w, "weight")
+    blob = _int8_blob(_int8(values, scales, num_output))
+    plan.replace[id(w)] = blob
+    plan.after[id(layer)] = _raw(scales) + _raw([table.activations[layer.name].scale])
+    return w.end - w.start, len(blob)
+
+
+def _plan_gemm(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int] | str:
+    """Weight-only int8 Gemm; a string says why the layer stays float."""
+    p = layer.params
+    trans_a, const_a, const_b, const_c, m, n, k, bcast = p[2], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
+    if p[18]:
+        raise QuantizeError(f"{layer.name!r} (Gemm) is already int8; use the fp32 model")
+    if const_a and const_b:
+        return "both A and B are constant"
+    if not const_a and not const_b:
+        return "no constant matrix (both operands are activations)"
+    if const_a and trans_a:
+        return "constant A is transposed (transA=1)"
+    expected = 1 + (1 if const_c and bcast != -1 else 0)
+    if len(layer.loads) != expected or any(ld.type != 0 for ld in layer.loads):
+        raise QuantizeError(f"layer {layer.name!r} (Gemm): ncnn loaded {len(layer.loads)} blob(s), expected "
+                            f"{expected} tagged ones; cannot write it in int8")
+    ld = layer.loads[0]
+    values = _need_floats(data, layer, ld, "constant matrix")
+    if const_a:
+        if values.size != m * k:
+            raise QuantizeError(f"layer {layer.name!r} (Gemm): A holds {values.size} values, not M*K = {m * k}")
+        rows = values.reshape(m, k)
+        scales = _row_scales(rows)
+        q = _int8(values, scales, m)
+        tail = _raw(scales)
+    else:
+        if values.size != n * k:
+            raise QuantizeError(f"layer {layer.name!r} (Gemm): B holds {values.size} values, not N*K = {n * k}")
+        scale = _row_scales(values.reshape(1, -1))
+        q = _int8(values, scale, 1)
+        tail = _raw(scale)
+    blob = _int8_blob(q)
+    plan.replace[id(ld)] = blob
+    plan.after[id(layer)] = tail
+    return ld.end - ld.start, len(blob)
+
+
+def _plan_lstm(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int] | str:
+    """Weight-only int8 LSTM: weight_xc and weight_hc per gate row; bias_c and weight_hr stay float."""
+    p = layer.params
+    num_output, weight_data_size, direction = p[0], p[1], p[2]
+    hidden = p[3] or num_output
+    if p[8]:
+        raise QuantizeError(f"{layer.name!r} (LSTM) is already int8; use the fp32 model")
+    dirs = 2 if direction == 2 else 1
+    expected = 3 + (1 if num_output != hidden else 0)
+    if len(layer.loads) != expected or any(ld.type != 0 for ld in layer.loads):
+        raise QuantizeError(f"layer {layer.name!r} (LSTM): ncnn loaded {len(layer.loads)} blob(s), expected "
+                            f"{expected} tagged ones; cannot write it in int8")
+    size = weight_data_size // dirs // hidden // 4
+    rows = dirs * hidden * 4
+    before = after = 0
+    tail = b""
+    for ld, width, what in ((layer.loads[0], size, "weight_xc"), (layer.loads[2], num_output, "weight_hc")):
+        values = _need_floats(data, layer, ld, what)
+        if values.size != rows * width:
+            raise QuantizeError(f"layer {layer.name!r} (LSTM): {what} holds {values.size} values, not "
+                                f"{rows} x {width}")
+        scales = _row_scales(values.reshape(rows, width))
+        blob = _int8_blob(_int8(values, scales, rows))
+        plan.replace[id(ld)] = blob
+        tail += _raw(scales)
+        before += ld.end - ld.start
+        after += len(blob)
+    plan.after[id(layer)] = tail
+    return before, after
+
+
+def _plan_embed(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int]:
+    """Weight-only int8 Embed (a decoder's): one scale for the table, bias kept, the scale after."""
+    p = layer.params
+    if p[18]:
+        raise QuantizeError(f"{layer.name!r} (Embed) is already int8; use the fp32 model")
+    expected = [0, 1] if p[2] else [0]
+    if [ld.type for ld in layer.loads] != expected:
+        raise QuantizeError(f"layer {layer.name!r} (Embed): ncnn loaded blobs of types "
+                            f"{[ld.type for ld in layer.loads]}, expected {expected}; cannot write it in int8")
+    ld = layer.loads[0]
+    values = _need_floats(data, layer, ld, "weight")
+    scale = _row_scales(values.reshape(1, -1))
+    blob = _int8_blob(_int8(values, scale, 1))
+    plan.replace[id(ld)] = blob
+    plan.after[id(layer)] = _raw(scale)
+    return ld.end - ld.start, len(blob)
+
+
+def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_bin: Path, *,
+             dynamic: tuple[str, ...] = DYNAMIC, fp16: bool = True) -> QuantizeReport:
+    """Write the int8 param/bin pair; the originals are only read.
+
+    ``dynamic``: the weight-only types to quantize (Gemm, LSTM, Embed); ``fp16``: write the remaining tagged
+    float weights as fp16.
+    """
     parsed = load_param(param)
     if parsed.model is None or not parsed.model.ok:
         raise QuantizeError(parsed.describe())
     model = parsed.model
+    unknown = set(dynamic) - set(DYNAMIC)
+    if unknown:
+        raise QuantizeError(f"the built-in quantizer has no weight-only int8 for {', '.join(sorted(unknown))}")
     data = Path(binary).read_bytes()
-    regions, consumed = read_layout(param, data)
+    layers, consumed = record_loads(param, data)
     if consumed != len(data):
         raise QuantizeError(f"{binary}: ncnn reads {consumed} of its {len(data)} bytes; the file does not match "
                             f"{param}")
@@ -181,43 +486,76 @@ def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_
         l = unsupported[0]
         raise QuantizeError(f"layer {l.name!r} ({l.type}) has a table entry but the built-in quantizer cannot write "
                             f"{l.type} in int8; drop its lines from the table to keep it in float")
-    chosen = [r for r in regions.values() if r.name in table.activations]
-    for r in chosen:
-        if r.name not in table.weights:
-            raise QuantizeError(f"layer {r.name!r} ({r.type}): the table has its input scale but no "
-                                f"'{r.name}_param_0' weight scales")
-        if table.weights[r.name].size != r.num_output:
-            raise QuantizeError(f"layer {r.name!r} ({r.type}): {table.weights[r.name].size} weight scales for "
-                                f"{r.num_output} outputs")
+    by_name = {l.name: l for l in layers}
+    for name in table.activations:
+        if name not in by_name and model.layer_named(name) is not None:
+            raise QuantizeError(f"layer {name!r}: has a table entry but ncnn loaded no weights for it")
+    plan = _Plan()
+    quantized, dynamic_done, kept, fp16_layers, notes = [], [], [], [], []
+    before = after = 0
+    int8_keys: dict[str, int] = {}
+    for layer in layers:
+        if layer.type in ("Convolution", "ConvolutionDepthWise", "InnerProduct") and layer.params[8]:
+            raise QuantizeError(f"{layer.name!r} ({layer.type}) is already int8; use the fp32 model")
+        if layer.type in SUPPORTED and layer.name in table.activations:
+            if layer.name not in table.weights:
+                raise QuantizeError(f"layer {layer.name!r} ({layer.type}): the table has its input scale but no "
+                                    f"'{layer.name}_param_0' weight scales")
+            b, a = _plan_static(data, layer, table, plan)
+            quantized.append(layer.name)
+            int8_keys[layer.name] = INT8_KEY[layer.type]
+        elif layer.type in dynamic:
+            result = {"Gemm": _plan_gemm, "LSTM": _plan_lstm, "Embed": _plan_embed}[layer.type](data, layer, plan)
+            if isinstance(result, str):
+                notes.append(f"{layer.name} ({layer.type}) kept in float: {result}")
+                b = a = 0
+            else:
+                b, a = result
+                dynamic_done.append(layer.name)
+                int8_keys[layer.name] = INT8_KEY[layer.type]
+        else:
+            b = a = 0
+            if layer.type in SUPPORTED:
+                kept.append(layer.name)
+        before, after = before + b, after + a
+        if fp16:
+            converted = False
+            for ld in layer.loads:
+                if id(ld) in plan.replace:
+                    continue
+                values = _floats(data, ld)
+                if values is None or data[ld.start:ld.start + 4] == FP16_TAG:
+                    continue
+                blob = _fp16_blob(values)
+                if blob is not None:
+                    plan.replace[id(ld)] = blob
+                    converted = True
+            if converted:
+                fp16_layers.append(layer.name)
     out = bytearray()
     pos = 0
-    before = after = 0
-    for r in sorted(chosen, key=lambda r: r.weight[0]):
-        out += data[pos:r.weight[0]]
-        scales = table.weights[r.name].astype(np.float32)
-        q = _int8(r.weights, scales, r.num_output).tobytes()
-        blob = INT8_TAG + q + b"\0" * (-len(q) % 4)
-        before += r.weight[1] - r.weight[0]
-        after += len(blob)
-        out += blob
-        end = r.weight[1]
-        if r.bias is not None:
-            out += data[r.bias[0]:r.bias[1]]
-            end = r.bias[1]
-        out += scales.tobytes() + np.array([table.activations[r.name].scale], dtype=np.float32).tobytes()
-        pos = end
+    for layer in layers:
+        for ld in layer.loads:
+            if id(ld) in plan.replace:
+                out += data[pos:ld.start]
+                out += plan.replace[id(ld)]
+                pos = ld.end
+        if id(layer) in plan.after:  # the scales ncnn reads right after the layer's last load
+            end = layer.loads[-1].end
+            out += data[pos:end]
+            out += plan.after[id(layer)]
+            pos = end
     out += data[pos:]
     new_model = model
-    for r in chosen:
-        layer = new_model.layer_named(r.name)
-        line = new_model.lines[layer.line - 1].rstrip("\r\n") + f" 8={INT8_SCALE_TERM}"
-        new_model = new_model.with_line_replaced(layer.line, line)
+    for name, key in int8_keys.items():
+        layer = new_model.layer_named(name)
+        line = re.sub(rf"\s{key}=\S+", "", new_model.lines[layer.line - 1].rstrip("\r\n"))
+        new_model = new_model.with_line_replaced(layer.line, f"{line} {key}={INT8_SCALE_TERM}")
     new_bytes = bytes(out)
     _verify(new_model.to_bytes(), new_bytes, out_param)
     atomic_write_bytes(out_bin, new_bytes)
     atomic_write_bytes(out_param, new_model.to_bytes())
-    kept = [r.name for r in regions.values() if r not in chosen]
-    return QuantizeReport([r.name for r in chosen], kept, len(data), len(new_bytes), before, after)
+    return QuantizeReport(quantized, kept, len(data), len(new_bytes), before, after, dynamic_done, fp16_layers, notes)
 
 
 def _verify(param_bytes: bytes, bin_bytes: bytes, out_param: Path) -> None:

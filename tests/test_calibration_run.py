@@ -133,15 +133,21 @@ def test_quantized_weights_shrink_about_four_times(int8_model):
 
 
 def test_every_other_layers_bytes_are_unchanged(int8_model):
-    from core.quantize import read_layout
+    """Table-driven int8 only (no weight-only Gemm/LSTM, no fp16): every other byte stays verbatim.
+    The default mode is checked load by load in tests/test_quantize_layers.py."""
+    from core.quantize import quantize, read_layout
     d, result, reports = int8_model
     for net in ("encoder", "joiner"):
         old = (d / f"{net}_jit_trace-pnnx.ncnn.bin").read_bytes()
-        new = (d / f"{net}_jit_trace-pnnx.ncnn.int8.bin").read_bytes()
+        static = quantize(d / f"{net}_jit_trace-pnnx.ncnn.param", d / f"{net}_jit_trace-pnnx.ncnn.bin",
+                          getattr(result, net), d / f"{net}.static.int8.param", d / f"{net}.static.int8.bin",
+                          dynamic=(), fp16=False)
+        assert static.quantized == reports[net].quantized and not static.dynamic and not static.fp16
+        new = (d / f"{net}.static.int8.bin").read_bytes()
         old_regions, old_total = read_layout(d / f"{net}_jit_trace-pnnx.ncnn.param", old)
         assert old_total == len(old)
         # cut both files at the quantized layers' regions: what lies between must be byte-identical
-        chosen = sorted((r for r in old_regions.values() if r.name in reports[net].quantized), key=lambda r: r.weight[0])
+        chosen = sorted((r for r in old_regions.values() if r.name in static.quantized), key=lambda r: r.weight[0])
         old_rest, pos = [], 0
         for r in chosen:
             old_rest.append(old[pos:r.weight[0]])

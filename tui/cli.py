@@ -154,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = sub.add_parser(
         "quantize", allow_abbrev=False,
         help="write an int8 param/bin from a scale table (built in; like ncnn2int8)",
-        description="Quantize the Convolution and InnerProduct layers the table names; every other layer's bytes "
-                    "are copied as they are and the result is re-read to the last byte before it is written.",
+        description="Quantize the Convolution and InnerProduct layers the table names, and Gemm, LSTM and Embed "
+                    "weights (weight-only int8, no table lines needed); other float weights become fp16, raw fp32 "
+                    "data is copied as it is, and the result is re-read to the last byte before it is written.",
         epilog=EXIT_CODES_HELP,
     )
     for name in ("param", "bin", "out_param", "out_bin", "table"):

@@ -82,7 +82,8 @@ def run_quantize(args) -> int:
     except CalibrationError as exc:
         stderr_console().print(Text("error: ", style="bold red") + Text(str(exc)))
         return EXIT_FAILED
-    data = {"ok": True, "quantized": report.quantized, "kept_float": report.kept_float,
+    data = {"ok": True, "quantized": report.quantized, "dynamic": report.dynamic, "fp16": report.fp16,
+            "notes": report.notes, "kept_float": report.kept_float,
             "bin_bytes": [report.bytes_before, report.bytes_after],
             "weight_bytes": [report.weight_bytes_before, report.weight_bytes_after]}
     if args.json:
@@ -91,6 +92,10 @@ def run_quantize(args) -> int:
         c = stdout_console()
         for name in report.quantized:
             c.print(f"quantized {name}", markup=False)
+        for name in report.dynamic:
+            c.print(f"quantized {name} (weight-only; activations at runtime)", markup=False)
+        for note in report.notes:
+            c.print(note, markup=False)
         c.print(f"weights of the quantized layers: {report.weight_bytes_before} -> {report.weight_bytes_after} bytes; "
                 f".bin {report.bytes_before} -> {report.bytes_after} bytes", markup=False)
     return EXIT_OK
