@@ -4,7 +4,7 @@ The fp32 set that calibration and quantization read is the final encoder param
 (rewritten, with SherpaMetaData) with pnnx's fp32 weights, and the joiner's
 param with its fp32 weights: pnnx writes the same param text for fp16 and fp32,
 and the calibrate step checks that, and that no rewrite moved weights, before
-it relies on it. The decoder stays fp16 (ncnn does not quantize it).
+it relies on it. The decoder stays fp16 (it is tiny; core.quantize could do its Embed weight-only).
 """
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ def fp32_model_files(layout) -> ModelFiles:
 
 def make_pnnx_fp32(pnnx: Path, layout, net: str) -> Step:
     stem = fp32_dir(layout) / net
-    argv = [str(pnnx), str(layout.pt(net)), f"pnnxparam={stem}.pnnx.param", f"pnnxbin={stem}.pnnx.bin",
-            f"pnnxpy={stem}_pnnx.py", f"pnnxonnx={stem}.pnnx.onnx", f"ncnnparam={fp32_raw(layout, net, 'param')}",
-            f"ncnnbin={fp32_raw(layout, net, 'bin')}", f"ncnnpy={stem}_ncnn.py", "fp16=0"]
-    return Step(f"pnnx-{net}-fp32", f"Convert the {net} with pnnx (fp32, for int8)", argv=argv,
+    from .pnnx_convert import pnnx_command
+    argv, env = pnnx_command(pnnx, layout.pt(net), stem, fp32_raw(layout, net, "param"), fp32_raw(layout, net, "bin"),
+                             fp16=False)
+    return Step(f"pnnx-{net}-fp32", f"Convert the {net} with pnnx (fp32, for int8)", argv=argv, env=env,
                 inputs=[layout.pt(net)], outputs=[fp32_raw(layout, net, "param"), fp32_raw(layout, net, "bin")],
-                parser="pnnx", script=[f"mkdir -p {shlex.quote(str(fp32_dir(layout)))}", shlex.join(argv)])
+                parser="pnnx", script=[f"mkdir -p {shlex.quote(str(fp32_dir(layout)))}",
+                                       f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}"])
 
 
 def _check_fp32_set(layout) -> None:
@@ -111,8 +112,14 @@ def make_quantize(layout, files: ModelFiles | None = None) -> Step:
                 report = quantize(*sources[net], table, int8_file(layout, net, "param"), int8_file(layout, net, "bin"))
             except CalibrationError as exc:
                 raise StepError(str(exc)) from None
-            ctx.log(f"{net}: quantized {', '.join(report.quantized) or 'nothing'}; weights "
-                    f"{report.weight_bytes_before} -> {report.weight_bytes_after} bytes")
+            dynamic = ", ".join(report.dynamic) if len(report.dynamic) <= 8 else \
+                f"{len(report.dynamic)} layers ({', '.join(report.dynamic[:4])}, ...)"
+            ctx.log(f"{net}: quantized {', '.join(report.quantized) or 'nothing'}; weight-only int8 "
+                    f"{dynamic or 'nothing'}; int8 weights {report.weight_bytes_before} -> "
+                    f"{report.weight_bytes_after} bytes; {len(report.fp16)} layer(s) with fp16 weights; .bin "
+                    f"{report.bytes_before} -> {report.bytes_after} bytes")
+            for note in report.notes:
+                ctx.log(note)
 
     script = [f"sherpa-ncnn-wizard quantize {shlex.quote(str(p))} {shlex.quote(str(b))} "
               f"{shlex.quote(str(int8_file(layout, n, 'param')))} {shlex.quote(str(int8_file(layout, n, 'bin')))} "

@@ -391,13 +391,12 @@ def _pnnx_step(pnnx: Path, layout: Layout, net: str) -> Step:
     raw = net == "encoder"  # the encoder gets its metadata in a later step
     param = layout.raw(net, "param") if raw else layout.final(net, "param")
     binary = layout.raw(net, "bin") if raw else layout.final(net, "bin")
-    argv = [str(pnnx), str(layout.pt(net)),
-            f"pnnxparam={stem}.pnnx.param", f"pnnxbin={stem}.pnnx.bin", f"pnnxpy={stem}_pnnx.py",
-            f"pnnxonnx={stem}.pnnx.onnx", f"ncnnparam={param}", f"ncnnbin={binary}", f"ncnnpy={stem}_ncnn.py",
-            "fp16=1"]
-    return Step(f"pnnx-{net}", f"Convert the {net} with pnnx (fp16)", argv=argv, inputs=[layout.pt(net)],
+    from .pnnx_convert import pnnx_command
+    argv, env = pnnx_command(pnnx, layout.pt(net), stem, param, binary, fp16=True)
+    return Step(f"pnnx-{net}", f"Convert the {net} with pnnx (fp16)", argv=argv, env=env, inputs=[layout.pt(net)],
                 outputs=[param, binary], parser="pnnx",
-                script=[f"mkdir -p {shlex.quote(str(layout.pnnx_dir))}", shlex.join(argv)])
+                script=[f"mkdir -p {shlex.quote(str(layout.pnnx_dir))}",
+                        f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}"])
 
 
 def _validate_step(config: WizardConfig, layout: Layout) -> Step:

@@ -3,6 +3,7 @@ import asyncio
 import os
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -143,11 +144,13 @@ def test_plan_has_exact_commands(fake):
     assert export[export.index("--num-encoder-layers") + 1] == "2"
     assert steps["export"].cwd.name == "ASR"  # the recipe's parent, as icefall's docs run it
     assert steps["export"].env["PYTHONPATH"].split(os.pathsep)[0].endswith("my icefall")
-    pnnx = steps["pnnx-encoder"].argv
-    keys = {a.split("=", 1)[0] for a in pnnx[2:]}
-    assert keys == {"pnnxparam", "pnnxbin", "pnnxpy", "pnnxonnx", "ncnnparam", "ncnnbin", "ncnnpy", "fp16"}
-    assert f"ncnnparam={out / 'work' / 'pnnx' / 'encoder_jit_trace-pnnx.ncnn.param'}" in pnnx
-    assert f"ncnnparam={out / 'decoder_jit_trace-pnnx.ncnn.param'}" in steps["pnnx-decoder"].argv
+    pnnx = steps["pnnx-encoder"].argv  # pnnx, run and checked by core.pnnx_convert
+    assert pnnx[1:3] == ["-m", "core.pnnx_convert"] and Path(pnnx[pnnx.index("--pnnx") + 1]).name == "pnnx"
+    assert pnnx[pnnx.index("--fp16") + 1] == "1"
+    keys = {a.split("=", 1)[0] for a in pnnx if a.startswith("--") and "=" in a}
+    assert keys == {"--pnnxparam", "--pnnxbin", "--pnnxpy", "--pnnxonnx", "--ncnnparam", "--ncnnbin", "--ncnnpy"}
+    assert f"--ncnnparam={out / 'work' / 'pnnx' / 'encoder_jit_trace-pnnx.ncnn.param'}" in pnnx
+    assert f"--ncnnparam={out / 'decoder_jit_trace-pnnx.ncnn.param'}" in steps["pnnx-decoder"].argv
     assert "exp" not in {p.name for p in steps["prepare"].outputs}  # the link, not the user's dir
     assert [p.name for p in steps["prepare"].outputs] == ["epoch-99.pt"]
 

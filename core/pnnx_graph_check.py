@@ -1,0 +1,80 @@
+"""Catch pnnx's shape-inference mix-up in its own graph (``*.pnnx.param``) before trusting the ncnn files.
+
+pnnx (20241223 and later, when the .pt carries the traced input shapes) pairs
+the values of two copies of the graph by position; a tensor constant shared
+by several layers (ConvEmformer's attention scale) shifts that pairing, so
+from the second layer on every shape annotation is someone else's. pnnx then
+"simplifies" slices it believes are no-ops and bakes wrong sizes into Reshape
+and Gemm: the encoder loads and decodes, with wrong numbers. The tell-tale is
+in pnnx's own graph: element-wise operators whose output shape differs from
+their input shape. That cannot happen in a correct graph, so finding one is
+proof, not a guess.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# operators whose output always has their (single) input's shape
+_SHAPE_PRESERVING = {
+    "F.softmax", "F.log_softmax", "F.relu", "F.relu6", "F.silu", "F.sigmoid", "F.tanh", "F.gelu", "F.elu",
+    "F.leaky_relu", "F.hardtanh", "F.hardswish", "F.hardsigmoid", "F.mish", "F.dropout", "torch.tanh",
+    "torch.sigmoid", "torch.exp", "torch.log", "torch.abs", "torch.neg", "torch.sqrt", "torch.clamp",
+    "nn.ReLU", "nn.Tanh", "nn.Sigmoid", "nn.SiLU", "nn.GELU", "nn.Softmax", "nn.Dropout", "nn.Identity",
+}
+# a pnnx.Expression of one input and a constant: mul(@0,0.166666672), add(@0,1.0e+00), ...
+_SCALAR_EXPR = re.compile(r"^expr=(mul|add|sub|div|pow)\((@0,[-+0-9.eE]+|[-+0-9.eE]+,@0)\)$")
+_SHAPE = re.compile(r"^#([^=]+)=\(([0-9?,]*)\)")
+
+
+@dataclass
+class ShapeMismatch:
+    line: int
+    op: str
+    name: str
+    shape_in: str
+    shape_out: str
+
+    def __str__(self) -> str:
+        return (f"line {self.line}: {self.op} {self.name} turns ({self.shape_in}) into ({self.shape_out}), which an "
+                "element-wise operator cannot")
+
+
+def shape_mismatches(pnnx_param: str | Path) -> list[ShapeMismatch]:
+    """Element-wise operators in pnnx's graph whose annotated output shape differs from the input's."""
+    try:
+        text = Path(pnnx_param).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if len(parts) < 6 or parts[2] != "1" or parts[3] != "1":
+            continue
+        op, name, bottom, top = parts[0], parts[1], parts[4], parts[5]
+        if op not in _SHAPE_PRESERVING and not (op == "pnnx.Expression" and any(
+                _SCALAR_EXPR.match(p) for p in parts[6:])):
+            continue
+        shapes = {}
+        for token in parts[6:]:
+            m = _SHAPE.match(token)
+            if m:
+                shapes[m.group(1)] = m.group(2)
+        a, b = shapes.get(bottom), shapes.get(top)
+        if a is not None and b is not None and "?" not in a + b and a != b:
+            found.append(ShapeMismatch(number, op, name, a, b))
+    return found
+
+
+def describe(pnnx_param: str | Path, mismatches: list[ShapeMismatch]) -> str:
+    first = mismatches[0]
+    return (f"{pnnx_param}: pnnx's own graph is inconsistent ({len(mismatches)} element-wise operator(s) change "
+            f"shape; first at {first}): pnnx's shape inference mis-paired its values (a pnnx bug triggered by a "
+            "constant shared across layers), so the ncnn encoder it wrote computes wrong numbers even though it "
+            "loads")
+
+
+CONVERT_HINT = ("convert the traced .pt again with pnnx 20241223 after removing the traced input shapes from it "
+                "(the wizard does this for ConvEmformer: `run` from the checkpoint, or `run --from-ncnn DIR "
+                "--traced-dir D` with the *_jit_trace-pnnx.pt files)")
