@@ -8,6 +8,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 venv="$here/.venv"
+FALLBACK_PNNX=20241223  # = core.pnnx_convert.FALLBACK_VERSION (a test checks)
 python="${PYTHON:-python3}"
 
 setup() {
@@ -24,6 +25,14 @@ setup() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
       -c constraints.txt -e ".[$extras]"
     echo "$want" > "$stamp"
+  fi
+  # The fallback pnnx (core/pnnx_convert.py): a second wheel, unpacked beside the venv's own pnnx, for the
+  # models whose conversion the pinned pnnx gets wrong (its shape-inference bug, e.g. icefall's ConvEmformer).
+  local fallback="$venv/opt/pnnx-$FALLBACK_PNNX"
+  if [ ! -x "$fallback/pnnx/pnnx" ]; then
+    echo "[dev.sh] installing the fallback pnnx $FALLBACK_PNNX into $fallback" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target "$fallback" "pnnx==$FALLBACK_PNNX"
   fi
 }
 

@@ -191,6 +191,12 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     pnnx = find_pnnx(config.tools.pnnx or None)
     problems += [f"tools.pnnx: {p}" for p in pnnx.problems]
     warnings += [f"tools.pnnx: {w}" for w in pnnx.warnings]
+    from .pnnx_convert import FALLBACK_VERSION, fallback_pnnx
+    fallback = {"path": str(fallback_pnnx()), "version": FALLBACK_VERSION, "installed": fallback_pnnx().is_file()}
+    if not fallback["installed"]:
+        warnings.append(f"tools.pnnx: the fallback pnnx {FALLBACK_VERSION} is not installed ({fallback_pnnx()}); a "
+                        "model that pnnx's shape-inference bug mis-converts (e.g. icefall's ConvEmformer) will stop "
+                        "at its pnnx step, which says how to install it")
 
     int8_backend = None
     if config.output.int8:
@@ -229,7 +235,7 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
         "hyperparameters": {spec.param(n).flag: spec.param(n).format(v) for n, v in resolved.values.items()},
         "hyperparameter_sources": {spec.param(n).flag: s for n, s in resolved.sources.items()},
         "tools": {"python": python, "export_script": str(script), "icefall_root": str(root) if root else None,
-                  "pnnx": pnnx.as_dict(), "versions": _versions(),
+                  "pnnx": pnnx.as_dict(), "pnnx_fallback": fallback, "versions": _versions(),
                   **({"int8": int8_backend.as_dict()} if int8_backend else {})},
         "warnings": warnings,
     }

@@ -95,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--{key}", required=True)
     a = p.parse_args(argv)
     outputs = {k: getattr(a, k) for k in OUTPUT_KEYS}
-    return convert(a.pnnx, a.fallback, a.pt, outputs, bool(a.fp16))
+    rc = convert(a.pnnx, a.fallback, a.pt, outputs, bool(a.fp16))
+    if rc < 0:  # pnnx died by a signal: die by the same one, so the step says "segmentation fault", not a code
+        import os
+        import signal
+        signal.signal(-rc, signal.SIG_DFL)
+        os.kill(os.getpid(), -rc)
+    return rc
 
 
 if __name__ == "__main__":

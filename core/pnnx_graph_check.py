@@ -75,6 +75,7 @@ def describe(pnnx_param: str | Path, mismatches: list[ShapeMismatch]) -> str:
             "loads")
 
 
-CONVERT_HINT = ("convert the traced .pt again with pnnx 20241223 after removing the traced input shapes from it "
-                "(the wizard does this for ConvEmformer: `run` from the checkpoint, or `run --from-ncnn DIR "
-                "--traced-dir D` with the *_jit_trace-pnnx.pt files)")
+CONVERT_HINT = ("convert the traced *_jit_trace-pnnx.pt again: `sherpa-ncnn-wizard run` from the checkpoint does "
+                "it around this bug (it retries with pnnx 20241223 on a copy of the .pt without traced_inputs.pkl "
+                "and traced_inputs/, which skips pnnx's shape inference); by hand, delete those entries from the "
+                ".pt zip and run that pnnx")

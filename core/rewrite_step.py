@@ -42,6 +42,12 @@ def _copy(src: Path, dst: Path) -> None:
 def run_rewrite(raw_param: Path, raw_bin: Path, pnnx_param: Path | None, out_param: Path, out_bin: Path,
                 plan_json: Path, log=print, arch: str | None = None) -> dict:
     """Plan and write the rewrite of one encoder; raises StepError on a refusal. Returns the plan as a dict."""
+    if pnnx_param is not None and pnnx_param.is_file():
+        from .pnnx_graph_check import CONVERT_HINT, describe, shape_mismatches
+        bad = shape_mismatches(pnnx_param)
+        if bad:
+            raise StepError(describe(pnnx_param, bad) + "; no rewrite can restore what pnnx dropped",
+                            hint=CONVERT_HINT)
     plan = plan_file(raw_param, pnnx_param=pnnx_param if pnnx_param and pnnx_param.is_file() else None, arch=arch)
     out_param.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(plan_json, json.dumps(plan.as_dict(), indent=2).encode())
