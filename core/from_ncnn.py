@@ -71,10 +71,12 @@ def source_problems(src: Path) -> list[str]:
     return problems
 
 
-def make_import(layout, src: Path) -> Step:
-    """Copy DIR's files into OUT (encoder raw into work/pnnx, decoder/joiner final) and check them."""
-    copies = [(src / ncnn_name("encoder", e), layout.raw("encoder", e)) for e in ("param", "bin")]
-    if (src / "encoder.pnnx.param").is_file():
+def make_import(layout, src: Path, encoder: bool = True) -> Step:
+    """Copy DIR's files into OUT (encoder raw into work/pnnx, decoder/joiner final) and check them.
+
+    ``encoder=False``: the encoder is converted again from its traced .pt instead (see make_reconvert)."""
+    copies = [(src / ncnn_name("encoder", e), layout.raw("encoder", e)) for e in ("param", "bin") if encoder]
+    if encoder and (src / "encoder.pnnx.param").is_file():
         copies.append((src / "encoder.pnnx.param", layout.pnnx_dir / "encoder.pnnx.param"))
     copies += [(src / ncnn_name(n, e), layout.final(n, e)) for n in ("decoder", "joiner") for e in ("param", "bin")]
     copies.append((src / "tokens.txt", layout.tokens))
@@ -96,8 +98,9 @@ def make_import(layout, src: Path) -> Step:
             ctx.log(("[✓] " if check.ok else "[✗] ") + f"{net}: {check.message}")
             if not check.ok:
                 errors.append(f"{net}: {check.message}")
-        enc = load_param(layout.raw("encoder", "param")).model
-        ctx.log(f"encoder: {enc.layer_count} layers, {enc.blob_count} blobs, inputs {', '.join(enc.input_names)}")
+        if encoder:
+            enc = load_param(layout.raw("encoder", "param")).model
+            ctx.log(f"encoder: {enc.layer_count} layers, {enc.blob_count} blobs, inputs {', '.join(enc.input_names)}")
         if errors:
             raise StepError("; ".join(errors), hint="fix the input directory (or re-run pnnx) first")
 
@@ -106,6 +109,17 @@ def make_import(layout, src: Path) -> Step:
     return Step("import", "Copy the pnnx output into the output directory", func=run,
                 inputs=[a for a, _ in copies], outputs=[b for _, b in copies], script=script,
                 describe=f"copy the pnnx output of {src} into {layout.out} (the originals are only read)")
+
+
+def make_reconvert(layout, traced_pt: Path, pnnx: Path) -> Step:
+    """pnnx (checked, with the fallback) on the traced encoder, when DIR's encoder shows pnnx's mix-up."""
+    from .pnnx_convert import pnnx_command
+    argv, env = pnnx_command(pnnx, traced_pt, layout.pnnx_dir / "encoder", layout.raw("encoder", "param"),
+                             layout.raw("encoder", "bin"), fp16=True)
+    return Step("pnnx-encoder", "Convert the traced encoder again with pnnx (fp16)", argv=argv, env=env,
+                inputs=[traced_pt], outputs=[layout.raw("encoder", "param"), layout.raw("encoder", "bin")],
+                parser="pnnx", script=[f"mkdir -p {shlex.quote(str(layout.pnnx_dir))}",
+                                       f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}"])
 
 
 def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Path | None, wavs,
@@ -158,6 +172,21 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
         traced = src
     if traced is not None and not (traced / pt_name("encoder")).is_file():
         problems.append(f"--traced-dir: {traced / pt_name('encoder')} not found")
+    reconvert = None
+    graph = src / "encoder.pnnx.param"
+    if src.is_dir() and graph.is_file():
+        from .pnnx_graph_check import CONVERT_HINT, describe, shape_mismatches
+        bad = shape_mismatches(graph)
+        if bad and traced is not None:
+            from .tools import find_pnnx
+            pnnx = find_pnnx()
+            problems += [f"pnnx: {p}" for p in pnnx.problems]
+            reconvert = (traced / pt_name("encoder"), pnnx.path)
+            warnings.append(describe(graph, bad) + f"; the traced encoder {reconvert[0]} is converted again (pnnx, "
+                            "then the fallback pnnx on a copy without traced input shapes if it is still wrong)")
+        elif bad:
+            problems.append(f"--from-ncnn: {describe(graph, bad)}; give the traced encoder (--traced-dir D with "
+                            f"{pt_name('encoder')}) and the wizard converts it again, or {CONVERT_HINT}")
     if ref is None and traced is None:
         warnings.append("no reference outputs (*-reference.npz) or traced *.pt files: only the decode in "
                         "sherpa-ncnn is checked, not the numbers")
@@ -172,7 +201,10 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
     if problems:
         raise PlanError(problems)
     layout = Layout(out)
-    steps = [make_import(layout, src), make_rewrite(layout, spec.name),
+    steps = [make_import(layout, src, encoder=reconvert is None)]
+    if reconvert is not None:
+        steps.append(make_reconvert(layout, *reconvert))
+    steps += [make_rewrite(layout, spec.name),
              make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin"))]
     if backend is not None:
         from .calibration_run import ModelFiles
@@ -218,7 +250,7 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
 
     from . import validate as v
     report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
-    if traced_dir is not None:
+    if traced_dir is not None and reference_dir is None:  # the reference npz, when there is one, is the spec
         sub = v.validate(out, arch, traced_dir, wavs, {}, numeric=True, run_decode=False, print_fn=print_fn)
         report["numeric"] += sub["numeric"]
         report["notes"] += sub["notes"]

@@ -144,3 +144,12 @@ def test_a_pnnx_that_segfaults_makes_the_step_die_the_same_way(tmp_path):
     done = subprocess.run([sys.executable, "-m", "core.pnnx_convert", "--pnnx", str(crash), str(tmp_path / "x.pt"),
                            *(f"--{k}={tmp_path / k}" for k in keys)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == -11  # the runner then names the signal: "killed by SIGSEGV (a segmentation fault ...)"
+
+
+@needs_real
+def test_the_wizard_says_so_when_it_looks_at_the_directory():
+    from tui.wizard_logic import describe_ncnn_dir
+    lines = describe_ncnn_dir(str(REAL / "conv-emformer"), "conv-emformer")
+    bad = [line for line in lines if line.startswith("✗")]
+    assert len(bad) == 1 and "pnnx mis-converted this encoder" in bad[0] and "line 130" in bad[0]
+    assert not any(line.startswith("✗") for line in describe_ncnn_dir(str(REAL / "lstm"), "lstm"))

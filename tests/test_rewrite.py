@@ -191,11 +191,31 @@ def test_conv_emformer_from_the_mis_converted_fixture_is_refused_with_the_reason
     before = {f.name: sha(f) for f in (REAL / "conv-emformer").iterdir()}
     out = tmp_path / "out"
     code, stdout, stderr, report = _from_ncnn(cli, "conv-emformer", out)
-    assert code == 1 and report is None
-    assert "pnnx's own graph is inconsistent" in stdout and "line 130: pnnx.Expression pnnx_expr_405" in stdout
-    assert "pnnx 20241223" in stdout  # the hint: how to convert again
-    assert not (out / "encoder_jit_trace-pnnx.ncnn.param").exists()  # no metadata on a wrong model
+    assert code == 2 and report is None  # refused before anything runs
+    err = " ".join(stderr.split())
+    assert "pnnx's own graph is inconsistent" in err and "line 130: pnnx.Expression pnnx_expr_405" in err
+    assert "--traced-dir" in err and "pnnx 20241223" in err  # how to convert again
+    assert not out.exists()
     assert before == {f.name: sha(f) for f in (REAL / "conv-emformer").iterdir()}
+
+
+@needs_real
+def test_conv_emformer_with_its_traced_encoder_is_converted_again(cli, tmp_path):
+    """Given the traced encoder, the plan converts it again (pnnx, checked, fallback) instead of importing it."""
+    from core.from_ncnn import build_from_ncnn_plan
+    src = tmp_path / "src"
+    shutil.copytree(REAL / "conv-emformer", src)
+    (src / "encoder_jit_trace-pnnx.pt").write_bytes(b"a traced encoder")  # planning only looks for it
+    flags_given = dict(zip(flags("conv-emformer")[::2], flags("conv-emformer")[1::2]))
+    run = build_from_ncnn_plan(src, "conv-emformer", flags_given, out_dir=tmp_path / "out")
+    steps = {s.id: s for s in run.plan.steps}
+    assert list(steps)[:3] == ["import", "pnnx-encoder", "rewrite"]
+    argv = steps["pnnx-encoder"].argv
+    assert argv[1:3] == ["-m", "core.pnnx_convert"] and str(src / "encoder_jit_trace-pnnx.pt") in argv
+    assert "--fallback" in argv
+    imported = {p.name for p in steps["import"].outputs}
+    assert "encoder_jit_trace-pnnx.ncnn.param" not in imported  # the mis-converted encoder is not used
+    assert any("converted again" in w for w in run.warnings)
 
 
 @pytest.mark.slow

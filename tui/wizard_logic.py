@@ -480,6 +480,12 @@ def describe_ncnn_dir(value: str, arch: str | None = None) -> list[str]:
     pnnx_param = src / "encoder.pnnx.param"
     lines.append("✓ encoder.pnnx.param (pnnx's own graph: the rewrites check operator attributes in it)"
                  if pnnx_param.is_file() else "! no encoder.pnnx.param: rewrites cannot check pnnx's attributes")
+    from core.pnnx_graph_check import shape_mismatches
+    bad = shape_mismatches(pnnx_param) if pnnx_param.is_file() else []
+    if bad:
+        fix = ("the traced encoder is here: it is converted again" if traced
+               else "put the traced encoder_jit_trace-pnnx.pt here to convert it again")
+        lines.append(f"✗ pnnx mis-converted this encoder (its shape-inference bug; {bad[0]}): {fix}")
     plan = plan_file(src / ncnn_name("encoder", "param"), arch=arch)
     mark = {"rewrite": "✓", "unchanged": "✓", "refused": "✗"}[plan.action]
     lines.append(f"{mark} rewrite: {plan.summary()}")
