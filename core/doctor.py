@@ -91,6 +91,13 @@ def diagnose(path: str | Path) -> DoctorReport:
             model = _check_side_net(p, report, inputs=("in0", "in1"), name="joiner")
             if model is not None:
                 vocab_from_joiner = _joiner_vocab(model)
+    graph = (path if path.is_dir() else path.parent) / "encoder.pnnx.param"
+    if graph.is_file():
+        from .pnnx_graph_check import CONVERT_HINT, describe, shape_mismatches
+        bad = shape_mismatches(graph)
+        report.findings.append(Finding("error", str(graph), describe(None, bad) + "; " + CONVERT_HINT, bad[0].line)
+                               if bad else Finding("ok", str(graph), "pnnx's own graph is consistent (no element-wise "
+                                                                      "operator changes shape)"))
     if "tokens" in files:
         _check_tokens(files["tokens"], report, vocab_from_joiner)
     elif path.is_dir():

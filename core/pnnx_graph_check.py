@@ -67,9 +67,11 @@ def shape_mismatches(pnnx_param: str | Path) -> list[ShapeMismatch]:
     return found
 
 
-def describe(pnnx_param: str | Path, mismatches: list[ShapeMismatch]) -> str:
+def describe(pnnx_param: str | Path | None, mismatches: list[ShapeMismatch]) -> str:
+    """One sentence; starts with the file's path unless ``pnnx_param`` is None (the caller names the file)."""
     first = mismatches[0]
-    return (f"{pnnx_param}: pnnx's own graph is inconsistent ({len(mismatches)} element-wise operator(s) change "
+    where = f"{pnnx_param}: " if pnnx_param is not None else ""
+    return (f"{where}pnnx's own graph is inconsistent ({len(mismatches)} element-wise operator(s) change "
             f"shape; first at {first}): pnnx's shape inference mis-paired its values (a pnnx bug triggered by a "
             "constant shared across layers), so the ncnn encoder it wrote computes wrong numbers even though it "
             "loads")

@@ -1,4 +1,6 @@
 """doctor: every problem sherpa-ncnn users hit is named with the file, line and a fix."""
+from pathlib import Path
+
 import pytest
 
 from core.architectures import get_arch, resolve
@@ -140,3 +142,16 @@ def test_unusable_inputs(tmp_path):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(UnusableInput, match="not a .param"):
         diagnose(tmp_path / "x.txt")
+
+
+REAL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-real"
+
+
+@pytest.mark.skipif(not REAL_FIXTURES.is_dir(), reason="the icefall-real fixtures are not here")
+def test_doctor_reads_pnnx_own_graph_for_the_shape_inference_mix_up():
+    from core.doctor import diagnose
+    bad = [f for f in diagnose(REAL_FIXTURES / "conv-emformer").findings if f.file.endswith("encoder.pnnx.param")]
+    assert len(bad) == 1 and bad[0].severity == "error" and bad[0].line == 130
+    assert "pnnx 20241223" in bad[0].message
+    good = [f for f in diagnose(REAL_FIXTURES / "lstm").findings if f.file.endswith("encoder.pnnx.param")]
+    assert len(good) == 1 and good[0].severity == "ok"
