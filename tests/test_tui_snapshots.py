@@ -47,6 +47,9 @@ def fixed_paths(monkeypatch):
     monkeypatch.setattr(sys, "executable", str(FIXED / "python"))
     monkeypatch.setattr(core.tools, "wheel_pnnx", lambda: (FIXED / "pnnx", version))
     monkeypatch.setattr(core.tools, "pnnx_on_path", lambda: [])
+    import core.pnnx_convert
+    (FIXED / "pnnx-fallback").symlink_to(core.pnnx_convert.fallback_pnnx())  # dangling when not installed
+    monkeypatch.setattr(core.pnnx_convert, "fallback_pnnx", lambda: FIXED / "pnnx-fallback")
     yield
     shutil.rmtree(OUT, ignore_errors=True)
     shutil.rmtree(FIXED, ignore_errors=True)
