@@ -7,6 +7,7 @@ Not a test. Run from the repository root:
 Builds the demo model for ARCH (default lstm) through the real pipeline,
 re-converts encoder and joiner with fp16=0, makes calibration audio by
 repeating the demo wavs (about --seconds of speech-like signal in 10 files),
+(--icefall-size: a model of the recipe's default size, random weights, as a user's model costs per chunk),
 then times (a) the physical floor: the same streaming encoder chunks and greedy
 joiner frames with only the outputs extracted, one process; (b) calibrate()
 with one worker; (c) calibrate() with one worker per core. Target: (b) <= 1.3x (a).
@@ -35,10 +36,26 @@ from core.tools import wheel_pnnx  # noqa: E402
 TARGET = 1.3
 
 
-def build_model(arch: str, tmp: Path) -> ModelFiles:
+def build_model(arch: str, tmp: Path, flags: list[str] | None = None) -> ModelFiles:
+    """The demo recipe's model (its own small flags, or ``flags``: [] = the recipe's = icefall's defaults)."""
     run = tmp / "run"
-    subprocess.run([sys.executable, "-m", "tui.cli", "run", "--demo", arch, "--out", str(run)], check=True,
-                   capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    root = Path(__file__).resolve().parents[1]
+    if flags is None:
+        argv = ["--demo", arch]
+    else:
+        from core.demo import demo_config, demo_recipe
+        sys.path.insert(0, str(root / "assets" / "demo"))
+        from make_demo_assets import make_checkpoint
+        tokens = tmp / "tokens.txt"
+        shutil.copy(demo_recipe(arch).bpe_model.with_name("tokens.txt"), tokens)
+        config = demo_config(arch)
+        config.files.checkpoint = str(make_checkpoint(arch, flags, tokens, tmp / "pretrained.pt"))
+        config.hyperparameters = {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
+        config.validation.numeric = config.validation.decode = False
+        config.save(tmp / "wizard.toml")
+        argv = ["--config", str(tmp / "wizard.toml")]
+    subprocess.run([sys.executable, "-m", "tui.cli", "run", *argv, "--out", str(run)], check=True,
+                   capture_output=True, cwd=root)
     d = tmp / "fp32"
     d.mkdir()
     pnnx, _ = wheel_pnnx()
@@ -111,10 +128,13 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("arch", nargs="?", default="lstm")
     p.add_argument("--seconds", type=float, default=120.0)
+    p.add_argument("--icefall-size", action="store_true",
+                   help="a model of icefall's default size (the recipe's defaults, random weights) instead of the "
+                        "demo's tiny one: what a user's model costs per chunk")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = build_model(a.arch, tmp)
+        files = build_model(a.arch, tmp, [] if a.icefall_size else None)
         wavs = make_audio(a.arch, a.seconds, tmp)
         floor = min(forward_floor(files, wavs) for _ in range(2))
         t0 = time.perf_counter()
@@ -123,7 +143,9 @@ def main() -> int:
         t0 = time.perf_counter()
         calibrate(files, wavs)
         parallel = time.perf_counter() - t0
-    print(f"{a.arch}: {a.seconds:.0f} s of audio in 10 files, {one.chunks} encoder chunks, {one.frames} joiner frames")
+    size = "icefall's default size" if a.icefall_size else "the demo's size"
+    print(f"{a.arch} ({size}): {a.seconds:.0f} s of audio in 10 files, {one.chunks} encoder chunks, "
+          f"{one.frames} joiner frames")
     print(f"  bare forward passes (floor)     {floor:7.2f} s")
     print(f"  calibrate, 1 worker             {serial:7.2f} s  = {serial / floor:.2f}x the floor")
     print(f"  calibrate, 1 worker per core    {parallel:7.2f} s  = {parallel / floor:.2f}x the floor")

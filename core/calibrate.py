@@ -56,6 +56,7 @@ class BlobStats:
         self._count = 0
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
+        self._repeated: list[tuple[np.ndarray, int]] = []  # (values, how many times they were seen)
 
     @property
     def absmax(self) -> float:
@@ -67,24 +68,34 @@ class BlobStats:
         self.flush()
         return self._count
 
-    def add(self, x: np.ndarray) -> None:
+    def add(self, x: np.ndarray, times: int = 1) -> None:
+        """Count the values of ``x`` (``times`` times: the same as adding it ``times`` times, in one go)."""
         values = np.asarray(x, dtype=np.float32).ravel()
-        self._pending.append(values)
-        self._pending_size += values.size
+        if times != 1:
+            self._repeated.append((values.copy(), times))
+            self._pending_size += values.size
+        else:
+            self._pending.append(values)
+            self._pending_size += values.size
         if self._pending_size >= self._FLUSH_AT:
             self.flush()
 
     def flush(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._repeated:
             return
         pending, self._pending, self._pending_size = self._pending, [], 0
-        a = np.abs(np.concatenate(pending) if len(pending) > 1 else pending[0])
-        a = a[a > 0]
-        if a.size == 0:
+        repeated, self._repeated = self._repeated, []
+        parts = []
+        if pending:
+            parts.append((np.abs(np.concatenate(pending) if len(pending) > 1 else pending[0]), 1))
+        parts += [(np.abs(v), t) for v, t in repeated]
+        parts = [(a[a > 0], t) for a, t in parts]
+        parts = [(a, t) for a, t in parts if a.size]
+        if not parts:
             return
-        if not np.isfinite(a).all():
+        if not all(np.isfinite(a).all() for a, _ in parts):
             raise CalibrationError("non-finite activations (inf/nan) in the fp32 model's output")
-        top = float(a.max())
+        top = max(float(a.max()) for a, _ in parts)
         if self.range == 0.0:
             self.range = top * (1 + 1e-6)
         while top >= self.range:  # double the range: merge pairs of bins into the lower half
@@ -93,9 +104,10 @@ class BlobStats:
             self.hist[: merged.size] = merged
             self.range *= 2
         self._absmax = max(self._absmax, top)
-        idx = np.minimum((a * (self.fine_bins / self.range)).astype(np.int64), self.fine_bins - 1)
-        self.hist += np.bincount(idx, minlength=self.fine_bins)
-        self._count += a.size
+        for a, times in parts:
+            idx = np.minimum((a * (self.fine_bins / self.range)).astype(np.int64), self.fine_bins - 1)
+            self.hist += times * np.bincount(idx, minlength=self.fine_bins)
+            self._count += times * a.size
 
     def merge(self, other: "BlobStats") -> None:
         """Add another file's statistics (ranges may differ: the smaller one is re-binned into the larger)."""

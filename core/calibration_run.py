@@ -214,6 +214,7 @@ class _ModelRunner:
         states = _initial_states(self.arch, self.meta)
         context = [0] * CONTEXT_SIZE
         decoder_out = _run_decoder(self.nets["decoder"], context)
+        decoder_frames = 0  # frames the current decoder output has served since it was last counted
         chunks = frames = 0
         forward = 0.0
         processed = 0
@@ -236,6 +237,9 @@ class _ModelRunner:
                 _, mat = ex.extract(f"out{source}")
                 new_states[target - 1] = np.array(mat).reshape(states[target - 1].shape).astype(np.float32)
             for blob, stats in enc.items():
+                if blob == "in0":  # a graph input: the values are the chunk itself, no copy out of ncnn
+                    stats.add(chunk)
+                    continue
                 _, mat = ex.extract(blob)
                 stats.add(np.array(mat))
             forward += time.perf_counter() - t0
@@ -250,14 +254,24 @@ class _ModelRunner:
                 jex.input("in1", ncnn.Mat(decoder_out))
                 _, logits = jex.extract("out0")
                 for blob, stats in join.items():
-                    _, mat = jex.extract(blob)
-                    stats.add(np.array(mat))
+                    if blob == "in0":  # the encoder frame we fed
+                        stats.add(frame)
+                    elif blob == "in1":  # the decoder output: counted once per frame it serves (below)
+                        decoder_frames += 1
+                    else:
+                        _, mat = jex.extract(blob)
+                        stats.add(np.array(mat))
                 token = int(np.argmax(np.array(logits)))
                 if token not in BLANK_IDS:
                     context = context[1:] + [token]
+                    if decoder_frames and "in1" in join:
+                        join["in1"].add(decoder_out, times=decoder_frames)
+                    decoder_frames = 0
                     decoder_out = _run_decoder(self.nets["decoder"], context)
                 forward += time.perf_counter() - t0
                 frames += 1
+        if decoder_frames and "in1" in join:
+            join["in1"].add(decoder_out, times=decoder_frames)
         return FileStats(enc, join, chunks, frames, forward)
 
 

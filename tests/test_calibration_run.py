@@ -212,3 +212,78 @@ def test_calibrate_and_quantize_commands(fp32_model, cli_json, tmp_path):
     assert (tmp_path / "j.int8.bin").stat().st_size < fp32_model.joiner_bin.stat().st_size / 3
     code, r = cli_json("calibrate", d)
     assert code == 2 and "list is empty" in r["error"]
+
+
+def _naive_stats(files, wav):
+    """The straightforward way: every quantizable layer's input extracted from ncnn on every chunk and frame."""
+    import ncnn
+
+    from core.audio import fbank, read_wav
+    from core.calibrate import BlobStats
+    from core.calibration_run import BLANK_IDS, CONTEXT_SIZE, _initial_states, _ModelRunner, _run_decoder
+    r = _ModelRunner(files)
+    enc = {b: BlobStats() for b in set(r.enc_bottoms.values())}
+    join = {b: BlobStats() for b in set(r.join_bottoms.values())}
+    w = read_wav(wav)
+    feats = fbank(w.samples, w.sample_rate)
+    states, context = _initial_states(r.arch, r.meta), [0] * CONTEXT_SIZE
+    dec = _run_decoder(r.nets["decoder"], context)
+    pos = 0
+    while pos + r.segment <= len(feats):
+        ex = r.nets["encoder"].create_extractor()
+        ex.set_light_mode(False)
+        ex.input("in0", ncnn.Mat(np.ascontiguousarray(feats[pos:pos + r.segment])))
+        pos += r.offset
+        for k, s in enumerate(states, start=1):
+            ex.input(f"in{k}", ncnn.Mat(s))
+        out0 = np.array(ex.extract("out0")[1])
+        new = list(states)
+        for target, source in r.state_map:
+            new[target - 1] = np.array(ex.extract(f"out{source}")[1]).reshape(states[target - 1].shape)
+        for blob, st in enc.items():
+            st.add(np.array(ex.extract(blob)[1]))
+        states = new
+        for frame in out0.reshape(-1, out0.shape[-1]):
+            jex = r.nets["joiner"].create_extractor()
+            jex.set_light_mode(False)
+            jex.input("in0", ncnn.Mat(np.ascontiguousarray(frame)))
+            jex.input("in1", ncnn.Mat(dec))
+            token = int(np.argmax(np.array(jex.extract("out0")[1])))
+            for blob, st in join.items():
+                st.add(np.array(jex.extract(blob)[1]))
+            if token not in BLANK_IDS:
+                context = context[1:] + [token]
+                dec = _run_decoder(r.nets["decoder"], context)
+    return enc, join
+
+
+def test_the_shortcuts_give_the_statistics_of_extracting_everything(fp32_model):
+    """Inputs taken from the arrays we fed, and the decoder output counted once per token: same numbers."""
+    from core.calibrate import kl_threshold_bin
+    from core.calibration_run import _ModelRunner
+    wav = demo_recipe("lstm").test_wavs[2]
+    fast = _ModelRunner(fp32_model).run_file(wav)
+    enc, join = _naive_stats(fp32_model, wav)
+    assert "in1" in join  # the joiner's decoder projection reads the decoder output directly
+    for naive, quick in ((enc, fast.encoder), (join, fast.joiner)):
+        assert set(naive) == set(quick)
+        for blob in naive:
+            assert quick[blob].count == naive[blob].count and quick[blob].absmax == naive[blob].absmax
+            h_naive, h_quick = naive[blob].histogram(), quick[blob].histogram()
+            assert np.allclose(h_quick, h_naive, rtol=1e-9, atol=1e-6), blob
+            assert kl_threshold_bin(h_quick) == kl_threshold_bin(h_naive)
+
+
+def test_counting_values_several_times_at_once_is_the_same_as_adding_them_again():
+    from core.calibrate import BlobStats
+    rng = np.random.default_rng(0)
+    v, w = rng.normal(size=300).astype(np.float32), rng.normal(size=200).astype(np.float32) * 3
+    one, many = BlobStats(), BlobStats()
+    for _ in range(5):
+        one.add(v)
+    one.add(w)
+    many.add(v, times=5)
+    many.add(w)
+    assert one.count == many.count == 5 * np.count_nonzero(v) + np.count_nonzero(w)
+    assert one.absmax == many.absmax
+    assert np.array_equal(one.hist, many.hist)
