@@ -29,6 +29,10 @@ Rewrites:
   the feature path whose only consumer is a ``Gemm`` with a non-constant A and
   ``7=T`` (pnnx's traced M), and only when the runtime's chunk differs from the
   traced one.
+- Zipformer (core/rewrite_zipformer.py): ``cumsum-scan``, ``rel-shift``,
+  ``tile-concat`` (whole-graph rules in ``RULES``), then ``unbind-states``,
+  ``state-output-layout`` and ``batch-unsqueeze`` for what pnnx mis-lowered, and
+  ``integer-constant`` (a .bin change, planned by :func:`plan_file`).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from pathlib import Path
 
 from .atomic import WriteError, atomic_write_bytes, backup_once
 from .ncnn_param import Layer, ParamFile, format_layer_line, load_param, parse_param, replace_header
+from . import rewrite_zipformer as zf
 from .runtime_layers import runtime_problem
 
 # ncnn UnaryOp op types whose result is always a whole number
@@ -222,6 +227,9 @@ def _rewrite_lengths_cast(model: ParamFile, layer: Layer, pnnx_attrs: dict) -> t
 
 
 RULES = {"Tensor.to": _rewrite_lengths_cast}
+# Zipformer rules rewrite every layer of their type at once and return (full text, [(layer, what), ...])
+ZIPFORMER_RULE_NAMES = {"CumulativeSum": "cumsum-scan", "torch.as_strided": "rel-shift", "Tile": "tile-concat"}
+RULES.update(zf.RULES)
 
 # frames sherpa-ncnn feeds the encoder per chunk when that is fixed by the runtime, not by the metadata
 RUNTIME_SEGMENT = {"lstm": 9}
@@ -300,6 +308,7 @@ def plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None = None, enc
     pnnx_attrs = read_pnnx_attributes(pnnx_param)
     if pnnx_param is None or not pnnx_attrs:
         plan.notes.append("pnnx's own graph (*.pnnx.param) was not available; operator attributes were not checked")
+    pnnx_attrs["@ops"] = zf.read_pnnx_ops(pnnx_param)
     current = model
     for _ in range(len(model.layers) + 1):
         target = next((layer for layer in current.layers if runtime_problem(layer.type, encoder=encoder)), None)
@@ -311,9 +320,19 @@ def plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None = None, enc
             return plan
         try:
             lines, change = rule(current, target, pnnx_attrs)
-        except _Refuse as exc:
+        except (_Refuse, zf.Refuse) as exc:
             plan.errors.append(f"{_where(target)}: not a pattern any rewrite recognises: {exc}; nothing was changed")
             return plan
+        if isinstance(lines, str):  # a whole-graph rule (rewrite_zipformer): the header is already right
+            result = parse_param(lines, model.source)
+            if result.model is None or result.model.errors:
+                plan.errors.append(f"{_where(target)}: the rewrite produced an invalid file ({result.describe()}); "
+                                   "nothing was changed")
+                return plan
+            plan.changes += [Change(ZIPFORMER_RULE_NAMES[target.type], layer.name, layer.type,
+                                    _original_line(model, layer.name), what) for layer, what in change]
+            current = result.model
+            continue
         removed = sum(1 for x in lines if x is None)
         kept = [x for x in lines if x is not None]
         kept = replace_header(kept, current.header_line, current.layer_count - removed, current.blob_count - removed)
@@ -341,6 +360,24 @@ def plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None = None, enc
         if traced is None:
             plan.notes.append("the traced chunk length is unknown (no pnnx graph); static time lengths were found "
                               "from the Reshape -> Gemm pattern alone")
+    if zf.is_zipformer(current):
+        for name, step in (("unbind-states", zf.rewrite_unbinds), ("state-output-layout", zf.rewrite_state_outputs),
+                           ("batch-unsqueeze", zf.rewrite_batch_unsqueezes)):
+            try:
+                text, done = step(current, pnnx_attrs)
+            except zf.Refuse as exc:
+                plan.errors.append(f"{name}: not a pattern any rewrite recognises: {exc}; nothing was changed")
+                return plan
+            if text is None:
+                continue
+            result = parse_param(text, model.source)
+            if result.model is None or result.model.errors:
+                plan.errors.append(f"{name}: the rewrite produced an invalid file ({result.describe()}); "
+                                   "nothing was changed")
+                return plan
+            plan.changes += [Change(name, layer.name, layer.type, _original_line(model, layer.name), what)
+                             for layer, what in done]
+            current = result.model
     if _mislowered(current):
         bad = _mislowered(current)
         plan.errors.append(f"{_where(bad[0])}: a Slice without parameters ({len(bad)} in the graph; pnnx could not "
@@ -398,7 +435,28 @@ def plan_file(param: str | Path, *, pnnx_param: str | Path | None = None, encode
     if pnnx_param is None:
         guess = Path(param).with_name(Path(param).name.split("_jit_trace")[0].split(".")[0] + ".pnnx.param")
         pnnx_param = guess if guess.is_file() else None
-    return plan_rewrites(parsed.model, pnnx_param=pnnx_param, encoder=encoder, arch=arch)
+    plan = plan_rewrites(parsed.model, pnnx_param=pnnx_param, encoder=encoder, arch=arch)
+    binary = Path(param).with_suffix(".bin")
+    if plan.action in ("rewrite", "unchanged") and pnnx_param is not None and binary.is_file():
+        _plan_integer_constants(plan, parsed.model, binary, pnnx_param)
+    return plan
+
+
+def _plan_integer_constants(plan: RewritePlan, model: ParamFile, binary: Path, pnnx_param) -> None:
+    """Integer constants pnnx wrote as int32 bits into a MemoryData (a .bin change; see rewrite_zipformer)."""
+    try:
+        new_bin, done = zf.fix_integer_constants(plan.new_param or model.to_bytes(), binary.read_bytes(),
+                                                 zf.read_pnnx_ops(pnnx_param))
+    except Exception as exc:  # python ncnn could not walk the weights: report, do not guess
+        plan.notes.append(f"integer constants were not checked: {exc}")
+        return
+    if new_bin is None:
+        return
+    for name, what in done:
+        plan.changes.append(Change("integer-constant", name, "MemoryData", _original_line(model, name), what))
+    plan.new_bin = new_bin
+    if plan.action == "unchanged":
+        plan.action, plan.new_param = "rewrite", model.to_bytes()
 
 
 @dataclass
