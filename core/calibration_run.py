@@ -6,6 +6,13 @@ joiner runs per output frame of a greedy search (context 2, blank 0, token 2
 skipped, as sherpa-ncnn does), each frame with a fresh extractor so each
 frame's statistics really are that frame's. The inputs of every quantizable
 layer of the encoder and the joiner feed core.calibrate's statistics.
+
+The streaming loop lives in ``Streamer`` (shared with core.int8_check and the
+calibration benchmark's floor); calibration adds only hooks that take the
+quantizable inputs during each light-mode forward. A graph input's values are
+the array fed in, and the joiner's decoder-side input is counted once per frame
+it served, in one go: the statistics are bit-identical to extracting every
+blob on every chunk and frame (pinned by tests/test_calibration_run.py).
 """
 from __future__ import annotations
 
@@ -143,6 +150,12 @@ def _bottom_names(net, layers) -> dict[str, str]:
     return {layer.name: blobs[layer.bottoms[0]].name for layer in layers if layer.type in QUANTIZABLE}
 
 
+def _topological(net, blobs: set[str]) -> list[str]:
+    """``blobs`` in the order their producing layers run."""
+    order = {b.name: (b.producer, i) for i, b in enumerate(net.blobs())}
+    return sorted(blobs, key=lambda name: order[name])
+
+
 @dataclass
 class FileStats:
     """One file's statistics: what a worker sends back and what the cache keeps."""
@@ -173,6 +186,87 @@ class FileStats:
                    int(d["chunks"]), int(d["frames"]), float(d["forward"]))
 
 
+class Streamer:
+    """How sherpa-ncnn streams one file, in one place: encoder chunks (Segment frames, advancing by Offset,
+    states carried, zeros at the start, the partial tail dropped) and the greedy joiner per output frame
+    (context 2; blank and <unk> emit nothing; the decoder re-run on every emitted token).
+
+    Calibration, the int8 check and the benchmark's floor all use ``run``; they differ only in their hooks:
+    ``on_chunk(chunk, states, encoder_out, mats)`` after each encoder forward (``states`` are the ones it was
+    fed) and ``on_frame(frame, decoder_out, token, logits, mats)`` after each joiner forward. ``mats`` are
+    the blobs named in ``enc_blobs`` / ``join_blobs``, taken during that forward.
+
+    Every forward stays in ncnn's light mode (intermediate blobs released or overwritten in place as soon
+    as they are consumed, as in the plain forward pass): the wanted blobs are extracted first, in the order
+    their producing layers run (``_topological``), then the outputs. Each extract continues the same
+    forward from the blobs still held (every blob has one consumer in ncnn, Split layers fan out), so
+    nothing is computed twice, and an in-place layer clones a blob the caller still holds, so the values
+    taken are the ones the layer read.
+    """
+
+    def __init__(self, encoder, decoder, joiner, arch: ArchSpec, meta: dict):
+        self.encoder, self.decoder, self.joiner = encoder, decoder, joiner
+        self.arch, self.meta = arch, meta
+        self.segment, self.offset = arch.segment_offset(arch.values_from_metadata(meta))
+        n_states = len(_initial_states(arch, meta))
+        self.state_map = [(2, 2), (3, 3)] if arch.name == "lstm" else [(k, k) for k in range(1, n_states + 1)]
+
+    def run(self, feats: np.ndarray, on_chunk=None, on_frame=None, enc_blobs: list[str] = (),
+            join_blobs: list[str] = (), name: str = "the input") -> tuple[int, int, float]:
+        """Stream ``feats``; return (chunks, frames, seconds inside the ncnn forward passes, hooks excluded)."""
+        import ncnn
+
+        states = _initial_states(self.arch, self.meta)
+        context = [0] * CONTEXT_SIZE
+        decoder_out = _run_decoder(self.decoder, context)
+        chunks = frames = 0
+        forward = 0.0
+        processed = 0
+        while processed + self.segment <= len(feats):
+            chunk = np.ascontiguousarray(feats[processed: processed + self.segment])
+            processed += self.offset
+            t0 = time.perf_counter()
+            ex = self.encoder.create_extractor()
+            ex.input("in0", ncnn.Mat(chunk))
+            for k, state in enumerate(states, start=1):
+                ex.input(f"in{k}", ncnn.Mat(state))  # states stay referenced until the next chunk
+            mats = [ex.extract(blob)[1] for blob in enc_blobs]
+            ret, out0 = ex.extract("out0")
+            if ret != 0:
+                raise CalibrationError(f"the encoder failed on {name} (extract returned {ret})")
+            encoder_out = np.array(out0)
+            encoder_out = encoder_out.reshape(-1, encoder_out.shape[-1])
+            new_states = list(states)
+            for target, source in self.state_map:
+                _, mat = ex.extract(f"out{source}")
+                new_states[target - 1] = np.array(mat).reshape(states[target - 1].shape).astype(np.float32)
+            forward += time.perf_counter() - t0
+            if on_chunk is not None:
+                on_chunk(chunk, states, encoder_out, mats)
+            states = new_states
+            chunks += 1
+            for frame in encoder_out:
+                frame = np.ascontiguousarray(frame, dtype=np.float32)
+                t0 = time.perf_counter()
+                jex = self.joiner.create_extractor()  # fresh per frame: each frame's blobs are its own
+                jex.input("in0", ncnn.Mat(frame))
+                jex.input("in1", ncnn.Mat(decoder_out))
+                mats = [jex.extract(blob)[1] for blob in join_blobs]
+                _, logits = jex.extract("out0")
+                logits = np.asarray(logits)
+                token = int(np.argmax(logits))
+                forward += time.perf_counter() - t0
+                if on_frame is not None:
+                    on_frame(frame, decoder_out, token, logits, mats)
+                if token not in BLANK_IDS:
+                    context = context[1:] + [token]
+                    t0 = time.perf_counter()
+                    decoder_out = _run_decoder(self.decoder, context)
+                    forward += time.perf_counter() - t0
+                frames += 1
+        return chunks, frames, forward
+
+
 class _ModelRunner:
     """The three nets loaded once (per process), able to produce one file's statistics."""
 
@@ -200,78 +294,45 @@ class _ModelRunner:
             self.nets[name] = net
         self.enc_bottoms = _bottom_names(self.nets["encoder"], self.nets["encoder"].layers())
         self.join_bottoms = _bottom_names(self.nets["joiner"], self.nets["joiner"].layers())
-        n_states = len(_initial_states(self.arch, self.meta))
-        lstm = self.arch.name == "lstm"
-        self.state_map = [(2, 2), (3, 3)] if lstm else [(k, k) for k in range(1, n_states + 1)]
+        self.streamer = Streamer(self.nets["encoder"], self.nets["decoder"], self.nets["joiner"], self.arch, self.meta)
+        self.state_map = self.streamer.state_map
+        self.enc_order = _topological(self.nets["encoder"], set(self.enc_bottoms.values()))
+        self.join_order = _topological(self.nets["joiner"], set(self.join_bottoms.values()))
 
     def run_file(self, wav: Path) -> FileStats:
-        import ncnn
-
         enc = {blob: BlobStats() for blob in set(self.enc_bottoms.values())}
         join = {blob: BlobStats() for blob in set(self.join_bottoms.values())}
         w = read_wav(wav)
         feats = fbank(w.samples, w.sample_rate)
-        states = _initial_states(self.arch, self.meta)
-        context = [0] * CONTEXT_SIZE
-        decoder_out = _run_decoder(self.nets["decoder"], context)
-        decoder_frames = 0  # frames the current decoder output has served since it was last counted
-        chunks = frames = 0
-        forward = 0.0
-        processed = 0
-        while processed + self.segment <= len(feats):
-            chunk = np.ascontiguousarray(feats[processed: processed + self.segment])
-            processed += self.offset
-            t0 = time.perf_counter()
-            ex = self.nets["encoder"].create_extractor()
-            ex.set_light_mode(False)
-            ex.input("in0", ncnn.Mat(chunk))
-            for k, state in enumerate(states, start=1):
-                ex.input(f"in{k}", ncnn.Mat(state))  # states stay referenced until the next chunk
-            ret, out0 = ex.extract("out0")
-            if ret != 0:
-                raise CalibrationError(f"the encoder failed on {wav} (extract returned {ret})")
-            encoder_out = np.array(out0)
-            encoder_out = encoder_out.reshape(-1, encoder_out.shape[-1]).copy()
-            new_states = list(states)
-            for target, source in self.state_map:
-                _, mat = ex.extract(f"out{source}")
-                new_states[target - 1] = np.array(mat).reshape(states[target - 1].shape).astype(np.float32)
-            for blob, stats in enc.items():
-                if blob == "in0":  # a graph input: the values are the chunk itself, no copy out of ncnn
-                    stats.add(chunk)
-                    continue
-                _, mat = ex.extract(blob)
-                stats.add(np.array(mat))
-            forward += time.perf_counter() - t0
-            states = new_states
-            chunks += 1
-            for frame in encoder_out:
-                frame = np.ascontiguousarray(frame, dtype=np.float32)
-                t0 = time.perf_counter()
-                jex = self.nets["joiner"].create_extractor()  # fresh per frame: each frame's statistics are its own
-                jex.set_light_mode(False)
-                jex.input("in0", ncnn.Mat(frame))
-                jex.input("in1", ncnn.Mat(decoder_out))
-                _, logits = jex.extract("out0")
-                for blob, stats in join.items():
-                    if blob == "in0":  # the encoder frame we fed
-                        stats.add(frame)
-                    elif blob == "in1":  # the decoder output: counted once per frame it serves (below)
-                        decoder_frames += 1
-                    else:
-                        _, mat = jex.extract(blob)
-                        stats.add(np.array(mat))
-                token = int(np.argmax(np.array(logits)))
+        # a graph input's values are the array we fed: no copy out of ncnn. The joiner's decoder-side input is
+        # the same vector for every frame until a token is emitted: counted once per frame it served, in one go.
+        enc_blobs = [blob for blob in self.enc_order if blob != "in0"]
+        join_blobs = [blob for blob in self.join_order if blob not in ("in0", "in1")]
+        enc_stats, join_stats = [enc[b] for b in enc_blobs], [join[b] for b in join_blobs]
+        enc_in, join_in, dec_in = enc.get("in0"), join.get("in0"), join.get("in1")
+        served = [0, None]  # frames the current decoder output has served since it was last counted; that output
+
+        def on_chunk(chunk, states, encoder_out, mats):
+            if enc_in is not None:
+                enc_in.add(chunk)
+            for stats, mat in zip(enc_stats, mats):
+                stats.add(np.asarray(mat))
+
+        def on_frame(frame, decoder_out, token, logits, mats):
+            if join_in is not None:
+                join_in.add(frame)
+            for stats, mat in zip(join_stats, mats):
+                stats.add(np.asarray(mat))
+            if dec_in is not None:
+                served[0] += 1
+                served[1] = decoder_out
                 if token not in BLANK_IDS:
-                    context = context[1:] + [token]
-                    if decoder_frames and "in1" in join:
-                        join["in1"].add(decoder_out, times=decoder_frames)
-                    decoder_frames = 0
-                    decoder_out = _run_decoder(self.nets["decoder"], context)
-                forward += time.perf_counter() - t0
-                frames += 1
-        if decoder_frames and "in1" in join:
-            join["in1"].add(decoder_out, times=decoder_frames)
+                    dec_in.add(decoder_out, times=served[0])
+                    served[0] = 0
+
+        chunks, frames, forward = self.streamer.run(feats, on_chunk, on_frame, enc_blobs, join_blobs, name=str(wav))
+        if served[0]:
+            dec_in.add(served[1], times=served[0])
         return FileStats(enc, join, chunks, frames, forward)
 
 

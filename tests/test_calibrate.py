@@ -141,3 +141,44 @@ def test_merging_per_file_statistics_matches_one_pass():
     t_exact = kl_threshold_bin(exact.astype(float))
     # the KL minimum is flat: both one-pass variants land within 2 % of the two-pass threshold
     assert abs(kl_threshold_bin(a) - t_exact) <= 41 and abs(kl_threshold_bin(b) - t_exact) <= 41
+
+
+def _per_candidate_kl_bin(hist, target_bins=128, eps=1e-4):
+    """The previous implementation: one candidate at a time (what kl_threshold_bin must keep choosing)."""
+    from core.calibrate import _kl_one, _kl_prepare
+    prep = _kl_prepare(hist, target_bins, eps)
+    best_t, best = target_bins, math.inf
+    for t in range(target_bins, hist.size):
+        kl = _kl_one(prep, t, target_bins, eps)
+        if kl < best:
+            best, best_t = kl, t
+    return best_t
+
+
+def _hists():
+    rng = np.random.default_rng(7)
+    out = []
+    for k in range(8):
+        if k % 4 == 0:
+            v = np.abs(rng.standard_normal(200_000))
+        elif k % 4 == 1:
+            v = np.abs(rng.standard_t(2, 200_000))  # long tail: thresholds well below absmax
+        elif k % 4 == 2:
+            v = np.abs(rng.integers(0, 7, 5_000)).astype(float) + 1e-3  # spiky, mostly empty bins
+        else:
+            v = np.abs(rng.uniform(0, 1, 3000)) ** 4
+        out.append(np.histogram(v, bins=2048, range=(0, v.max()))[0].astype(float))
+    out.append(np.ones(2048))  # flat: many near-equal candidates
+    out.append(np.zeros(2048) + np.eye(1, 2048, 1000)[0])  # a single spike
+    return out
+
+
+@pytest.mark.parametrize("k", range(10))
+def test_all_candidates_at_once_equal_the_per_candidate_divergence(k):
+    from core.calibrate import _kl_all, _kl_one, _kl_prepare
+    hist = _hists()[k]
+    fast = _kl_all(hist)
+    prep = _kl_prepare(hist, 128, 1e-4)
+    slow = np.array([_kl_one(prep, t) for t in range(128, 2048)])
+    assert np.abs(fast - slow).max() < 1e-10  # far inside the re-scoring margin (_KL_MARGIN = 1e-7)
+    assert kl_threshold_bin(hist) == _per_candidate_kl_bin(hist)

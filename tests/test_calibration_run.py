@@ -269,8 +269,11 @@ def test_the_shortcuts_give_the_statistics_of_extracting_everything(fp32_model):
         assert set(naive) == set(quick)
         for blob in naive:
             assert quick[blob].count == naive[blob].count and quick[blob].absmax == naive[blob].absmax
+            # bit for bit: same starting range (the first flush sees the same values), same fine counts
+            assert quick[blob].range == naive[blob].range, blob
+            assert np.array_equal(quick[blob].hist, naive[blob].hist), blob
             h_naive, h_quick = naive[blob].histogram(), quick[blob].histogram()
-            assert np.allclose(h_quick, h_naive, rtol=1e-9, atol=1e-6), blob
+            assert np.array_equal(h_quick, h_naive), blob
             assert kl_threshold_bin(h_quick) == kl_threshold_bin(h_naive)
 
 
@@ -286,4 +289,20 @@ def test_counting_values_several_times_at_once_is_the_same_as_adding_them_again(
     many.add(w)
     assert one.count == many.count == 5 * np.count_nonzero(v) + np.count_nonzero(w)
     assert one.absmax == many.absmax
+    assert np.array_equal(one.hist, many.hist)
+
+
+def test_repeated_values_flush_where_one_by_one_adding_would(monkeypatch):
+    """Flushes fix the histogram's starting range: batching repeats must not move them (bit-identical result)."""
+    from core.calibrate import BlobStats
+    monkeypatch.setattr(BlobStats, "_FLUSH_AT", 1000)
+    rng = np.random.default_rng(3)
+    runs = [(rng.normal(size=64).astype(np.float32) * rng.uniform(0.1, 10), int(rng.integers(1, 40)))
+            for _ in range(60)]
+    one, many = BlobStats(), BlobStats()
+    for v, times in runs:
+        for _ in range(times):
+            one.add(v)
+        many.add(v, times=times)
+    assert one.count == many.count and one.absmax == many.absmax and one.range == many.range
     assert np.array_equal(one.hist, many.hist)
