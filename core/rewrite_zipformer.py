@@ -33,6 +33,15 @@ class Refuse(Exception):
 
 # -- pnnx's graph --------------------------------------------------------------------
 
+
+def _readers(model) -> dict[str, list[Layer]]:
+    """blob -> the layers that read it."""
+    readers: dict[str, list[Layer]] = {}
+    for layer in model.layers:
+        for x in layer.bottoms:
+            readers.setdefault(x, []).append(layer)
+    return readers
+
 def read_pnnx_ops(path: str | Path | None) -> list[dict]:
     """Every operator of pnnx's ``*.pnnx.param`` in order: type, name, inputs, outputs, attrs, shapes."""
     if path is None:
@@ -271,11 +280,8 @@ def rewrite_tile(model: ParamFile, _target: Layer, pnnx_attrs: dict):
     if len(ops) != len(layers):
         raise Refuse(f"the ncnn graph has {len(layers)} Tile but pnnx's graph {len(ops)} expand/repeat ops")
     mems = {o["name"]: o for o in _pnnx(pnnx_attrs) if o["type"] == "pnnx.Attribute"}
-    readers: dict[str, list[Layer]] = {}
+    readers = _readers(model)
     producers = {t: layer for layer in model.layers for t in layer.tops}
-    for layer in model.layers:
-        for x in layer.bottoms:
-            readers.setdefault(x, []).append(layer)
     b = Builder(model)
     changes = []
     for layer, op in zip(layers, ops):
@@ -400,10 +406,7 @@ def rewrite_batch_unsqueezes(model: ParamFile, pnnx_attrs: dict):
     layers = [layer for layer in model.layers if layer.name.startswith("unsqueeze_")]
     if len(ops) != len(layers):
         return None, []
-    readers: dict[str, list[Layer]] = {}
-    for layer in model.layers:
-        for x in layer.bottoms:
-            readers.setdefault(x, []).append(layer)
+    readers = _readers(model)
     b = Builder(model)
     changes = []
     for layer, op in zip(layers, ops):
