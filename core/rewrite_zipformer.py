@@ -31,9 +31,6 @@ class Refuse(Exception):
     """The pattern is not the one a rewrite recognises (the message says why)."""
 
 
-# -- pnnx's graph --------------------------------------------------------------------
-
-
 def _readers(model) -> dict[str, list[Layer]]:
     """blob -> the layers that read it."""
     readers: dict[str, list[Layer]] = {}
@@ -41,6 +38,9 @@ def _readers(model) -> dict[str, list[Layer]]:
         for x in layer.bottoms:
             readers.setdefault(x, []).append(layer)
     return readers
+
+
+# -- pnnx's graph --------------------------------------------------------------------
 
 def read_pnnx_ops(path: str | Path | None) -> list[dict]:
     """Every operator of pnnx's ``*.pnnx.param`` in order: type, name, inputs, outputs, attrs, shapes."""
