@@ -8,7 +8,6 @@ it relies on it. The decoder stays fp16 (it is tiny; core.quantize could do its 
 """
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 
@@ -35,10 +34,53 @@ def table_file(layout, net: str) -> Path:
     return layout.out / f"{net}-scale-table.txt"
 
 
+def fp32_set_dir(layout) -> Path:
+    """The fp32 weights calibration reads: pnnx's, with the same .bin rewrites as the fp16 encoder."""
+    return fp32_dir(layout) / "set"
+
+
+def fp32_bin(layout, net: str) -> Path:
+    return fp32_set_dir(layout) / f"{net}_jit_trace-pnnx.ncnn.bin"
+
+
 def fp32_model_files(layout) -> ModelFiles:
-    return ModelFiles(layout.final("encoder", "param"), fp32_raw(layout, "encoder", "bin"),
+    return ModelFiles(layout.final("encoder", "param"), fp32_bin(layout, "encoder"),
                       layout.final("decoder", "param"), layout.final("decoder", "bin"),
-                      layout.final("joiner", "param"), fp32_raw(layout, "joiner", "bin"))
+                      layout.final("joiner", "param"), fp32_bin(layout, "joiner"))
+
+
+def make_fp32_set(layout, arch: str | None) -> Step:
+    """The encoder rewrite again, on pnnx's fp32 output: it must give the fp16 run's graph, and its .bin changes
+    (e.g. the Zipformer's integer constants) are applied to the fp32 weights too."""
+    from .rewrite import plan_file
+    from .rewrite_step import rewritten
+    raw_param, raw_bin = fp32_raw(layout, "encoder", "param"), fp32_raw(layout, "encoder", "bin")
+    outputs = [fp32_bin(layout, "encoder"), fp32_bin(layout, "joiner")]
+
+    def run(ctx: StepContext) -> None:
+        _check_fp32_set(layout)
+        plan = plan_file(raw_param, arch=arch)
+        if plan.action == "refused":
+            raise StepError(f"{raw_param}: " + "; ".join(plan.errors))
+        graph = plan.new_param if plan.new_param is not None else raw_param.read_bytes()
+        if graph != rewritten(layout, "param").read_bytes():
+            raise StepError(f"{raw_param}: the rewrite gives a different graph for pnnx's fp32 output than for its "
+                            "fp16 output; the int8 path assumes they are the same",
+                            hint="run without --int8 for the fp16 model, and report this")
+        fp32_set_dir(layout).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(outputs[0], plan.new_bin if plan.new_bin is not None else raw_bin.read_bytes())
+        atomic_write_bytes(outputs[1], fp32_raw(layout, "joiner", "bin").read_bytes())
+        ctx.log(f"{outputs[0]}: " + (f"pnnx's fp32 weights with the rewrite's .bin changes ({plan.summary()})"
+                                     if plan.new_bin is not None else "pnnx's fp32 weights (no .bin rewrite)"))
+
+    return Step("fp32-set", "Prepare the fp32 weights for calibration", func=run,
+                inputs=[raw_param, raw_bin, fp32_raw(layout, "joiner", "bin"), rewritten(layout, "param")],
+                outputs=outputs, fingerprint_extra=arch or "",
+                describe="the encoder rewrite on pnnx's fp32 output (same graph, same .bin changes)",
+                script=[f"mkdir -p {shlex.quote(str(fp32_set_dir(layout)))}",
+                        f"cp {shlex.quote(str(raw_bin))} {shlex.quote(str(outputs[0]))}  # plus the rewrite's .bin "
+                        "changes, if any", f"cp {shlex.quote(str(fp32_raw(layout, 'joiner', 'bin')))} "
+                        f"{shlex.quote(str(outputs[1]))}"])
 
 
 def make_pnnx_fp32(pnnx: Path, layout, net: str) -> Step:
@@ -57,10 +99,6 @@ def _check_fp32_set(layout) -> None:
         if fp32_raw(layout, net, "param").read_bytes() != fp16_raw.read_bytes():
             raise StepError(f"pnnx wrote a different {net} graph with fp16=0 than with fp16=1; the int8 path assumes "
                             "they are the same", hint="report this pnnx version; run without --int8 meanwhile")
-    plan = layout.work / "rewrite-plan.json"
-    if plan.exists() and json.loads(plan.read_text()).get("bin_changed"):
-        raise StepError("a rewrite changed the encoder's weights file; int8 of rewritten weights is not supported yet",
-                        hint="run without --int8 for the fp16 model")
 
 
 def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) -> Step:

@@ -301,8 +301,9 @@ def _fixed_dim_warnings(recipe: Path, detection) -> list[str]:
 
 def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend, warnings: list[str]) -> list[Step]:
     """fp32 conversions, then calibrate and quantize with the built-in code or the user's tools."""
-    from .int8_steps import make_int8_steps, make_pnnx_fp32
+    from .int8_steps import make_fp32_set, make_pnnx_fp32
     steps = [make_pnnx_fp32(pnnx, layout, net) for net in ("encoder", "joiner")]
+    steps.append(make_fp32_set(layout, config.arch))
     return steps + calibration_steps(config, layout, backend, warnings)
 
 
@@ -409,8 +410,8 @@ def _validate_step(config: WizardConfig, layout: Layout) -> Step:
     argv = [sys.executable, "-m", "core.validate", str(layout.out), "--arch", config.arch,
             "--traced-dir", str(layout.exp), "--json-out", str(layout.out / "validation.json")]
     if config.output.int8:
-        from .int8_steps import fp32_dir
-        argv += ["--int8", "--fp32-dir", str(fp32_dir(layout))]
+        from .int8_steps import fp32_set_dir
+        argv += ["--int8", "--fp32-dir", str(fp32_set_dir(layout))]
     for wav in config.validation.wavs:
         argv += ["--wav", wav]
     if not config.validation.numeric:

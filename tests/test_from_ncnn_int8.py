@@ -63,3 +63,36 @@ def test_a_config_with_files_from_ncnn_plans_the_from_ncnn_run(tmp_path):
     ids = [s.id for s in run.plan.steps]
     assert ids[:3] == ["import", "rewrite", "metadata"] and "calibrate" in ids and "quantize" in ids
     assert run.config is config and run.resolved.arch.name == "lstm"
+
+
+@needs_real
+def test_the_fp32_set_gets_the_same_bin_rewrite_as_the_fp16_encoder(tmp_path):
+    """The real Zipformer's rewrite changes the .bin (integer constants): `run --int8` applies it to pnnx's fp32
+    weights too, after checking the rewrite gives the fp16 run's graph."""
+    import asyncio
+    import shutil
+
+    from core.int8_steps import fp32_bin, fp32_raw, make_fp32_set
+    from core.pipeline import Layout
+    from core.rewrite import plan_file
+    from core.rewrite_step import rewritten
+    from core.runner import Plan, Runner
+    src, layout = REAL / "zipformer", Layout(tmp_path / "out")
+    for path in (fp32_raw(layout, "encoder", "param"), layout.raw("encoder", "param"), layout.final("joiner", "param"),
+                 fp32_raw(layout, "joiner", "param"), rewritten(layout, "param")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for ext in ("param", "bin"):  # the fixture's (fp16) weights stand in for pnnx's fp32 ones here
+        shutil.copy(src / f"encoder_jit_trace-pnnx.ncnn.{ext}", fp32_raw(layout, "encoder", ext))
+        shutil.copy(src / f"joiner_jit_trace-pnnx.ncnn.{ext}", fp32_raw(layout, "joiner", ext))
+    shutil.copy(src / "encoder.pnnx.param", fp32_raw(layout, "encoder", "param").with_name("encoder.pnnx.param"))
+    shutil.copy(src / "encoder_jit_trace-pnnx.ncnn.param", layout.raw("encoder", "param"))
+    shutil.copy(src / "joiner_jit_trace-pnnx.ncnn.param", layout.final("joiner", "param"))
+    plan = plan_file(fp32_raw(layout, "encoder", "param"), arch="zipformer")
+    assert plan.new_bin is not None  # this model's rewrite does change the weights file
+    rewritten(layout, "param").write_bytes(plan.new_param)
+    status = asyncio.run(Runner(Plan([make_fp32_set(layout, "zipformer")], layout.out), lambda e: None).run())
+    assert status == "ok"
+    assert fp32_bin(layout, "encoder").read_bytes() == plan.new_bin
+    assert fp32_bin(layout, "joiner").read_bytes() == (src / "joiner_jit_trace-pnnx.ncnn.bin").read_bytes()
+    rewritten(layout, "param").write_bytes(plan.new_param.replace(b"cumsum", b"cumsuM", 1))  # another graph
+    assert asyncio.run(Runner(Plan([make_fp32_set(layout, "zipformer")], layout.out), lambda e: None).run()) == "failed"

@@ -48,7 +48,7 @@ def test_external_backend_plans_the_tools_with_their_own_argument_order(tools_on
     cal = steps["calibrate"]
     assert cal.argv[0] == str(tools_on_path / "generate-int8-scale-table") and len(cal.argv) == 10
     assert cal.argv[1] == str(out / "encoder_jit_trace-pnnx.ncnn.param")  # the table tool wants the metadata
-    assert cal.argv[2].endswith("work/fp32/encoder_jit_trace-pnnx.ncnn.bin")
+    assert cal.argv[2].endswith("work/fp32/set/encoder_jit_trace-pnnx.ncnn.bin")  # pnnx fp32 + the .bin rewrites
     assert cal.argv[-1] == str(out / "work" / "calibration-wavs.txt")
     enc = steps["quantize-encoder"]
     assert enc.argv[0] == str(tools_on_path / "ncnn2int8")
