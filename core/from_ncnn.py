@@ -9,7 +9,6 @@ doctor-style checks; DIR is never written) -> rewrite -> metadata -> validate
 """
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import sys
@@ -18,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .architectures import ResolvedValues, get_arch, resolve
-from .atomic import atomic_write_bytes
 from .metadata import runtime_layer_check
 from .ncnn_param import load_param
 from .pipeline import NETS, Layout, PlanError, _check_out_dir, _versions, ncnn_name, pt_name
@@ -291,10 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     report = validate_from_ncnn(a.out, a.arch, a.reference_dir, a.traced_dir, a.wav,
                                 print_fn=lambda s: print(s, flush=True), int8=a.int8)
-    if a.json_out:
-        atomic_write_bytes(a.json_out, json.dumps(report, indent=2).encode())
-    print("validation passed" if report["ok"] else "validation FAILED", flush=True)
-    return 0 if report["ok"] else 1
+    from .validate import finish_report
+    return finish_report(report, a.json_out)
 
 
 if __name__ == "__main__":

@@ -319,14 +319,8 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
     """The int8 set: decoded by sherpa-ncnn, and compared with fp32 on the same inputs (cosine per output)."""
     from .calibration_run import ModelFiles
     from .int8_check import compare_int8
-    d = decode(out, wavs, references, int8=True)
-    report["decode_int8"] = asdict(d)
-    if d.ok:
-        for item in d.results:
-            print_fn(f"-[✓] sherpa-ncnn int8 {Path(item['wav']).name}: {item['text']!r}")
-    else:
-        report["ok"] = False
-        print_fn(f"-[✗] sherpa-ncnn int8: {d.error}")
+    report_decode(decode(out, wavs, references, int8=True), report, print_fn,
+                  describe=lambda item: f"{item['text']!r}", key="decode_int8")
     fp32 = ModelFiles(out / "encoder_jit_trace-pnnx.ncnn.param", fp32_dir / "encoder_jit_trace-pnnx.ncnn.bin",
                       out / "decoder_jit_trace-pnnx.ncnn.param", out / "decoder_jit_trace-pnnx.ncnn.bin",
                       out / "joiner_jit_trace-pnnx.ncnn.param", fp32_dir / "joiner_jit_trace-pnnx.ncnn.bin")
@@ -382,10 +376,10 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
 
 
 def report_decode(d: DecodeResult, report: dict, print_fn=print,
-                  describe=lambda item: f"{item['text']!r}" + (f"  (WER {item['wer']:.1%})" if "wer" in item else "")
-                  ) -> None:
-    """Record a decode result in ``report["decode"]`` and print a line per file (or the failure and its log)."""
-    report["decode"] = asdict(d)
+                  describe=lambda item: f"{item['text']!r}" + (f"  (WER {item['wer']:.1%})" if "wer" in item else ""),
+                  key: str = "decode") -> None:
+    """Record a decode result in ``report[key]`` and print a line per file (or the failure and its log)."""
+    report[key] = asdict(d)
     if d.ok:
         for item in d.results:
             print_fn(f"-[✓] sherpa-ncnn {d.model} {Path(item['wav']).name}: {describe(item)}")
@@ -414,9 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
     if a.int8:
         validate_int8(a.out, a.fp32_dir or a.out / "work" / "fp32", a.wav, refs, report, print_fn=say)
-    if a.json_out:
+    return finish_report(report, a.json_out)
+
+
+def finish_report(report: dict, json_out: Path | None) -> int:
+    """The end of a validation process: the report as JSON (when asked), the verdict line, the exit code."""
+    if json_out:
         from .atomic import atomic_write_bytes
-        atomic_write_bytes(a.json_out, json.dumps(report, indent=2).encode())
+        atomic_write_bytes(json_out, json.dumps(report, indent=2).encode())
     print("validation passed" if report["ok"] else "validation FAILED", flush=True)
     return 0 if report["ok"] else 1
 
