@@ -49,7 +49,7 @@ def run_from_ncnn(args) -> int:
 
     from .cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
     from .cli_common import stderr_console, stdout_console
-    from .cli_run import PlainRenderer, RichRenderer, _print_results, _run, _write_script
+    from .cli_run import PlainRenderer, RichRenderer, _print_results, _run, _write_script, print_plan_problems
 
     err = stderr_console()
     if not args.arch:
@@ -83,9 +83,7 @@ def run_from_ncnn(args) -> int:
                                        reference_dir=args.reference_dir, traced_dir=args.traced_dir,
                                        wavs=args.wav, check_out_dir=not args.dry_run, int8=int8)
     except PlanError as exc:
-        err.print(Text("The run cannot start:", style="bold red"))
-        for p in exc.problems:
-            err.print(Text("  ✗ ", style="red") + Text(p))
+        print_plan_problems(err, exc)
         return EXIT_BAD_INPUT
     out = stdout_console()
     for w in notes + planned.warnings:

@@ -62,9 +62,7 @@ def run_pipeline(args) -> int:
         err.print(Text("error: ", style="bold red") + Text(str(exc)))
         return EXIT_BAD_INPUT
     except PlanError as exc:
-        err.print(Text("The run cannot start:", style="bold red"))
-        for p in exc.problems:
-            err.print(Text("  ✗ ", style="red") + Text(p))
+        print_plan_problems(err, exc)
         return EXIT_BAD_INPUT
     out = stdout_console()
     for w in planned.warnings:
@@ -108,6 +106,13 @@ async def _run(planned, renderer, resume: bool) -> str:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):  # pragma: no cover
                 pass
+
+
+def print_plan_problems(err: Console, exc) -> None:
+    """Why a plan was refused: one line per problem, each naming its field."""
+    err.print(Text("The run cannot start:", style="bold red"))
+    for p in exc.problems:
+        err.print(Text("  ✗ ", style="red") + Text(p))
 
 
 def _write_script(path: Path, text: str) -> None:
