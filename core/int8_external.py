@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .atomic import atomic_write_bytes
 from .calibration_run import ModelFiles
-from .int8_steps import INT8_NETS, _check_fp32_set, fp32_model_files, int8_file, table_file
+from .int8_steps import INT8_NETS, fp32_model_files, int8_file, table_file
 from .int8_tools import (QUANTIZE_TOOL, TABLE_TOOL, find_int8_tools, quantize_tool_argv, quantize_tool_succeeded,
                          table_tool_argv, table_tool_succeeded)
 from .metadata import META_TYPE
@@ -83,15 +83,12 @@ def _int8_no_meta(layout) -> Path:
 
 
 def make_external_calibrate(layout, tool: Path, wavs: list[Path], files: ModelFiles | None = None) -> Step:
-    check_fp32 = files is None
     files = files or fp32_model_files(layout)
     tables = [table_file(layout, n) for n in INT8_NETS]
     argv = table_tool_argv(tool, (files.encoder_param, files.encoder_bin), (files.decoder_param, files.decoder_bin),
                            (files.joiner_param, files.joiner_bin), tables[0], tables[1], wav_list_file(layout))
 
     def before() -> None:
-        if check_fp32:
-            _check_fp32_set(layout)
         atomic_write_bytes(wav_list_file(layout), "".join(f"{w}\n" for w in wavs).encode())
 
     def verify(lines: list[str]) -> str | None:
@@ -152,13 +149,15 @@ def make_external_quantize(layout, tool: Path, net: str, files: ModelFiles | Non
                 verify=verify, script=script)
 
 
+def _lines_without_metadata(model) -> list[str]:
+    """The file's lines with every SherpaMetaData line removed and the header's layer count lowered to match."""
+    meta = {layer.line for layer in model.layers if layer.type == META_TYPE}
+    lines = [line for i, line in enumerate(model.lines, start=1) if i not in meta]
+    return replace_header(lines, model.header_line, model.layer_count - len(meta), model.blob_count) if meta else lines
+
+
 def _without_metadata(model) -> bytes:
-    meta = [layer for layer in model.layers if layer.type == META_TYPE]
-    if not meta:
-        return model.to_bytes()
-    lines = [line for i, line in enumerate(model.lines, start=1) if i not in {m.line for m in meta}]
-    lines = replace_header(lines, model.header_line, model.layer_count - len(meta), model.blob_count)
-    return "".join(lines).encode("utf-8")
+    return "".join(_lines_without_metadata(model)).encode("utf-8")
 
 
 def make_int8_metadata(layout) -> Step:
@@ -176,11 +175,9 @@ def make_int8_metadata(layout) -> Step:
         if parsed.model is None or parsed.model.errors:
             raise StepError(f"{source}: {QUANTIZE_TOOL} wrote a param ncnn would not load ({parsed.describe()})")
         model = parsed.model
-        lines = [x for i, x in enumerate(model.lines, start=1)
-                 if i not in {m.line for m in model.layers if m.type == META_TYPE}]
-        dropped = len(model.lines) - len(lines)
-        lines = insert_line(lines, model.header_line, line, model.eol)
-        lines = replace_header(lines, model.header_line, model.layer_count - dropped + 1, model.blob_count)
+        kept = model.layer_count - sum(1 for m in model.layers if m.type == META_TYPE)
+        lines = insert_line(_lines_without_metadata(model), model.header_line, line, model.eol)
+        lines = replace_header(lines, model.header_line, kept + 1, model.blob_count)
         atomic_write_bytes(target, "".join(lines).encode("utf-8"))
         ctx.log(f"{target}: inserted {line}")
 

@@ -102,16 +102,13 @@ def _check_fp32_set(layout) -> None:
 
 
 def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) -> Step:
-    """Built-in calibration of ``files`` (default: the run's fp32 set, checked against the fp16 graph first)."""
-    check_fp32 = files is None
+    """Built-in calibration of ``files`` (default: the run's fp32 set, which the fp32-set step checked)."""
     files = files or fp32_model_files(layout)
     outputs = [table_file(layout, n) for n in INT8_NETS]
 
     def run(ctx: StepContext) -> None:
         from .calibration_run import calibrate
         from .calibrate import CalibrationError
-        if check_fp32:
-            _check_fp32_set(layout)
         try:
             result = calibrate(files, wavs, on_progress=lambda i, n, note: (ctx.progress(i, n, note), ctx.log(note)),
                                cancelled=lambda: ctx._cancelled.is_set(), cache_dir=layout.work / "calibration-cache")
