@@ -111,13 +111,9 @@ def make_import(layout, src: Path, encoder: bool = True) -> Step:
 
 def make_reconvert(layout, traced_pt: Path, pnnx: Path) -> Step:
     """pnnx (checked, with the fallback) on the traced encoder, when DIR's encoder shows pnnx's mix-up."""
-    from .pnnx_convert import pnnx_command
-    argv, env = pnnx_command(pnnx, traced_pt, layout.pnnx_dir / "encoder", layout.raw("encoder", "param"),
-                             layout.raw("encoder", "bin"), fp16=True)
-    return Step("pnnx-encoder", "Convert the traced encoder again with pnnx (fp16)", argv=argv, env=env,
-                inputs=[traced_pt], outputs=[layout.raw("encoder", "param"), layout.raw("encoder", "bin")],
-                parser="pnnx", script=[f"mkdir -p {shlex.quote(str(layout.pnnx_dir))}",
-                                       f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}"])
+    from .pnnx_convert import pnnx_step
+    return pnnx_step("pnnx-encoder", "Convert the traced encoder again with pnnx (fp16)", pnnx, traced_pt,
+                     layout.pnnx_dir / "encoder", layout.raw("encoder", "param"), layout.raw("encoder", "bin"), fp16=True)
 
 
 def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Path | None, wavs,

@@ -84,14 +84,9 @@ def make_fp32_set(layout, arch: str | None) -> Step:
 
 
 def make_pnnx_fp32(pnnx: Path, layout, net: str) -> Step:
-    stem = fp32_dir(layout) / net
-    from .pnnx_convert import pnnx_command
-    argv, env = pnnx_command(pnnx, layout.pt(net), stem, fp32_raw(layout, net, "param"), fp32_raw(layout, net, "bin"),
-                             fp16=False)
-    return Step(f"pnnx-{net}-fp32", f"Convert the {net} with pnnx (fp32, for int8)", argv=argv, env=env,
-                inputs=[layout.pt(net)], outputs=[fp32_raw(layout, net, "param"), fp32_raw(layout, net, "bin")],
-                parser="pnnx", script=[f"mkdir -p {shlex.quote(str(fp32_dir(layout)))}",
-                                       f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}"])
+    from .pnnx_convert import pnnx_step
+    return pnnx_step(f"pnnx-{net}-fp32", f"Convert the {net} with pnnx (fp32, for int8)", pnnx, layout.pt(net),
+                     fp32_dir(layout) / net, fp32_raw(layout, net, "param"), fp32_raw(layout, net, "bin"), fp16=False)
 
 
 def _check_fp32_set(layout) -> None:

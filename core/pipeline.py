@@ -398,12 +398,9 @@ def _pnnx_step(pnnx: Path, layout: Layout, net: str) -> Step:
     raw = net == "encoder"  # the encoder gets its metadata in a later step
     param = layout.raw(net, "param") if raw else layout.final(net, "param")
     binary = layout.raw(net, "bin") if raw else layout.final(net, "bin")
-    from .pnnx_convert import pnnx_command
-    argv, env = pnnx_command(pnnx, layout.pt(net), stem, param, binary, fp16=True)
-    return Step(f"pnnx-{net}", f"Convert the {net} with pnnx (fp16)", argv=argv, env=env, inputs=[layout.pt(net)],
-                outputs=[param, binary], parser="pnnx",
-                script=[f"mkdir -p {shlex.quote(str(layout.pnnx_dir))}",
-                        f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}"])
+    from .pnnx_convert import pnnx_step
+    return pnnx_step(f"pnnx-{net}", f"Convert the {net} with pnnx (fp16)", pnnx, layout.pt(net), stem, param, binary,
+                     fp16=True)
 
 
 def _validate_step(config: WizardConfig, layout: Layout) -> Step:

@@ -116,3 +116,14 @@ def pnnx_command(pnnx: Path, pt: Path, stem: Path, param: Path, binary: Path, fp
     argv = [sys.executable, "-m", "core.pnnx_convert", "--pnnx", str(pnnx), "--fallback", str(fallback_pnnx()),
             "--fp16", "1" if fp16 else "0", str(pt), *(f"--{k}={v}" for k, v in outputs.items())]
     return argv, {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def pnnx_step(step_id: str, title: str, pnnx: Path, pt: Path, stem: Path, param: Path, binary: Path, fp16: bool):
+    """The runner Step of one checked pnnx conversion (every pnnx step of a run is one of these)."""
+    import shlex
+
+    from .runner import Step
+    argv, env = pnnx_command(pnnx, pt, stem, param, binary, fp16)
+    return Step(step_id, title, argv=argv, env=env, inputs=[pt], outputs=[param, binary], parser="pnnx",
+                script=[f"mkdir -p {shlex.quote(str(stem.parent))}",
+                        f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shlex.join(argv)}"])
