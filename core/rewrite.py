@@ -423,7 +423,7 @@ def _unknown(model: ParamFile, encoder: bool) -> str:
 
 def _mislowered(model: ParamFile) -> list[Layer]:
     """Slices pnnx wrote without axis or sizes ('unbind along batch axis 0 is not supported')."""
-    return [layer for layer in model.layers if layer.type == "Slice" and not layer.params and len(layer.tops) > 1]
+    return zf.mislowered_unbinds(model)
 
 
 def plan_file(param: str | Path, *, pnnx_param: str | Path | None = None, encoder: bool = True,

@@ -334,7 +334,10 @@ def rewrite_tile(model: ParamFile, _target: Layer, pnnx_attrs: dict):
 # -- unbind / stack of the per-layer states ----------------------------------------------------------
 
 def mislowered_unbinds(model: ParamFile) -> list[Layer]:
-    return [layer for layer in model.layers if layer.type == "Slice" and not layer.params and len(layer.tops) > 1]
+    """Slices pnnx wrote without axis or sizes: its unbind of a state input along the layer axis
+    ('unbind along batch axis 0 is not supported'). A stack of one layer gives a Slice with ONE output,
+    which ncnn's Slice cannot run either (it reads its missing slices array): matched the same way."""
+    return [layer for layer in model.layers if layer.type == "Slice" and not layer.params and layer.tops]
 
 
 def rewrite_unbinds(model: ParamFile, pnnx_attrs: dict):
@@ -359,6 +362,9 @@ def rewrite_unbinds(model: ParamFile, pnnx_attrs: dict):
             raise Refuse(f"{layer.name!r}: input {src} is {shape}; only (layers, 1, ...) split into {n} is recognised")
         piece = state_layout(shape)[1:]
         params = [f"-23300={n}," + ",".join(["-233"] * n), "1=0"]
+        if n == 1:  # a one-layer stack: the unbind is the identity on the data, only the layer axis goes
+            _one_layer_unbind(layer, src, shape, piece, model, b, changes)
+            continue
         if not piece:  # (layers, 1) -> layers pieces of one element each, already 1-D
             b.replace(layer, [_line("Slice", layer.name, layer.bottoms, layer.tops, params)])
             fixed = _scalar_unsqueezes(model, layer.tops, b)
@@ -375,6 +381,22 @@ def rewrite_unbinds(model: ParamFile, pnnx_attrs: dict):
         changes.append((layer, f"unbind of {src} {shape} (no axis in the ncnn param) became a Slice into {n} along the "
                                f"layer axis, {what}"))
     return b.text(), changes
+
+
+def _one_layer_unbind(layer: Layer, src: str, shape, piece, model: ParamFile, b: Builder, changes: list) -> None:
+    """unbind of a (1, 1, ...) state: the one piece is the whole input without the layer axis (a Reshape)."""
+    if not piece:  # (1, 1): one element, already 1-D; unsqueezes of it keep it 1-D
+        b.replace(layer, [_reshape(layer.name, src, layer.tops[0], (1,))])
+        fixed = _scalar_unsqueezes(model, layer.tops, b)
+        what = "a Reshape to one element"
+        if fixed:
+            what += (f"; pnnx lowered it as a rank-0 scalar, so the {len(fixed)} ExpandDims on it "
+                     f"({', '.join(fixed)}) keep the one element as 1-D (Reshape 0=1)")
+    else:
+        b.replace(layer, [_reshape(layer.name, src, layer.tops[0], piece)])
+        what = f"a Reshape to {piece}"
+    changes.append((layer, f"unbind of {src} {shape} (a one-layer stack; the one-output Slice had no axis or "
+                           f"slices in the ncnn param, which ncnn's Slice cannot run) became {what}"))
 
 
 def _scalar_unsqueezes(model: ParamFile, blobs, b: Builder) -> list[str]:

@@ -153,20 +153,28 @@ def test_tile_of_two_axes_is_refused(tmp_path):
 STATES = [(2, 1), (2, 1, 3), (2, 4, 1, 3), (2, 4, 1, 2), (2, 4, 1, 2), (2, 1, 3, 5), (2, 1, 3, 5)]
 
 
-def _state_graph(tmp: Path) -> Path:
+def _states(n_layers: int) -> list[tuple[int, ...]]:
+    return [(n_layers,) + s[1:] for s in STATES]
+
+
+def _state_graph(tmp: Path, n_layers: int = 2) -> Path:
+    """One Zipformer stack's seven states unbound and stacked again, as pnnx lowers them for ``n_layers``."""
+    states = _states(n_layers)
+    tops = lambda stem: " ".join(f"{stem}{x}" for x in "ab"[:n_layers])  # noqa: E731
     layers = ["Input in0 0 1 in0"] + [f"Input in{k} 0 1 in{k}" for k in range(1, 8)] + ["ReLU relu_0 1 1 in0 out0"]
     for k in range(1, 8):
         if k in (3, 4, 5):  # pnnx lowers the attention caches' unbind itself (axis 0 + Reshape), and writes
-            w = STATES[k - 1][-1]  # a 4-D Reshape after the stack
-            layers += [f"Slice unbind_{k} 1 2 in{k} r{k}a r{k}b -23300=2,-233,-233 1=0",
-                       f"Reshape reshape_{k}a 1 1 r{k}a p{k}a 0={w} 1=4",
-                       f"Reshape reshape_{k}b 1 1 r{k}b p{k}b 0={w} 1=4",
-                       f"Concat stack_{k} 2 1 p{k}a p{k}b s{k} 0=0",
-                       f"Reshape reshape_{k}s 1 1 s{k} out{k} 0={w} 1=1 11=4 2=2"]
-        else:
-            layers += [f"Slice unbind_{k} 1 2 in{k} p{k}a p{k}b", f"Concat stack_{k} 2 1 p{k}a p{k}b out{k} 0=0"]
+            w = states[k - 1][-1]  # a 4-D Reshape after the stack
+            layers += [f"Slice unbind_{k} 1 {n_layers} in{k} {tops(f'r{k}')} -23300={n_layers},"
+                       + ",".join(["-233"] * n_layers) + " 1=0"]
+            layers += [f"Reshape reshape_{k}{x} 1 1 r{k}{x} p{k}{x} 0={w} 1=4" for x in "ab"[:n_layers]]
+            layers += [f"Concat stack_{k} {n_layers} 1 {tops(f'p{k}')} s{k} 0=0",
+                       f"Reshape reshape_{k}s 1 1 s{k} out{k} 0={w} 1=1 11=4 2={n_layers}"]
+        else:  # the parameterless Slice of 'unbind along batch axis 0 is not supported' (one output for one layer)
+            layers += [f"Slice unbind_{k} 1 {n_layers} in{k} {tops(f'p{k}')}",
+                       f"Concat stack_{k} {n_layers} 1 {tops(f'p{k}')} out{k} 0=0"]
     pnnx = [f"pnnx.Input pnnx_input_{k} 0 1 {k} #{k}=({','.join(map(str, s))})f32"
-            for k, s in enumerate([(1, 9, 4)] + STATES)]
+            for k, s in enumerate([(1, 9, 4)] + states)]
     return _write(tmp, layers, pnnx)
 
 
@@ -177,29 +185,73 @@ def _layout(shape):
     return shape
 
 
-def test_unbind_and_stack_of_states_round_trip_in_sherpa_layouts(tmp_path):
-    param = _state_graph(tmp_path)
+@pytest.mark.parametrize("n_layers", [2, 1])
+def test_unbind_and_stack_of_states_round_trip_in_sherpa_layouts(tmp_path, n_layers):
+    param = _state_graph(tmp_path, n_layers)
     before = plan_rewrites(load_param(param).model)
     assert before.action == "refused" and "unbind_1" in before.errors[0]  # without pnnx's graph: refused
     out, plan = _rewrite(param)
     rules = [c.rule for c in plan.changes]
     assert rules.count("unbind-states") == 4 and rules.count("state-output-layout") == 7
+    assert not [x for x in load_param(out).model.layers if x.type == "Slice" and not x.params]  # none left
     rng = np.random.default_rng(3)
     feeds = {"in0": rng.standard_normal((9, 4)).astype(np.float32)}
-    for k, shape in enumerate(STATES, start=1):
+    for k, shape in enumerate(_states(n_layers), start=1):
         feeds[f"in{k}"] = rng.standard_normal(_layout(shape)).astype(np.float32)
-    names = [f"out{k}" for k in range(1, 8)] + [f"p{k}{x}" for k in range(1, 8) for x in "ab"]
+    names = [f"out{k}" for k in range(1, 8)] + [f"p{k}{x}" for k in range(1, 8) for x in "ab"[:n_layers]]
     got = _run(out, feeds, names)
     for k in range(1, 8):
         x = feeds[f"in{k}"]
-        np.testing.assert_array_equal(got[f"p{k}a"].reshape(-1), x[0].reshape(-1))  # numpy unbind
-        np.testing.assert_array_equal(got[f"p{k}b"].reshape(-1), x[1].reshape(-1))
-        np.testing.assert_array_equal(got[f"out{k}"].reshape(-1), np.stack([x[0], x[1]]).reshape(-1))  # stack
+        for i, piece in enumerate("ab"[:n_layers]):
+            np.testing.assert_array_equal(got[f"p{k}{piece}"].reshape(-1), x[i].reshape(-1))  # numpy unbind
+        np.testing.assert_array_equal(got[f"out{k}"].reshape(-1), np.stack(list(x)).reshape(-1))  # stack
     # the layouts sherpa-ncnn's RunEncoder expects: cached_len (h=L, w=1), cached_avg (c=L, h=1, w=C),
     # the others exactly as the matching input
-    assert got["out1"].shape == (2, 1) and got["out2"].shape == (2, 1, 3)
-    assert got["out3"].shape == (2, 4, 3) and got["out6"].shape == (2, 3, 5)
+    n = n_layers
+    assert got["out1"].shape == (n, 1) and got["out2"].shape == (n, 1, 3)
+    assert got["out3"].shape == (n, 4, 3) and got["out6"].shape == (n, 3, 5)
     assert got["p2a"].shape == (3,) and got["p6a"].shape == (3, 5)
+
+
+KIT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-kit"
+ONE_LAYER = KIT / "zipformer-1layer-stacks"
+
+_COMPARE_CHILD = """
+import json, sys
+from pathlib import Path
+from core.reference_check import compare_encoder
+d, npz = Path(sys.argv[1]), Path(sys.argv[2])
+res = compare_encoder(d / "enc.param", d / "enc.bin", npz)
+print(json.dumps([[r.output, r.note, r.max_abs, r.ok] for r in res]))
+"""
+
+
+@pytest.mark.skipif(not ONE_LAYER.is_dir(), reason=f"the icefall kit is not at {KIT}")
+def test_one_layer_stacks_of_the_real_kit_match_every_reference_output(tmp_path):
+    """icefall's --num-encoder-layers 1,2,1: pnnx leaves 8 one-output parameterless Slices; after the rewrite
+    none is left and every encoder output of both chunks matches the traced encoder (ncnn in a child)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    param = tmp_path / "raw.param"
+    shutil.copyfile(ONE_LAYER / "encoder_jit_trace-pnnx.ncnn.param", param)
+    shutil.copyfile(ONE_LAYER / "encoder_jit_trace-pnnx.ncnn.bin", tmp_path / "raw.bin")
+    plan = plan_file(param, pnnx_param=ONE_LAYER / "encoder.pnnx.param", arch="zipformer")
+    assert plan.can_apply, plan.errors
+    one_output = [c for c in plan.changes if c.rule == "unbind-states" and "one-layer stack" in c.what]
+    assert sorted(c.layer for c in one_output) == sorted(f"unbind_{i}" for i in (0, 1, 5, 6, 14, 15, 19, 20))
+    apply_rewrites(plan, param, tmp_path / "raw.bin", out_param=tmp_path / "enc.param", out_bin=tmp_path / "enc.bin")
+    if not (tmp_path / "enc.bin").exists():
+        shutil.copyfile(tmp_path / "raw.bin", tmp_path / "enc.bin")
+    model = load_param(tmp_path / "enc.param").model
+    assert not [layer for layer in model.layers if layer.type == "Slice" and not layer.params]
+    proc = subprocess.run([sys.executable, "-c", _COMPARE_CHILD, str(tmp_path), str(ONE_LAYER / "encoder-reference.npz")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 44  # 22 outputs x 2 chunks (chunk 1 fed chunk 0's ncnn states)
+    assert all(ok for *_, ok in results), [r for r in results if not r[-1]]
 
 
 def test_an_unbind_of_something_else_than_a_state_input_is_refused(tmp_path):
