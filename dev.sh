@@ -45,7 +45,9 @@ case "$cmd" in
     ;;
   test)
     setup dev
-    exec "$venv/bin/python" -m pytest "$@"
+    # every core by default (pytest-xdist); pass -n 0 (or any -n) to choose
+    case " $* " in *" -n "*|*" -n"[0-9]*|*" -p no:xdist "*) exec "$venv/bin/python" -m pytest "$@" ;; esac
+    exec "$venv/bin/python" -m pytest -n auto "$@"
     ;;
   run)
     setup main
