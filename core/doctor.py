@@ -124,7 +124,21 @@ def _load(p: Path, report: DoctorReport) -> ParamFile | None:
     for issue in result.issues:
         report.findings.append(Finding(issue.severity, str(p), issue.message, issue.line))
     _check_bin(p, report)
+    if result.model is not None:
+        _check_requirements(p, result.model, report)
     return result.model
+
+
+def _check_requirements(p: Path, model: ParamFile, report: DoctorReport) -> None:
+    """Every layer against what its ncnn implementation needs (core/layer_requirements.py)."""
+    from .layer_requirements import check_layers
+    problems = check_layers(model)
+    for prob in problems:
+        report.findings.append(Finding("error", str(p), f"layer {prob.name!r} ({prob.type}): {prob.message}",
+                                       prob.line))
+    if not problems:
+        report.findings.append(Finding("ok", str(p), f"every layer has what ncnn needs to run it "
+                                                     f"({len(model.layers)} layers)"))
 
 
 def _check_bin(param: Path, report: DoctorReport) -> None:

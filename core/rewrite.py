@@ -45,6 +45,7 @@ from pathlib import Path
 from .atomic import WriteError, atomic_write_bytes, backup_once
 from .ncnn_param import Layer, ParamFile, format_layer_line, load_param, parse_param, replace_header
 from . import rewrite_zipformer as zf
+from .layer_requirements import check_layers, describe as describe_layer_problems
 from .runtime_layers import runtime_problem
 
 # ncnn UnaryOp op types whose result is always a whole number
@@ -383,6 +384,11 @@ def plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None = None, enc
         plan.errors.append(f"{_where(bad[0])}: a Slice without parameters ({len(bad)} in the graph; pnnx could not "
                            "lower an unbind along the first axis and dropped its axis), so ncnn splits it wrongly; no "
                            "rewrite recognises this pattern; nothing was changed")
+        return plan
+    problems = check_layers(current)
+    if problems:
+        where = "the rewritten graph" if plan.changes else Path(model.source).name
+        plan.errors.append(describe_layer_problems(problems, where) + "; nothing was changed")
         return plan
     if current.counted_blobs() != current.blob_count:
         plan.errors.append(f"the rewritten graph has {current.counted_blobs()} blobs but its header says "

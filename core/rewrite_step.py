@@ -73,14 +73,31 @@ def run_rewrite(raw_param: Path, raw_bin: Path, pnnx_param: Path | None, out_par
     return plan.as_dict()
 
 
+def check_runnable(params: list[Path], log=print) -> None:
+    """Every layer of each graph against what its ncnn implementation needs; StepError naming the layers."""
+    from .layer_requirements import check_layers, describe
+    from .ncnn_param import load_param
+    for param in params:
+        parsed = load_param(param)
+        if parsed.model is None:
+            raise StepError(parsed.describe())
+        problems = check_layers(parsed.model)
+        if problems:
+            raise StepError(describe(problems, str(param)),
+                            hint="ncnn would crash or compute nothing on these layers; nothing was shipped")
+        log(f"{param.name}: every layer has what ncnn needs to run it ({len(parsed.model.layers)} layers)")
+
+
 def make_rewrite(layout, arch: str | None = None) -> Step:
     raw_param, raw_bin = layout.raw("encoder", "param"), layout.raw("encoder", "bin")
     pnnx_param = layout.pnnx_dir / "encoder.pnnx.param"
     out_param, out_bin = rewritten(layout, "param"), rewritten(layout, "bin")
     plan_json = layout.work / PLAN_FILE
+    side_nets = [layout.final(net, "param") for net in ("decoder", "joiner")]
 
     def run(ctx: StepContext) -> None:
         run_rewrite(raw_param, raw_bin, pnnx_param, out_param, out_bin, plan_json, log=ctx.log, arch=arch)
+        check_runnable([out_param] + [p for p in side_nets if p.is_file()], log=ctx.log)
 
     script = [f"mkdir -p {shlex.quote(str(rewrite_dir(layout)))}",
               f"cp {shlex.quote(str(raw_param))} {shlex.quote(str(out_param))}",
