@@ -50,25 +50,6 @@ class DecodeResult:
 
 # -- numeric -----------------------------------------------------------------
 
-def _input_specs(module) -> list[tuple[list[int], object]]:
-    specs = []
-    for value in list(module.graph.inputs())[1:]:
-        t = value.type()
-        sizes = t.sizes() if hasattr(t, "sizes") else None
-        dtype = t.dtype() if hasattr(t, "dtype") else None
-        specs.append((list(sizes) if sizes is not None else None, dtype))
-    return specs
-
-
-def _flatten(x) -> list:
-    if isinstance(x, (list, tuple)):
-        out = []
-        for item in x:
-            out += _flatten(item)
-        return out
-    return [x]
-
-
 def drop_batch_axis(arr):
     """Remove icefall's batch axis the way sherpa-ncnn lays the blob out.
 
@@ -92,38 +73,44 @@ def _precision(bin_path: Path, param_path: Path) -> str:
 
 
 def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, features=None, seed: int = 0,
-                threads: int = 1) -> list[NumericResult]:
-    """Feed torch and ncnn the same inputs (two chunks for encoders, states carried) and compare every output."""
+                threads: int = 1, shape_files: list[Path] | None = None, metadata_specs=None,
+                frames: int | None = None) -> list[NumericResult]:
+    """Feed torch and ncnn the same inputs (two chunks for encoders, states carried) and compare every output.
+
+    The traced module is called the way it was traced (core.traced: lists, tuples, constants), with pnnx's
+    flat numbering in0..inK on both sides. ``frames``: the encoder chunk sherpa-ncnn feeds (from the
+    metadata), when it differs from the traced one (icefall traces its LSTM on 100 frames, sherpa-ncnn feeds 9).
+    """
     import ncnn
     import numpy as np
     import torch
 
-    try:  # the traced input shapes are only kept when asked for (torch >= 2.1)
-        module = torch.jit.load(str(pt), map_location="cpu", _restore_shapes=True).eval()
-    except TypeError:  # pragma: no cover - older torch
-        module = torch.jit.load(str(pt), map_location="cpu").eval()
-    specs = _input_specs(module)
+    from .traced import load
+    traced = load(pt, shape_files, metadata_specs)
+    traced._need_specs()
     rng = np.random.default_rng(seed)
+    lengths = traced.lengths_index() if net == "encoder" else None
+    chunk = (frames or traced.specs[0].shape[1]) if net == "encoder" else None
     inputs = []
-    for i, (shape, dtype) in enumerate(specs):
-        if shape is None:
-            raise ValueError(f"{pt}: input {i} has no recorded shape")
-        shape = [1] + list(shape[1:]) if net == "decoder" else shape
-        if dtype == torch.bool:  # e.g. the decoder's need_pad: a constant of the trace, not an ncnn input
-            inputs.append(torch.zeros(shape, dtype=torch.bool))
-        elif dtype in (torch.int64, torch.int32):
-            if net == "encoder":  # lengths: the number of feature frames
-                inputs.append(torch.full(shape, specs[0][0][1], dtype=dtype))
+    for i, spec in enumerate(traced.specs):
+        shape, dtype = list(spec.shape), spec.dtype
+        if net == "decoder":
+            shape = [1] + shape[1:]
+        if net == "encoder" and i == 0:
+            shape[1] = chunk
+            x = np.zeros(shape[1:], dtype=np.float32)
+            if features is not None:
+                take = features[:chunk]
+                x[: len(take)] = take
             else:
-                inputs.append(torch.tensor(rng.integers(1, 8, size=shape), dtype=dtype))
-        elif net == "encoder" and i == 0 and features is not None:
-            t = shape[1]
-            chunk = np.zeros((t, shape[2]), dtype=np.float32)
-            take = features[:t]
-            chunk[: len(take)] = take
-            inputs.append(torch.from_numpy(chunk).unsqueeze(0))
-        elif net == "encoder" and i > 0:
-            inputs.append(torch.zeros(shape))
+                x = rng.standard_normal(shape[1:]).astype(np.float32)
+            inputs.append(torch.from_numpy(x).unsqueeze(0))
+        elif i == lengths:  # the number of feature frames fed
+            inputs.append(torch.full(shape, chunk, dtype=getattr(torch, dtype)))
+        elif net == "encoder":  # states start from zero, as in icefall and sherpa-ncnn
+            inputs.append(torch.zeros(shape, dtype=getattr(torch, dtype)))
+        elif dtype.startswith("int"):
+            inputs.append(torch.tensor(rng.integers(1, 8, size=shape), dtype=getattr(torch, dtype)))
         else:
             inputs.append(torch.from_numpy(rng.standard_normal(shape).astype(np.float32)))
 
@@ -138,15 +125,13 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
     precision = _precision(binary, param)
     chunks = 2 if net == "encoder" else 1
     results: list[NumericResult] = []
-    state_map = {2: 2, 3: 3} if arch == "lstm" else None
-    for chunk in range(chunks):
-        with torch.no_grad():
-            ref = [t.detach().numpy() for t in _flatten(module(*inputs))]
+    for c in range(chunks):
+        outs = traced(inputs)
+        ref = [t.detach().numpy() for t in outs]
         ex = ncnn_net.create_extractor()
         ex.set_light_mode(False)  # several outputs are extracted: light mode recycles blobs and can crash
-        fed = [t for t in inputs if t.dtype != torch.bool]
         arrays = []  # ncnn.Mat borrows the numpy buffer: keep every array alive until extraction is done
-        for k, tensor in enumerate(fed):
+        for k, tensor in enumerate(inputs):
             arr = drop_batch_axis(tensor.numpy())
             if arr.dtype in (np.int64, np.int32):  # lengths are float Mats in sherpa-ncnn; token ids are int32
                 arr = arr.astype(np.float32) if net == "encoder" else arr.astype(np.int32)
@@ -170,7 +155,7 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
                                     float(diff.mean()) if diff.size else 0.0, tol,
                                     bool(diff.size == 0 or diff.max() <= tol))
             if chunks > 1:
-                res.note = f"chunk {chunk}"
+                res.note = f"chunk {c}"
             if k == 0 or net != "encoder" or not res.ok:
                 results.append(res)
             elif worst_state is None or res.max_abs / res.tolerance > worst_state.max_abs / worst_state.tolerance:
@@ -179,19 +164,16 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
             worst_state.output = f"states out1..out{len(ref) - 1} (worst {worst_state.output})"
             results.append(worst_state)
         if net == "encoder":  # carry torch's new states into the next chunk
-            outs = _flatten(module(*inputs))
-            for k in range(1, len(inputs)):
-                src = state_map.get(k) if state_map is not None else k
-                if src is not None and src < len(outs) and outs[src].shape == inputs[k].shape:
-                    inputs[k] = outs[src].detach()
+            for k in traced.state_indices():
+                if k < len(outs) and outs[k].shape == inputs[k].shape:
+                    inputs[k] = outs[k].detach()
+            x = np.zeros((chunk, inputs[0].shape[2]), dtype=np.float32)
             if features is not None:
-                t = specs[0][0][1]
-                nxt = np.zeros((t, specs[0][0][2]), dtype=np.float32)
-                take = features[t: 2 * t]  # the next frames; chunk overlap does not matter for a comparison
-                nxt[: len(take)] = take
-                inputs[0] = torch.from_numpy(nxt).unsqueeze(0)
+                take = features[chunk: 2 * chunk]  # the next frames; chunk overlap does not matter for a comparison
+                x[: len(take)] = take
             else:
-                inputs[0] = torch.from_numpy(rng.standard_normal(tuple(inputs[0].shape)).astype(np.float32))
+                x = rng.standard_normal(x.shape).astype(np.float32)
+            inputs[0] = torch.from_numpy(x).unsqueeze(0)
     return results
 
 
@@ -210,7 +192,8 @@ for item in cfg["inputs"]:
     r.accept_waveform(16000, samples)
     r.accept_waveform(16000, np.zeros(int(16000 * cfg["tail"]), dtype=np.float32))
     r.input_finished()
-    print("RESULT " + json.dumps({"wav": item["wav"], "text": r.text, "tokens": list(r.tokens)}), flush=True)
+    print("RESULT " + json.dumps({"wav": item["wav"], "text": r.text, "tokens": [int(t) for t in r.tokens],
+                                  "timestamps": [float(t) for t in r.timestamps]}), flush=True)
 """
 
 
@@ -315,12 +298,16 @@ def detect_arch(out: Path) -> str | None:
 
 
 def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[str, str], report: dict,
-                  print_fn=print, target: float = 0.99) -> None:
-    """The int8 set: decoded by sherpa-ncnn, and compared with fp32 on the same inputs (cosine per output)."""
+                  print_fn=print, target: float = 0.99, traced_dir: Path | None = None, arch: str | None = None,
+                  extra_dirs: tuple[Path, ...] = ()) -> None:
+    """The int8 set: decoded by sherpa-ncnn, its token agreement with torch (when the traced modules are
+    there; reported, not failed), and compared with fp32 on the same inputs (cosine per output)."""
     from .calibration_run import ModelFiles
     from .int8_check import compare_int8
     report_decode(decode(out, wavs, references, int8=True), report, print_fn,
                   describe=lambda item: f"{item['text']!r}", key="decode_int8")
+    if traced_dir is not None:
+        check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn, extra_dirs)
     fp32 = ModelFiles(out / "encoder_jit_trace-pnnx.ncnn.param", fp32_dir / "encoder_jit_trace-pnnx.ncnn.bin",
                       out / "decoder_jit_trace-pnnx.ncnn.param", out / "decoder_jit_trace-pnnx.ncnn.bin",
                       out / "joiner_jit_trace-pnnx.ncnn.param", fp32_dir / "joiner_jit_trace-pnnx.ncnn.bin")
@@ -336,6 +323,22 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
         if s.mean_cosine < target:
             report["notes"].append(f"int8 {s.net} {s.output}: mean cosine {s.mean_cosine:.4f} is below {target}; "
                                    "try more calibration audio, or keep the most sensitive layers in float")
+
+
+def _torch_setup(out: Path, arch: str | None, traced_dir: Path, net: str) -> dict:
+    """Where the shapes of a traced module's inputs can be found, and the chunk sherpa-ncnn feeds."""
+    from .agreement import AgreementError, _metadata, stream_geometry
+    from .traced import shape_files_near, specs_from_metadata
+    pt = traced_dir / f"{net}_jit_trace-pnnx.pt"
+    kw: dict = {"shape_files": shape_files_near(pt, out / "work" / "pnnx")}
+    if net == "encoder":
+        try:
+            meta, name = _metadata(out, arch)
+            kw["metadata_specs"] = specs_from_metadata(name, meta)
+            kw["frames"] = stream_geometry(name, meta)[0]
+        except (AgreementError, KeyError, TypeError, ValueError, OSError):
+            pass  # no usable metadata: the traced shapes are used
+    return kw
 
 
 def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
@@ -359,7 +362,8 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
                 try:
                     results = compare_net(net, traced_dir / f"{net}_jit_trace-pnnx.pt",
                                           out / f"{net}_jit_trace-pnnx.ncnn.param",
-                                          out / f"{net}_jit_trace-pnnx.ncnn.bin", arch or "", features)
+                                          out / f"{net}_jit_trace-pnnx.ncnn.bin", arch or "", features,
+                                          **_torch_setup(out, arch, traced_dir, net))
                 except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
                     report["ok"] = False
                     msg = f"-[✗] {net}: numeric check failed: {exc}"
@@ -372,7 +376,21 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
                     report["ok"] &= r.ok
     if run_decode:
         report_decode(decode(out, wavs, references), report, print_fn)
+        check_agreement(out, arch, traced_dir, report["decode"], report, print_fn)
     return report
+
+
+def check_agreement(out: Path, arch: str | None, traced_dir: Path | None, decoded: dict | None, report: dict,
+                    print_fn=print, extra_dirs: tuple[Path, ...] = ()) -> None:
+    """torch vs sherpa-ncnn token agreement on the decoded wavs (core.agreement); never raises."""
+    from .agreement import check
+    try:
+        check(out, arch, traced_dir, decoded, report, TAIL_PADDING_SECONDS, print_fn, extra_dirs)
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure is a failed check, said in one line
+        report["ok"] = False
+        report.setdefault("agreement", []).append({"model": (decoded or {}).get("model"), "error": str(exc),
+                                                   "match": False})
+        print_fn(f"-[✗] agreement: {type(exc).__name__}: {exc}")
 
 
 def report_decode(d: DecodeResult, report: dict, print_fn=print,
@@ -407,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda s: print(s, flush=True)  # noqa: E731
     report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
     if a.int8:
-        validate_int8(a.out, a.fp32_dir or a.out / "work" / "fp32", a.wav, refs, report, print_fn=say)
+        validate_int8(a.out, a.fp32_dir or a.out / "work" / "fp32", a.wav, refs, report, print_fn=say,
+                      traced_dir=a.traced_dir, arch=a.arch)
     return finish_report(report, a.json_out)
 
 
