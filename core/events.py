@@ -48,6 +48,7 @@ class RunFinished:
     status: str  # "ok", "failed" or "cancelled"
     seconds: float
     out_dir: str
+    error: str | None = None  # a failure before any step ran (e.g. another run holds the directory)
 
 
 Event = StepStarted | LogLines | Progress | StepFinished | RunFinished

@@ -251,9 +251,11 @@ def apply_plan(plan: MetadataPlan, path: str | Path) -> ApplyResult:
         raise ApplyError(f"{path}: the file changed since the preview was made; preview it again before writing")
     try:
         backup = backup_once(path, current)
-        atomic_write_bytes(path, plan.new_bytes)
+        written = atomic_write_bytes(path, plan.new_bytes)
     except WriteError as exc:
         raise ApplyError(str(exc)) from None
     verb = "inserted" if plan.action == "insert" else "replaced"
+    via = f" (in {written}, the file the link {path} points to; the link is kept)" if written != path else ""
     return ApplyResult(True, str(path), str(backup) if backup else None,
-                       f"{verb} the metadata at line {plan.line_no}; header {plan.header_before} -> {plan.header_after}")
+                       f"{verb} the metadata at line {plan.line_no}{via}; header {plan.header_before} -> "
+                       f"{plan.header_after}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ MAGIC = "7767517"
 MAX_PARAM_ID = 32  # NCNN_MAX_PARAM_COUNT
 ARRAY_KEY_BASE = -23300
 MAX_SCALAR_CHARS = 15  # ncnn scans values with %15[^,\n ]
+MAX_COUNT_DIGITS = 9  # counts, keys and array lengths: ncnn reads them as int; anything longer is hostile or broken
+MAX_PARAM_BYTES = 256 << 20  # the largest published encoder .param is a few MB; more is not a param file
 
 _LINE_RE = re.compile(r"([^\r\n]*)(\r\n|\n|\r|\Z)")
 _TOKEN_RE = re.compile(r'[^\s=]+="[^"]*(?:"|$)|\S+')
@@ -257,7 +260,18 @@ def load_param(path: str | os.PathLike) -> ParseResult:
     source = str(path)
     p = Path(path)
     try:
-        data = p.read_bytes()
+        st = p.stat()
+        if p.is_dir():
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):
+            return ParseResult(None, [ParamIssue(None, "is not a regular file (a device, pipe or socket); "
+                                                       "give the path of a .param file")], source)
+        if st.st_size > MAX_PARAM_BYTES:
+            return ParseResult(None, [ParamIssue(None, f"is {st.st_size:,} bytes; an ncnn .param is text of a few MB "
+                                                       f"at most (limit {MAX_PARAM_BYTES:,}); is this a .bin file?")],
+                               source)
+        with open(p, "rb") as fh:
+            data = fh.read(MAX_PARAM_BYTES + 1)
     except FileNotFoundError:
         return ParseResult(None, [ParamIssue(None, "file not found; check the path")], source)
     except IsADirectoryError:
@@ -297,10 +311,12 @@ def parse_param(data: bytes | str, source: str = "<param>") -> ParseResult:
                                                             "this is not an ncnn text param file")], source)
     header_idx = next(content, None)
     header = _split_eol(lines[header_idx])[0].split() if header_idx is not None else []
-    if len(header) != 2 or not all(_INT_RE.match(x) and int(x) >= 0 for x in header):
+    if len(header) != 2 or not all(_INT_RE.match(x) and len(x.lstrip("+-")) <= MAX_COUNT_DIGITS and int(x) >= 0
+                                   for x in header):
         found = _split_eol(lines[header_idx])[0].strip() if header_idx is not None else "nothing"
         where = header_idx + 1 if header_idx is not None else magic_idx + 2
-        return ParseResult(None, [ParamIssue(where, f"expected the header 'layer_count blob_count' (two whole numbers), found {found!r}")], source)
+        return ParseResult(None, [ParamIssue(where, f"expected the header 'layer_count blob_count' (two whole numbers of at most "
+                                                   f"{MAX_COUNT_DIGITS} digits), found {_clip(found)!r}")], source)
     layer_count, blob_count = int(header[0]), int(header[1])
 
     layers: list[Layer] = []
@@ -323,6 +339,10 @@ def parse_param(data: bytes | str, source: str = "<param>") -> ParseResult:
 
 # -- internals ---------------------------------------------------------------
 
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _split_eol(line: str) -> tuple[str, str]:
     if line.endswith("\r\n"):
         return line[:-2], "\r\n"
@@ -342,18 +362,18 @@ def _split_lines(text: str) -> list[str]:
 
 
 def _is_count(text: str) -> bool:
-    return text.isdigit() and text.isascii()
+    return text.isdigit() and text.isascii() and len(text) <= MAX_COUNT_DIGITS
 
 
 def _parse_layer(body: str, line: int, index: int, issues: list[ParamIssue], cache: dict) -> Layer | None:
     tokens = _TOKEN_RE.findall(body) if '"' in body else body.split()
     if len(tokens) < 4:
-        issues.append(ParamIssue(line, f"a layer line needs 'type name bottom_count top_count ...', found {body.strip()[:60]!r}"))
+        issues.append(ParamIssue(line, f"a layer line needs 'type name bottom_count top_count ...', found {_clip(body.strip())!r}"))
         return None
     type_, name, bc_s, tc_s = tokens[:4]
     if not (_is_count(bc_s) and _is_count(tc_s)):
         issues.append(ParamIssue(line, f"layer {name!r} ({type_}): bottom and top counts must be whole numbers, "
-                                       f"found {bc_s!r} and {tc_s!r}"))
+                                       f"found {_clip(bc_s, 20)!r} and {_clip(tc_s, 20)!r}"))
         return None
     bc, tc = int(bc_s), int(tc_s)
     n = bc + tc
@@ -401,8 +421,9 @@ def _parse_layer(body: str, line: int, index: int, issues: list[ParamIssue], cac
 
 def _parse_param_token(tok: str, where: str, line: int, issues: list[ParamIssue]) -> Param | None:
     key, _, raw = tok.partition("=")
-    if not _INT_RE.match(key):
-        issues.append(ParamIssue(line, f"{where}: malformed key in {tok!r}; keys are whole numbers"))
+    if not _INT_RE.match(key) or len(key.lstrip("+-")) > MAX_COUNT_DIGITS:
+        issues.append(ParamIssue(line, f"{where}: malformed key in {tok[:40]!r}; keys are whole numbers "
+                                       f"(at most {MAX_COUNT_DIGITS} digits)"))
         return None
     k = int(key)
     old_style = k <= ARRAY_KEY_BASE
@@ -417,13 +438,14 @@ def _parse_param_token(tok: str, where: str, line: int, issues: list[ParamIssue]
     if raw[0] != '"' and not (raw[0].isalpha()):
         too_long = [v for v in raw.split(",") if len(v) > MAX_SCALAR_CHARS]
         if too_long:
-            issues.append(ParamIssue(line, f"{where}: value {too_long[0]!r} of key {key} is longer than "
+            issues.append(ParamIssue(line, f"{where}: value {_clip(too_long[0], 20)!r} of key {key} is longer than "
                                            f"{MAX_SCALAR_CHARS} characters; ncnn reads at most {MAX_SCALAR_CHARS}"))
             return None
     if old_style:
         parts = raw.split(",")
-        if not _INT_RE.match(parts[0]):
-            issues.append(ParamIssue(line, f"{where}: array key {key} must start with its length, found {parts[0]!r}"))
+        if not _INT_RE.match(parts[0]) or len(parts[0]) > MAX_COUNT_DIGITS:
+            issues.append(ParamIssue(line, f"{where}: array key {key} must start with its length, found "
+                                           f"{parts[0][:20]!r}"))
             return None
         n, elems = int(parts[0]), parts[1:]
         if elems and elems[-1] == "":

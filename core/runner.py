@@ -19,15 +19,17 @@ import os
 import re
 import shlex
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, sweep_temp_files
 from .events import LogLines, Progress, RunFinished, StepFinished, StepStarted
 from .hints import hint_for
+from .locks import LockError, RunLock
 from .progress import PARSERS
 
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[@-Z\\-_]")
@@ -170,7 +172,23 @@ class Runner:
     async def run(self) -> str:
         started = time.monotonic()
         out = self.plan.out_dir
+        lock = RunLock(out, command=shlex.join(sys.argv[:8]))
+        try:
+            lock.acquire()
+        except (LockError, OSError) as exc:
+            message = str(exc) if isinstance(exc, LockError) else f"{out}: cannot be used ({exc.strerror})"
+            self.on_event(RunFinished("failed", 0.0, str(out), error=message))
+            return "failed"
+        try:
+            return await self._run_locked(started, out)
+        finally:
+            lock.release()
+
+    async def _run_locked(self, started: float, out: Path) -> str:
         (out / "logs").mkdir(parents=True, exist_ok=True)
+        for note in sweep_temp_files(out) + [n for d in {p.parent for s in self.plan.steps for p in s.outputs}
+                                             if d != out for n in sweep_temp_files(d)]:
+            self.on_event(LogLines(self.plan.steps[0].id if self.plan.steps else "run", (f"[cleanup] {note}",)))
         state = self._load_state() if self.resume else {"version": 1, "steps": {}}
         status = "ok"
         total = len(self.plan.steps)

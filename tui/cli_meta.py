@@ -42,6 +42,18 @@ def run_meta(args) -> int:
     result["line"] = metadata.line
     result["entries"] = [{"key": e.key, "text": e.text, "value": list(e.value) if isinstance(e.value, tuple) else e.value,
                           "source": e.source} for e in metadata.entries]
+    if not args.apply:
+        return _plan_and_apply(args, result, metadata, resolved, spec)
+    from core.locks import LockError, edit_lock
+    try:  # read, plan and write under one lock: a concurrent --apply waits, then sees this one's result
+        with edit_lock(args.param):
+            return _plan_and_apply(args, result, metadata, resolved, spec)
+    except LockError as exc:
+        result["errors"].append(str(exc))
+        return _finish(args, result, EXIT_FAILED, spec)
+
+
+def _plan_and_apply(args, result: dict, metadata, resolved, spec) -> int:
     parsed = load_param(args.param)
     if parsed.model is None:
         result["errors"] += [f"{args.param}: {i}" for i in parsed.issues]

@@ -153,6 +153,8 @@ class PlainRenderer:
                 self.c.print(f"      {event.step}:{frac} {event.note}")
         elif isinstance(event, StepFinished):
             self._finished(event)
+        elif isinstance(event, RunFinished) and event.error:
+            self.c.print(Text(f"error: {event.error}", style="bold red"))
 
     def _finished(self, e: StepFinished) -> None:
         mark, style = STATUS_MARK.get(e.status, ("?", ""))
@@ -201,6 +203,8 @@ class RichRenderer(PlainRenderer):
             self._finished(event)
         elif isinstance(event, RunFinished):
             self.progress.stop()
+            if event.error:
+                self.c.print(Text(f"error: {event.error}", style="bold red"))
 
     def close(self) -> None:
         self.progress.stop()

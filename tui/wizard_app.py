@@ -243,6 +243,8 @@ class WizardApp(App):
             self.run_model.handle(event)
         if isinstance(event, RunFinished):
             from .wizard_run import RunScreen
+            if event.error:
+                self.notify(event.error, title="run not started", severity="error", timeout=15)
             for screen in self.screen_stack:
                 if isinstance(screen, RunScreen):
                     screen.run_finished()

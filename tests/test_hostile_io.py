@@ -1,0 +1,168 @@
+"""Files the tool writes and edits: permissions, owners, links, backups, pairs, leftovers, locks, bounds."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.atomic import (TEMP_SUFFIX, WriteError, atomic_write_bytes, atomic_write_pair, backup_once,
+                         recover_pairs, sweep_temp_files, temp_name)
+from core.locks import LockError, RunLock, edit_lock
+from core.ncnn_param import load_param, parse_param
+
+from conftest import FIXTURES, fixture_flags
+
+LSTM_PARAM = FIXTURES / "lstm" / "encoder_jit_trace-pnnx.ncnn.param"
+
+
+def test_new_files_follow_the_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "new.txt", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_replace_keeps_mode_and_refuses_read_only_unless_forced(tmp_path):
+    f = tmp_path / "a.param"
+    f.write_bytes(b"old")
+    os.chmod(f, 0o640)
+    atomic_write_bytes(f, b"new")
+    assert f.read_bytes() == b"new" and f.stat().st_mode & 0o777 == 0o640
+    os.chmod(f, 0o444)
+    with pytest.raises(WriteError, match="read-only"):
+        atomic_write_bytes(f, b"newer")
+    assert f.read_bytes() == b"new"
+    atomic_write_bytes(f, b"forced", force=True)
+    assert f.read_bytes() == b"forced" and f.stat().st_mode & 0o777 == 0o444
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_replace_keeps_another_users_ownership(tmp_path):
+    f = tmp_path / "theirs.param"
+    f.write_bytes(b"old")
+    os.chown(f, 65534, 65534)
+    atomic_write_bytes(f, b"new")
+    st = f.stat()
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
+
+
+def test_symlink_is_edited_through_its_target(tmp_path):
+    real = tmp_path / "real.param"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.param"
+    link.symlink_to(real)
+    written = atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and written == real and real.read_bytes() == b"new"
+
+
+def test_output_that_is_a_directory_is_a_sentence(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(WriteError, match="not a regular file"):
+        atomic_write_bytes(tmp_path / "d", b"x")
+
+
+def test_backup_is_written_atomically_and_never_truncated(tmp_path):
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"A" * 100_000)
+    b = backup_once(f)
+    assert b.read_bytes() == b"A" * 100_000
+    assert not list(tmp_path.glob(f"*{TEMP_SUFFIX}"))
+    f.write_bytes(b"B")
+    assert backup_once(f).read_bytes() == b"A" * 100_000  # the first original survives
+
+
+def test_pair_commit_leaves_no_new_bin_beside_an_old_param_after_a_kill(tmp_path):
+    param, binary = tmp_path / "m.param", tmp_path / "m.bin"
+    param.write_bytes(b"old param")
+    binary.write_bytes(b"old bin")
+    # a child is killed right after it renamed the .bin (the .param rename never happened)
+    code = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+import core.atomic as a
+real = a._commit
+def commit(tmp, target):
+    real(tmp, target)
+    if str(target).endswith('.bin'):
+        os.kill(os.getpid(), 9)
+a._commit = commit
+a.atomic_write_pair({str(param)!r}, b'new param', {str(binary)!r}, b'new bin')
+"""
+    r = subprocess.run([sys.executable, "-c", code])
+    assert r.returncode == -9
+    assert binary.read_bytes() == b"new bin"
+    assert not param.exists()  # never the old param beside the new bin
+    notes = sweep_temp_files(tmp_path)  # the next run rolls the pair forward
+    assert param.read_bytes() == b"new param" and binary.read_bytes() == b"new bin"
+    assert any("interrupted write" in n for n in notes)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_pair_commit_normal(tmp_path):
+    atomic_write_pair(tmp_path / "x.param", b"p", tmp_path / "x.bin", b"b")
+    assert (tmp_path / "x.param").read_bytes() == b"p" and (tmp_path / "x.bin").read_bytes() == b"b"
+    assert recover_pairs(tmp_path) == []
+
+
+def test_leftover_temp_files_of_dead_processes_are_swept_and_named(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".encoder.bin.{dead.stdout.strip()}{TEMP_SUFFIX}"
+    leftover.write_bytes(b"x" * 1000)
+    mine = temp_name(tmp_path / "busy.bin")
+    mine.write_bytes(b"y")
+    notes = sweep_temp_files(tmp_path)
+    assert not leftover.exists() and any("1,000 bytes" in n for n in notes)
+    assert not mine.exists()  # our own pid: not a live writer in another process
+
+
+def test_run_lock_refuses_a_second_run_by_name(tmp_path):
+    with RunLock(tmp_path, command="run --demo lstm"):
+        with pytest.raises(LockError, match="another sherpa-ncnn-wizard run.*run --demo lstm"):
+            RunLock(tmp_path).acquire()
+    RunLock(tmp_path).acquire().release()  # free again
+
+
+def test_edit_lock_follows_a_replaced_file(tmp_path):
+    f = tmp_path / "e.param"
+    f.write_bytes(b"1")
+    with edit_lock(f):
+        atomic_write_bytes(f, b"2")  # new inode
+    with edit_lock(f, wait=1):
+        assert f.read_bytes() == b"2"
+
+
+def test_two_concurrent_meta_apply_lose_no_edit(tmp_path):
+    """Both processes edit the same file; the second must see the first one's result, not overwrite it."""
+    p = tmp_path / "encoder_jit_trace-pnnx.ncnn.param"
+    p.write_bytes(LSTM_PARAM.read_bytes())
+    flags = fixture_flags("lstm")
+    cli = [sys.executable, "-m", "tui.cli", "meta", str(p), "--arch", "lstm", "--apply", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen(cli + flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
+    results = [json.loads(pr.communicate()[0]) for pr in procs]
+    actions = sorted(r["action"] for r in results)
+    assert actions == ["insert", "unchanged"], actions
+    model = load_param(p).model
+    assert len(model.layers_of_type("SherpaMetaData")) == 1 and not model.errors
+
+
+@pytest.mark.parametrize("text", [
+    "7767517\n" + "9" * 5000 + " 1\nInput in0 0 1 in0\n",
+    "7767517\n1 1\nInput in0 " + "9" * 5000 + " 1 in0\n",
+    "7767517\n1 1\nInput in0 0 1 in0 " + "9" * 5000 + "=1\n",
+    "7767517\n1 1\nInput in0 0 1 in0 -23300=" + "9" * 5000 + ",1\n",
+], ids=["header", "blob-count", "key", "array-length"])
+def test_huge_integers_are_issues_not_exceptions(text):
+    parsed = parse_param(text)
+    assert parsed.issues and all(len(str(i)) < 400 for i in parsed.issues)
+
+
+def test_non_regular_param_is_refused_without_reading(tmp_path):
+    parsed = load_param("/dev/zero")
+    assert parsed.model is None and "not a regular file" in str(parsed.issues[0])
