@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_pair
 from .calibrate import CalibrationError, ScaleTable
 from .calibration_run import Keeper, register_meta_layer
 from .ncnn_param import load_param
@@ -553,8 +553,7 @@ def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_
         new_model = new_model.with_line_replaced(layer.line, f"{line} {key}={INT8_SCALE_TERM}")
     new_bytes = bytes(out)
     _verify(new_model.to_bytes(), new_bytes, out_param)
-    atomic_write_bytes(out_bin, new_bytes)
-    atomic_write_bytes(out_param, new_model.to_bytes())
+    atomic_write_pair(out_param, new_model.to_bytes(), out_bin, new_bytes)  # never a new .bin beside an old .param
     return QuantizeReport(quantized, kept, len(data), len(new_bytes), before, after, dynamic_done, fp16_layers, notes)
 
 

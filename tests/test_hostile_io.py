@@ -14,7 +14,7 @@ from core.atomic import (TEMP_SUFFIX, WriteError, atomic_write_bytes, atomic_wri
 from core.locks import LockError, RunLock, edit_lock
 from core.ncnn_param import load_param, parse_param
 
-from conftest import FIXTURES, fixture_flags
+from conftest import FIXTURES, SHARED_FIXTURES, fixture_flags
 
 LSTM_PARAM = FIXTURES / "lstm" / "encoder_jit_trace-pnnx.ncnn.param"
 
@@ -166,3 +166,28 @@ def test_huge_integers_are_issues_not_exceptions(text):
 def test_non_regular_param_is_refused_without_reading(tmp_path):
     parsed = load_param("/dev/zero")
     assert parsed.model is None and "not a regular file" in str(parsed.issues[0])
+
+
+def _joiner(tmp_path):
+    src = SHARED_FIXTURES / "lstm"
+    for ext in ("param", "bin"):
+        (tmp_path / f"j.{ext}").write_bytes((src / f"joiner_jit_trace-pnnx.ncnn.{ext}").read_bytes())
+    return tmp_path / "j.param", tmp_path / "j.bin"
+
+
+def test_quantize_refuses_to_overwrite_its_input_and_says_so_in_json(tmp_path, cli):
+    param, binary = _joiner(tmp_path)
+    before = param.read_bytes()
+    table = tmp_path / "t.txt"
+    table.write_text("")
+    code, out, _ = cli("quantize", param, binary, param, tmp_path / "q.bin", table, "--json")
+    assert code == 2 and "same file as PARAM" in json.loads(out)["error"]
+    assert param.read_bytes() == before
+
+
+def test_quantize_non_utf8_table_is_a_sentence(tmp_path, cli):
+    param, binary = _joiner(tmp_path)
+    table = tmp_path / "t.txt"
+    table.write_bytes(b"\xff\xfe\x00")
+    code, out, err = cli("quantize", param, binary, tmp_path / "o.param", tmp_path / "o.bin", table)
+    assert code == 2 and "not a text scale table" in err and "Traceback" not in err

@@ -69,19 +69,53 @@ def run_calibrate(args) -> int:
     return EXIT_OK
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and a.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def quantize_usage_problems(args) -> list[str]:
+    """Outputs that would overwrite an input (the fp32 model or the table) are refused before anything runs."""
+    ins = {"PARAM": Path(args.param), "BIN": Path(args.bin), "TABLE": Path(args.table)}
+    outs = {"OUT_PARAM": Path(args.out_param), "OUT_BIN": Path(args.out_bin)}
+    problems = [f"{o} {op} is the same file as {i} {ip}; write the int8 model to new files"
+                for o, op in outs.items() for i, ip in ins.items() if _same_file(ip, op)]
+    if _same_file(outs["OUT_PARAM"], outs["OUT_BIN"]):
+        problems.append(f"OUT_PARAM and OUT_BIN are the same file ({args.out_param}); give two names")
+    return problems
+
+
 def run_quantize(args) -> int:
+    from core.atomic import WriteError
     from core.calibrate import CalibrationError, read_table
     from core.quantize import quantize
 
+    def fail(message: str, code: int) -> int:
+        if args.json:
+            emit_json({"ok": False, "error": message})
+        else:
+            stderr_console().print(Text("error: ", style="bold red") + Text(message))
+        return code
+
+    problems = quantize_usage_problems(args)
+    if problems:
+        return fail("; ".join(problems), EXIT_BAD_INPUT)
     try:
-        table = read_table(Path(args.table).read_text(), args.table)
+        table_bytes = Path(args.table).read_bytes()
+        try:
+            table_text = table_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return fail(f"{args.table}: is not a text scale table (byte {exc.start} is not UTF-8)", EXIT_BAD_INPUT)
+        table = read_table(table_text, args.table)
         report = quantize(Path(args.param), Path(args.bin), table, Path(args.out_param), Path(args.out_bin))
     except OSError as exc:
-        stderr_console().print(f"error: {exc.filename}: {exc.strerror}")
-        return EXIT_BAD_INPUT
+        return fail(f"{exc.filename}: {exc.strerror}", EXIT_BAD_INPUT)
     except CalibrationError as exc:
-        stderr_console().print(Text("error: ", style="bold red") + Text(str(exc)))
-        return EXIT_FAILED
+        return fail(str(exc), EXIT_BAD_INPUT)
+    except WriteError as exc:
+        return fail(str(exc), EXIT_FAILED)
     data = {"ok": True, "quantized": report.quantized, "dynamic": report.dynamic, "fp16": report.fp16,
             "notes": report.notes, "kept_float": report.kept_float,
             "bin_bytes": [report.bytes_before, report.bytes_after],
