@@ -10,6 +10,7 @@ defaults) and ../shared/reference/sherpa-ncnn.md (metadata keys, I/O contract).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -19,6 +20,16 @@ Values = Mapping[str, Value]
 ZIPFORMER_PAD_LENGTH = 7  # icefall's export traces T = decode_chunk_len + 7
 ZIPFORMER_MODEL_VERSION = 1  # sherpa-ncnn >= 2.0 exits when key 15 < 1
 SUBSAMPLING = 4
+
+
+# Upper bounds by part of the flag name (the longest matching part decides): 10-100x what published models use,
+# so a typo or a hostile value is refused at once instead of sizing arrays, states or graphs by it.
+MAXIMUMS = {"layers": 256, "dim": 16384, "hidden": 16384, "feedforward": 65536, "kernel": 1023, "nhead": 256,
+            "chunk": 4096, "context-length": 4096, "left-chunks": 256, "downsampling": 64, "memory-size": 4096,
+            "context-size": 16, "period": 256}
+DEFAULT_MAXIMUM = 65536
+MAX_LIST_LENGTH = 16  # encoder stacks
+_INT_TEXT = re.compile(r"[+-]?[0-9]+\Z")
 
 
 @dataclass(frozen=True)
@@ -37,25 +48,37 @@ class HyperParam:
     training_only: bool = False  # has no effect on the exported graph
 
     @property
+    def maximum(self) -> int:
+        """Largest sane value: far above every published model, low enough that nothing sized by it runs away."""
+        matches = [k for k in MAXIMUMS if k in self.flag]
+        return MAXIMUMS[max(matches, key=len)] if matches else DEFAULT_MAXIMUM
+
+    @property
     def name(self) -> str:
         """icefall's attribute name (``--num-encoder-layers`` -> ``num_encoder_layers``)."""
         return self.flag.lstrip("-").replace("-", "_")
 
     def parse(self, text: str) -> Value:
-        """Parse icefall's syntax; raises ValueError with a sentence naming the flag."""
+        """Parse icefall's syntax; raises ValueError with a sentence naming the flag (bounds included)."""
         cleaned = str(text).strip().strip("\"'").strip()
+        shown = cleaned if len(cleaned) <= 40 else cleaned[:40] + "…"
         if self.kind == "int":
-            try:
-                return int(cleaned)
-            except ValueError:
-                raise ValueError(f"{self.flag}: {text!r} is not a whole number") from None
+            if len(cleaned) > 12 or not _INT_TEXT.match(cleaned):
+                raise ValueError(f"{self.flag}: {shown!r} is not a whole number (at most {self.maximum:,})")
+            return self._bounded(int(cleaned))
         parts = [p.strip() for p in cleaned.split(",")]
-        try:
-            values = tuple(int(p) for p in parts)
-        except ValueError:
-            raise ValueError(f"{self.flag}: {text!r} is not a comma-separated list of whole numbers "
-                             f"(like {self.default!r})") from None
-        return values
+        if len(parts) > MAX_LIST_LENGTH:
+            raise ValueError(f"{self.flag}: {len(parts)} values; at most {MAX_LIST_LENGTH} (one per encoder stack)")
+        if not all(len(p) <= 12 and _INT_TEXT.match(p) for p in parts):
+            raise ValueError(f"{self.flag}: {shown!r} is not a comma-separated list of whole numbers "
+                             f"(like {self.default!r})")
+        return tuple(self._bounded(int(p)) for p in parts)
+
+    def _bounded(self, value: int) -> int:
+        if value > self.maximum:
+            raise ValueError(f"{self.flag}: {value:,} is too large (at most {self.maximum:,}; published models use "
+                             f"{self.default})")
+        return value
 
     def format(self, value: Value) -> str:
         return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)

@@ -191,3 +191,15 @@ def test_quantize_non_utf8_table_is_a_sentence(tmp_path, cli):
     table.write_bytes(b"\xff\xfe\x00")
     code, out, err = cli("quantize", param, binary, tmp_path / "o.param", tmp_path / "o.bin", table)
     assert code == 2 and "not a text scale table" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("arch,flag,value", [
+    ("conv-emformer", "--num-encoder-layers", "999999999"),
+    ("zipformer", "--decode-chunk-len", "2147483648"),
+    ("zipformer", "--num-encoder-layers", ",".join(["2"] * 40)),
+    ("lstm", "--encoder-dim", "9" * 5000),
+])
+def test_hyperparameters_have_upper_bounds(arch, flag, value, cli_json):
+    code, data = cli_json("meta", FIXTURES / "lstm" / "encoder_jit_trace-pnnx.ncnn.param", "--arch", arch, flag, value)
+    assert code == 2
+    assert any(flag in e and ("at most" in e) for e in data["errors"]), data["errors"]
