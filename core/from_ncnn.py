@@ -1,11 +1,14 @@
 """``run --from-ncnn DIR``: start from existing pnnx output instead of a checkpoint.
 
-DIR holds ``{encoder,decoder,joiner}_jit_trace-pnnx.ncnn.{param,bin}`` and
-``tokens.txt`` as pnnx wrote them (optionally pnnx's ``encoder.pnnx.param``,
-reference outputs ``encoder-reference.npz`` / ``decoder-joiner-reference.npz``,
-and the traced ``*_jit_trace-pnnx.pt``). The plan: import (copy into OUT, with
-doctor-style checks; DIR is never written) -> rewrite -> metadata -> validate
--> summary. The originals are only read.
+DIR holds the three nets' ncnn files as pnnx wrote them, under pnnx's default names
+(``{encoder,decoder,joiner}_jit_trace_pnnx.ncnn.{param,bin}``, what ``pnnx encoder_jit_trace-pnnx.pt``
+writes) or the explicit ones (``*_jit_trace-pnnx.ncnn.*``), and ``tokens.txt``; optionally pnnx's own
+graph of the encoder (``encoder.pnnx.param`` / ``encoder_jit_trace[_-]pnnx.pnnx.param``), reference
+outputs ``encoder-reference.npz`` / ``decoder-joiner-reference.npz``, and the traced
+``*_jit_trace-pnnx.pt`` (in DIR, ``DIR/exp`` or ``DIR/traced``). pnnx's other files (``*.pnnx.bin``,
+``*.pnnx.onnx``, ``*_pnnx.py``, ``*_ncnn.py``) are ignored. The hyperparameters come from the encoder's
+graph where it shows them (core.graph_hparams). The plan: import (copy into OUT, with doctor-style checks;
+DIR is never written) -> rewrite -> metadata -> validate -> summary. The originals are only read.
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .architectures import ResolvedValues, get_arch, resolve
+from .architectures import ResolvedValues, get_arch
+from .graph_hparams import GraphReading, read_graph, reconcile
 from .metadata import runtime_layer_check
 from .ncnn_param import load_param
 from .pipeline import NETS, Layout, PlanError, _check_out_dir, _versions, ncnn_name, pt_name
@@ -27,6 +31,78 @@ from .tokens import read_tokens
 
 LFS_POINTER = b"version https://git-lfs"
 REFERENCE_FILES = ("encoder-reference.npz", "decoder-joiner-reference.npz")
+NCNN_NAMES = ("{net}_jit_trace-pnnx.ncnn.{ext}", "{net}_jit_trace_pnnx.ncnn.{ext}")  # explicit, pnnx's default
+PNNX_GRAPH_NAMES = ("encoder.pnnx.param", "encoder_jit_trace-pnnx.pnnx.param", "encoder_jit_trace_pnnx.pnnx.param")
+TRACED_SUBDIRS = (".", "exp", "traced")
+
+
+@dataclass
+class SourceFiles:
+    """Where DIR's files are, whichever of pnnx's naming schemes wrote them."""
+
+    src: Path
+    ncnn: dict[tuple[str, str], Path] = field(default_factory=dict)  # (net, ext) -> file
+    pnnx_graph: Path | None = None  # pnnx's own graph of the encoder
+    traced_dir: Path | None = None  # the directory with encoder_jit_trace-pnnx.pt
+    problems: list[str] = field(default_factory=list)
+
+    def encoder_param(self) -> Path:
+        return self.ncnn.get(("encoder", "param"), self.src / ncnn_name("encoder", "param"))
+
+
+def _ignored(name: str) -> bool:
+    """pnnx's by-products a user's folder has next to the ncnn files."""
+    return name.endswith((".pnnx.bin", ".pnnx.onnx", "_pnnx.py", "_ncnn.py"))
+
+
+def _near_misses(folder: Path, net: str, suffix: str) -> list[str]:
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    except OSError:
+        return []
+    return [n for n in names if net in n and n.endswith(suffix) and not _ignored(n)]
+
+
+def locate_source(src: Path) -> SourceFiles:
+    """Find the ncnn files, pnnx's graph and the traced encoder; name what was looked for and found instead."""
+    files = SourceFiles(src)
+    if not src.is_dir():
+        files.problems.append(f"--from-ncnn: {src} is not a directory")
+        return files
+    for net in NETS:
+        for ext in ("param", "bin"):
+            names = [n.format(net=net, ext=ext) for n in NCNN_NAMES]
+            hit = next((src / n for n in names if (src / n).is_file()), None)
+            if hit is not None:
+                files.ncnn[(net, ext)] = hit
+                continue
+            near = [n for n in _near_misses(src, net, f".{ext}") if n not in names]
+            found = f"; found instead: {', '.join(near)}" if near else ""
+            files.problems.append(f"--from-ncnn: {names[0]} not found in {src} (also looked for {names[1]}){found}")
+    subdirs = [src / d for d in TRACED_SUBDIRS]
+    for folder in subdirs:
+        hit = next((folder / n for n in PNNX_GRAPH_NAMES if (folder / n).is_file()), None)
+        if hit is None and folder.is_dir():
+            hit = next((p for p in sorted(folder.glob("encoder*_pnnx.pnnx.param")) if p.is_file()), None)
+        if hit is not None:
+            files.pnnx_graph = hit.resolve()
+            break
+    for folder in subdirs:
+        if (folder / pt_name("encoder")).is_file():
+            files.traced_dir = folder.resolve()
+            break
+    return files
+
+
+def traced_near_misses(src: Path) -> list[str]:
+    """Traced-looking files that are not named encoder_jit_trace-pnnx.pt (for "not found" messages)."""
+    out = []
+    for d in TRACED_SUBDIRS:
+        folder = src / d
+        if folder.is_dir():
+            out += [str((folder / n).relative_to(src)) for n in _near_misses(folder, "encoder", ".pt")
+                    if n != pt_name("encoder")]
+    return out
 
 
 @dataclass
@@ -39,44 +115,49 @@ class FromNcnnRun:
     warnings: list[str] = field(default_factory=list)
     script: str = ""
     config: object = None  # the WizardConfig it came from (for wizard.toml), when there is one
+    graph: GraphReading | None = None  # what the encoder's graph files revealed (values marked "graph")
 
     @property
     def out_dir(self) -> Path:
         return self.plan.out_dir
 
 
-def source_problems(src: Path) -> list[str]:
+def source_problems(src: Path, files: SourceFiles | None = None) -> list[str]:
     """What makes DIR unusable as pnnx output (missing files, git-lfs pointers, unparsable params)."""
-    problems = []
+    files = files or locate_source(src)
+    problems = list(files.problems)
     if not src.is_dir():
-        return [f"--from-ncnn: {src} is not a directory"]
-    for net in NETS:
-        for ext in ("param", "bin"):
-            p = src / ncnn_name(net, ext)
-            if not p.is_file():
-                problems.append(f"--from-ncnn: {p.name} not found in {src}")
-            elif ext == "bin":
-                with open(p, "rb") as fh:
-                    if fh.read(len(LFS_POINTER)) == LFS_POINTER:
-                        problems.append(f"--from-ncnn: {p.name} is a git-lfs pointer, not the weights; run "
-                                        "'git lfs pull' first")
-            else:
-                parsed = load_param(p)
-                if not parsed.ok:
-                    problems.append(f"--from-ncnn: {parsed.describe()}")
+        return problems
+    for (net, ext), p in files.ncnn.items():
+        if ext == "bin":
+            with open(p, "rb") as fh:
+                if fh.read(len(LFS_POINTER)) == LFS_POINTER:
+                    problems.append(f"--from-ncnn: {p.name} is a git-lfs pointer, not the weights; run "
+                                    "'git lfs pull' first")
+        else:
+            parsed = load_param(p)
+            if not parsed.ok:
+                problems.append(f"--from-ncnn: {parsed.describe()}")
     if not (src / "tokens.txt").is_file():
-        problems.append(f"--from-ncnn: tokens.txt not found in {src}")
+        near = _near_misses(src, "tokens", ".txt")
+        problems.append(f"--from-ncnn: tokens.txt not found in {src}" + (f"; found instead: {', '.join(near)}"
+                                                                         if near else ""))
     return problems
 
 
-def make_import(layout, src: Path, encoder: bool = True) -> Step:
+def make_import(layout, src: Path, encoder: bool = True, files: SourceFiles | None = None) -> Step:
     """Copy DIR's files into OUT (encoder raw into work/pnnx, decoder/joiner final) and check them.
 
-    ``encoder=False``: the encoder is converted again from its traced .pt instead (see make_reconvert)."""
-    copies = [(src / ncnn_name("encoder", e), layout.raw("encoder", e)) for e in ("param", "bin") if encoder]
-    if encoder and (src / "encoder.pnnx.param").is_file():
-        copies.append((src / "encoder.pnnx.param", layout.pnnx_dir / "encoder.pnnx.param"))
-    copies += [(src / ncnn_name(n, e), layout.final(n, e)) for n in ("decoder", "joiner") for e in ("param", "bin")]
+    ``encoder=False``: the encoder is converted again from its traced .pt instead (see make_reconvert).
+    The copies get the explicit names whichever naming scheme DIR uses."""
+    files = files or locate_source(src)
+
+    def found(net: str, ext: str) -> Path:
+        return files.ncnn.get((net, ext), src / ncnn_name(net, ext))
+    copies = [(found("encoder", e), layout.raw("encoder", e)) for e in ("param", "bin") if encoder]
+    if encoder and files.pnnx_graph is not None:
+        copies.append((files.pnnx_graph, layout.pnnx_dir / "encoder.pnnx.param"))
+    copies += [(found(n, e), layout.final(n, e)) for n in ("decoder", "joiner") for e in ("param", "bin")]
     copies.append((src / "tokens.txt", layout.tokens))
 
     def run(ctx: StepContext) -> None:
@@ -148,10 +229,9 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
     src = Path(src).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve()
     spec = get_arch(arch)
-    resolved = resolve(spec, flags)
-    problems = [f"hyperparameters: {p.message}" for p in resolved.errors]
-    warnings = [p.message for p in resolved.warnings]
-    problems += source_problems(src)
+    files = locate_source(src)
+    problems = source_problems(src, files)
+    warnings: list[str] = []
     if out == src or src in out.parents:
         problems.append(f"--out: {out} is inside the input directory; choose a directory outside {src}")
     if check_out_dir:
@@ -161,14 +241,25 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
         ref = src
     if ref is not None and not any((ref / f).is_file() for f in REFERENCE_FILES):
         problems.append(f"--reference-dir: {ref} has neither of {', '.join(REFERENCE_FILES)}")
-    traced = Path(traced_dir).expanduser().resolve() if traced_dir else None
-    if traced is None and src.is_dir() and (src / pt_name("encoder")).is_file():
-        traced = src
+    traced = Path(traced_dir).expanduser().resolve() if traced_dir else files.traced_dir
     if traced is not None and not (traced / pt_name("encoder")).is_file():
-        problems.append(f"--traced-dir: {traced / pt_name('encoder')} not found")
+        near = [n for n in _near_misses(traced, "encoder", ".pt")] if traced.is_dir() else []
+        problems.append(f"--traced-dir: {traced / pt_name('encoder')} not found"
+                        + (f"; found instead: {', '.join(near)}" if near else ""))
+    elif traced is None and src.is_dir() and traced_near_misses(src):
+        warnings.append(f"no traced {pt_name('encoder')} in {src}, exp/ or traced/ (found "
+                        f"{', '.join(traced_near_misses(src))}; rename it or give --traced-dir)")
+    reading = read_graph(spec, ncnn_param=files.ncnn.get(("encoder", "param")), pnnx_param=files.pnnx_graph,
+                         traced_pt=traced / pt_name("encoder") if traced is not None else None)
+    resolved = reconcile(spec, flags, reading)
+    unseen = ("encoder", "param") not in files.ncnn  # "not found" says it all; skip "the graph does not show"
+    problems = [f"hyperparameters: {p.message}" for p in resolved.errors
+                if not (unseen and p.message.startswith(tuple(f"{hp.flag}: the encoder's graph files"
+                                                              for hp in spec.hyperparams)))] + problems
+    warnings = [p.message for p in resolved.warnings] + reading.warnings + warnings
     reconvert = None
-    graph = src / "encoder.pnnx.param"
-    if src.is_dir() and graph.is_file():
+    graph = files.pnnx_graph
+    if graph is not None:
         from .pnnx_graph_check import CONVERT_HINT, describe, shape_mismatches
         bad = shape_mismatches(graph)
         if bad and traced is not None:
@@ -195,7 +286,7 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
     if problems:
         raise PlanError(problems)
     layout = Layout(out)
-    steps = [make_import(layout, src, encoder=reconvert is None)]
+    steps = [make_import(layout, src, encoder=reconvert is None, files=files)]
     if reconvert is not None:
         steps.append(make_reconvert(layout, *reconvert))
     steps += [make_rewrite(layout, spec.name),
@@ -212,11 +303,13 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
         "from_ncnn": str(src), "arch": spec.name,
         "hyperparameters": {spec.param(n).flag: spec.param(n).format(v) for n, v in resolved.values.items()},
         "hyperparameter_sources": {spec.param(n).flag: s for n, s in resolved.sources.items()},
+        "hyperparameters_read_from": {spec.param(n).flag: w for n, w in reading.where.items()},
+        "graph_files": [str(p) for p in reading.files],
         "reference_dir": str(ref) if ref else None, "traced_dir": str(traced) if traced else None,
         "tools": {"versions": _versions(), **({"int8": backend.as_dict()} if backend else {})},
         "warnings": warnings,
     }
-    run = FromNcnnRun(Plan(steps, out, manifest), resolved, src, ref, traced, warnings)
+    run = FromNcnnRun(Plan(steps, out, manifest), resolved, src, ref, traced, warnings, graph=reading)
     lines = ["#!/usr/bin/env bash", f"# Written by sherpa-ncnn-wizard: {spec.title} from the pnnx output in {src}.",
              "set -euo pipefail", ""]
     for i, step in enumerate(steps, start=1):

@@ -87,10 +87,23 @@ def make_finalize_encoder(layout, spec, resolved, raw_param: Path | None = None,
     raw_bin = raw_bin or layout.raw("encoder", "bin")
     final_param, final_bin = layout.final("encoder", "param"), layout.final("encoder", "bin")
 
+    pnnx_graph = layout.pnnx_dir / "encoder.pnnx.param"  # pnnx's own graph: the pnnx step's, or imported
+
     def run(ctx: StepContext) -> None:
         parsed = load_param(raw_param)
         if parsed.model is None:
             raise StepError(parsed.describe())
+        if pnnx_graph.is_file():  # no path may write metadata the graph contradicts
+            from .graph_hparams import graph_mismatches, read_graph
+            reading = read_graph(spec, pnnx_param=pnnx_graph)
+            wrong = graph_mismatches(spec, resolved.values, reading)
+            for name, where in reading.where.items():
+                if name in resolved.values and not any(spec.param(name).flag in w for w in wrong):
+                    ctx.log(f"[✓] {spec.param(name).flag} {spec.param(name).format(resolved.values[name])} "
+                            f"= the graph ({where})")
+            if wrong:
+                raise StepError("; ".join(wrong), hint="the hyperparameters don't match the encoder graph pnnx "
+                                                      "wrote; use the flags the model was exported with")
         metadata = build_metadata(resolved)
         plan = plan_metadata(parsed.model, metadata, resolved.values)
         for check in plan.checks:

@@ -12,8 +12,10 @@ from core.architectures import ARCHITECTURES, EXPORT_ONLY_FLAGS
 def add_from_ncnn_arguments(run: argparse.ArgumentParser, source) -> None:
     source.add_argument("--from-ncnn", metavar="DIR",
                         help="start from existing pnnx output in DIR ({encoder,decoder,joiner}_jit_trace-pnnx.ncnn."
-                             "{param,bin}, tokens.txt): copy into --out, rewrite layers sherpa-ncnn lacks, add the "
-                             "metadata, validate; DIR is only read. Needs --arch and the icefall flags")
+                             "{param,bin} or pnnx's default *_jit_trace_pnnx.ncnn.*, tokens.txt): copy into --out, "
+                             "rewrite layers sherpa-ncnn lacks, add the metadata, validate; DIR is only read. Needs "
+                             "--arch; the metadata values are read from the encoder's graph (pnnx's *.pnnx.param or "
+                             "the traced .pt beside the files); icefall flags are needed only for what it cannot show")
     run.add_argument("--arch", choices=sorted(ARCHITECTURES), help="with --from-ncnn: the model architecture")
     run.add_argument("--reference-dir", metavar="D",
                      help="with --from-ncnn: where encoder-reference.npz / decoder-joiner-reference.npz are "
@@ -38,6 +40,30 @@ def add_from_ncnn_arguments(run: argparse.ArgumentParser, source) -> None:
             run.add_argument(flag, dest="ignored:" + flag, default=None, metavar="VALUE", help=argparse.SUPPRESS)
 
 
+def value_lines(planned) -> list[tuple[str, str, str]]:
+    """(flag value, source, where) for every value the metadata is written from."""
+    resolved = planned.resolved
+    where = planned.graph.where if planned.graph is not None else {}
+    rows = []
+    for hp in resolved.arch.hyperparams:
+        if hp.meta_key is None:
+            continue
+        source = resolved.sources.get(hp.name, "default")
+        rows.append((f"{hp.flag} {hp.format(resolved.values[hp.name])}", source,
+                     where.get(hp.name, "") if source == "graph" else ""))
+    return rows
+
+
+def print_values(out, planned) -> None:
+    from rich.text import Text
+    files = ", ".join(str(p) for p in planned.graph.files) if planned.graph and planned.graph.files else "none"
+    out.print(Text(f"Metadata values (graph files read: {files}):", style="bold"))
+    for value, source, where in value_lines(planned):
+        style = {"graph": "green", "given": "cyan"}.get(source, "yellow")
+        out.print(Text(f"  {value:<44}") + Text(source, style=style) + Text(f"  {where}" if where else ""),
+                  highlight=False)
+
+
 def run_from_ncnn(args) -> int:
     import asyncio
     from pathlib import Path
@@ -54,7 +80,7 @@ def run_from_ncnn(args) -> int:
     err = stderr_console()
     if not args.arch:
         err.print(Text("error: ", style="bold red") + Text("--from-ncnn needs --arch (zipformer, conv-emformer "
-                                                            "or lstm) and the icefall flags the model was exported with"))
+                                                            "or lstm); the metadata values are read from the encoder's graph"))
         return EXIT_BAD_INPUT
     spec = ARCHITECTURES[args.arch]
     own = {hp.flag for hp in spec.hyperparams}
@@ -88,6 +114,7 @@ def run_from_ncnn(args) -> int:
     out = stdout_console()
     for w in notes + planned.warnings:
         out.print(Text("warning: ", style="yellow") + Text(w))
+    print_values(out, planned)
     if args.script:
         _write_script(Path(args.script), planned.script)
         out.print(f"script written to {args.script}")
