@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pnnx", metavar="PATH", help="use this pnnx binary instead of the wheel's")
     run.add_argument("--ignore-checkpoint-mismatch", action="store_true",
                      help="run even if the hyperparameters differ from what the checkpoint's weights show")
+    run.add_argument("--trust-checkpoint", action="store_true",
+                     help="let icefall's export unpickle a checkpoint the safe loader refused (it can run code: only "
+                          "for files you trust; same as files.trust_checkpoint = true)")
+    run.add_argument("--export-arg", action="append", default=[], metavar="ARG",
+                     help="one more argument for icefall's export script, as it is (repeatable; write flags as "
+                          "--export-arg=--lang-type --export-arg=char); appended to [export] extra_args")
     from .cli_from_ncnn import add_from_ncnn_arguments
     add_from_ncnn_arguments(run, source)
 
@@ -174,45 +180,49 @@ def _known_flags(parser: argparse.ArgumentParser, command: str | None) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
         from .cli_common import unknown_flags_message
         parser.exit(EXIT_BAD_INPUT, unknown_flags_message(extras, _known_flags(parser, args.command)) + "\n")
-    try:
-        if args.command == "meta":
-            from .cli_meta import run_meta
-            return run_meta(args)
-        if args.command == "rewrite":
-            from .cli_rewrite import run_rewrite_cmd
-            return run_rewrite_cmd(args)
-        if args.command == "doctor":
-            from .cli_doctor import run_doctor
-            return run_doctor(args)
-        if args.command in ("detect", "presets"):
-            from .cli_detect import run_detect, run_presets
-            return run_detect(args) if args.command == "detect" else run_presets(args)
-        if args.command == "run" and getattr(args, "from_ncnn", None):
-            from .cli_from_ncnn import run_from_ncnn
-            return run_from_ncnn(args)
-        if args.command == "run":
-            from .cli_run import run_pipeline
-            return run_pipeline(args)
-        if args.command == "validate":
-            from .cli_validate import run_validate
-            return run_validate(args)
-        if args.command in ("calibrate", "quantize"):
-            from .cli_int8 import run_calibrate, run_quantize
-            return run_calibrate(args) if args.command == "calibrate" else run_quantize(args)
-        if args.command == "tui" or (args.command is None and sys.stdin.isatty() and sys.stdout.isatty()):
-            from .wizard_app import run_tui  # textual is imported only here, so --help stays fast
-            return run_tui(args)
-        parser.print_help()
-        return EXIT_OK
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    if args.command == "meta":
+        from .cli_meta import run_meta
+        return run_meta(args)
+    if args.command == "rewrite":
+        from .cli_rewrite import run_rewrite_cmd
+        return run_rewrite_cmd(args)
+    if args.command == "doctor":
+        from .cli_doctor import run_doctor
+        return run_doctor(args)
+    if args.command in ("detect", "presets"):
+        from .cli_detect import run_detect, run_presets
+        return run_detect(args) if args.command == "detect" else run_presets(args)
+    if args.command == "run" and getattr(args, "from_ncnn", None):
+        from .cli_from_ncnn import run_from_ncnn
+        return run_from_ncnn(args)
+    if args.command == "run":
+        from .cli_run import run_pipeline
+        return run_pipeline(args)
+    if args.command == "validate":
+        from .cli_validate import run_validate
+        return run_validate(args)
+    if args.command in ("calibrate", "quantize"):
+        from .cli_int8 import run_calibrate, run_quantize
+        return run_calibrate(args) if args.command == "calibrate" else run_quantize(args)
+    if args.command == "tui" or (args.command is None and sys.stdin.isatty() and sys.stdout.isatty()):
+        from .wizard_app import run_tui  # textual is imported only here, so --help stays fast
+        return run_tui(args)
+    parser.print_help()
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,6 +50,9 @@ def load_run_config(args) -> WizardConfig:
         config.tools.pnnx = args.pnnx
     if getattr(args, "ignore_checkpoint_mismatch", False):
         config.files.ignore_checkpoint_mismatch = True
+    if getattr(args, "trust_checkpoint", False):
+        config.files.trust_checkpoint = True
+    config.export.extra_args += list(getattr(args, "export_arg", None) or [])
     return config
 
 
@@ -86,6 +89,9 @@ def run_pipeline(args) -> int:
     return {"ok": EXIT_OK, "cancelled": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
 
 
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 async def _run(planned, renderer, resume: bool) -> str:
     runner = Runner(planned.plan, renderer.handle, resume=resume)
     loop = asyncio.get_running_loop()
@@ -94,14 +100,14 @@ async def _run(planned, renderer, resume: bool) -> str:
         renderer.note("cancelling: stopping the running step ...")
         runner.cancel()
     try:
-        loop.add_signal_handler(signal.SIGINT, interrupt)
-        loop.add_signal_handler(signal.SIGTERM, interrupt)
+        for sig in HANDLED_SIGNALS:  # SIGHUP: the terminal was closed; the steps run in their own sessions
+            loop.add_signal_handler(sig, interrupt)
     except (NotImplementedError, RuntimeError):  # pragma: no cover - non-main thread or platform
         pass
     try:
         return await runner.run()
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in HANDLED_SIGNALS:
             try:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):  # pragma: no cover

@@ -134,6 +134,7 @@ class WizardApp(App):
     # -- start-up ---------------------------------------------------------------
     def on_mount(self) -> None:
         from .wizard_screens import StartScreen
+        self._watch_hangup()
         self.push_screen(StartScreen())
         if self.start_demo:
             self.use_demo(self.start_demo)
@@ -258,6 +259,23 @@ class WizardApp(App):
             if self.run_model is not None and self.run_model.status == "running":
                 self.run_model.status = "failed"
                 self.run_model.version += 1
+
+    def _watch_hangup(self) -> None:
+        """Closing the terminal (SIGHUP) cancels a running step and quits, like ctrl+q answered yes: the steps run
+        in sessions of their own, so nothing else would stop them."""
+        import asyncio
+        import signal
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.hang_up)
+        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover - not the main thread
+            pass
+
+    def hang_up(self) -> None:
+        self._quit_after_run = True
+        if self.run_in_progress:
+            self.cancel_run()
+        else:
+            self.exit()
 
     def cancel_run(self) -> None:
         if self.runner is not None and self.run_in_progress:
