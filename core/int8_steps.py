@@ -97,16 +97,27 @@ def _check_fp32_set(layout) -> None:
 
 
 def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) -> Step:
-    """Built-in calibration of ``files`` (default: the run's fp32 set, which the fp32-set step checked)."""
+    """Built-in calibration of ``files`` (default: the run's fp32 set, which the fp32-set step checked).
+
+    ncnn runs in a child process (core.ncnn_child): its progress is relayed live, cancel stops it, and a crash
+    fails the step with a sentence naming the file and the first layer that crashes."""
     files = files or fp32_model_files(layout)
     outputs = [table_file(layout, n) for n in INT8_NETS]
 
     def run(ctx: StepContext) -> None:
-        from .calibration_run import calibrate
         from .calibrate import CalibrationError
+        from .ncnn_child import CalibrationCrashed, ChildCancelled, calibrate_in_child
+        from .runner import StepCancelled
         try:
-            result = calibrate(files, wavs, on_progress=lambda i, n, note: (ctx.progress(i, n, note), ctx.log(note)),
-                               cancelled=lambda: ctx._cancelled.is_set(), cache_dir=layout.work / "calibration-cache")
+            result = calibrate_in_child(files, wavs, on_progress=lambda i, n, note: (ctx.progress(i, n, note),
+                                                                                      ctx.log(note)),
+                                        cancelled=ctx._cancelled.is_set, cache_dir=layout.work / "calibration-cache",
+                                        tables=(outputs[0], outputs[1]), on_line=ctx.log, step="calibrate")
+        except ChildCancelled:
+            raise StepCancelled() from None
+        except CalibrationCrashed as exc:
+            raise StepError(str(exc), hint="the layer named cannot run in ncnn as written; `sherpa-ncnn-wizard "
+                                           f"doctor --run {files.encoder_param}` repeats the search") from None
         except CalibrationError as exc:
             raise StepError(str(exc), hint="calibration needs 16 kHz mono wavs longer than one chunk") from None
         for s in result.skipped:
@@ -115,15 +126,14 @@ def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) ->
             for a in table.activations.values():
                 ctx.log(f"{part} {a.layer:<28} max = {a.absmax:<12.6g} threshold = {a.threshold:<12.6g} "
                         f"scale = {a.scale:.6g}")
-        atomic_write_bytes(outputs[0], result.encoder.text().encode())
-        atomic_write_bytes(outputs[1], result.joiner.text().encode())
         ctx.log(f"{result.files} files, {result.chunks} encoder chunks, {result.frames} joiner frames in "
                 f"{result.seconds:.1f} s")
 
     wav_args = " ".join(f"--wav {shlex.quote(str(w))}" for w in wavs)
     return Step("calibrate", "Calibrate int8 scales (built in)", func=run,
                 inputs=[*vars(files).values(), *wavs], outputs=outputs,
-                describe=f"stream {len(wavs)} calibration wav(s) through the fp32 model; write the scale tables",
+                describe=f"stream {len(wavs)} calibration wav(s) through the fp32 model (ncnn in a child process); "
+                         "write the scale tables",
                 script=[f"sherpa-ncnn-wizard calibrate {shlex.quote(str(fp32_dir(layout)))} {wav_args} "
                         f"--out {shlex.quote(str(layout.out))}  # expects the fp32 set in one directory"])
 
@@ -134,21 +144,21 @@ def make_quantize(layout, files: ModelFiles | None = None) -> Step:
     outputs = [int8_file(layout, n, e) for n in INT8_NETS for e in ("param", "bin")]
 
     def run(ctx: StepContext) -> None:
-        from .calibrate import CalibrationError, read_table
-        from .quantize import quantize
+        from .calibrate import CalibrationError
+        from .ncnn_child import quantize_in_child
         for net in INT8_NETS:
-            try:
-                table = read_table(table_file(layout, net).read_text(), str(table_file(layout, net)))
-                report = quantize(*sources[net], table, int8_file(layout, net, "param"), int8_file(layout, net, "bin"))
+            try:  # ncnn reads the weights (record_loads) in a child process
+                report = quantize_in_child(*sources[net], table_file(layout, net), int8_file(layout, net, "param"),
+                                           int8_file(layout, net, "bin"))
             except CalibrationError as exc:
                 raise StepError(str(exc)) from None
-            dynamic = ", ".join(report.dynamic) if len(report.dynamic) <= 8 else \
-                f"{len(report.dynamic)} layers ({', '.join(report.dynamic[:4])}, ...)"
-            ctx.log(f"{net}: quantized {', '.join(report.quantized) or 'nothing'}; weight-only int8 "
-                    f"{dynamic or 'nothing'}; int8 weights {report.weight_bytes_before} -> "
-                    f"{report.weight_bytes_after} bytes; {len(report.fp16)} layer(s) with fp16 weights; .bin "
-                    f"{report.bytes_before} -> {report.bytes_after} bytes")
-            for note in report.notes:
+            dyn = report.get("dynamic", [])
+            dynamic = ", ".join(dyn) if len(dyn) <= 8 else f"{len(dyn)} layers ({', '.join(dyn[:4])}, ...)"
+            ctx.log(f"{net}: quantized {', '.join(report.get('quantized', [])) or 'nothing'}; weight-only int8 "
+                    f"{dynamic or 'nothing'}; int8 weights {report.get('weight_bytes_before')} -> "
+                    f"{report.get('weight_bytes_after')} bytes; {len(report.get('fp16', []))} layer(s) with fp16 "
+                    f"weights; .bin {report.get('bytes_before')} -> {report.get('bytes_after')} bytes")
+            for note in report.get("notes", []):
                 ctx.log(note)
 
     script = [f"sherpa-ncnn-wizard quantize {shlex.quote(str(p))} {shlex.quote(str(b))} "

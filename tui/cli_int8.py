@@ -19,7 +19,8 @@ def _wavs(args) -> list[Path]:
 
 def run_calibrate(args) -> int:
     from core.calibrate import CalibrationError
-    from core.calibration_run import ModelFiles, calibrate
+    from core.calibration_run import ModelFiles
+    from core.ncnn_child import calibrate_in_child as calibrate  # ncnn in a child: a crash is a sentence
 
     d = Path(args.dir)
     names = {n: (d / f"{n}_jit_trace-pnnx.ncnn.param", d / f"{n}_jit_trace-pnnx.ncnn.bin")
