@@ -521,8 +521,23 @@ def reconcile(spec: ArchSpec, given: Mapping[str, object], reading: GraphReading
                                     f"icefall's default is {hp.default}) or {SUPPLY_HINT}"))
     _size_defaults(spec, values, sources)
     if not problems:
-        problems = spec.rules(values)
+        problems = [_soften(spec, p, sources) for p in spec.rules(values)]
     return ResolvedValues(spec, values, sources, problems)
+
+
+def _soften(spec: ArchSpec, problem: Problem, sources: Mapping[str, str]) -> Problem:
+    """A rule broken only because of a default the metadata does not use (e.g. --nhead against the graph's
+    dims) says nothing about the model: a warning, not a refusal."""
+    if problem.severity != "error" or not problem.flags:
+        return problem
+    hps = [spec.param(f) for f in problem.flags if any(h.flag == f for h in spec.hyperparams)]
+    if len(hps) != len(problem.flags) or any(sources.get(h.name) == "given" for h in hps):
+        return problem
+    assumed = [h.flag for h in hps if h.meta_key is None and sources.get(h.name) == "default"]
+    if assumed:
+        return Problem("warning", problem.flags, f"{problem.message} ({', '.join(assumed)}: icefall's default, "
+                                                 "assumed; it is not written to the metadata, so the run goes on)")
+    return problem
 
 
 def graph_mismatches(spec: ArchSpec, values: Mapping[str, Value], reading: GraphReading) -> list[str]:

@@ -146,9 +146,14 @@ class FormState:
         return self.resolved.ok
 
 
-def form_state(spec: ArchSpec, given: dict[str, str]) -> FormState:
-    """Validate the form's non-empty values with core.architectures.resolve."""
+def form_state(spec: ArchSpec, given: dict[str, str], detected: "DetectedModel | None" = None) -> FormState:
+    """Validate the form's non-empty values with core.architectures.resolve.
+
+    ``detected`` from existing ncnn files' graph: a value the graph contradicts is an error of its field."""
+    from core.architectures import Problem
     resolved = resolve(spec, {k: v for k, v in given.items() if v.strip()})
+    if detected is not None:
+        resolved.problems += [Problem("error", (flag,), msg) for flag, msg in detected.contradictions(given).items()]
     state = FormState(resolved)
     for p in resolved.problems:
         if p.severity == "warning":
@@ -351,6 +356,28 @@ class DetectedModel:
     hyperparameters: dict[str, str] = field(default_factory=dict)  # flag without dashes -> value, every field
     sources: dict[str, str] = field(default_factory=dict)  # name -> "weights" | "training params" | "default"
     values: dict[str, str] = field(default_factory=dict)  # name -> text, every hyperparameter
+    origin: str = "checkpoint"  # or "graph": read from existing ncnn files' encoder graph
+    where: dict[str, str] = field(default_factory=dict)  # name -> the graph file and what in it (origin "graph")
+
+    def contradictions(self, given: dict[str, str]) -> dict[str, str]:
+        """flag -> message for form values the encoder's graph contradicts (origin "graph" only)."""
+        if self.origin != "graph" or not self.ok or not self.arch:
+            return {}
+        from core.architectures import get_arch
+        spec = get_arch(self.arch)
+        out = {}
+        for hp in spec.hyperparams:
+            text = (given.get(hp.flag) or "").strip()
+            if self.sources.get(hp.name) != "graph" or not text:
+                continue
+            try:
+                same = hp.parse(text) == hp.parse(self.values[hp.name])
+            except ValueError:
+                continue  # the form's own check names the syntax error
+            if not same:
+                out[hp.flag] = (f"{hp.flag} {text} contradicts the model: its graph has {self.values[hp.name]} "
+                                f"({self.where.get(hp.name, 'the encoder graph')}); clear the field to use it")
+        return out
 
 
 def detect_checkpoint(path: str) -> DetectedModel:
@@ -378,6 +405,13 @@ def detect_checkpoint(path: str) -> DetectedModel:
 
 def field_mark(name: str, current: str, default: str, detected: DetectedModel | None) -> str:
     """The tag next to a form field: detected (and from where), default, or edited."""
+    if detected is not None and detected.ok and detected.origin == "graph":
+        wanted = detected.values.get(name)
+        if detected.sources.get(name) == "graph":
+            return "from the graph" if current.strip() in ("", wanted) else f"✗ the graph has {wanted}"
+        if detected.sources.get(name) == "default":
+            return f"not in the graph · default {wanted}" if current.strip() in ("", wanted) else "edited"
+        return f"default {default}" if not current.strip() else "edited"
     if detected is not None and detected.ok and name in detected.sources:
         source = detected.sources[name]
         wanted = detected.values[name]
@@ -436,7 +470,7 @@ def check_ncnn_dir(value: str) -> FieldCheck:
     from core.from_ncnn import source_problems
     if not value.strip():
         return FieldCheck(False, "required: the directory with encoder/decoder/joiner_jit_trace-pnnx.ncnn.{param,bin}"
-                                 " and tokens.txt")
+                                 " (or pnnx's default *_jit_trace_pnnx.ncnn.*) and tokens.txt")
     problems = source_problems(Path(value).expanduser().resolve())
     if problems:
         return FieldCheck(False, "; ".join(p.removeprefix("--from-ncnn: ") for p in problems))
@@ -462,31 +496,67 @@ def guess_arch(param: Path) -> str | None:
     return None
 
 
+def ncnn_encoder_param(value: str) -> Path:
+    """The encoder's ncnn param in the directory, whichever of pnnx's naming schemes wrote it."""
+    from core.from_ncnn import locate_source
+    return locate_source(Path(value).expanduser().resolve()).encoder_param()
+
+
+def detect_ncnn_graph(value: str, arch: str | None) -> DetectedModel:
+    """The hyperparameters the directory's encoder graph reveals (core.graph_hparams); never raises."""
+    from core.architectures import get_arch
+    from core.from_ncnn import locate_source
+    from core.graph_hparams import read_graph, reconcile
+    from core.pipeline import pt_name
+    if not arch:
+        return DetectedModel(False, "! the architecture is not known yet: choose it on the next step")
+    files = locate_source(Path(value).expanduser().resolve())
+    spec = get_arch(arch)
+    traced = files.traced_dir / pt_name("encoder") if files.traced_dir else None
+    reading = read_graph(spec, ncnn_param=files.ncnn.get(("encoder", "param")), pnnx_param=files.pnnx_graph,
+                         traced_pt=traced)
+    if reading.problems:
+        return DetectedModel(False, "✗ " + "; ".join(reading.problems), spec.name, origin="graph")
+    sized = reconcile(spec, {}, reading)  # per-stack defaults sized to the graph's stacks
+    values = {hp.name: hp.format(sized.values[hp.name]) for hp in spec.hyperparams}
+    sources = {n: ("graph" if n in reading.values else "default") for n in values}
+    hyper = {spec.param(n).flag.lstrip("-"): values[n] for n in values
+             if n in reading.values or spec.param(n).kind == "int_list"}
+    missing = [hp.flag for hp in spec.hyperparams if hp.meta_key is not None and hp.name not in reading.values]
+    msg = (f"✓ {len(reading.values)} metadata value(s) read from the graph ({reading.file_names})"
+           + (f"; not shown there, give them on the hyperparameters step: {', '.join(missing)} (or put pnnx's "
+              "*.pnnx.param or the traced encoder_jit_trace-pnnx.pt beside the files)" if missing else ""))
+    return DetectedModel(True, msg, spec.name, hyper, sources, values, origin="graph", where=dict(reading.where))
+
+
 def describe_ncnn_dir(value: str, arch: str | None = None) -> list[str]:
     """What the run will find in the directory: reference data, and what the rewrite step will do."""
-    from core.from_ncnn import REFERENCE_FILES
-    from core.pipeline import pt_name
+    from core.from_ncnn import REFERENCE_FILES, locate_source
     from core.rewrite import plan_file
     src = Path(value).expanduser().resolve()
+    files = locate_source(src)
     lines = []
     refs = [f for f in REFERENCE_FILES if (src / f).is_file()]
-    traced = (src / pt_name("encoder")).is_file()
+    traced = files.traced_dir is not None
     if traced:
-        lines.append("✓ traced *.pt files: the numbers are checked against torch")
+        where = "" if files.traced_dir == src else f" (in {files.traced_dir.name}/)"
+        lines.append(f"✓ traced *.pt files{where}: the numbers are checked against torch")
     elif refs:
         lines.append(f"✓ reference outputs ({', '.join(refs)}): the numbers are checked against them")
     else:
         lines.append("! no reference outputs or traced *.pt: only sherpa-ncnn's decode is checked, not the numbers")
-    pnnx_param = src / "encoder.pnnx.param"
-    lines.append("✓ encoder.pnnx.param (pnnx's own graph: the rewrites check operator attributes in it)"
-                 if pnnx_param.is_file() else "! no encoder.pnnx.param: rewrites cannot check pnnx's attributes")
+    pnnx_param = files.pnnx_graph
+    lines.append(f"✓ {pnnx_param.name} (pnnx's own graph: the rewrites check operator attributes in it)"
+                 if pnnx_param else "! no encoder.pnnx.param: rewrites cannot check pnnx's attributes")
     from core.pnnx_graph_check import shape_mismatches
-    bad = shape_mismatches(pnnx_param) if pnnx_param.is_file() else []
+    bad = shape_mismatches(pnnx_param) if pnnx_param else []
     if bad:
         fix = ("the traced encoder is here: it is converted again" if traced
                else "put the traced encoder_jit_trace-pnnx.pt here to convert it again")
         lines.append(f"✗ pnnx mis-converted this encoder (its shape-inference bug; {bad[0]}): {fix}")
-    plan = plan_file(src / ncnn_name("encoder", "param"), arch=arch)
+    if arch:
+        lines.append(detect_ncnn_graph(value, arch).message)
+    plan = plan_file(files.encoder_param(), arch=arch)
     mark = {"rewrite": "✓", "unchanged": "✓", "refused": "✗"}[plan.action]
     lines.append(f"{mark} rewrite: {plan.summary()}")
     return lines
@@ -495,7 +565,7 @@ def describe_ncnn_dir(value: str, arch: str | None = None) -> list[str]:
 def ncnn_header_change(src: str, arch: str | None = None) -> str:
     """``N M → N' M' → N'+1 M'``: the rewrite's change, then the metadata line, for existing pnnx output."""
     from core.rewrite import plan_file
-    plan = plan_file(Path(src).expanduser().resolve() / ncnn_name("encoder", "param"), arch=arch)
+    plan = plan_file(ncnn_encoder_param(src), arch=arch)
     if plan.action == "refused":
         return f"{plan.header_before} → (the rewrite refuses: {'; '.join(plan.errors)[:200]})"
     n, m = plan.header_after.split()[:2]

@@ -2,9 +2,11 @@
 
 The directory is only read (the run copies it into the output directory), so
 this screen just checks it and says what the run will find there: reference
-data for the numeric check, and what the rewrite step will do to the encoder.
-Architecture, hyperparameters, quantization and review are the usual screens;
-the plan comes from core.from_ncnn because ``files.from_ncnn`` is set.
+data for the numeric check, the hyperparameters the encoder's graph reveals
+(filled into the form, marked "from the graph"), and what the rewrite step will
+do to the encoder. Architecture, quantization and review are the usual screens;
+the hyperparameter form refuses an edit the graph contradicts; the plan comes
+from core.from_ncnn because ``files.from_ncnn`` is set.
 """
 from __future__ import annotations
 
@@ -17,10 +19,8 @@ from textual.screen import Screen
 from textual.widgets import Input, Label, Static
 from textual.worker import get_current_worker
 
-from core.pipeline import ncnn_name
-
 from . import wizard_logic as logic
-from .wizard_screens import ArchScreen, FieldCheckView, FormScreen, PathSuggester
+from .wizard_screens import ArchScreen, FieldCheckView, FormScreen, HyperScreen, PathSuggester
 
 
 class NcnnDirScreen(FormScreen):
@@ -64,29 +64,72 @@ class NcnnDirScreen(FormScreen):
     @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
     def describe_in_thread(self, source: str) -> None:
         """Parsing and planning the rewrite of a large encoder takes a moment: off the UI thread."""
-        arch = logic.guess_arch(Path(source).expanduser().resolve() / ncnn_name("encoder", "param"))
+        arch = logic.guess_arch(logic.ncnn_encoder_param(source))
         lines = logic.describe_ncnn_dir(source, arch)
+        detected = logic.detect_ncnn_graph(source, arch)
         if arch:
             lines.insert(0, f"✓ looks like a {arch} encoder (preselected on the next step)")
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show_found, source, arch, lines)
+            self.app.call_from_thread(self.show_found, source, arch, lines, detected)
 
-    def show_found(self, source: str, arch: str | None, lines: list[str]) -> None:
+    def show_found(self, source: str, arch: str | None, lines: list[str],
+                   detected: "logic.DetectedModel | None" = None) -> None:
         if not self.is_attached or self.query_one("#ncnn-dir", Input).value != source:
             return
         self.query_one("#ncnn-found", Static).update(Text("\n".join(lines)))
         self.guessed = arch
+        self.detected = detected
+        self.detected_for = source
 
     guessed: str | None = None
+    detected: "logic.DetectedModel | None" = None
+    detected_for: str = ""
 
     def save(self) -> None:
         config = self.app.config
         source = self.query_one("#ncnn-dir", Input).value.strip()
-        if source and source != config.files.from_ncnn and self.guessed and not config.hyperparameters:
-            config.arch = self.guessed
-        config.files.from_ncnn = str(Path(source).expanduser().resolve()) if source else ""
+        resolved_source = str(Path(source).expanduser().resolve()) if source else ""
+        if source and resolved_source != config.files.from_ncnn:
+            if self.guessed:
+                config.arch = self.guessed
+            # another model: what was typed for the last one does not apply; the graph's values fill the form
+            config.hyperparameters = {}
+            self.app.detected = None
+            if self.detected is not None and self.detected_for == source and self.detected.ok \
+                    and self.detected.arch == config.arch:
+                self.app.detected = self.detected
+                config.hyperparameters = dict(self.detected.hyperparameters)
+        config.files.from_ncnn = resolved_source
         config.output.dir = self.query_one("#ncnn-out", Input).value.strip()
         config.validation.wavs = [str(w) for w in logic.calibration_wavs(self.query_one("#ncnn-wavs", Input).value)]
 
     def next_screen(self) -> Screen:
-        return ArchScreen()
+        return NcnnArchScreen()
+
+
+class NcnnArchScreen(ArchScreen):
+    """The architecture step of the ncnn-files path: then the form that knows the graph's values."""
+
+    def next_screen(self) -> Screen:
+        return NcnnHyperScreen()
+
+
+class NcnnHyperScreen(HyperScreen):
+    """The hyperparameter form, plus: a value the encoder's graph contradicts is refused by its field."""
+
+    def refresh_state(self) -> None:
+        super().refresh_state()
+        detected = self.app.detected
+        if detected is None or getattr(detected, "origin", "") != "graph":
+            return
+        wrong = detected.contradictions(self.given())
+        for flag, message in wrong.items():
+            name = self.spec.param(flag).name
+            reason = self.query_one(f"#r-{name}")
+            reason.update(Text("✗ " + message))
+            reason.display = True
+            self.query_one(f"#hp-{name}", Input).set_class(True, "-invalid")
+        if wrong:
+            self.query_one("#next").disabled = True
+            self.query_one("#nav-note", Static).update(
+                Text(f"✗ {', '.join(wrong)} contradict(s) the encoder's graph", style="red"))
