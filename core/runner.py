@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .atomic import atomic_write_bytes, sweep_temp_files
+from .atomic import WriteError, atomic_write_bytes, sweep_temp_files
 from .events import LogLines, Progress, RunFinished, StepFinished, StepStarted
 from .hints import hint_for
 from .locks import LockError, RunLock
@@ -145,6 +146,21 @@ class LineSplitter:
         return [ANSI_RE.sub("", text)] if text else []
 
 
+def disk_error_message(exc: OSError, out: Path) -> str:
+    """A sentence for an OSError while writing the run directory: which file, how much space is left, what to do."""
+    import errno
+    where = exc.filename or out
+    if exc.errno == errno.ENOSPC:
+        try:
+            free = shutil.disk_usage(out if out.exists() else out.parent).free
+            left = f" ({free:,} bytes free)"
+        except OSError:
+            left = ""
+        return (f"{where}: the disk is full{left}; free some space, then run again with --resume "
+                "(finished steps are kept)")
+    return f"{where}: cannot be written ({exc.strerror}); check the output directory, then run again with --resume"
+
+
 class Runner:
     """Runs a plan's steps in order and reports everything through ``on_event``."""
 
@@ -205,7 +221,10 @@ class Runner:
             state["steps"].pop(step.id, None)
             self._save_state(state)
             self.on_event(StepStarted(step.id, index, total, step.title, step.command))
-            finished = await self._run_step(step, index)
+            try:
+                finished = await self._run_step(step, index)
+            except OSError as exc:  # the log or an output directory could not be written (full disk, ...)
+                finished = StepFinished(step.id, "failed", 0.0, error=disk_error_message(exc, out))
             self.results[step.id] = finished
             if finished.status == "ok":
                 state["steps"][step.id] = {
@@ -223,7 +242,12 @@ class Runner:
                 status = finished.status
                 break
         seconds = time.monotonic() - started
-        self._write_manifest(status, seconds, state)
+        try:
+            self._write_manifest(status, seconds, state)
+        except (OSError, WriteError) as exc:
+            message = disk_error_message(exc, out) if isinstance(exc, OSError) else str(exc)
+            self.on_event(RunFinished("failed", seconds, str(out), error=f"the manifest was not written: {message}"))
+            return "failed"
         self.on_event(RunFinished(status, seconds, str(out)))
         return status
 
@@ -309,6 +333,11 @@ class Runner:
                             self.on_event(Progress(step.id, hit[0], parser.total, hit[1]))
             record(splitter.flush())
             rc = await proc.wait()
+        except BaseException:  # the log could not be written (full disk) or we were interrupted: never leave it running
+            if proc.returncode is None:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+            raise
         finally:
             killer.cancel()
             self._proc = None
@@ -364,7 +393,11 @@ class Runner:
         return {"version": 1, "steps": {}}
 
     def _save_state(self, state: dict) -> None:
-        atomic_write_bytes(self.plan.out_dir / STATE_FILE, json.dumps(state, indent=2).encode())
+        try:
+            atomic_write_bytes(self.plan.out_dir / STATE_FILE, json.dumps(state, indent=2).encode())
+        except WriteError as exc:  # the run goes on; its steps fail by themselves if the disk is really full
+            step = self.plan.steps[0].id if self.plan.steps else "run"
+            self.on_event(LogLines(step, (f"warning: {exc}",)))
 
     def _write_manifest(self, status: str, seconds: float, state: dict) -> None:
         manifest = dict(self.plan.manifest)

@@ -198,3 +198,33 @@ def test_a_tool_whose_exit_code_lies_is_judged_by_verify_and_before_can_refuse(t
     done = finished(events)["never"]
     assert status == "failed" and "carries weights" in done.error and done.hint == "use the built-in one"
     assert not out.exists()  # the process never ran
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs (needs root; skipped elsewhere)."""
+    import subprocess
+    d = tmp_path / "full"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield d
+    subprocess.run(["umount", str(d)])
+
+
+def test_a_full_disk_ends_the_run_with_a_sentence_not_a_traceback(full_disk):
+    out = full_disk / "out"
+
+    def fill(ctx):
+        with open(full_disk / "filler", "wb") as fh:  # the disk fills up while the step runs
+            try:
+                fh.write(b"x" * (1 << 20))
+            except OSError:
+                pass
+    plan = Plan([Step("fill", "Fill", func=fill), Step("next", "Next", argv=[PY, "-c", "print('x' * 100000)"])], out)
+    status, events, _ = run(plan)
+    assert status == "failed"
+    failed = [e for e in events if isinstance(e, StepFinished) and e.status == "failed"]
+    finished = [e for e in events if isinstance(e, RunFinished)]
+    assert failed and "the disk is full" in failed[0].error and "--resume" in failed[0].error
+    assert finished and finished[-1].status == "failed"
