@@ -60,7 +60,8 @@ def _near_misses(folder: Path, net: str, suffix: str) -> list[str]:
         names = sorted(p.name for p in folder.iterdir() if p.is_file())
     except OSError:
         return []
-    return [n for n in names if net in n and n.endswith(suffix) and not _ignored(n)]
+    return [n for n in names if net in n and n.endswith(suffix) and not _ignored(n)
+            and not (suffix == ".param" and n.endswith(".pnnx.param"))]  # pnnx's graph is not an ncnn param
 
 
 def locate_source(src: Path) -> SourceFiles:
