@@ -96,3 +96,17 @@ def fbank(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     if fb.num_frames_ready == 0:
         return np.zeros((0, FEATURE_DIM), dtype=np.float32)
     return np.stack([fb.get_frame(i) for i in range(fb.num_frames_ready)]).astype(np.float32)
+
+
+def wav_problem(path: str | Path, purpose: str) -> str | None:
+    """Why ``path`` cannot be used for ``purpose`` by a 16 kHz sherpa-ncnn model, or None (reads the whole file)."""
+    try:
+        wave = read_wav(path)
+    except AudioError as exc:
+        return str(exc)
+    if wave.sample_rate != SAMPLE_RATE:
+        return (f"{path}: {wave.sample_rate} Hz; sherpa-ncnn models expect {SAMPLE_RATE} Hz, so {purpose} cannot use "
+                f"it: resample it (e.g. sox IN.wav -r {SAMPLE_RATE} OUT.wav) or leave it out")
+    if len(wave.samples) == 0:
+        return f"{path}: no samples (an empty data chunk)"
+    return None

@@ -60,6 +60,7 @@ class LoadedCheckpoint:
     params: dict[str, Any]  # top-level training hyperparameters (epoch-N.pt / checkpoint-N.pt)
     kind: str  # "pretrained" (just {"model": ...}), "training" (with params), "state_dict" (bare)
     trusted: bool = False
+    top_keys: tuple[str, ...] = ()  # the file's top-level keys (model, model_avg, optimizer, ...)
 
 
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> LoadedCheckpoint:
@@ -149,7 +150,7 @@ def _unwrap(path: Path, obj, trusted: bool) -> LoadedCheckpoint:
         if not _is_tensor(v):
             continue
         state[k[len("module."):] if k.startswith("module.") else k] = v
-    return LoadedCheckpoint(path, state, params, kind, trusted)
+    return LoadedCheckpoint(path, state, params, kind, trusted, tuple(map(str, obj)))
 
 
 # -- architecture ---------------------------------------------------------------------------------------
@@ -190,6 +191,9 @@ def _common(state) -> dict[str, Value]:
         out["vocab_size"], out["decoder_dim"] = emb[0], emb[1]
     conv = _shape(state, "decoder.conv.weight")
     out["context_size"] = conv[2] if conv and len(conv) == 3 else 1
+    out_linear = _shape(state, "joiner.output_linear.weight")
+    if out_linear:
+        out["joiner_out"] = out_linear[0]
     enc_proj = _shape(state, "joiner.encoder_proj.weight")
     if enc_proj:
         out["joiner_dim"] = enc_proj[0]
@@ -395,7 +399,7 @@ def detect_from_state(state: Mapping[str, Any], params: Mapping[str, Any] | None
                 note = "not in the weights; icefall's default"
         values[hp.name] = DetectedValue(hp.name, hp.flag, value, src, hp.in_weights, w, t, note)
     extras: dict[str, Value] = {}
-    for key in ("vocab_size", "decoder_dim", "joiner_dim", "encoder_out_dim"):
+    for key in ("vocab_size", "decoder_dim", "joiner_dim", "encoder_out_dim", "joiner_out"):
         if key in common and key not in values:
             extras[key] = common[key]
     if "vocab_size" in common:
@@ -414,6 +418,12 @@ def detect_from_state(state: Mapping[str, Any], params: Mapping[str, Any] | None
             if key in extras and extras[key] != fixed:
                 warnings.append(f"{key} is {extras[key]}, but icefall's {spec.recipe.rsplit('/', 1)[-1]} "
                                 f"export fixes it at {fixed} (get_params); the export needs an edited recipe")
+    if spec.name == "zipformer" and params and not {"decode_chunk_len", "short_chunk_size", "num_left_chunks"} & set(params):
+        # the streaming and non-streaming Zipformer v1 have the same weight names: only the training params tell
+        warnings.append("the training params have no decode_chunk_len / short_chunk_size / num_left_chunks: it was "
+                        "trained by a non-streaming recipe (pruned_transducer_stateless7?) and never saw chunked "
+                        "attention; exported as streaming it will recognise poorly. Use a "
+                        "pruned_transducer_stateless7_streaming model")
     if "blank_id" in params and params["blank_id"] not in (0, "0"):
         warnings.append(f"the training params say blank_id {params['blank_id']}; sherpa-ncnn hard-codes blank = 0")
     if "vocab_size" in params and "vocab_size" in common:

@@ -38,7 +38,19 @@ class FilesConfig:
     bpe_model: str = ""  # bpe.model (tokens.txt is made from it)
     python: str = ""  # the interpreter that runs the export (default: this one)
     ignore_checkpoint_mismatch: bool = False  # run even if the hyperparameters differ from the checkpoint's
+    # let icefall's export unpickle a checkpoint the safe loader refused (it can run code): only for trusted files
+    trust_checkpoint: bool = False
+    lang: str = ""  # for recipes whose export takes --lang DIR (icefall's CSJ): the lang directory ...
+    lang_type: str = ""  # ... and its --lang-type ("char" or "bpe"; default: DIR/lang_type)
     from_ncnn: str = ""  # instead of all the above: a directory of existing pnnx output (only read)
+
+
+@dataclass
+class ExportConfig:
+    extra_args: list[str] = field(default_factory=list)  # appended to icefall's export command as they are
+
+
+LANG_TYPES = ("", "char", "bpe")
 
 
 @dataclass
@@ -80,6 +92,7 @@ class WizardConfig:
     arch: str = "zipformer"
     hyperparameters: dict[str, str] = field(default_factory=dict)  # icefall flag (no dashes) -> value
     files: FilesConfig = field(default_factory=FilesConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -131,6 +144,9 @@ def config_from_dict(data: dict, source: str = "config") -> WizardConfig:
     if config.calibration.backend not in INT8_BACKENDS:
         raise ConfigError(f"{source}: calibration.backend = {config.calibration.backend!r} is not one of "
                           f"{', '.join(INT8_BACKENDS)}")
+    if config.files.lang_type not in LANG_TYPES:
+        raise ConfigError(f"{source}: files.lang_type = {config.files.lang_type!r} is not one of 'char', 'bpe' "
+                          "(or leave it out to read DIR/lang_type)")
     known = {hp.name for hp in spec.hyperparams} | {hp.flag.lstrip("-") for hp in spec.hyperparams}
     for key, value in config.hyperparameters.items():
         if key not in known:
@@ -191,7 +207,7 @@ def _convert(tp, value, source: str, key: str):
 
 def _resolve_paths(config: WizardConfig, base: Path) -> None:
     f = config.files
-    for name in ("recipe", "icefall_root", "checkpoint", "exp_dir", "tokens", "bpe_model", "from_ncnn"):
+    for name in ("recipe", "icefall_root", "checkpoint", "exp_dir", "tokens", "bpe_model", "from_ncnn", "lang"):
         value = getattr(f, name)
         if value and not Path(value).is_absolute():
             setattr(f, name, str((base / value).resolve()))

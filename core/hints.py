@@ -1,7 +1,9 @@
 """Known failure strings in tool output, and what to tell the user about each."""
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in (
     (r"No module named 'k2'|No module named 'lhotse'|No module named 'icefall'",
@@ -18,8 +20,9 @@ HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in
     (r"read_proto_from_binary failed|open failed",
      "pnnx could not read the TorchScript file: it is missing, truncated or not a torch.jit trace"),
     (r"unrecognized arguments:",
-     "the export script does not know one of the flags: your icefall checkout may be older or newer than "
-     "expected (e.g. --bpe-model instead of --tokens)"),
+     "the export script's parser does not take the flag(s) named above (see `python export-for-ncnn.py --help` in "
+     "the recipe): give what this recipe takes instead (files.tokens / files.bpe_model / files.lang), drop a flag "
+     "you added in [export] extra_args (--export-arg), or pass the recipe's own flags there"),
     (r"No checkpoints found|Not enough checkpoints|epoch-\d+\.pt.*(No such file|not found)",
      "the checkpoint files the export looks for are not there: check epoch/iter/avg and the exp dir"),
     (r"Unable to create a model from specified model files",
@@ -31,8 +34,95 @@ HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in
 
 def hint_for(lines: list[str]) -> str | None:
     """The hint of the first known failure string found, scanning from the end."""
+    own = icefall_import_hint(lines)
+    if own:
+        return own
     for line in reversed(lines):
         for pattern, hint in HINTS:
             if pattern.search(line):
                 return hint
+    return None
+
+
+_FRAME = re.compile(r'^\s*File "(.+?)", line (\d+)')
+_CANNOT_IMPORT = re.compile(r"^ImportError: cannot import name '(\w+)' from '([\w.]+)'(?: \((.+)\))?")
+_NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([\w.]+)'")
+
+
+def icefall_import_hint(lines: list[str]) -> str | None:
+    """An ImportError raised by one icefall recipe file importing another (a bug in icefall, not in the user's files).
+
+    Recognised when the innermost frame of the traceback is a file under an ``egs/`` recipe folder and the missing
+    name lives in the recipe's own modules (``cannot import name X from M`` with M.py inside egs/, or ``No module
+    named M`` where M.py is a dangling link or exists in a sibling recipe). The workaround named is the sibling
+    recipe that has the same model code (the target of the failing file's link, or the recipe whose name this one
+    extends), and the extra-arguments hatch.
+    """
+    frame = None
+    for line in lines:
+        m = _FRAME.match(line)
+        if m:
+            frame = (Path(m.group(1)), int(m.group(2)))
+            continue
+        cannot, missing = _CANNOT_IMPORT.match(line.strip()), _NO_MODULE.match(line.strip())
+        if not (cannot or missing) or frame is None or "egs" not in frame[0].parts:
+            continue
+        where, lineno = frame
+        recipe = where.parent
+        if cannot:
+            name, module, source = cannot.groups()
+            if not source or "egs" not in Path(source).parts:
+                continue
+            what = f"{where.name} (line {lineno}) imports {name} from {module}, which this recipe's {Path(source).name} " \
+                   f"does not define{_link_note(Path(source))}"
+        else:
+            module = missing.group(1).split(".")[0]
+            if not _recipe_module(recipe, module):
+                continue
+            what = f"{where.name} (line {lineno}) imports {module}, which this recipe does not have{_link_note(recipe / (module + '.py'))}"
+        sibling = _sibling_recipe(where)
+        fix = (f"export with the sibling recipe that has the same model code, {sibling} (set files.recipe to it; its "
+               "export-for-ncnn.py loads the same checkpoint)" if sibling else
+               "export with the sibling recipe whose model code this one shares (set files.recipe to it)")
+        return (f"this failure is icefall's own, not your files or flags: in {recipe.name}, {what}. Workaround: {fix}; "
+                "or, when the recipe needs an argument the wizard does not pass, add it with [export] extra_args / "
+                "--export-arg")
+    return None
+
+
+def _link_note(path: Path) -> str:
+    try:
+        if path.is_symlink():
+            return f" (it is a link to {os.readlink(path)})"
+    except OSError:
+        pass
+    return ""
+
+
+def _recipe_module(recipe: Path, module: str) -> bool:
+    """True when ``module`` is a recipe module: a dangling link here, or a file in a sibling recipe folder."""
+    here = recipe / f"{module}.py"
+    if here.is_symlink() and not here.exists():
+        return True
+    try:
+        return any((d / f"{module}.py").is_file() for d in recipe.parent.iterdir() if d.is_dir() and d != recipe)
+    except OSError:
+        return False
+
+
+def _sibling_recipe(failing: Path) -> str | None:
+    """The recipe whose model code the failing recipe uses: the failing file's link target, else a name prefix."""
+    recipe = failing.parent
+    candidates = []
+    try:
+        if failing.is_symlink():
+            candidates.append(failing.resolve().parent)
+        candidates += sorted((d for d in recipe.parent.iterdir()
+                              if d.is_dir() and d != recipe and recipe.name.startswith(d.name)),
+                             key=lambda d: -len(d.name))
+    except OSError:
+        return None
+    for d in candidates:
+        if d != recipe.resolve() and (d / "export-for-ncnn.py").is_file():
+            return str(d)
     return None

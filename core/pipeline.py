@@ -35,9 +35,11 @@ def ncnn_name(net: str, ext: str) -> str:
 class PlanError(Exception):
     """The config cannot be turned into a plan; ``problems`` name the fields."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], untrusted: list[tuple[str, list[str]]] | None = None):
         super().__init__("\n".join(problems))
         self.problems = problems
+        # checkpoints the safe loader refused, with the globals each needs (the wizard's trust tick names them)
+        self.untrusted = untrusted or []
 
 
 @dataclass
@@ -104,16 +106,10 @@ def find_icefall_root(script: Path) -> Path | None:
 
 
 def tokens_flag(script: Path) -> str:
-    """``--tokens`` for icefall after 2023-08, ``--bpe-model`` for older checkouts (read from the script)."""
-    try:
-        text = script.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "--tokens"
-    if '"--tokens"' in text or "'--tokens'" in text:
-        return "--tokens"
-    if '"--bpe-model"' in text or "'--bpe-model'" in text:
-        return "--bpe-model"
-    return "--tokens"
+    """How the script takes the vocabulary: ``--tokens`` (icefall after 2023-08), ``--bpe-model`` (older) or
+    ``--lang`` (CSJ), read from its parser (core.recipe_script)."""
+    from .recipe_script import read_script_args
+    return read_script_args(script).token_flag
 
 
 def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check_out_dir: bool = True) -> PlannedRun:
@@ -149,12 +145,14 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     if root is None:
         warnings.append("files.icefall_root: the recipe is not under an egs/ directory; PYTHONPATH is not extended")
 
-    checkpoints: list[Path] = []
+    checkpoints: list[Path] = []  # linked into the work dir
+    loaded: list[Path] = []  # what icefall's export will unpickle
+    needs_model_avg = False
     if f.checkpoint:
         ckpt = Path(f.checkpoint).expanduser()
         if not ckpt.is_file():
             problems.append(f"files.checkpoint: {ckpt} not found")
-        checkpoints = [ckpt]
+        checkpoints = loaded = [ckpt] if ckpt.is_file() else []
     elif f.exp_dir:
         exp = Path(f.exp_dir).expanduser()
         if not exp.is_dir():
@@ -163,26 +161,44 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
             checkpoints = sorted(exp.glob("epoch-*.pt")) + sorted(exp.glob("checkpoint-*.pt"))
             if not checkpoints:
                 problems.append(f"files.exp_dir: no epoch-*.pt or checkpoint-*.pt in {exp}")
+            else:
+                from .plan_checks import export_checkpoint_files
+                selection = export_checkpoint_files(exp, f.epoch, f.iter, f.avg, f.use_averaged_model)
+                problems += selection.problems
+                loaded, needs_model_avg = selection.loaded, selection.needs_model_avg
     else:
         problems.append("files.checkpoint: not set; give a pretrained.pt / epoch-N.pt (or files.exp_dir with "
                         "epoch/iter/avg)")
 
-    tok_flag = tokens_flag(script) if script.is_file() else "--tokens"
-    tokens_src = Path(f.tokens).expanduser() if f.tokens else None
-    if f.checkpoint and checkpoints and checkpoints[0].is_file():
-        p, w = check_checkpoint(config, checkpoints[0], tokens_src)
-        problems += p
-        warnings += w
-    bpe = Path(f.bpe_model).expanduser() if f.bpe_model else None
-    if tokens_src is None and bpe is None:
-        problems.append("files.tokens: not set; give tokens.txt or files.bpe_model (bpe.model)")
-    if tokens_src is not None and not tokens_src.is_file():
-        problems.append(f"files.tokens: {tokens_src} not found")
-    if bpe is not None and not bpe.is_file():
-        problems.append(f"files.bpe_model: {bpe} not found")
-    if tok_flag == "--bpe-model" and bpe is None:
-        problems.append(f"files.bpe_model: {script.name} is from an older icefall that takes --bpe-model; "
-                        "give the bpe.model")
+    from .recipe_script import ScriptArgs, read_script_args
+    script_args = read_script_args(script) if script.is_file() else ScriptArgs(script)
+    tok_flag = script_args.token_flag
+    vocab = _vocabulary(f, script, tok_flag, problems, warnings)
+    tokens_src, bpe = vocab.tokens, vocab.bpe
+
+    untrusted: list[tuple[str, list[str]]] = []
+    detection = None
+    if loaded:
+        from .plan_checks import checkpoint_safety
+        safety = checkpoint_safety(loaded, f.trust_checkpoint, needs_model_avg=needs_model_avg)
+        problems += safety.problems
+        warnings += safety.warnings
+        untrusted = safety.untrusted
+        last = safety.loaded.get(loaded[-1])  # epoch-N.pt / the single file: the one that fixes the model shape
+        if last is not None:
+            p, w, detection = check_checkpoint(config, last, tokens_src, bpe=bpe, script=script,
+                                               vocab_key=vocab.key)
+            problems += p
+            warnings += w
+    from .plan_checks import context_size_problems
+    context = context_size_problems(resolved, detection)
+    if context:  # refused, so the architecture's warning about it would only repeat it
+        problems += context
+        warnings = [w for w in warnings if "--context-size is" not in w]
+    problems += _export_arg_problems(config, script_args, resolved, warnings)
+    if config.validation.numeric or config.validation.decode:
+        from .plan_checks import validation_wav_problems
+        problems += validation_wav_problems(config.validation.wavs)
 
     python = config.python
     if not (shutil.which(python) or Path(python).is_file()):
@@ -210,12 +226,12 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
         problems += _check_out_dir(out)
 
     if problems:
-        raise PlanError(problems)
+        raise PlanError(problems, untrusted)
 
     steps: list[Step] = []
     steps.append(make_prepare(layout, checkpoints, single=bool(f.checkpoint)))
     steps.append(make_tokens(layout, tokens_src, bpe))
-    steps.append(_export_step(config, layout, script, root, checkpoints, tok_flag, bpe, resolved))
+    steps.append(_export_step(config, layout, script, root, checkpoints, vocab, resolved))
     for net in NETS:
         steps.append(_pnnx_step(pnnx.path, layout, net))
     from .rewrite_step import make_rewrite, rewritten
@@ -245,58 +261,168 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     return run
 
 
-def check_checkpoint(config: WizardConfig, ckpt: Path, tokens: Path | None) -> tuple[list[str], list[str]]:
-    """(problems, warnings) from comparing the config with what the checkpoint's weights show.
+def check_checkpoint(config: WizardConfig, ckpt, tokens: Path | None, *, bpe: Path | None = None,
+                     script: Path | None = None, vocab_key: str = ""):
+    """(problems, warnings, detection) from comparing the config with what the checkpoint's weights show.
 
-    A file that cannot be read as a checkpoint safely (not a torch file, or one that needs code to unpickle)
-    gives a warning, not a problem: icefall's export is the judge then. An architecture sherpa-ncnn cannot
-    run (Zipformer2) is a problem. Mismatches are problems unless files.ignore_checkpoint_mismatch is set.
+    ``ckpt`` is a checkpoint already read safely (core.plan_checks.checkpoint_safety) or a path (read safely
+    here; a refusal is a problem). An architecture sherpa-ncnn cannot run (Zipformer2) is a problem. Mismatches
+    (hyperparameters, vocabulary size, dims the recipe fixes) are problems unless files.ignore_checkpoint_mismatch
+    is set.
     """
     from .checkpoint import CheckpointError, UnsupportedArchitectureError, check_against, check_tokens, detect
+    from .plan_checks import fixed_dim_messages, vocab_problems
     try:
         detection = detect(ckpt)
     except UnsupportedArchitectureError as exc:
-        return [f"files.checkpoint: {exc}"], []
+        return [f"files.checkpoint: {exc}"], [], None
     except CheckpointError as exc:
-        return [], [f"files.checkpoint: not checked against the hyperparameters: {exc}"]
+        return [f"files.checkpoint: {exc}"], [], None
     problems: list[str] = []
     fixed_dims = ("decoder_dim is ", "joiner_dim is ")  # checked against the recipe's own get_params below
     warnings = [f"files.checkpoint: {m}" for m in detection.disagreements + detection.warnings
                 if not m.startswith(fixed_dims)]
-    if detection.arch.name != "zipformer" and config.files.recipe:
-        warnings += _fixed_dim_warnings(Path(config.files.recipe).expanduser(), detection)
     ignore = config.files.ignore_checkpoint_mismatch
+    how = " (fix it, or set files.ignore_checkpoint_mismatch / --ignore-checkpoint-mismatch to run anyway)"
+    if detection.arch.name != "zipformer" and (script is not None or config.files.recipe):
+        code_dir = script.resolve().parent if script is not None and script.is_file() else None
+        for msg in _fixed_dim_warnings(code_dir or Path(config.files.recipe).expanduser(), detection):
+            (warnings if ignore else problems).append(msg + ("" if ignore else how))
     for m in check_against(config, detection):
         text = f"{'arch' if m.flag == 'arch' else 'hyperparameters'}: {m.message}"
         if m.severity == "error" and not ignore:
-            problems.append(text + " (fix it, or set files.ignore_checkpoint_mismatch / "
-                                   "--ignore-checkpoint-mismatch to run anyway)")
+            problems.append(text + how)
         else:
             warnings.append(text)
     if tokens is not None and tokens.is_file():
+        key = vocab_key or "files.tokens"
         for msg in check_tokens(tokens, detection):
-            (warnings if ignore else problems).append(f"files.tokens: {msg}")
-    return problems, warnings
+            (warnings if ignore else problems).append(f"{key}: {msg}")
+    for msg in vocab_problems(detection, tokens=tokens, bpe=bpe, from_lang=vocab_key):
+        (warnings if ignore else problems).append(msg)
+    return problems, warnings, detection
 
 
-def _fixed_dim_warnings(recipe: Path, detection) -> list[str]:
-    """ConvEmformer/LSTM recipes fix decoder_dim/joiner_dim in get_params; compare with the checkpoint."""
-    import re
-    folder = recipe if recipe.is_dir() else recipe.parent
-    text = ""
-    for name in ("do_not_use_it_directly.py", "train.py"):
-        try:
-            text += (folder / name).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            pass
-    out = []
-    for key in ("decoder_dim", "joiner_dim"):
-        have = detection.extras.get(key)
-        m = re.search(rf"[\"']{key}[\"']\s*:\s*(\d+)", text)
-        if have is not None and m and int(m.group(1)) != have:
-            out.append(f"files.checkpoint: the checkpoint's {key} is {have}, but the recipe's get_params fixes it at "
-                       f"{m.group(1)}; the export will fail with a size mismatch")
-    return out
+def _fixed_dim_warnings(folder: Path, detection) -> list[str]:
+    """ConvEmformer/LSTM recipes fix decoder_dim/joiner_dim in get_params; compare with the checkpoint.
+
+    ``folder`` is the folder the export's code runs from (a recipe directory, or its export script)."""
+    from .plan_checks import fixed_dim_messages
+    return fixed_dim_messages(folder if folder.is_dir() else folder.parent, detection)
+
+
+@dataclass
+class Vocabulary:
+    """How the export gets the vocabulary, and where tokens.txt comes from."""
+
+    flag: str  # --tokens, --bpe-model or --lang
+    tokens: Path | None = None  # tokens.txt copied to OUT (or None: made from bpe)
+    bpe: Path | None = None
+    lang: Path | None = None
+    lang_type: str = ""  # given in the config (passed as --lang-type)
+    key: str = ""  # the config key the vocabulary came from, for messages
+
+    def export_args(self, layout: Layout, accepts) -> list[str]:
+        if self.flag == "--bpe-model":
+            return ["--bpe-model", str(self.bpe)]
+        if self.flag == "--lang":
+            return ["--lang", str(self.lang)] + (["--lang-type", self.lang_type]
+                                                  if self.lang_type and accepts("--lang-type") else [])
+        return ["--tokens", str(layout.tokens)]
+
+    def export_inputs(self, layout: Layout) -> list[Path]:
+        if self.flag == "--bpe-model":
+            return [self.bpe]
+        if self.flag == "--lang":
+            return [p for p in (self.tokens, self.bpe, self.lang / "lang_type") if p is not None and p.is_file()]
+        return [layout.tokens]
+
+
+def _vocabulary(f, script: Path, flag: str, problems: list[str], warnings: list[str]) -> Vocabulary:
+    """tokens.txt / bpe.model / lang dir from the config, checked against what the export script takes."""
+    v = Vocabulary(flag, Path(f.tokens).expanduser() if f.tokens else None,
+                   Path(f.bpe_model).expanduser() if f.bpe_model else None,
+                   Path(f.lang).expanduser() if f.lang else None, f.lang_type)
+    v.key = "files.tokens" if v.tokens else "files.bpe_model" if v.bpe else ""
+    if v.lang is not None and not v.lang.is_dir():
+        problems.append(f"files.lang: {v.lang} is not a directory")
+        return v
+    if flag == "--lang":
+        if v.lang is None:
+            problems.append(f"files.lang: {script.name} takes --lang DIR (e.g. icefall's CSJ recipe): give the lang "
+                            "directory the model was trained with (data/lang_char), in [files] lang = \"DIR\"")
+            return v
+        kind = v.lang_type
+        if not kind:
+            marker = v.lang / "lang_type"
+            if not marker.is_file():
+                problems.append(f"files.lang_type: not set, and {marker} does not exist; set lang_type = \"char\" "
+                                "or \"bpe\" in [files]")
+                return v
+            kind = marker.read_text(encoding="utf-8", errors="replace").strip()
+        wanted = {"char": "tokens.txt", "bpe": "bpe.model"}.get(kind)
+        if wanted is None:
+            problems.append(f"files.lang_type: {v.lang}/lang_type says {kind!r}; the recipe's tokenizer knows 'char' "
+                            "and 'bpe'")
+            return v
+        if not (v.lang / wanted).is_file():
+            problems.append(f"files.lang: {v.lang} has no {wanted} (lang type {kind} reads it)")
+            return v
+        if kind == "char" and v.tokens is None:
+            v.tokens, v.key = v.lang / "tokens.txt", "files.lang"
+        elif kind == "bpe" and v.tokens is None and v.bpe is None:
+            v.bpe, v.key = v.lang / "bpe.model", "files.lang"
+        return _check_vocab_files(v, problems)
+    if v.lang is not None and v.tokens is None and v.bpe is None:
+        found = [p for p in (v.lang / "tokens.txt", v.lang / "bpe.model") if p.is_file()]
+        if flag == "--bpe-model":
+            found = [p for p in found if p.name == "bpe.model"]
+        if found:
+            v.tokens, v.bpe = (found[0], None) if found[0].name == "tokens.txt" else (None, found[0])
+            v.key = "files.lang"
+            warnings.append(f"files.lang: {script.name} takes {flag}, not --lang; the vocabulary is {found[0]}")
+    if v.tokens is None and v.bpe is None:
+        problems.append("files.tokens: not set; give tokens.txt or files.bpe_model (bpe.model)")
+    if flag == "--bpe-model" and v.bpe is None:
+        problems.append(f"files.bpe_model: {script.name} is from an older icefall that takes --bpe-model; "
+                        "give the bpe.model")
+    return _check_vocab_files(v, problems)
+
+
+def _check_vocab_files(v: Vocabulary, problems: list[str]) -> Vocabulary:
+    if v.tokens is not None and not v.tokens.is_file():
+        problems.append(f"files.tokens: {v.tokens} not found")
+    if v.bpe is not None and not v.bpe.is_file():
+        problems.append(f"files.bpe_model: {v.bpe} not found")
+    return v
+
+
+def _export_arg_problems(config: WizardConfig, args, resolved: ResolvedValues, warnings: list[str]) -> list[str]:
+    """The wizard's flags must be ones the export script accepts; [export] extra_args are checked for clashes."""
+    problems: list[str] = []
+    ours = ["--exp-dir", "--epoch", "--avg", "--use-averaged-model"] + (["--iter"] if not config.files.checkpoint
+                                                                        else [])
+    ours += [a for a in (resolved.arch.flags_for(resolved.values) if resolved.ok else []) if a.startswith("--")]
+    where = ", ".join(str(p) for p in args.read)
+    for flag in dict.fromkeys(ours):
+        if not args.accepts(flag):
+            problems.append(f"files.recipe: {args.script.name} does not accept {flag} (its parser, read from {where}, "
+                            "has no such flag): this recipe is older or newer than the wizard expects; point "
+                            "files.recipe at a recipe whose export takes it")
+    hyper = {hp.flag for hp in resolved.arch.hyperparams}
+    for arg in config.export.extra_args:
+        if not arg.startswith("--"):
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in hyper:
+            problems.append(f"export.extra_args: {flag} is a model hyperparameter; set it in [hyperparameters] "
+                            "(the metadata is written from those) instead of passing it to the export")
+        elif flag in ours or flag in ("--tokens", "--bpe-model", "--lang", "--lang-type"):
+            warnings.append(f"export.extra_args: {flag} is also set by the wizard; argparse takes the last one: yours")
+        elif not args.accepts(flag):
+            warnings.append(f"export.extra_args: {args.script.name}'s parser (read from {where}) has no {flag}; the "
+                            "export will stop with 'unrecognized arguments' if it really does not take it")
+    return problems
 
 
 def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend, warnings: list[str]) -> list[Step]:
@@ -354,7 +480,7 @@ def _check_out_dir(out: Path) -> list[str]:
         if not out.is_dir():
             return [f"output.dir: {out} exists and is not a directory"]
         entries = [p.name for p in out.iterdir()]
-        ours = {"run-state.json", "manifest.json", "wizard.toml"}
+        ours = {"run-state.json", "manifest.json", "wizard.toml", ".sherpa-ncnn-wizard.lock"}
         if entries and not ours & set(entries):
             return [f"output.dir: {out} is not empty and was not made by the wizard; choose a new directory"]
         if not os.access(out, os.W_OK):
@@ -368,7 +494,7 @@ def _check_out_dir(out: Path) -> list[str]:
     return []
 
 
-def _export_step(config, layout: Layout, script: Path, root: Path | None, checkpoints, tok_flag, bpe,
+def _export_step(config, layout: Layout, script: Path, root: Path | None, checkpoints, vocab: Vocabulary,
                  resolved: ResolvedValues) -> Step:
     f = config.files
     if f.checkpoint:
@@ -376,9 +502,10 @@ def _export_step(config, layout: Layout, script: Path, root: Path | None, checkp
     else:
         selection = ["--epoch", str(f.epoch), "--iter", str(f.iter), "--avg", str(f.avg),
                      "--use-averaged-model", "1" if f.use_averaged_model else "0"]
-    tokens_arg = str(bpe) if tok_flag == "--bpe-model" else str(layout.tokens)
-    argv = [config.python, str(script), "--exp-dir", str(layout.exp), tok_flag, tokens_arg, *selection,
-            *resolved.arch.flags_for(resolved.values)]
+    from .recipe_script import read_script_args
+    accepts = read_script_args(script).accepts
+    argv = [config.python, str(script), "--exp-dir", str(layout.exp), *vocab.export_args(layout, accepts),
+            *selection, *resolved.arch.flags_for(resolved.values), *config.export.extra_args]
     env = {}
     if root is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(root)] + ([os.environ["PYTHONPATH"]]
@@ -389,7 +516,7 @@ def _export_step(config, layout: Layout, script: Path, root: Path | None, checkp
                     + shlex.join(argv),
                     "cd - >/dev/null"]
     return Step("export", "Export with icefall (torch.jit.trace)", argv=argv, cwd=cwd, env=env,
-                inputs=[script, *checkpoints] + ([layout.tokens] if tok_flag == "--tokens" else [bpe]),
+                inputs=[script, *checkpoints, *vocab.export_inputs(layout)],
                 outputs=[layout.pt(n) for n in NETS], parser="export", script=script_lines)
 
 

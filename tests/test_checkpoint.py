@@ -379,15 +379,20 @@ def test_models_built_by_the_recipe_code_are_detected(arch, flags):
     assert check_tokens(tokens, det) == []
 
 
-def test_pipeline_unreadable_checkpoint_is_a_warning_zipformer2_a_problem(tmp_path):
+def test_pipeline_unreadable_checkpoint_is_refused_unless_trusted_zipformer2_a_problem(tmp_path):
     from core.demo import demo_config
     from core.pipeline import PlanError, build_plan
     config = demo_config("zipformer")
     garbage = tmp_path / "pretrained.pt"
     garbage.write_bytes(b"checkpoint bytes")
     config.files.checkpoint = str(garbage)
+    with pytest.raises(PlanError) as err:  # icefall's export would unpickle what the safe loader cannot read
+        build_plan(config, out_dir=tmp_path / "out")
+    assert any(str(garbage) in p and "--trust-checkpoint" in p for p in err.value.problems)
+    config.files.trust_checkpoint = True
     run = build_plan(config, out_dir=tmp_path / "out")
     assert any(w.startswith("files.checkpoint: not checked against the hyperparameters") for w in run.warnings)
+    config.files.trust_checkpoint = False
     z2 = tmp_path / "z2.pt"
     torch.save({"model": materialize(zipformer2_state())}, z2)
     config.files.checkpoint = str(z2)

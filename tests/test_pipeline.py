@@ -42,6 +42,14 @@ FAKE_EXPORT = textwrap.dedent('''
 ''')
 
 
+def save_lstm_checkpoint(path, **changes):
+    """A real (zero-weight) LSTM checkpoint matching the fake config: 2 layers, dim 32, hidden 48, 4 tokens."""
+    import torch
+    from checkpoint_factory import lstm_state, materialize
+    args = dict(layers=2, dim=32, hidden=48, ff=16, decoder_dim=8, joiner_dim=8, vocab=4) | changes
+    torch.save({"model": materialize(lstm_state(**args))}, path)
+
+
 @pytest.fixture
 def fake(tmp_path):
     """A fake icefall checkout (recipe, checkpoint, tokens) under a path with spaces."""
@@ -51,7 +59,7 @@ def fake(tmp_path):
     (recipe / "export-for-ncnn.py").write_text('# parser.add_argument("--tokens")\n' + FAKE_EXPORT)
     exp = tmp_path / "model files" / "exp"
     exp.mkdir(parents=True)
-    (exp / "pretrained.pt").write_bytes(b"checkpoint bytes")
+    save_lstm_checkpoint(exp / "pretrained.pt")
     tokens = tmp_path / "model files" / "tokens.txt"
     tokens.write_text("<blk> 0\n<sos/eos> 1\n<unk> 2\na 3\n")
     config = WizardConfig(arch="lstm", hyperparameters={"num-encoder-layers": "2", "encoder-dim": "32",
