@@ -236,7 +236,7 @@ class ApplyError(Exception):
     """Writing the plan failed; the original file is untouched. The message says what to do."""
 
 
-def apply_plan(plan: MetadataPlan, path: str | Path) -> ApplyResult:
+def apply_plan(plan: MetadataPlan, path: str | Path, *, force: bool = False) -> ApplyResult:
     """Write the planned edit atomically, keeping a one-time ``.orig`` backup."""
     path = Path(path)
     if plan.action == "unchanged":
@@ -251,7 +251,7 @@ def apply_plan(plan: MetadataPlan, path: str | Path) -> ApplyResult:
         raise ApplyError(f"{path}: the file changed since the preview was made; preview it again before writing")
     try:
         backup = backup_once(path, current)
-        written = atomic_write_bytes(path, plan.new_bytes)
+        written = atomic_write_bytes(path, plan.new_bytes, force=force)
     except WriteError as exc:
         raise ApplyError(str(exc)) from None
     verb = "inserted" if plan.action == "insert" else "replaced"

@@ -475,7 +475,8 @@ class RewriteResult:
 
 
 def apply_rewrites(plan: RewritePlan, param: str | Path, bin_path: str | Path | None = None, *,
-                   out_param: str | Path | None = None, out_bin: str | Path | None = None) -> RewriteResult:
+                   out_param: str | Path | None = None, out_bin: str | Path | None = None,
+                   force: bool = False) -> RewriteResult:
     """Write the plan: in place (with ``.orig`` backups) or to ``out_param``/``out_bin`` (originals untouched)."""
     param = Path(param)
     if plan.action == "unchanged":
@@ -496,8 +497,8 @@ def apply_rewrites(plan: RewritePlan, param: str | Path, bin_path: str | Path | 
             backup = str(backup_once(param, current))
             if plan.new_bin is not None:
                 backup_once(bin_path)
-                atomic_write_bytes(bin_path, plan.new_bin)
-            atomic_write_bytes(param, plan.new_param)
+                atomic_write_bytes(bin_path, plan.new_bin, force=force)
+            atomic_write_bytes(param, plan.new_param, force=force)
             target_param, target_bin = param, bin_path
         else:
             target_param = Path(out_param)

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("param", metavar="PARAM", help="the encoder .ncnn.param written by pnnx")
     meta.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES), help="the model architecture")
     meta.add_argument("--apply", action="store_true", help="write the edit (atomic, with a .orig backup)")
+    meta.add_argument("--force", action="store_true", help="with --apply: also edit a read-only file")
     meta.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     for flag in _all_model_flags():
         meta.add_argument(flag, dest="hp:" + flag, default=None, metavar="VALUE", help=argparse.SUPPRESS)
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("path", metavar="PATH", help="an encoder .param, or a directory with encoder/decoder/joiner "
                                                      ".param files and tokens.txt")
     doctor.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    doctor.add_argument("--run", action="store_true",
+                        help="also run each net in ncnn (in child processes); a crash names the first layer that "
+                             "crashes, found by running the graph layer by layer")
     from .cli_detect import add_detect_parsers
     add_detect_parsers(sub)
     from .cli_rewrite import add_rewrite_parser

@@ -68,7 +68,7 @@ def _plan_and_apply(args, result: dict, metadata, resolved, spec) -> int:
         return _finish(args, result, code, spec)
     if args.apply:
         try:
-            applied = apply_plan(plan, args.param)
+            applied = apply_plan(plan, args.param, force=getattr(args, "force", False))
         except ApplyError as exc:
             result["errors"].append(str(exc))
             return _finish(args, result, EXIT_FAILED, spec)

@@ -20,6 +20,7 @@ def add_rewrite_parser(sub) -> None:
                                                                   "LSTM chunk-length rewrite)")
     p.add_argument("--pnnx-param", metavar="F", help="pnnx's own graph (default: encoder.pnnx.param next to PARAM)")
     p.add_argument("--apply", action="store_true", help="write the rewrite (atomic, with .orig backups)")
+    p.add_argument("--force", action="store_true", help="with --apply: also edit read-only files")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
 
@@ -33,16 +34,26 @@ def run_rewrite_cmd(args: argparse.Namespace) -> int:
     from .cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
     from .cli_common import emit_json, stderr_console, stdout_console
 
+    from contextlib import nullcontext
+
+    from core.locks import LockError, edit_lock
+
     param = Path(args.param)
-    plan = plan_file(param, pnnx_param=args.pnnx_param, arch=args.arch)
     result = None
     error = None
-    if args.apply and plan.can_apply:
-        binary = param.with_name(param.name[:-len(".param")] + ".bin") if param.name.endswith(".param") else None
-        try:
-            result = apply_rewrites(plan, param, binary)
-        except RewriteError as exc:
-            error = str(exc)
+    try:  # plan and write under one lock: a concurrent --apply waits, then plans from this one's result
+        with edit_lock(param) if args.apply else nullcontext():
+            plan = plan_file(param, pnnx_param=args.pnnx_param, arch=args.arch)
+            if args.apply and plan.can_apply:
+                binary = param.with_name(param.name[:-len(".param")] + ".bin") if param.name.endswith(".param") \
+                    else None
+                try:
+                    result = apply_rewrites(plan, param, binary, force=args.force)
+                except RewriteError as exc:
+                    error = str(exc)
+    except LockError as exc:
+        stderr_console().print(Text("error: ", style="bold red") + Text(str(exc)))
+        return EXIT_FAILED
     if args.json:
         emit_json(plan.as_dict() | {"applied": bool(result and result.applied),
                                     "backup": result.backup if result else None, "write_error": error})
