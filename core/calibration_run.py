@@ -71,6 +71,24 @@ class Keeper(list):
         return x
 
 
+def as_mat(arr):
+    """A Mat that owns a copy of ``arr`` (float32; int32 stays int32 bits).
+
+    ``ncnn.Mat(numpy_array)`` of python-ncnn 1.0.20261020 wraps a one-element array so that the forward
+    crashes (SIGSEGV) when the graph passes it on: a one-layer Zipformer stack's cached_len state (1,) took
+    calibration down. An ncnn-allocated Mat filled from the array never does.
+    """
+    import ncnn
+    a = np.ascontiguousarray(arr)
+    mat = ncnn.Mat(*a.shape[::-1]) if a.ndim else ncnn.Mat(1)
+    view = np.asarray(mat)
+    if a.dtype == np.int32:
+        view.view(np.int32)[...] = a.reshape(view.shape)
+    else:
+        view[...] = a.astype(np.float32, copy=False).reshape(view.shape)
+    return mat
+
+
 def register_meta_layer(net, keeper: Keeper) -> None:
     import ncnn
 
@@ -214,8 +232,6 @@ class Streamer:
     def run(self, feats: np.ndarray, on_chunk=None, on_frame=None, enc_blobs: list[str] = (),
             join_blobs: list[str] = (), name: str = "the input") -> tuple[int, int, float]:
         """Stream ``feats``; return (chunks, frames, seconds inside the ncnn forward passes, hooks excluded)."""
-        import ncnn
-
         states = _initial_states(self.arch, self.meta)
         context = [0] * CONTEXT_SIZE
         decoder_out = _run_decoder(self.decoder, context)
@@ -227,9 +243,9 @@ class Streamer:
             processed += self.offset
             t0 = time.perf_counter()
             ex = self.encoder.create_extractor()
-            ex.input("in0", ncnn.Mat(chunk))
+            ex.input("in0", as_mat(chunk))
             for k, state in enumerate(states, start=1):
-                ex.input(f"in{k}", ncnn.Mat(state))  # states stay referenced until the next chunk
+                ex.input(f"in{k}", as_mat(state))
             mats = [ex.extract(blob)[1] for blob in enc_blobs]
             ret, out0 = ex.extract("out0")
             if ret != 0:
@@ -249,8 +265,8 @@ class Streamer:
                 frame = np.ascontiguousarray(frame, dtype=np.float32)
                 t0 = time.perf_counter()
                 jex = self.joiner.create_extractor()  # fresh per frame: each frame's blobs are its own
-                jex.input("in0", ncnn.Mat(frame))
-                jex.input("in1", ncnn.Mat(decoder_out))
+                jex.input("in0", as_mat(frame))
+                jex.input("in1", as_mat(decoder_out))
                 mats = [jex.extract(blob)[1] for blob in join_blobs]
                 _, logits = jex.extract("out0")
                 logits = np.asarray(logits)
@@ -456,10 +472,9 @@ def calibrate(files: ModelFiles, wavs: list[Path],
 
 
 def _run_decoder(net, context: list[int]) -> np.ndarray:
-    import ncnn
     ids = np.array(context, dtype=np.int32)
     ex = net.create_extractor()
-    ex.input("in0", ncnn.Mat(ids))
+    ex.input("in0", as_mat(ids))
     _, out = ex.extract("out0")
     return np.ascontiguousarray(np.array(out).reshape(-1), dtype=np.float32)
 

@@ -66,7 +66,9 @@ def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-def diagnose(path: str | Path) -> DoctorReport:
+def diagnose(path: str | Path, run: bool = False, log=None) -> DoctorReport:
+    """Check ``path`` (an encoder .param or a model directory); ``run``: also run each net in ncnn, in child
+    processes, naming the first layer that crashes (core/ncnn_child.py)."""
     path = Path(path)
     if not path.exists():
         raise UnusableInput(f"{path}: no such file or directory")
@@ -98,12 +100,33 @@ def diagnose(path: str | Path) -> DoctorReport:
         report.findings.append(Finding("error", str(graph), describe(None, bad) + "; " + CONVERT_HINT, bad[0].line)
                                if bad else Finding("ok", str(graph), "pnnx's own graph is consistent (no element-wise "
                                                                       "operator changes shape)"))
+    if run:
+        for role, p in files.items():
+            if role != "tokens":
+                report.findings.append(run_finding(p, log=log))
     if "tokens" in files:
         _check_tokens(files["tokens"], report, vocab_from_joiner)
     elif path.is_dir():
         report.findings.append(Finding("error", str(path), "no tokens.txt in this directory; sherpa-ncnn needs it "
                                                             "(make it from bpe.model, or copy it from the recipe's data/lang_*)"))
     return report
+
+
+def run_finding(param: Path, log=None) -> Finding:
+    """Run ``param`` with its .bin in ncnn, in child processes; a crash names the first layer that crashes."""
+    from .ncnn_child import locate_crash
+    binary = param.with_name(param.name[:-len(".param")] + ".bin")
+    if not binary.is_file():
+        return Finding("error", str(param), f"not run: the weights file {binary.name} is missing")
+    report = locate_crash(param, binary, log=log)
+    if report.ran:
+        return Finding("ok", str(param), f"ncnn ran all {report.layers} layers in a child process (python ncnn, "
+                                         "one chunk of the inputs sherpa-ncnn feeds)")
+    if report.index is not None:
+        return Finding("error", str(param), report.sentence(), report.line)
+    if report.load_error:
+        return Finding("error", str(param), report.sentence())
+    return Finding("warning", str(param), "not run: " + "; ".join(report.notes or ["the inputs are unknown"]))
 
 
 def _find_files(directory: Path) -> dict[str, Path]:

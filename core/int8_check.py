@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import fbank, read_wav
-from .calibration_run import Keeper, ModelFiles, Streamer, register_meta_layer
+from .calibration_run import Keeper, ModelFiles, Streamer, as_mat, register_meta_layer
 from .architectures import BY_MODEL_TYPE
 from .metadata import read_metadata
 from .ncnn_param import load_param
@@ -64,15 +64,15 @@ def compare_int8(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_joiner:
 
     def on_chunk(chunk, states, encoder_out, mats):
         ex8 = enc8.create_extractor()
-        ex8.input("in0", ncnn.Mat(chunk))
+        ex8.input("in0", as_mat(chunk))
         for k, state in enumerate(states, start=1):
-            ex8.input(f"in{k}", ncnn.Mat(state))
+            ex8.input(f"in{k}", as_mat(state))
         enc_cos.append(_cos(encoder_out, np.array(ex8.extract("out0")[1])))
 
     def on_frame(frame, decoder_out, token, logits, mats):
         jex8 = join8.create_extractor()
-        jex8.input("in0", ncnn.Mat(frame))
-        jex8.input("in1", ncnn.Mat(decoder_out))
+        jex8.input("in0", as_mat(frame))
+        jex8.input("in1", as_mat(decoder_out))
         join_cos.append(_cos(logits, np.array(jex8.extract("out0")[1])))
 
     for wav in wavs:

@@ -463,16 +463,8 @@ def quantize_in_child(param: Path, binary: Path, table_path: Path, out_param: Pa
 # -- the child's side ------------------------------------------------------------------------
 
 def _mat(arr):
-    import ncnn
-    import numpy as np
-    a = np.ascontiguousarray(arr)
-    mat = ncnn.Mat(*a.shape[::-1]) if a.ndim else ncnn.Mat(1)
-    view = np.asarray(mat)
-    if a.dtype == np.int32:
-        view.view(np.int32)[...] = a.reshape(view.shape)
-    else:
-        view[...] = a.astype(np.float32).reshape(view.shape)
-    return mat
+    from .calibration_run import as_mat
+    return as_mat(arr)
 
 
 def _say(text: str) -> None:

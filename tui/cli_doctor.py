@@ -13,7 +13,7 @@ MARKS = {"ok": ("[âœ“] ", "green"), "warning": ("[!] ", "yellow"), "error": ("[â
 
 def run_doctor(args) -> int:
     try:
-        report = diagnose(args.path)
+        report = diagnose(args.path, run=getattr(args, "run", False))
     except UnusableInput as exc:
         if args.json:
             emit_json({"path": args.path, "healthy": False, "usable": False, "error": str(exc)})

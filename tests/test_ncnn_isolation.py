@@ -1,0 +1,178 @@
+"""ncnn never takes the tool down (core/ncnn_child.py): real crashes, in child processes.
+
+The crashing model is real: the icefall kit's one-layer-stack Zipformer (``--num-encoder-layers 1,2,1``)
+rewritten the way the unbind rule did before it knew one-output Slices, i.e. with pnnx's 8 parameterless
+one-output ``Slice`` layers left in (ncnn's Slice then reads a NULL slices array: SIGSEGV), plus its
+SherpaMetaData. ``doctor --run`` must name that layer; calibration on it must end with a sentence naming the
+step, the file and the layer (exit 1 for the command; a failed step with its log and manifest for a run).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.demo import demo_recipe
+
+KIT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-kit"
+ONE_LAYER = KIT / "zipformer-1layer-stacks"
+LSTM = KIT / "lstm-2layer"
+pytestmark = pytest.mark.skipif(not ONE_LAYER.is_dir(), reason=f"the icefall kit is not at {KIT}")
+NET = "{}_jit_trace-pnnx.ncnn.{}"
+ONE_OUTPUT_UNBINDS = {f"unbind_{i}" for i in (0, 1, 5, 6, 14, 15, 19, 20)}
+
+
+def _model(dst: Path, crash: bool) -> Path:
+    """The kit's 1,2,1 Zipformer made sherpa-ready (rewrite + metadata); ``crash``: the one-output unbinds put
+    back as pnnx wrote them (a Slice without parameters)."""
+    from core.architectures import get_arch, resolve
+    from core.metadata import apply_plan, build_metadata, plan_metadata
+    from core.ncnn_param import format_layer_line, load_param
+    from core.rewrite import apply_rewrites, plan_file
+    dst.mkdir(parents=True)
+    for net in ("decoder", "joiner"):
+        for ext in ("param", "bin"):
+            shutil.copyfile(ONE_LAYER / NET.format(net, ext), dst / NET.format(net, ext))
+    shutil.copyfile(ONE_LAYER / "tokens.txt", dst / "tokens.txt")
+    raw = ONE_LAYER / NET.format("encoder", "param")
+    plan = plan_file(raw, pnnx_param=ONE_LAYER / "encoder.pnnx.param", arch="zipformer")
+    enc = dst / NET.format("encoder", "param")
+    apply_rewrites(plan, raw, ONE_LAYER / NET.format("encoder", "bin"), out_param=enc,
+                   out_bin=dst / NET.format("encoder", "bin"))
+    spec = get_arch("zipformer")
+    words = (ONE_LAYER / "export-flags.txt").read_text().split()
+    resolved = resolve(spec, dict(zip(words[::2], words[1::2])))
+    assert resolved.ok, resolved.errors
+    meta = plan_metadata(load_param(enc).model, build_metadata(resolved), resolved.values)
+    apply_plan(meta, enc)
+    for backup in dst.glob("*.orig"):
+        backup.unlink()
+    if crash:
+        model = load_param(enc).model
+        lines = enc.read_text().splitlines(keepends=True)
+        for layer in model.layers:
+            if layer.name in ONE_OUTPUT_UNBINDS:
+                lines[layer.line - 1] = format_layer_line("Slice", layer.name, list(layer.bottoms), list(layer.tops),
+                                                          []) + "\n"
+        enc.write_text("".join(lines))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("isolation")
+    return {"good": _model(root / "good", crash=False), "crash": _model(root / "crash", crash=True)}
+
+
+def _first_unbind_line(d: Path) -> int:
+    from core.ncnn_param import load_param
+    return load_param(d / NET.format("encoder", "param")).model.layer_named("unbind_0").line
+
+
+def test_doctor_run_names_the_layer_that_crashes_ncnn(cli, models):
+    d = models["crash"]
+    code, out, err = cli("doctor", d, "--run", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["healthy"] is False
+    line = _first_unbind_line(d)
+    ran = [f for f in report["findings"] if "first that crashes" in f["message"]]
+    assert len(ran) == 1 and ran[0]["line"] == line
+    assert "layer 'unbind_0' (Slice)" in ran[0]["message"] and "killed by SIGSEGV" in ran[0]["message"]
+    # the same directory, fixed: every net runs, and doctor calls it healthy
+    code, out, _ = cli("doctor", models["good"], "--run", "--json")
+    good = json.loads(out)
+    assert code == 0 and good["healthy"], [f for f in good["findings"] if f["severity"] != "ok"]
+    assert sum("ncnn ran all" in f["message"] for f in good["findings"]) == 3
+
+
+def test_the_crash_is_found_by_bisection_too(models):
+    """Without trusting the first child's last 'at N' line, bisecting fresh children finds the same layer."""
+    from core.ncnn_child import locate_crash
+    d = models["crash"]
+    quick = locate_crash(d / NET.format("encoder", "param"), d / NET.format("encoder", "bin"))
+    slow = locate_crash(d / NET.format("encoder", "param"), d / NET.format("encoder", "bin"), trust_marks=False)
+    assert quick.name == slow.name == "unbind_0" and quick.line == slow.line == _first_unbind_line(d)
+    assert quick.attempts == 3 and slow.attempts > quick.attempts
+    assert quick.exit.startswith("killed by SIGSEGV")
+
+
+def test_doctor_run_on_the_kit_lstm_as_pnnx_wrote_it_names_the_layer_ncnn_lacks(cli, tmp_path):
+    d = tmp_path / "lstm"
+    d.mkdir()
+    for f in list(LSTM.glob("*_jit_trace-pnnx.ncnn.*")) + [LSTM / "encoder.pnnx.param", LSTM / "tokens.txt"]:
+        shutil.copyfile(f, d / f.name)
+    code, out, _ = cli("doctor", d, "--run", "--json")
+    report = json.loads(out)
+    assert code == 1
+    enc = [f for f in report["findings"] if f["file"].endswith(NET.format("encoder", "param"))
+           and "could not load" in f["message"]]
+    assert len(enc) == 1 and "Tensor.to" in enc[0]["message"]
+
+
+def test_calibrate_command_on_a_crashing_model_exits_1_with_a_sentence(cli, models, tmp_path):
+    d = models["crash"]
+    wav = demo_recipe("lstm").test_wavs[0]
+    code, out, err = cli("calibrate", d, "--wav", wav, "--out", tmp_path / "tables")
+    assert code == 1
+    text = " ".join(err.split())
+    assert "calibrate: ncnn crashed (killed by SIGSEGV" in text
+    assert f"layer 'unbind_0' (Slice) at line {_first_unbind_line(d)}" in text and "encoder_jit_trace" in text
+    assert not (tmp_path / "tables" / "encoder-scale-table.txt").exists()
+
+
+def _calibrate_run(files, out: Path, wavs):
+    from core.int8_steps import make_calibrate
+    from core.pipeline import Layout
+    from core.runner import Plan, Runner
+    events = []
+    plan = Plan([make_calibrate(Layout(out), wavs, files)], out, manifest={"tool": "test"})
+    runner = Runner(plan, events.append)
+    status = asyncio.run(runner.run())
+    return status, runner.results["calibrate"], events
+
+
+def _files(d: Path):
+    from core.calibration_run import ModelFiles
+    return ModelFiles(*(d / NET.format(n, e) for n in ("encoder", "decoder", "joiner") for e in ("param", "bin")))
+
+
+def test_a_calibration_step_on_a_crashing_model_fails_with_a_sentence_and_keeps_log_and_manifest(models, tmp_path):
+    out = tmp_path / "run"
+    status, finished, _ = _calibrate_run(_files(models["crash"]), out, demo_recipe("lstm").test_wavs[:1])
+    assert status == "failed" and finished.status == "failed"
+    line = _first_unbind_line(models["crash"])
+    assert finished.error.startswith("calibrate: ncnn crashed (killed by SIGSEGV")
+    assert f"layer 'unbind_0' (Slice) at line {line}" in finished.error
+    log = (out / "logs" / "01-calibrate.log").read_text()
+    assert f"layer 'unbind_0' (Slice) at line {line}" in log
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["steps"][0]["error"] == finished.error
+
+
+def test_calibration_in_a_child_gives_the_in_process_tables_with_live_progress(models, tmp_path):
+    """The child's tables are the in-process ones, bit for bit, and its progress arrives as it goes."""
+    from core.calibration_run import calibrate
+    from core.ncnn_child import calibrate_in_child
+    files, wavs = _files(models["good"]), demo_recipe("lstm").test_wavs[:2]
+    seen = []
+    child = calibrate_in_child(files, wavs, on_progress=lambda i, n, note: seen.append((i, n)))
+    here = calibrate(files, wavs, workers=1)
+    assert child.encoder.text() == here.encoder.text() and child.joiner.text() == here.joiner.text()
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2) and len(seen) >= 3
+    first = next(iter(here.encoder.activations.values()))
+    got = child.encoder.activations[first.layer]
+    assert np.isclose(got.absmax, first.absmax) and np.isclose(got.threshold, first.threshold)
+
+
+def test_cancel_stops_the_calibration_child(models):
+    import time
+
+    from core.ncnn_child import ChildCancelled, calibrate_in_child
+    t0 = time.monotonic()
+    with pytest.raises(ChildCancelled):
+        calibrate_in_child(_files(models["good"]), demo_recipe("lstm").test_wavs[:2], cancelled=lambda: True)
+    assert time.monotonic() - t0 < 10
