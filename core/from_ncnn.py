@@ -361,8 +361,13 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
         print_fn("numeric check skipped: no reference outputs or traced modules")
     v.report_decode(v.decode(out, wavs, {}), report, print_fn,
                     describe=lambda item: f"loaded and decoded ({len(item['tokens'])} tokens): {item['text'][:80]!r}")
+    # torch vs sherpa-ncnn tokens, when the traced modules are there (pnnx's graph or the npz give state shapes)
+    near = tuple(d for d in (reference_dir, out / "work" / "pnnx") if d is not None)
+    if traced_dir is not None:
+        v.check_agreement(out, arch, traced_dir, report["decode"], report, print_fn, near)
     if int8:  # compared with the float set it was made from: the files in OUT
-        v.validate_int8(out, out, wavs, {}, report, print_fn=print_fn)
+        v.validate_int8(out, out, wavs, {}, report, print_fn=print_fn, traced_dir=traced_dir, arch=arch,
+                        extra_dirs=near)
     return report
 
 
