@@ -22,6 +22,7 @@ FRAME_SECONDS = 0.04  # sherpa-ncnn's timestamps: 10 ms shift x subsampling 4
 NO_WAV = "(1 s of silence: no test wavs given)"  # core.validate.decode's stand-in input
 BLANK, UNK = 0, 2  # sherpa-ncnn's greedy search emits neither
 CONTEXT = 2  # sherpa-ncnn's decoder context (hard-coded)
+NEAR_TIE = 1e-2  # fp16: a choice within this x max(1, |logits|max) of torch's best may flip (the numeric tolerance)
 
 
 class AgreementError(Exception):
@@ -55,8 +56,14 @@ class TorchTransducer:
     segment: int
     offset: int
 
-    def decode(self, features) -> tuple[list[int], list[int]]:
-        """Token ids and the encoder frame each was emitted at, for (frames, 80) features."""
+    def decode(self, features, follow: dict[int, int] | None = None, tolerance: float = 0.0) -> dict:
+        """Greedy-decode (frames, 80) features as sherpa-ncnn does: token ids and the encoder frame of each.
+
+        ``follow`` (sherpa-ncnn's emissions, frame -> token): where torch's choice differs from sherpa-ncnn's
+        by no more than ``tolerance`` x max(1, |logits|max) -- a near-tie that fp16 rounding may flip -- torch
+        takes sherpa-ncnn's choice (a ``near_ties`` entry) and goes on; a larger difference is the
+        ``divergence`` (reported once; torch keeps its own choice from there on).
+        """
         import numpy as np
         import torch
         enc = self.encoder
@@ -73,6 +80,8 @@ class TorchTransducer:
 
         tokens = [BLANK] * CONTEXT
         frames: list[int] = []
+        near_ties: list[dict] = []
+        divergence = None
         dec_out = run_decoder(tokens[-CONTEXT:])
         processed, frame_offset = 0, 0
         feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
@@ -89,16 +98,38 @@ class TorchTransducer:
                 inputs[k] = outs[k]
             encoder_out = outs[0].reshape(-1, outs[0].shape[-1])  # (frames, dim)
             for t in range(encoder_out.shape[0]):
-                frame = encoder_out[t].reshape([1] * (enc_rank - 1) + [-1])
-                logits = self.joiner([frame, dec_out])[0].reshape(-1)
-                token = int(np.argmax(logits.numpy()))  # first maximum, like std::max_element
+                frame = frame_offset + t
+                logits = self.joiner([encoder_out[t].reshape([1] * (enc_rank - 1) + [-1]), dec_out])[0]
+                logits = logits.reshape(-1).numpy()
+                token = int(np.argmax(logits))  # first maximum, like std::max_element
+                if follow is not None and divergence is None:
+                    token, tie, divergence = _follow(logits, token, follow.get(frame), tolerance, frame,
+                                                     len(tokens) - CONTEXT)
+                    if tie:
+                        near_ties.append(tie)
                 if token not in (BLANK, UNK):
                     tokens.append(token)
-                    frames.append(frame_offset + t)
+                    frames.append(frame)
                     dec_out = run_decoder(tokens[-CONTEXT:])
             frame_offset += encoder_out.shape[0]
             processed += self.offset
-        return tokens[CONTEXT:], frames
+        return {"tokens": tokens[CONTEXT:], "frames": frames, "near_ties": near_ties, "divergence": divergence}
+
+
+def _follow(logits, token: int, theirs: int | None, tolerance: float, frame: int, index: int):
+    """(token to take, near-tie or None, divergence or None) at one frame, given sherpa-ncnn's choice there."""
+    import numpy as np
+    emits = token not in (BLANK, UNK)
+    if (theirs is None and not emits) or theirs == token:
+        return token, None, None
+    alt = theirs if theirs is not None else (BLANK if logits[BLANK] >= logits[UNK] else UNK)
+    margin = float(logits[token] - logits[alt])
+    scale = max(1.0, float(np.abs(logits).max()))
+    what = {"index": index, "frame": frame, "torch_token": token if emits else None, "sherpa_token": theirs,
+            "margin": margin}
+    if margin <= tolerance * scale:
+        return alt, what, None
+    return token, None, what
 
 
 def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[Path, ...] = ()) -> TorchTransducer:
@@ -169,19 +200,31 @@ def compare_tokens(torch_tokens: list[int], sherpa_tokens: list[int], torch_fram
 def describe(entry: dict) -> str:
     name = Path(entry["wav"]).name if entry["wav"] != NO_WAV else entry["wav"]
     n_t, n_s = len(entry["torch_tokens"]), len(entry["sherpa_tokens"])
+    ties = entry.get("near_ties") or []
+    if entry["match"] and ties:
+        t = ties[0]
+        return (f"-[✓] agreement {entry['model']} {name}: sherpa-ncnn's {n_s} tokens are torch's, with {len(ties)} "
+                f"near-tie(s) decided the other way by fp16 rounding (first at frame {t['frame']}: torch "
+                f"{t['torch_token'] if t['torch_token'] is not None else 'blank'} vs sherpa-ncnn "
+                f"{t['sherpa_token'] if t['sherpa_token'] is not None else 'blank'}, logit margin {t['margin']:.1e}); "
+                f"torch alone gives {entry['rate']:.1%} of the same tokens")
     if entry["match"]:
         return f"-[✓] agreement {entry['model']} {name}: torch and sherpa-ncnn give the same {n_t} tokens"
     d = entry["first_divergence"]
-    where = f" (frame {d['torch_frame'] if d['torch_frame'] is not None else d['sherpa_frame']})" \
-        if d["torch_frame"] is not None or d["sherpa_frame"] is not None else ""
-    text = (f"token {d['index']}{where}: torch {d['torch_token']}, sherpa-ncnn {d['sherpa_token']} "
+    frames = sorted({f for f in (d["torch_frame"], d["sherpa_frame"]) if f is not None})
+    where = f" (frame {'/'.join(map(str, frames))})" if frames else ""
+    margin = f", torch's logit margin {d['margin']:.2g}" if d.get("margin") is not None else ""
+
+    def tok(v):
+        return "nothing" if v is None else v
+    text = (f"token {d['index']}{where}: torch {tok(d['torch_token'])}, sherpa-ncnn {tok(d['sherpa_token'])}{margin} "
             f"({n_t} vs {n_s} tokens, agreement {entry['rate']:.1%})")
     if entry["model"] == "int8":
         return f"-[i] agreement int8 {name}: {entry['rate']:.1%} of torch's tokens; first difference at {text}"
     return f"-[✗] agreement fp16 {name}: first divergence at {text}"
 
 
-_TORCH_CACHE: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+_TORCH_CACHE: dict[tuple[str, str], tuple[object, dict]] = {}  # (traced dir, wav) -> (features, plain decode)
 
 
 def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | None, report: dict,
@@ -206,19 +249,31 @@ def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | N
     for item in decode["results"]:
         wav = item["wav"]
         key = (str(traced_dir), wav)
+        sherpa_tokens = [int(t) for t in item.get("tokens", [])]
+        sherpa_frames = [round(float(s) / FRAME_SECONDS) for s in item.get("timestamps", [])]
         try:
             if key not in _TORCH_CACHE:
-                _TORCH_CACHE[key] = torch_model.decode(features_for(wav, tail_seconds))
+                feats = features_for(wav, tail_seconds)
+                _TORCH_CACHE[key] = (feats, torch_model.decode(feats))
+            feats, plain = _TORCH_CACHE[key]
+            entry = {"model": model, "wav": wav, "torch_tokens": plain["tokens"], "sherpa_tokens": sherpa_tokens,
+                     **compare_tokens(plain["tokens"], sherpa_tokens, plain["frames"], sherpa_frames or None),
+                     "near_ties": []}
+            if model != "int8" and not entry["match"] and len(sherpa_frames) == len(sherpa_tokens):
+                guided = torch_model.decode(feats, dict(zip(sherpa_frames, sherpa_tokens)), NEAR_TIE)
+                if guided["divergence"] is None and guided["tokens"] == sherpa_tokens:
+                    entry.update(match=True, near_ties=guided["near_ties"])
+                elif guided["divergence"] is not None:
+                    d = guided["divergence"]
+                    entry["first_divergence"] = {"index": d["index"], "torch_token": d["torch_token"],
+                                                 "sherpa_token": d["sherpa_token"], "torch_frame": d["frame"],
+                                                 "sherpa_frame": d["frame"], "margin": d["margin"]}
+                    entry["near_ties"] = guided["near_ties"]
         except (AgreementError, TracedError, OSError) as exc:
             report["ok"] = False
             entries.append({"model": model, "wav": wav, "error": str(exc), "match": False})
             print_fn(f"-[✗] agreement {model} {Path(wav).name}: {exc}")
             continue
-        torch_tokens, torch_frames = _TORCH_CACHE[key]
-        sherpa_tokens = [int(t) for t in item.get("tokens", [])]
-        sherpa_frames = [round(float(s) / FRAME_SECONDS) for s in item.get("timestamps", [])] or None
-        entry = {"model": model, "wav": wav, "torch_tokens": torch_tokens, "sherpa_tokens": sherpa_tokens,
-                 **compare_tokens(torch_tokens, sherpa_tokens, torch_frames, sherpa_frames)}
         entries.append(entry)
         print_fn(describe(entry))
         if model != "int8" and not entry["match"]:
