@@ -56,10 +56,34 @@ def load_run_config(args) -> WizardConfig:
     return config
 
 
+FROM_NCNN_ONLY = ("arch", "reference_dir", "traced_dir", "wav", "calibration_wav")
+INT8_ONLY = {"int8_backend": "--int8-backend", "table_tool": "--table-tool", "ncnn2int8": "--ncnn2int8",
+             "resample": "--resample"}
+
+
+def inapplicable_flags(args, config: WizardConfig) -> tuple[list[str], list[str]]:
+    """(errors, notes): flags that belong to another way of running, and int8 flags when no int8 set is made."""
+    errors = [f"--{name.replace('_', '-')} applies to 'run --from-ncnn' only; with --config or --demo the "
+              "configuration decides it" for name in FROM_NCNN_ONLY if getattr(args, name, None)]
+    notes = []
+    if not config.output.int8:
+        given = [flag for name, flag in INT8_ONLY.items() if getattr(args, name, None)]
+        if given:
+            notes.append(f"{', '.join(given)} ignored: no int8 set is made (add --int8, or int8 = true in [output])")
+    return errors, notes
+
+
 def run_pipeline(args) -> int:
     err = stderr_console()
     try:
         config = load_run_config(args)
+        errors, notes = inapplicable_flags(args, config)
+        if errors:
+            for e in errors:
+                err.print(Text("error: ", style="bold red") + Text(e))
+            return EXIT_BAD_INPUT
+        for n in notes:
+            err.print(Text("note: ", style="yellow") + Text(n))
         planned = build_plan(config, check_out_dir=not args.dry_run)
     except ConfigError as exc:
         err.print(Text("error: ", style="bold red") + Text(str(exc)))
