@@ -42,6 +42,29 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 def compare_int8(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_joiner: tuple[Path, Path],
                  wavs: list[Path]) -> list[Similarity]:
+    """The comparison, run in a child process (core.ncnn_child int8-check): ncnn on the user's int8 model never
+    runs in the caller's process. A crash raises core.ncnn_child.NcnnCrash naming the file and the first layer
+    that crashes; a model python ncnn cannot load raises ValueError, as before."""
+    import json
+
+    from .ncnn_child import EXIT_ERROR, NcnnCrash, crash_sentence, run_child
+    args = ["int8-check", "--fp32", *map(str, vars(fp32).values()), "--int8-encoder", *map(str, int8_encoder),
+            "--int8-joiner", *map(str, int8_joiner)] + [a for w in wavs for a in ("--wav", str(w))]
+    rc, lines = run_child(args)
+    results = [line[len("result: "):] for line in lines if line.startswith("result: ")]
+    if rc == 0 and results:
+        return [Similarity(**item) for item in json.loads(results[-1])]
+    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if rc == EXIT_ERROR and errors:
+        raise ValueError(errors[-1])
+    nets = [tuple(map(Path, int8_encoder)), tuple(map(Path, int8_joiner)), (fp32.encoder_param, fp32.encoder_bin),
+            (fp32.decoder_param, fp32.decoder_bin), (fp32.joiner_param, fp32.joiner_bin)]
+    raise NcnnCrash(crash_sentence("int8 check", nets, rc))
+
+
+def compare_int8_here(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_joiner: tuple[Path, Path],
+                      wavs: list[Path]) -> list[Similarity]:
+    """The comparison in this process (the child's side of compare_int8)."""
     import ncnn
 
     keeper = Keeper()

@@ -547,6 +547,22 @@ def child_quantize(a) -> int:
     return 0
 
 
+def child_int8_check(a) -> int:
+    import json
+    from dataclasses import asdict
+
+    from .calibration_run import ModelFiles
+    from .int8_check import compare_int8_here
+    try:
+        sims = compare_int8_here(ModelFiles(*map(Path, a.fp32)), tuple(map(Path, a.int8_encoder)),
+                                 tuple(map(Path, a.int8_joiner)), list(map(Path, a.wav)))
+    except (ValueError, CalibrationError) as exc:
+        _say(f"error: {exc}")
+        return EXIT_ERROR
+    _say("result: " + json.dumps([asdict(s) for s in sims]))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     p = argparse.ArgumentParser(prog="python -m core.ncnn_child", description=__doc__.split("\n")[0])
@@ -565,7 +581,14 @@ def main(argv: list[str] | None = None) -> int:
     qu = sub.add_parser("quantize", help="core.quantize.quantize of one net")
     for name in ("param", "bin", "table", "out_param", "out_bin"):
         qu.add_argument(name)
+    ic = sub.add_parser("int8-check", help="core.int8_check: cosine of the int8 encoder/joiner vs fp32")
+    ic.add_argument("--fp32", nargs=6, required=True, metavar="PATH")
+    ic.add_argument("--int8-encoder", nargs=2, required=True, metavar="PATH")
+    ic.add_argument("--int8-joiner", nargs=2, required=True, metavar="PATH")
+    ic.add_argument("--wav", action="append", default=[])
     a = p.parse_args(argv)
+    if a.command == "int8-check":
+        return child_int8_check(a)
     if a.command == "probe":
         return child_probe(Path(a.param), Path(a.bin), Path(a.feeds), a.upto)
     if a.command == "calibrate":

@@ -176,3 +176,21 @@ def test_cancel_stops_the_calibration_child(models):
     with pytest.raises(ChildCancelled):
         calibrate_in_child(_files(models["good"]), demo_recipe("lstm").test_wavs[:2], cancelled=lambda: True)
     assert time.monotonic() - t0 < 10
+
+
+def test_the_int8_check_runs_in_a_child_and_a_crash_names_the_layer(models):
+    """compare_int8 with an 'int8' encoder that crashes ncnn: the caller gets NcnnCrash with the sentence."""
+    from core.int8_check import compare_int8
+    from core.ncnn_child import NcnnCrash
+    good, bad = models["good"], models["crash"]
+    enc = (bad / NET.format("encoder", "param"), bad / NET.format("encoder", "bin"))
+    joiner = (good / NET.format("joiner", "param"), good / NET.format("joiner", "bin"))
+    with pytest.raises(NcnnCrash) as info:
+        compare_int8(_files(good), enc, joiner, demo_recipe("lstm").test_wavs[:1])
+    text = str(info.value)
+    assert text.startswith("int8 check: ncnn crashed (killed by SIGSEGV")
+    assert f"layer 'unbind_0' (Slice) at line {_first_unbind_line(bad)} of {enc[0]}" in text
+    sims = compare_int8(_files(good), (good / NET.format("encoder", "param"), good / NET.format("encoder", "bin")),
+                        joiner, demo_recipe("lstm").test_wavs[:1])
+    assert [(s.net, s.output) for s in sims] == [("encoder", "out0"), ("joiner", "out0")]
+    assert all(s.mean_cosine > 0.999 for s in sims)  # the same float model on both sides
