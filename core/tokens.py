@@ -7,8 +7,12 @@ sentencepiece, imported only when that is asked for.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_ID_RE = re.compile(r"-?[0-9]{1,9}\Z")  # ASCII digits only ('1²' is a digit to str.isdigit), no '--5', no 5000 digits
+MAX_TOKENS_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,11 @@ def read_tokens(path: str | Path) -> TokenTable:
     path = Path(path)
     problems: list[TokenProblem] = []
     try:
+        if path.is_dir() or (path.exists() and not path.is_file()):
+            return TokenTable({}, [TokenProblem("error", None, f"{path} is not a regular file")])
+        if path.stat().st_size > MAX_TOKENS_BYTES:
+            return TokenTable({}, [TokenProblem("error", None, f"{path} is {path.stat().st_size:,} bytes; a tokens.txt "
+                                                              "is a few hundred KB at most")])
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return TokenTable({}, [TokenProblem("error", None, f"{path} not found")])
@@ -49,7 +58,7 @@ def read_tokens(path: str | Path) -> TokenTable:
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not _ID_RE.match(parts[1]):
             problems.append(TokenProblem("error", n, f"expected 'symbol id', found {line.strip()[:40]!r}; sherpa-ncnn "
                                                      "silently stops reading tokens.txt here"))
             break

@@ -203,3 +203,12 @@ def test_hyperparameters_have_upper_bounds(arch, flag, value, cli_json):
     code, data = cli_json("meta", FIXTURES / "lstm" / "encoder_jit_trace-pnnx.ncnn.param", "--arch", arch, flag, value)
     assert code == 2
     assert any(flag in e and ("at most" in e) for e in data["errors"]), data["errors"]
+
+
+@pytest.mark.parametrize("line", ["a --5", "a 1²", "a " + "9" * 5000, "a ５"])
+def test_hostile_token_ids_are_problems_not_exceptions(tmp_path, line):
+    from core.tokens import read_tokens
+    f = tmp_path / "tokens.txt"
+    f.write_text(f"<blk> 0\n{line}\n", encoding="utf-8")
+    table = read_tokens(f)
+    assert any(p.line == 2 and "expected 'symbol id'" in p.message for p in table.problems)
