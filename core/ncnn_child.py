@@ -460,6 +460,23 @@ def quantize_in_child(param: Path, binary: Path, table_path: Path, out_param: Pa
     return result
 
 
+def record_loads_in_child(param: Path, binary: Path):
+    """core.quantize.record_loads in a child process: (every layer's weight loads, bytes ncnn read)."""
+    import json
+
+    from .quantize import LayerLoads, Load, QuantizeError
+    result: list = []
+    rc, lines = run_child(["loads", str(param), str(binary)],
+                          on_line=lambda t: result.append(json.loads(t[8:])) if t.startswith("result: ") else None)
+    if rc == EXIT_ERROR:
+        raise QuantizeError(_error_line(lines) or f"ncnn could not read the weights of {param}")
+    if rc != 0 or not result:
+        raise NcnnCrash(f"ncnn crashed ({exit_text(rc)}) in a child process while loading {param} with {binary}")
+    layers = [LayerLoads(e["name"], e["type"], {int(k): v for k, v in e["params"].items()},
+                         [Load(*ld) for ld in e["loads"]]) for e in result[-1]["layers"]]
+    return layers, result[-1]["consumed"]
+
+
 # -- the child's side ------------------------------------------------------------------------
 
 def _mat(arr):
@@ -547,6 +564,21 @@ def child_quantize(a) -> int:
     return 0
 
 
+def child_loads(a) -> int:
+    import json
+
+    from .quantize import QuantizeError, record_loads
+    try:
+        layers, consumed = record_loads(Path(a.param), Path(a.bin).read_bytes())
+    except (QuantizeError, OSError) as exc:
+        _say(f"error: {exc}")
+        return EXIT_ERROR
+    _say("result: " + json.dumps({"consumed": consumed, "layers": [
+        {"name": e.name, "type": e.type, "params": e.params, "loads": [[ld.w, ld.type, ld.start, ld.end]
+                                                                      for ld in e.loads]} for e in layers]}))
+    return 0
+
+
 def child_int8_check(a) -> int:
     import json
     from dataclasses import asdict
@@ -586,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     ic.add_argument("--int8-encoder", nargs=2, required=True, metavar="PATH")
     ic.add_argument("--int8-joiner", nargs=2, required=True, metavar="PATH")
     ic.add_argument("--wav", action="append", default=[])
+    lo = sub.add_parser("loads", help="core.quantize.record_loads: every layer's weight loads as JSON")
+    lo.add_argument("param")
+    lo.add_argument("bin")
     a = p.parse_args(argv)
+    if a.command == "loads":
+        return child_loads(a)
     if a.command == "int8-check":
         return child_int8_check(a)
     if a.command == "probe":

@@ -524,24 +524,20 @@ def fix_integer_constants(param_bytes: bytes, bin_data: bytes, pnnx_ops: list[di
     Returns (new .bin or None, [(layer name, what)]). Values already written as floats are left alone, so
     planning the result again finds nothing to do.
     """
-    import os
     import tempfile
 
     import numpy as np
 
-    from .quantize import record_loads
+    from .ncnn_child import record_loads_in_child
 
     integer = {o["name"]: o["attrs"]["@data"] for o in pnnx_ops
                if o["type"] == "pnnx.Attribute" and re.search(r"\)(i64|i32|i16|i8|u8)$", o["attrs"].get("@data", ""))}
     if not integer:
         return None, []
-    fd, tmp = tempfile.mkstemp(suffix=".param")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(param_bytes)
-        loads, _ = record_loads(Path(tmp), bin_data)
-    finally:
-        os.unlink(tmp)
+    with tempfile.TemporaryDirectory(prefix="integer-constants-") as tmp:  # ncnn reads them in a child process
+        (Path(tmp) / "g.param").write_bytes(param_bytes)
+        (Path(tmp) / "g.bin").write_bytes(bin_data)
+        loads, _ = record_loads_in_child(Path(tmp) / "g.param", Path(tmp) / "g.bin")
     out = bytearray(bin_data)
     changes = []
     for entry in loads:
