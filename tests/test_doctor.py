@@ -155,3 +155,39 @@ def test_doctor_reads_pnnx_own_graph_for_the_shape_inference_mix_up():
     assert "pnnx 20241223" in bad[0].message
     good = [f for f in diagnose(REAL_FIXTURES / "lstm").findings if f.file.endswith("encoder.pnnx.param")]
     assert len(good) == 1 and good[0].severity == "ok"
+
+
+def _small_graph(d: Path, slice_line: str) -> Path:
+    """A two-layer graph with pnnx's own graph beside it (the input shape doctor --run feeds)."""
+    d.mkdir()
+    p = d / "encoder_jit_trace-pnnx.ncnn.param"
+    p.write_text(f"7767517\n3 4\nInput in0 0 1 in0\n{slice_line}\nBinaryOp add_0 2 1 a b out0 0=0\n")
+    (d / "encoder_jit_trace-pnnx.ncnn.bin").write_bytes(b"")
+    (d / "encoder.pnnx.param").write_text("7767517\n1 1\npnnx.Input pnnx_input_0 0 1 0 #0=(4,3)f32\n")
+    return p
+
+
+def test_doctor_run_names_the_first_layer_that_crashes_ncnn(tmp_path, cli):
+    """A Slice without its slices array crashes ncnn (SIGSEGV); doctor --run survives it and names the line."""
+    bad = _small_graph(tmp_path / "bad", "Slice unbind_0 1 2 in0 a b")
+    report = diagnose(bad, run=True)
+    crash = [f for f in errors(report) if "first that crashes" in f.message]
+    assert len(crash) == 1 and crash[0].line == 4 and "layer 'unbind_0' (Slice)" in crash[0].message
+    assert "killed by SIGSEGV" in crash[0].message
+    good = _small_graph(tmp_path / "good", "Slice unbind_0 1 2 in0 a b -23300=2,-233,-233 1=0")
+    ran = diagnose(good, run=True)
+    assert [f.message for f in ran.findings if "ncnn ran all" in f.message] == [
+        "ncnn ran all 3 layers in a child process (python ncnn, one chunk of the inputs sherpa-ncnn feeds)"]
+    code, out, _ = cli("doctor", bad, "--run")
+    assert code == 1 and "is the first that crashes" in out
+
+
+def test_doctor_run_without_known_input_shapes_says_it_did_not_run(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    p = d / "encoder_jit_trace-pnnx.ncnn.param"
+    p.write_text("7767517\n2 2\nInput in0 0 1 in0\nReLU relu_0 1 1 in0 out0\n")
+    (d / "encoder_jit_trace-pnnx.ncnn.bin").write_bytes(b"")
+    report = diagnose(p, run=True)
+    skipped = [f for f in report.findings if f.message.startswith("not run:")]
+    assert len(skipped) == 1 and skipped[0].severity == "warning" and "SherpaMetaData" in skipped[0].message
