@@ -175,10 +175,10 @@ def load(path: str | Path, shape_files: list[Path] | None = None, metadata_specs
     ``shape_files``: candidate ``*.pnnx.param`` / ``*.npz`` files (the first that exists and fits is used);
     ``metadata_specs``: shapes derived from the model's metadata, the last resort.
     """
-    import torch
     path = Path(path)
     if not path.is_file():
         raise TracedError(f"{path}: not found; give the folder with icefall's *_jit_trace-pnnx.pt (--traced-dir)")
+    import torch
     try:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as exc:  # noqa: BLE001
