@@ -486,12 +486,18 @@ def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_
         l = unsupported[0]
         raise QuantizeError(f"layer {l.name!r} ({l.type}) has a table entry but the built-in quantizer cannot write "
                             f"{l.type} in int8; drop its lines from the table to keep it in float")
+    foreign = [n for n in table.activations if model.layer_named(n) is None]
+    if foreign and len(foreign) == len(table.activations):
+        raise QuantizeError(f"the scale table names none of {param}'s layers (e.g. {foreign[0]!r}); is it another "
+                            "model's table? Calibrate this model")
+    table_notes = [f"the scale table names {len(foreign)} layer(s) this model does not have (e.g. {foreign[0]!r}); "
+                   "they were ignored — was the table made for another model?"] if foreign else []
     by_name = {l.name: l for l in layers}
     for name in table.activations:
         if name not in by_name and model.layer_named(name) is not None:
             raise QuantizeError(f"layer {name!r}: has a table entry but ncnn loaded no weights for it")
     plan = _Plan()
-    quantized, dynamic_done, kept, fp16_layers, notes = [], [], [], [], []
+    quantized, dynamic_done, kept, fp16_layers, notes = [], [], [], [], list(table_notes)
     before = after = 0
     int8_keys: dict[str, int] = {}
     for layer in layers:

@@ -212,3 +212,11 @@ def test_hostile_token_ids_are_problems_not_exceptions(tmp_path, line):
     f.write_text(f"<blk> 0\n{line}\n", encoding="utf-8")
     table = read_tokens(f)
     assert any(p.line == 2 and "expected 'symbol id'" in p.message for p in table.problems)
+
+
+def test_quantize_refuses_another_models_table(tmp_path, cli):
+    param, binary = _joiner(tmp_path)
+    table = tmp_path / "t.txt"
+    table.write_text("other_linear_0_param_0 127.5\nother_linear_0 42.0\n")
+    code, _, err = cli("quantize", param, binary, tmp_path / "o.param", tmp_path / "o.bin", table)
+    assert code == 2 and "another model's table" in err and not (tmp_path / "o.param").exists()
