@@ -195,7 +195,7 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     if context:  # refused, so the architecture's warning about it would only repeat it
         problems += context
         warnings = [w for w in warnings if "--context-size is" not in w]
-    problems += _export_arg_problems(config, script_args, resolved, warnings)
+    problems += _export_arg_problems(config, script_args, resolved, vocab, warnings)
     if config.validation.numeric or config.validation.decode:
         from .plan_checks import validation_wav_problems
         problems += validation_wav_problems(config.validation.wavs)
@@ -397,11 +397,13 @@ def _check_vocab_files(v: Vocabulary, problems: list[str]) -> Vocabulary:
     return v
 
 
-def _export_arg_problems(config: WizardConfig, args, resolved: ResolvedValues, warnings: list[str]) -> list[str]:
+def _export_arg_problems(config: WizardConfig, args, resolved: ResolvedValues, vocab: Vocabulary,
+                         warnings: list[str]) -> list[str]:
     """The wizard's flags must be ones the export script accepts; [export] extra_args are checked for clashes."""
     problems: list[str] = []
     ours = ["--exp-dir", "--epoch", "--avg", "--use-averaged-model"] + (["--iter"] if not config.files.checkpoint
                                                                         else [])
+    ours += [a for a in vocab.export_args(Layout(Path(".")), args.accepts) if a.startswith("--")]
     ours += [a for a in (resolved.arch.flags_for(resolved.values) if resolved.ok else []) if a.startswith("--")]
     where = ", ".join(str(p) for p in args.read)
     for flag in dict.fromkeys(ours):
@@ -417,7 +419,7 @@ def _export_arg_problems(config: WizardConfig, args, resolved: ResolvedValues, w
         if flag in hyper:
             problems.append(f"export.extra_args: {flag} is a model hyperparameter; set it in [hyperparameters] "
                             "(the metadata is written from those) instead of passing it to the export")
-        elif flag in ours or flag in ("--tokens", "--bpe-model", "--lang", "--lang-type"):
+        elif flag in ours:
             warnings.append(f"export.extra_args: {flag} is also set by the wizard; argparse takes the last one: yours")
         elif not args.accepts(flag):
             warnings.append(f"export.extra_args: {args.script.name}'s parser (read from {where}) has no {flag}; the "
