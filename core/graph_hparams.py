@@ -541,7 +541,8 @@ def _soften(spec: ArchSpec, problem: Problem, sources: Mapping[str, str]) -> Pro
 
 
 def graph_mismatches(spec: ArchSpec, values: Mapping[str, Value], reading: GraphReading) -> list[str]:
-    """Sentences naming every metadata value that disagrees with what the graph shows."""
+    """Sentences naming every metadata value that disagrees with what the graph shows (also the sums and
+    products the graph fixes when it does not show the parts: chunk + right context, left context x factor)."""
     out = []
     for hp in spec.hyperparams:
         if hp.meta_key is None or hp.name not in reading.values or hp.name not in values:
@@ -549,4 +550,18 @@ def graph_mismatches(spec: ArchSpec, values: Mapping[str, Value], reading: Graph
         if values[hp.name] != reading.values[hp.name]:
             out.append(f"{hp.flag} is {hp.format(values[hp.name])} but the encoder's graph has "
                        f"{hp.format(reading.values[hp.name])} ({reading.where[hp.name]})")
+    total = reading.notes.get("chunk_plus_right")
+    if spec.name == "conv-emformer" and total is not None and "chunk_length" not in reading.values:
+        chunk, right = values.get("chunk_length"), values.get("right_context_length")
+        if isinstance(chunk, int) and isinstance(right, int) and chunk + right != total:
+            out.append(f"--chunk-length {chunk} + --right-context-length {right} = {chunk + right}, but "
+                       f"{reading.notes['chunk_where']}")
+    left, dcl = reading.notes.get("left_context"), values.get("decode_chunk_len")
+    ds, nlc = values.get("zipformer_downsampling_factors"), values.get("num_left_chunks")
+    if spec.name == "zipformer" and left and isinstance(dcl, int) and isinstance(ds, tuple) and isinstance(nlc, int) \
+            and "num_left_chunks" not in reading.values and len(ds) == len(left):
+        want = tuple(dcl // 2 * nlc // d for d in ds)
+        if want != tuple(left):
+            out.append(f"--decode-chunk-len {dcl} / 2 x --num-left-chunks {nlc} / --zipformer-downsampling-factors "
+                       f"gives left contexts {want}, but the encoder's graph has {tuple(left)} (cached_key rows)")
     return out

@@ -195,3 +195,27 @@ def test_graph_mismatches_names_only_metadata_values():
     assert graph_mismatches(spec, {"num_encoder_layers": 2, "encoder_dim": 128, "aux_layer_period": 3}, reading) == []
     assert graph_mismatches(spec, {"num_encoder_layers": 4, "encoder_dim": 128}, reading) == [
         "--num-encoder-layers is 4 but the encoder's graph has 2 (x)"]
+
+
+@needs_kit
+def test_graph_mismatches_checks_what_the_shapes_fix_when_the_parts_are_unknown(tmp_path):
+    """pnnx graphs without the layer names or split op still fix chunk + right context and left x factor."""
+    lines = [ln for ln in (KIT / "conv-emformer-3layer" / "encoder.pnnx.param").read_text().splitlines()
+             if ln.startswith(("7767517", "pnnx.Input")) or ln[:1].isdigit()]
+    (tmp_path / "c.pnnx.param").write_text("\n".join(lines) + "\n")
+    spec = get_arch("conv-emformer")
+    reading = read_graph(spec, pnnx_param=tmp_path / "c.pnnx.param")
+    good = resolve(spec, export_flags("icefall-kit/conv-emformer-3layer")).values
+    assert graph_mismatches(spec, good, reading) == []
+    assert graph_mismatches(spec, dict(good, chunk_length=32), reading) == [
+        "--chunk-length 32 + --right-context-length 4 = 36, but c.pnnx.param: in0 has 31 frames = chunk + right "
+        "context + 11"]
+    lines = [ln for ln in (KIT / "zipformer-5stack" / "encoder.pnnx.param").read_text().splitlines()
+             if ln.startswith(("7767517", "pnnx.Input")) or ln[:1].isdigit()]
+    (tmp_path / "z.pnnx.param").write_text("\n".join(lines) + "\n")
+    spec = get_arch("zipformer")
+    reading = read_graph(spec, pnnx_param=tmp_path / "z.pnnx.param")
+    good = resolve(spec, export_flags("icefall-kit/zipformer-5stack")).values
+    assert graph_mismatches(spec, good, reading) == []
+    [msg] = graph_mismatches(spec, dict(good, num_left_chunks=8), reading)
+    assert "gives left contexts (128, 64, 32, 16, 64), but the encoder's graph has (64, 32, 16, 8, 32)" in msg
