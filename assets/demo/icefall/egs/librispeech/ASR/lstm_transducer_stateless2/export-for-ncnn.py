@@ -9,10 +9,11 @@ selection, log lines and outputs. The model is a miniature with random weights
     ./lstm_transducer_stateless2/export-for-ncnn.py --tokens data/lang_bpe_500/tokens.txt --exp-dir exp \\
         --epoch 99 --avg 1 --use-averaged-model 0 --num-encoder-layers 2 --encoder-dim 32 --rnn-hidden-size 48
 
-Two differences: the encoder is traced on the 9 frames sherpa-ncnn feeds (icefall
-traces 100, which pnnx then bakes into a Reshape), with float lengths, and its
-states are separate tensors: forward(x, x_lens, h, c) -> (encoder_out, lengths, h, c)
-= ncnn in0..in3 / out0..out3.
+The encoder is traced as icefall traces it: the RNN itself, forward(x, x_lens,
+states) on 100 frames with int64 lengths and states the (h, c) tuple
+get_init_states() returns. pnnx numbers the ncnn blobs in0 features, in1
+lengths, in2 h, in3 c (out0..out3 likewise); the 100 frames end up in a Reshape
+that the wizard's rewrite turns into the 9 frames sherpa-ncnn feeds.
 """
 import argparse
 import logging
@@ -23,23 +24,14 @@ from train import add_model_arguments, get_params, get_transducer_model
 
 from icefall.ncnn_export import add_export_arguments, run_export
 
-SEGMENT = 9  # frames sherpa-ncnn feeds an LSTM encoder per chunk
-
-
-class StreamingEncoder(torch.nn.Module):
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x, x_lens, h, c):
-        out, lengths, (h, c) = self.encoder(x, x_lens, (h, c))
-        return out, lengths, h, c
+TRACE_FRAMES = 100  # icefall traces the LSTM encoder on 100 feature frames
 
 
 def trace_encoder(encoder: torch.nn.Module, path: Path) -> None:
-    x = torch.zeros(1, SEGMENT, 80)
-    x_lens = torch.tensor([float(SEGMENT)])
-    torch.jit.trace(StreamingEncoder(encoder).eval(), (x, x_lens, *encoder.get_init_states())).save(str(path))
+    features = torch.zeros(1, TRACE_FRAMES, 80, dtype=torch.float32)
+    feature_lens = torch.tensor([TRACE_FRAMES], dtype=torch.int64)
+    init_states = encoder.get_init_states()  # (h, c), traced as Tuple[Tensor, Tensor]
+    torch.jit.trace(encoder, (features, feature_lens, init_states)).save(str(path))
     logging.info(f"Saved to {path}")
 
 

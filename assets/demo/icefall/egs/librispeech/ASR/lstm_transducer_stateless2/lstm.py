@@ -44,10 +44,10 @@ class Conv2dSubsampling(nn.Module):
         self.channels = layer3_channels
         self.out = nn.Linear(layer3_channels * self.freq, out_channels)
 
-    def forward(self, x: Tensor, t_out: int) -> Tensor:
-        x = self.conv(x.unsqueeze(1))  # (1, C, t_out, F)
-        x = x.transpose(1, 2).reshape(1, t_out, self.channels * self.freq)
-        return self.out(x)
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x.unsqueeze(1))  # (N, C, T', F)
+        n, c, t, f = x.size()  # traced as size ops: the module runs on any chunk (pnnx bakes T' in a Reshape)
+        return self.out(x.transpose(1, 2).reshape(n, t, c * f))
 
 
 class RNNEncoderLayer(nn.Module):
@@ -105,11 +105,11 @@ class RNN(nn.Module):
         # aux_layer_period only matters for training (a random combiner); nothing to build here
 
     def forward(self, x: Tensor, x_lens: Tensor, states: Tuple[Tensor, Tensor]):
-        """x (1, T, 80); x_lens (1,) float; states (h, c) -> (out, lengths, (h, c))."""
-        t_out = ((x.shape[1] - 3) // 2 - 1) // 2  # a Python int, fixed when traced
-        x = self.encoder_embed(x, t_out)
-        # like icefall with is_pnnx: floor divisions in float (no int ops, no Tensor.to in the graph)
-        lengths = torch.floor((torch.floor((x_lens - 3) / 2) - 1) / 2)
+        """x (1, T, 80); x_lens (1,) int64; states (h, c) -> (out, lengths, (h, c))."""
+        x = self.encoder_embed(x)
+        # like icefall with is_pnnx: floor divisions in float, cast back to the lengths' dtype (a Tensor.to in
+        # pnnx's graph, which the wizard rewrites for sherpa-ncnn)
+        lengths = torch.floor((torch.floor((x_lens - 3) / 2) - 1) / 2).to(x_lens)
         x, new_states = self.encoder(x, states)
         return x, lengths, new_states
 
