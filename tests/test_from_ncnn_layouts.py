@@ -200,3 +200,56 @@ def test_run_from_ncnn_without_flags_writes_the_metadata_the_flags_give(cli, tmp
     assert code == 0, stdout + stderr  # validated end to end (the one-layer stacks' Slice: core/rewrite_zipformer)
     report = json.loads((out / "validation.json").read_text())
     assert report["ok"] and report["decode"]["ok"]
+
+
+@needs_kit
+async def test_wizard_ncnn_path_fills_the_form_from_the_graph_and_refuses_a_contradiction(tmp_path):
+    import time
+
+    from tui.wizard_app import make_app
+    from tui.wizard_ncnn import NcnnDirScreen, NcnnHyperScreen
+    from tui.wizard_screens import QuantScreen, ReviewScreen
+
+    def text(app, selector: str) -> str:
+        return str(app.screen.query_one(selector).render())
+
+    async def wait_for(pilot, predicate, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out waiting for the wizard"
+            await pilot.pause(0.1)
+
+    d = pnnx_default_folder(tmp_path)
+    app = make_app(out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, NcnnDirScreen)
+        app.screen.query_one("#ncnn-dir").value = str(d)
+        await wait_for(pilot, lambda: "read from the graph" in text(app, "#ncnn-found"))
+        assert "traced *.pt files (in exp/)" in text(app, "#ncnn-found")
+        for _ in range(4):
+            if isinstance(app.screen, NcnnHyperScreen):
+                break
+            await pilot.press("ctrl+n")
+            await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NcnnHyperScreen)
+        assert screen.query_one("#hp-num_encoder_layers").value == "1,2,1"
+        assert "from the graph" in text(app, "#d-num_encoder_layers")
+        screen.query_one("#hp-encoder_dims").value = "384,384,384"
+        await pilot.pause()
+        assert "contradicts the model: its graph has 96,96,96" in text(app, "#r-encoder_dims")
+        assert screen.query_one("#next").disabled
+        screen.query_one("#hp-encoder_dims").value = ""  # empty: the graph's value
+        await pilot.pause()
+        assert not screen.query_one("#next").disabled
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert isinstance(app.screen, QuantScreen)
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert isinstance(app.screen, ReviewScreen)
+        await wait_for(pilot, lambda: getattr(app.screen, "plan_state", "pending") != "pending")
+        assert app.screen.plan_state == "ok", text(app, "#problems")
+    assert app.config.files.from_ncnn == str(d.resolve())

@@ -117,6 +117,17 @@ class NcnnArchScreen(ArchScreen):
 class NcnnHyperScreen(HyperScreen):
     """The hyperparameter form, plus: a value the encoder's graph contradicts is refused by its field."""
 
+    def given(self) -> dict[str, str]:
+        """An empty field means the graph's value (or the default sized to the graph's stacks), not icefall's."""
+        values = super().given()
+        detected = self.app.detected
+        if detected is not None and getattr(detected, "origin", "") == "graph" and detected.ok:
+            for hp in self.spec.hyperparams:
+                if not values.get(hp.flag, "").strip() and hp.name in detected.values \
+                        and (detected.sources.get(hp.name) == "graph" or hp.kind == "int_list"):
+                    values[hp.flag] = detected.values[hp.name]
+        return values
+
     def refresh_state(self) -> None:
         super().refresh_state()
         detected = self.app.detected
