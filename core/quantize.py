@@ -58,8 +58,10 @@ class QuantizeError(CalibrationError):
     """The model cannot be quantized correctly; nothing was written. The message names the layer."""
 
 
-def _recording_reader(data: bytes):
+def _recording_reader(data: bytes | bytearray):
     import ncnn
+
+    view = np.frombuffer(data, dtype=np.uint8)  # no copy per read: ncnn reads the weights straight from it
 
     class RecordingReader(ncnn.DataReader):
         """Feeds ncnn the .bin from memory and remembers how far it has read."""
@@ -72,9 +74,10 @@ def _recording_reader(data: bytes):
             return 0
 
         def read(self, buf, size):
-            n = min(size, len(data) - self.pos)
-            ctypes.memmove(_get_pointer(buf, _get_name(buf)), data[self.pos:self.pos + n], n)
-            self.pos += n
+            n = min(size, len(view) - self.pos)
+            if n > 0:
+                ctypes.memmove(_get_pointer(buf, _get_name(buf)), view.ctypes.data + self.pos, n)
+            self.pos += max(n, 0)
             return n
 
     return RecordingReader()
@@ -258,8 +261,12 @@ def record_loads(param: Path, data: bytes, custom: dict | None = None) -> tuple[
             def load_model(self, mb):
                 entry = LayerLoads(self.name, kind, self.params, [])
                 found.append(entry)
-                rec = keep.keep(RecordingModelBin(mb, entry))
-                return self.inner.load_model(rec)
+                rec = RecordingModelBin(mb, entry)
+                ret = self.inner.load_model(rec)
+                # only where the loads lie is wanted: drop the weights ncnn just read, so memory stays at one
+                # layer's weights instead of the whole model's
+                self.inner = ncnn.create_layer(kind)
+                return ret
 
         def create():
             return keep.keep(Wrapper())
@@ -557,26 +564,27 @@ def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_
         layer = new_model.layer_named(name)
         line = re.sub(rf"\s{key}=\S+", "", new_model.lines[layer.line - 1].rstrip("\r\n"))
         new_model = new_model.with_line_replaced(layer.line, f"{line} {key}={INT8_SCALE_TERM}")
-    new_bytes = bytes(out)
+    new_bytes = out  # no copy: a published-size .bin is hundreds of MB
+    size_before = len(data)
+    del plan, data  # the replacements and the fp32 input are in ``out`` now: free them before the check loads it
     _verify(new_model.to_bytes(), new_bytes, out_param)
     atomic_write_pair(out_param, new_model.to_bytes(), out_bin, new_bytes)  # never a new .bin beside an old .param
-    return QuantizeReport(quantized, kept, len(data), len(new_bytes), before, after, dynamic_done, fp16_layers, notes)
+    return QuantizeReport(quantized, kept, size_before, len(new_bytes), before, after, dynamic_done, fp16_layers,
+                          notes)
 
 
-def _verify(param_bytes: bytes, bin_bytes: bytes, out_param: Path) -> None:
-    """Load what is about to be written through ncnn and check every byte is consumed."""
-    import ncnn
+def _verify(param_bytes: bytes, bin_bytes: bytes | bytearray, out_param: Path) -> None:
+    """Load what is about to be written through ncnn's own layers and check every byte is consumed
+    (layer by layer, each layer's weights dropped once loaded, so the check costs one layer's memory)."""
     import tempfile
 
-    keeper = Keeper()
     with tempfile.NamedTemporaryFile("wb", suffix=".param", dir=Path(out_param).parent, delete=True) as tmp:
         tmp.write(param_bytes)
         tmp.flush()
-        net = keeper.keep(ncnn.Net())
-        register_meta_layer(net, keeper)
-        if net.load_param(tmp.name) != 0:
-            raise QuantizeError(f"{out_param}: the int8 param would not load; nothing was written")
-        reader = _recording_reader(bin_bytes)
-        if net.load_model(reader) != 0 or reader.pos != len(bin_bytes):
-            raise QuantizeError(f"{out_param}: the int8 weights would not load exactly (read {reader.pos} of "
+        try:
+            _, consumed = record_loads(Path(tmp.name), bin_bytes)
+        except QuantizeError as exc:
+            raise QuantizeError(f"{out_param}: the int8 model would not load ({exc}); nothing was written") from None
+        if consumed != len(bin_bytes):
+            raise QuantizeError(f"{out_param}: the int8 weights would not load exactly (read {consumed} of "
                                 f"{len(bin_bytes)} bytes); nothing was written")
