@@ -6,9 +6,13 @@ Each demo recipe is run exactly the way the wizard runs a user's icefall recipe
 root on PYTHONPATH, the checkpoint linked as ``X/epoch-99.pt``), then
 
 * the three traced files go through the pnnx wheel's binary (all 7 output paths given),
+* core's rewrite runs on the encoder as the wizard runs it (the LSTM is traced as
+  icefall traces it: 100 frames, int64 lengths, (h, c) tuple, so it needs the
+  lengths-cast and static-time rewrites like a real icefall LSTM),
 * core plans and applies the SherpaMetaData line; its graph checks (inputs,
   outputs, runtime layers) must all pass,
-* python ncnn must compute what the traced torch modules compute, with the
+* python ncnn must compute what the traced torch modules compute (called as
+  traced, through core.traced, with pnnx's numbering), with the
   encoder driven the way sherpa-ncnn drives it (its initial state Mats, its
   reshapes of the returned states, two chunks in a row),
 * sherpa-ncnn's Recognizer decodes every demo wav (in a child process: it can segfault).
@@ -238,27 +242,36 @@ def runs(tmp_path_factory) -> dict[str, Run]:
 
 @dataclass
 class Meta:
-    param: Path  # the encoder param, now with SherpaMetaData
+    param: Path  # the encoder param, rewritten for sherpa-ncnn's runtime, now with SherpaMetaData
     plan: object
     result: object
     values: dict
+    bin: Path  # its weights (the rewrite may change them)
 
 
 @pytest.fixture(scope="session")
 def with_metadata(runs) -> dict[str, Meta]:
-    """core's metadata plan applied to each converted encoder param."""
+    """core's rewrite (as the wizard runs it) and then its metadata plan, applied to each converted encoder.
+
+    The demo LSTM is traced as icefall traces it (100 frames, int64 lengths cast back with Tensor.to), so
+    its pnnx output needs the rewrite before ncnn or sherpa-ncnn can run it, exactly like a real icefall LSTM.
+    """
+    from core.rewrite_step import run_rewrite
     out = {}
     for name, run in runs.items():
         if run.export_rc != 0 or any(r[0] != 0 for r in run.pnnx.values()):
             continue
-        param = run.outputs("encoder")["ncnnparam"]
+        raw = run.outputs("encoder")
+        param, binary = raw["ncnnparam"].parent / "rewritten.ncnn.param", raw["ncnnparam"].parent / "rewritten.ncnn.bin"
+        run_rewrite(raw["ncnnparam"], raw["ncnnbin"], raw["pnnxparam"], param, binary,
+                    raw["ncnnparam"].parent / "rewrite-plan.json", log=lambda _line: None, arch=run.config.arch)
         parsed = load_param(param)
         assert parsed.ok, parsed.describe()
         resolved = resolve(get_arch(run.config.arch), _flag_dict(run.flags))
         assert resolved.ok, [str(p) for p in resolved.errors]
         plan = plan_metadata(parsed.model, build_metadata(resolved), resolved.values)
         result = apply_plan(plan, param) if plan.can_apply else None
-        out[name] = Meta(param, plan, result, resolved.values)
+        out[name] = Meta(param, plan, result, resolved.values, binary)
     return out
 
 
@@ -523,8 +536,9 @@ def test_ncnn_matches_torch(runs, with_metadata, name):
     keep: list = []
     rng = np.random.default_rng(0)
 
-    enc = torch.jit.load(str(run.exp_dir / "encoder_jit_trace-pnnx.pt")).eval()
-    net = _ncnn_net(meta.param, run.outputs("encoder")["ncnnbin"], keep)
+    from core.traced import load
+    enc = load(run.exp_dir / "encoder_jit_trace-pnnx.pt", [run.outputs("encoder")["pnnxparam"]])
+    net = _ncnn_net(meta.param, meta.bin, keep)
     assert net.layers()[0].type == META_TYPE and net.layers()[0].name == META_NAME
     n_states = len(get_arch(arch).io_contract(values).inputs) - 1
     n_extra = 1 if arch == "lstm" else 0  # in1 / out1: the lengths
@@ -536,13 +550,13 @@ def test_ncnn_matches_torch(runs, with_metadata, name):
         x = rng.standard_normal((1, segment, 80)).astype(np.float32)
         feeds = {"in0": x[0]}
         torch_in = [torch.from_numpy(x)]
-        if arch == "lstm":
+        if arch == "lstm":  # sherpa-ncnn: a float Mat; icefall's trace: int64 lengths
             feeds["in1"] = np.array([float(segment)], dtype=np.float32)
-            torch_in.append(torch.tensor([float(segment)]))
+            assert enc.lengths_index() == 1
+            torch_in.append(torch.tensor([segment], dtype=getattr(torch, enc.specs[1].dtype)))
         for i, m in enumerate(ncnn_states):
             feeds[f"in{1 + n_extra + i}"] = m
-        with torch.no_grad():
-            ref = enc(*torch_in, *torch_states)
+        ref = enc(torch_in + list(torch_states))  # called as traced: (x, states) / (x, x_lens, (h, c))
         names = [f"out{i}" for i in range(1 + n_states)]
         got = _extract(net, feeds, names)
         for i, r in enumerate(ref):
@@ -598,7 +612,7 @@ def test_sherpa_ncnn_decodes_the_demo_wavs(runs, with_metadata, name):
     meta = _meta(with_metadata, runs, name)
     wavs = demo_recipe(run.config.arch).test_wavs
     enc, dec, join = (run.outputs(p) for p in ("encoder", "decoder", "joiner"))
-    args = [run.tokens, meta.param, enc["ncnnbin"], dec["ncnnparam"], dec["ncnnbin"], join["ncnnparam"],
+    args = [run.tokens, meta.param, meta.bin, dec["ncnnparam"], dec["ncnnbin"], join["ncnnparam"],
             join["ncnnbin"], *wavs]
     proc = subprocess.run([sys.executable, "-c", DECODE_SCRIPT, *map(str, args)], capture_output=True, text=True,
                           timeout=CHILD_TIMEOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
