@@ -209,3 +209,30 @@ def test_unusable_validation_wavs_are_refused_by_name(config, tmp_path):
     assert f"{text}: not a RIFF/WAVE file" in problems[1] and "missing.wav: cannot be read" in problems[2]
     config.validation.wavs = [str(good)]
     assert build_plan(config)
+
+
+# -- the wizard's trust tick -------------------------------------------------------------------------------------------
+
+async def test_the_wizard_names_the_global_and_trusting_is_a_tick(tmp_path):
+    from core.demo import demo_config
+    from test_tui import SIZE, review_ready, text, wait_for
+    from tui.wizard_app import WizardApp
+    config = demo_config("lstm")
+    config.output.dir = str(tmp_path / "out")
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "pretrained.pt"
+    torch.save({"model": torch.load(config.files.checkpoint, weights_only=True)["model"], "evil": _RunsCode(marker)},
+               ckpt)
+    config.files.checkpoint = str(ckpt)
+    app = WizardApp(config=config)
+    async with app.run_test(size=SIZE) as pilot:
+        await review_ready(pilot)
+        assert app.screen.query_one("#next").disabled and "posix.system" in text(app, "#problems")
+        box = app.screen.query_one("#trust-checkpoint")
+        assert box.display and not box.value
+        assert str(box.label).startswith("Trust pretrained.pt: let icefall's export unpickle it although it needs "
+                                         "posix.system")
+        box.value = True
+        await wait_for(pilot, lambda: app.screen.plan_state == "ok", timeout=60)
+        assert app.config.files.trust_checkpoint and not app.screen.query_one("#next").disabled
+        assert "trusted (files.trust_checkpoint)" in text(app, "#problems") and not marker.exists()

@@ -542,6 +542,7 @@ class ReviewScreen(StepScreen):
                      id="nothing-written")
         yield Static("", id="problems", classes="error")
         yield Button("Run anyway: the hyperparameters are right, the checkpoint check is not", id="ignore-mismatch")
+        yield Checkbox("trust this checkpoint", id="trust-checkpoint")  # labelled by show_plan with the global
         yield Label("SherpaMetaData line", classes="section")
         yield Static("", id="meta-line", classes="code")
         yield MetaTable(id="meta-table", cursor_type="row", zebra_stripes=True)
@@ -561,6 +562,7 @@ class ReviewScreen(StepScreen):
         table = self.query_one("#meta-table", MetaTable)
         table.add_columns("key", "value", "from")
         self.query_one("#ignore-mismatch", Button).display = False  # shown when the plan reports a mismatch
+        self.query_one("#trust-checkpoint", Checkbox).display = False  # shown when the safe loader refused the file
         super().on_mount()
 
     def refresh_state(self) -> None:
@@ -596,19 +598,29 @@ class ReviewScreen(StepScreen):
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def plan_in_thread(self) -> None:
         """build_plan reads the checkpoint (torch): off the UI thread."""
+        untrusted: list = []
         try:
             planned, problems = self.app.plan(), []
         except PlanError as exc:
-            planned, problems = None, exc.problems
+            planned, problems, untrusted = None, exc.problems, exc.untrusted
         except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
             planned, problems = None, [f"internal error while planning: {exc!r}"]
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show_plan, planned, problems)
+            self.app.call_from_thread(self.show_plan, planned, problems, untrusted)
 
-    def show_plan(self, planned, problems: list[str]) -> None:
+    def show_plan(self, planned, problems: list[str], untrusted: list | None = None) -> None:
         if not self.is_attached:
             return
         self.planned = planned
+        trust = self.query_one("#trust-checkpoint", Checkbox)
+        if untrusted:  # name the file and what unpickling it would run; ticking it sets files.trust_checkpoint
+            trust.label = "; ".join(
+                f"Trust {Path(f).name}: let icefall's export unpickle it although it needs {', '.join(g)} "
+                "(that can run any code)" if g else f"Trust {Path(f).name}: it cannot be read safely; let icefall's "
+                "export unpickle it anyway (that can run any code)" for f, g in untrusted)
+        trust.display = bool(untrusted) or self.app.config.files.trust_checkpoint
+        with trust.prevent(Checkbox.Changed):
+            trust.value = self.app.config.files.trust_checkpoint
         mismatch = any("ignore_checkpoint_mismatch" in p for p in problems)
         self.query_one("#ignore-mismatch", Button).display = planned is None and mismatch
         if planned is None:
@@ -653,6 +665,12 @@ class ReviewScreen(StepScreen):
     def _ignore_mismatch(self) -> None:
         """The user confirms: run although the config contradicts the checkpoint (recorded in wizard.toml)."""
         self.app.config.files.ignore_checkpoint_mismatch = True
+        self.refresh_state()
+
+    @on(Checkbox.Changed, "#trust-checkpoint")
+    def _trust_checkpoint(self, event: Checkbox.Changed) -> None:
+        """The user vouches for the checkpoint the safe loader refused (recorded in wizard.toml)."""
+        self.app.config.files.trust_checkpoint = event.value
         self.refresh_state()
 
     @on(Button.Pressed, "#save-config")
