@@ -291,7 +291,8 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
     if reconvert is not None:
         steps.append(make_reconvert(layout, *reconvert))
     steps += [make_rewrite(layout, spec.name),
-             make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin"))]
+             make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin"),
+                                   traced_pt=traced / pt_name("encoder") if traced is not None else None)]
     if backend is not None:
         from .calibration_run import ModelFiles
         from .pipeline import calibration_steps

@@ -245,6 +245,9 @@ def read_pnnx_graph(spec: ArchSpec, path: Path) -> _Found:
         found.problems.append(f"{path}: cannot read ({exc})")
         return found
     shapes = pnnx_input_shapes(ops)
+    if not shapes or any(not s or min(s) < 0 for s in shapes):
+        found.notes["no_shapes"] = True  # pnnx ran without input shapes: its graph shows none
+        return found
     _FROM_SHAPES[spec.name](shapes, label, found)
     if spec.name == "zipformer" and "decode_chunk_len" in found.values:
         seq = _zipformer_seq_by_stack(ops)
@@ -392,7 +395,8 @@ def read_graph(arch: str | ArchSpec, *, ncnn_param: Path | None = None, pnnx_par
             reading.warnings.append(f"{found.notes['unreadable']}; its recorded shapes are not used")
             continue
         if found.notes.get("no_shapes"):
-            reading.warnings.append(f"{path}: saved without its traced input shapes; not used for the hyperparameters")
+            reading.warnings.append(f"{path}: has no input shapes (traced or converted without them); not used "
+                                    "for the hyperparameters")
             continue
         reading.files.append(path)
         reading.problems += found.problems

@@ -81,29 +81,40 @@ def make_tokens(layout, tokens_src: Path | None, bpe: Path | None) -> Step:
                 describe=f"{title.lower()} -> {layout.tokens}", script=script)
 
 
-def make_finalize_encoder(layout, spec, resolved, raw_param: Path | None = None, raw_bin: Path | None = None) -> Step:
+def make_finalize_encoder(layout, spec, resolved, raw_param: Path | None = None, raw_bin: Path | None = None,
+                          traced_pt: Path | None = None) -> Step:
     # raw_param/raw_bin: the rewrite step's output (core.rewrite_step); default pnnx's own output
+    # traced_pt: the traced encoder the graph came from (default: the export's, when there is one)
     raw_param = raw_param or layout.raw("encoder", "param")
     raw_bin = raw_bin or layout.raw("encoder", "bin")
     final_param, final_bin = layout.final("encoder", "param"), layout.final("encoder", "bin")
-
     pnnx_graph = layout.pnnx_dir / "encoder.pnnx.param"  # pnnx's own graph: the pnnx step's, or imported
+    traced_pt = traced_pt or layout.pt("encoder")
+
+    def check_against_graph(ctx: StepContext) -> None:
+        """No path may write metadata the encoder's graph contradicts (core.graph_hparams)."""
+        from .graph_hparams import graph_mismatches, read_graph
+        reading = read_graph(spec, pnnx_param=pnnx_graph if pnnx_graph.is_file() else None,
+                             traced_pt=traced_pt if traced_pt.is_file() else None)
+        for note in reading.warnings + reading.problems:
+            ctx.log(f"graph check: {note}")
+        wrong = graph_mismatches(spec, resolved.values, reading)
+        for name, where in reading.where.items():
+            hp = spec.param(name)
+            if hp.meta_key is not None and name in resolved.values and not any(hp.flag in w for w in wrong):
+                ctx.log(f"[✓] {hp.flag} {hp.format(resolved.values[name])} = the graph ({where})")
+        if not reading.values:
+            ctx.log("graph check: neither pnnx's graph nor a traced encoder shows the hyperparameters here; "
+                    "the values are not checked against the graph")
+        if wrong:
+            raise StepError("; ".join(wrong), hint="the hyperparameters don't match the encoder graph pnnx "
+                                                  "wrote; use the flags the model was exported with")
 
     def run(ctx: StepContext) -> None:
         parsed = load_param(raw_param)
         if parsed.model is None:
             raise StepError(parsed.describe())
-        if pnnx_graph.is_file():  # no path may write metadata the graph contradicts
-            from .graph_hparams import graph_mismatches, read_graph
-            reading = read_graph(spec, pnnx_param=pnnx_graph)
-            wrong = graph_mismatches(spec, resolved.values, reading)
-            for name, where in reading.where.items():
-                if name in resolved.values and not any(spec.param(name).flag in w for w in wrong):
-                    ctx.log(f"[✓] {spec.param(name).flag} {spec.param(name).format(resolved.values[name])} "
-                            f"= the graph ({where})")
-            if wrong:
-                raise StepError("; ".join(wrong), hint="the hyperparameters don't match the encoder graph pnnx "
-                                                      "wrote; use the flags the model was exported with")
+        check_against_graph(ctx)
         metadata = build_metadata(resolved)
         plan = plan_metadata(parsed.model, metadata, resolved.values)
         for check in plan.checks:
