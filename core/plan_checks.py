@@ -165,20 +165,24 @@ def fixed_dim_messages(folder: Path, detection) -> list[str]:
     lstm_transducer_stateless3's export-for-ncnn.py is a link into lstm_transducer_stateless2, whose train.py fixes
     what stateless3 made flags).
     """
-    text = ""
+    texts = []
     for name in ("do_not_use_it_directly.py", "train.py"):
         try:
-            text += (folder / name).read_text(encoding="utf-8", errors="replace")
+            texts.append((name, (folder / name).read_text(encoding="utf-8", errors="replace")))
         except OSError:
             pass
     out = []
     keys = ("decoder_dim", "joiner_dim") + (("dim_feedforward",) if detection.arch.name == "lstm" else ())
     for key in keys:
         have = detection.extras.get(key)
-        m = re.search(rf"[\"']{key}[\"']\s*:\s*(\d+)", text)
-        if have is not None and m and int(m.group(1)) != have:
-            out.append(f"files.checkpoint: the checkpoint's {key} is {have}, but the recipe's get_params fixes it at "
-                       f"{m.group(1)}; the export will fail with a size mismatch")
+        for name, text in texts:
+            m = re.search(rf"[\"']{key}[\"']\s*:\s*(\d+)", text)
+            if m:
+                if have is not None and int(m.group(1)) != have:
+                    out.append(f"files.checkpoint: the checkpoint's {key} is {have}, but the recipe's get_params fixes "
+                               f"it at {m.group(1)} ({folder / name}, the code icefall's export runs); the export will "
+                               f"fail with a size mismatch: edit it to {have} there")
+                break
     return out
 
 

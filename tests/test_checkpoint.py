@@ -420,10 +420,9 @@ def test_pipeline_checks_tokens_and_recipe_fixed_dims(tmp_path):
     recipe.mkdir()
     (recipe / "do_not_use_it_directly.py").write_text('params = {"decoder_dim": 512, "joiner_dim": 512}\n')
     assert _fixed_dim_warnings(recipe, det) == [
-        "files.checkpoint: the checkpoint's decoder_dim is 32, but the recipe's get_params fixes it at 512; "
-        "the export will fail with a size mismatch",
-        "files.checkpoint: the checkpoint's joiner_dim is 32, but the recipe's get_params fixes it at 512; "
-        "the export will fail with a size mismatch"]
+        f"files.checkpoint: the checkpoint's {key} is 32, but the recipe's get_params fixes it at 512 "
+        f"({recipe / 'do_not_use_it_directly.py'}, the code icefall's export runs); the export will fail with a size "
+        "mismatch: edit it to 32 there" for key in ("decoder_dim", "joiner_dim")]
 
 
 def test_detect_names_the_matching_published_model(tmp_path, cli):
