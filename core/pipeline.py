@@ -348,6 +348,14 @@ def _vocabulary(f, script: Path, flag: str, problems: list[str], warnings: list[
         problems.append(f"files.lang: {v.lang} is not a directory")
         return v
     if flag == "--lang":
+        if v.lang is None:  # the folder of a tokens.txt / bpe.model is a lang dir (what the wizard's form gives)
+            given = v.tokens if v.tokens is not None else v.bpe
+            kind = "char" if v.tokens is not None else "bpe"
+            if given is not None and given.name == {"char": "tokens.txt", "bpe": "bpe.model"}[kind] \
+                    and given.is_file():
+                v.lang, v.lang_type = given.parent, f.lang_type or kind
+                warnings.append(f"files.lang: not set; {script.name} takes --lang DIR: using {v.lang} (the folder of "
+                                f"{given.name}) with --lang-type {v.lang_type}")
         if v.lang is None:
             problems.append(f"files.lang: {script.name} takes --lang DIR (e.g. icefall's CSJ recipe): give the lang "
                             "directory the model was trained with (data/lang_char), in [files] lang = \"DIR\"")

@@ -236,3 +236,18 @@ def test_config_lang_keys(tmp_path):
     path.write_text('arch = "zipformer"\n[export]\nextra_args = "--x"\n')
     with pytest.raises(ConfigError, match="export.extra_args must be a list of strings"):
         load_config(path)
+
+
+def test_csj_lang_dir_is_taken_from_the_tokens_folder_when_not_given(icefall, tmp_path):
+    # the wizard's form asks for tokens.txt / bpe.model: their folder is the lang dir, the file says its type
+    config = zipformer_config(icefall, CSJ, tmp_path)
+    lang = lang_dir(tmp_path, lang_type=None)
+    config.files.tokens = str(lang / "tokens.txt")
+    planned = build_plan(config)
+    argv = export_argv(planned)
+    assert argv[argv.index("--lang") + 1] == str(lang) and argv[argv.index("--lang-type") + 1] == "char"
+    assert any("files.lang: not set" in w and str(lang) in w for w in planned.warnings)
+    config.files.tokens = str(tmp_path / "elsewhere.txt")  # not a lang dir's tokens.txt: asked for
+    (tmp_path / "elsewhere.txt").write_text(TOKENS)
+    with pytest.raises(PlanError, match="files.lang: export-for-ncnn.py takes --lang DIR"):
+        build_plan(config)
