@@ -344,6 +344,7 @@ def read_ncnn_graph(spec: ArchSpec, path: Path) -> _Found:
         layers.append(len(users[0].tops) if len(users) == 1 and users[0].type == "Slice" else None)
     if None not in layers:
         found.put("num_encoder_layers", tuple(layers), f"{label}: each stack's cached_len is unbound into its layers")
+        _zipformer_ncnn_attention(model, tuple(layers), label, found)
         if len(dw) == 2 * sum(layers):  # conv_module1 and conv_module2 per layer, in stack order
             dims, kernels, start = [], [], 0
             for count in layers:
@@ -356,6 +357,56 @@ def read_ncnn_graph(spec: ArchSpec, path: Path) -> _Found:
                 found.put("cnn_module_kernels", tuple(s.pop() for s in kernels),
                           f"{label}: depthwise convolution kernels")
     return found
+
+
+def _zipformer_ncnn_attention(model, layers: tuple[int, ...], label: str, found: _Found) -> None:
+    """Attention dims, chunk, frame rates and left context from the ncnn graph's Reshape constants.
+
+    Each Zipformer layer's attention projects with one InnerProduct (2A + A/2 + 4H outputs: query, key,
+    value, 4-dim positions per head) and reshapes query (A/H, H, seq), positions (4, H, seq), key
+    (A/H, H, left+seq) and value (A/2H, H, left+seq); the embedding's Reshape (C*F, dcl/2) comes first.
+    Every relation is checked; anything else leaves the values unknown."""
+    items = model.layers
+    per_layer = []
+    for idx, layer in enumerate(items):
+        if layer.type != "InnerProduct":
+            continue
+        shapes = []
+        for nxt in items[idx + 1:]:
+            if nxt.type == "InnerProduct" or len(shapes) == 4:
+                break
+            if nxt.type == "Reshape" and all(isinstance(nxt.get(k), int) for k in (0, 1, 2)):
+                shapes.append((nxt.get(0), nxt.get(1), nxt.get(2)))
+        if len(shapes) < 4:
+            continue
+        q, pos, k, v = shapes
+        heads, seq, span = q[1], q[2], k[2]
+        att = q[0] * heads
+        if pos[0] == 4 and pos[1] == k[1] == v[1] == heads and pos[2] == seq and v[2] == span \
+                and k[0] == q[0] and v[0] * 2 == q[0] and layer.get(0) == 2 * att + att // 2 + 4 * heads:
+            per_layer.append((att, heads, seq, span - seq))
+    if len(per_layer) != sum(layers):
+        return
+    stacks, start = [], 0
+    for count in layers:
+        mine = set(per_layer[start:start + count])
+        start += count
+        if len(mine) != 1:
+            return
+        stacks.append(mine.pop())
+    found.put("attention_dims", tuple(s[0] for s in stacks), f"{label}: attention Reshape constants (A/H x H)")
+    found.put("nhead", tuple(s[1] for s in stacks), f"{label}: attention Reshape constants (heads)")
+    embed = next((x for x in items if x.type == "Reshape" and isinstance(x.get(1), int) and x.get(2) is None
+                  and any(c.type == "Convolution" and c.index < x.index for c in items[:x.index])), None)
+    if embed is None:
+        return
+    half = embed.get(1)
+    if any(half % s[2] for s in stacks):
+        return
+    found.put("decode_chunk_len", 2 * half, f"{label}: the embedding's Reshape has {half} frames = decode-chunk-len / 2")
+    found.notes["left_context"] = tuple(s[3] for s in stacks)
+    _zipformer_split(found, tuple(half // s[2] for s in stacks),
+                     f"{label}: attention Reshape constants (each stack's frames of {half})")
 
 
 # -- all files together ----------------------------------------------------------------------

@@ -133,19 +133,21 @@ def test_cli_shows_each_value_with_its_source_and_refuses_a_contradiction(cli, t
 
 @needs_kit
 def test_cli_with_only_ncnn_files_refuses_what_it_cannot_confirm(cli, tmp_path):
+    src = KIT / "conv-emformer-3layer"
     d = tmp_path / "user"
     d.mkdir()
-    for f in (REAL / "zipformer").iterdir():
+    for f in src.iterdir():
         if ".ncnn." in f.name or f.name == "tokens.txt":
             (d / f.name).symlink_to(f)
-    code, out, err = cli("run", "--from-ncnn", d, "--arch", "zipformer", "--out", tmp_path / "o", "--dry-run")
+    code, out, err = cli("run", "--from-ncnn", d, "--arch", "conv-emformer", "--out", tmp_path / "o", "--dry-run")
     msg = " ".join(err.split())
-    assert code == 2 and "--attention-dims: the encoder's graph files" in msg and "give --attention-dims" in msg
-    flags = [x for k, v in export_flags(REAL / "zipformer").items() for x in (k, v)] + ["--num-left-chunks", "4"]
-    code, out, err = cli("run", "--from-ncnn", d, "--arch", "zipformer", *flags, "--out", tmp_path / "o",
+    assert code == 2 and "--memory-size: the encoder's graph files" in msg and "give --memory-size" in msg
+    flags = [x for kv in export_flags(src).items() for x in kv]
+    code, out, err = cli("run", "--from-ncnn", d, "--arch", "conv-emformer", *flags, "--out", tmp_path / "o",
                          "--dry-run")
     assert code == 0, err
-    assert " given" in [ln for ln in out.splitlines() if ln.strip().startswith("--attention-dims")][0]
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip().startswith("--")}
+    assert " given" in rows["--memory-size"] and " graph " in rows["--encoder-dim"]
 
 
 @needs_kit

@@ -73,8 +73,9 @@ def test_the_ncnn_file_alone_reveals_what_it_can_and_never_a_wrong_value(config)
     shown = set(reading.values) & set(expected)
     if arch_of(config) == "lstm":
         assert shown == set(expected)  # the LSTM layers' sizes are all there is
-    elif arch_of(config) == "zipformer":
-        assert shown == {"num_encoder_layers", "encoder_dims", "cnn_module_kernels"}
+    elif arch_of(config) == "zipformer":  # Slice counts, depthwise convolutions, attention Reshape constants
+        assert shown == set(expected)
+        assert reading.values["nhead"] == get_arch("zipformer").param("nhead").parse(export_flags(config)["--nhead"])
     else:
         assert shown == {"num_encoder_layers", "encoder_dim", "cnn_module_kernel"}
 
@@ -114,21 +115,25 @@ def test_a_flag_the_graph_contradicts_is_refused_naming_flag_value_and_graph():
 
 @needs_kit
 def test_ncnn_files_alone_refuse_what_they_cannot_confirm_and_take_given_flags(tmp_path):
-    spec = get_arch("zipformer")
-    shutil.copy(REAL / "zipformer" / ENC, tmp_path / ENC)
+    spec = get_arch("conv-emformer")
+    shutil.copy(KIT / "conv-emformer-3layer" / ENC, tmp_path / ENC)
     reading = read_graph(spec, ncnn_param=tmp_path / ENC)
     refused = reconcile(spec, {}, reading)
     flags = sorted(f for e in refused.errors for f in e.flags)
-    assert flags == ["--attention-dims", "--decode-chunk-len", "--num-left-chunks", "--zipformer-downsampling-factors"]
+    assert flags == ["--chunk-length", "--left-context-length", "--memory-size", "--right-context-length"]
     msg = " ".join(e.message for e in refused.errors)
     assert "do not show it and it was not given" in msg and "*.pnnx.param" in msg and "encoder_jit_trace-pnnx.pt" in msg
-    # the export used icefall's default --num-left-chunks; with the ncnn files alone it must be said
-    given = dict(export_flags("icefall-real/zipformer"), **{"--num-left-chunks": "4"})
+    given = export_flags("icefall-kit/conv-emformer-3layer")
     ok = reconcile(spec, given, reading)
     assert ok.ok, ok.errors
-    assert ok.sources["num_encoder_layers"] == GRAPH and ok.sources["attention_dims"] == "given"
-    wrong = dict(given, **{"--cnn-module-kernels": "15,15,15,15,15"})
-    assert [e.flags for e in reconcile(spec, wrong, reading).errors] == [("--cnn-module-kernels",)]
+    assert ok.sources["num_encoder_layers"] == GRAPH and ok.sources["memory_size"] == "given"
+    wrong = dict(given, **{"--cnn-module-kernel": "31"})
+    assert [e.flags for e in reconcile(spec, wrong, reading).errors] == [("--cnn-module-kernel",)]
+    # a Zipformer's ncnn file shows every metadata value (attention Reshape constants): nothing to give
+    shutil.copy(REAL / "zipformer" / ENC, tmp_path / ENC)
+    zipformer = reconcile(get_arch("zipformer"), {}, read_graph("zipformer", ncnn_param=tmp_path / ENC))
+    assert zipformer.ok and build_metadata(zipformer).line == build_metadata(
+        resolve(get_arch("zipformer"), export_flags("icefall-real/zipformer"))).line
 
 
 @needs_kit
