@@ -34,7 +34,7 @@ HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in
 
 def hint_for(lines: list[str]) -> str | None:
     """The hint of the first known failure string found, scanning from the end."""
-    own = icefall_import_hint(lines)
+    own = icefall_import_hint(lines) or vocab_mismatch_hint(lines)
     if own:
         return own
     for line in reversed(lines):
@@ -125,4 +125,20 @@ def _sibling_recipe(failing: Path) -> str | None:
     for d in candidates:
         if d != recipe.resolve() and (d / "export-for-ncnn.py").is_file():
             return str(d)
+    return None
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (decoder\.embedding\.weight|joiner\.output_linear\.weight|"
+                            r"simple_(?:am|lm)_proj\.weight): copying a param with shape \D*(\d+)[^\n]*?"
+                            r"current model is \D*(\d+)")
+
+
+def vocab_mismatch_hint(lines: list[str]) -> str | None:
+    """A size mismatch in the vocabulary rows is the tokens/bpe/lang file's fault, not the hyperparameters'."""
+    for line in lines:
+        m = _SIZE_MISMATCH.search(line)
+        if m and m.group(2) != m.group(3):
+            return (f"the vocabulary given to the export has {m.group(3)} tokens but the checkpoint was trained with "
+                    f"{m.group(2)} ({m.group(1)}): give the tokens.txt / bpe.model / lang dir the model was trained "
+                    "with (the model flags are not the cause)")
     return None

@@ -139,6 +139,7 @@ def test_the_export_does_fail_on_a_vocab_mismatch_the_plan_refuses(config, tmp_p
     status, events = run_plan(until_export(build_plan(config)))
     export = finished(events)["export"]
     assert export.status == "failed" and any("size mismatch for decoder.embedding.weight" in t for t in export.tail)
+    assert export.hint.startswith("the vocabulary given to the export has 7 tokens but the checkpoint was trained with 6")
 
 
 def test_context_size_other_than_2_is_refused(config, tmp_path):
@@ -236,3 +237,14 @@ async def test_the_wizard_names_the_global_and_trusting_is_a_tick(tmp_path):
         await wait_for(pilot, lambda: app.screen.plan_state == "ok", timeout=60)
         assert app.config.files.trust_checkpoint and not app.screen.query_one("#next").disabled
         assert "trusted (files.trust_checkpoint)" in text(app, "#problems") and not marker.exists()
+
+
+def test_a_vocab_size_mismatch_in_the_export_blames_the_vocabulary_not_the_flags():
+    from core.hints import hint_for
+    hint = hint_for(["RuntimeError: Error(s) in loading state_dict for Transducer:",
+                     "\tsize mismatch for decoder.embedding.weight: copying a param with shape torch.Size([500, 512]) "
+                     "from checkpoint, the shape in current model is torch.Size([64, 512])."])
+    assert hint.startswith("the vocabulary given to the export has 64 tokens but the checkpoint was trained with 500")
+    hint = hint_for(["\tsize mismatch for decoder.embedding.weight: copying a param with shape torch.Size([500, 512]) "
+                     "from checkpoint, the shape in current model is torch.Size([500, 320])."])
+    assert "don't match the checkpoint" in hint  # same vocab, other dim: the flags
