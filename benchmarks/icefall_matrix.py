@@ -270,28 +270,17 @@ def summarise(cfg: MatrixConfig, out: Path, rc: int | None, console: str, second
         res.error = first_error_line(lines) or (failed.get("error") or "")[:300]
     report = _json(out / "validation.json")
     if report is not None:
-        numeric = report.get("numeric") or []
-        num_ok = sum(1 for n in numeric if n.get("ok"))
-        dec = report.get("decode") or {}
-        res.checks["numeric"] = f"{num_ok}/{len(numeric)}"
-        res.checks["decode"] = bool(dec.get("ok"))
-        fp16_ok = bool(numeric) and num_ok == len(numeric) and bool(dec.get("ok"))
-        res.fp16 = "PASS" if fp16_ok else "FAIL"
+        fp16_bad, int8_bad = classify_validation(report, res.checks)
+        res.fp16 = "FAIL" if fp16_bad else "PASS"
         if cfg.int8:
-            dec8 = report.get("decode_int8") or {}
-            sims = report.get("int8_similarity") or []
-            if sims:
-                res.checks["int8_min_cosine"] = round(min(s.get("mean_cosine", 0.0) for s in sims), 4)
-            res.checks["decode_int8"] = bool(dec8.get("ok"))
-            res.int8_result = "PASS" if dec8.get("ok") else "FAIL"
+            res.int8_result = "FAIL" if int8_bad else "PASS"
+        if not report.get("ok", True) and not fp16_bad and not int8_bad:
+            res.fp16 = "FAIL"
+            fp16_bad = ["validation FAILED (no failed check recognised in validation.json)"]
+        res.checks["failed"] = fp16_bad + int8_bad
         res.checks["notes"] = report.get("notes", [])[:3]
-        if not res.error and not report.get("ok", False):
-            bad = [n for n in numeric if not n.get("ok")]
-            if bad:
-                n = bad[0]
-                res.error = f"{n.get('net')}: {n.get('error') or n.get('name') or n}"[:300]
-            elif not dec.get("ok"):
-                res.error = f"decode: {dec.get('error')}"[:300]
+        if not res.error and (fp16_bad or int8_bad):
+            res.error = (fp16_bad + int8_bad)[0][:300]
     elif failed:
         if cfg.int8 and failed["id"] in INT8_STEPS:
             res.int8_result = "FAIL"
@@ -300,6 +289,48 @@ def summarise(cfg: MatrixConfig, out: Path, rc: int | None, console: str, second
     if manifest.get("status") == "ok" and rc == 0 and report is None:
         res.fp16 = "PASS?"  # ran to the end without validation.json
     return res
+
+
+def classify_validation(report: dict, checks: dict) -> tuple[list[str], list[str]]:
+    """validation.json -> (what failed for the fp16 set, what failed for the int8 set); fills ``checks``
+    with the figures the table shows: numeric checks passed, token agreement, int8 cosine."""
+    fp16_bad: list[str] = []
+    int8_bad: list[str] = []
+    numeric = report.get("numeric") or []
+    checks["numeric"] = f"{sum(1 for n in numeric if n.get('ok'))}/{len(numeric)}"
+    for n in numeric:
+        if not n.get("ok"):
+            fp16_bad.append(f"numeric {n.get('net')} {n.get('output', '')}: "
+                            f"{n.get('error') or 'max abs %s > %s' % (n.get('max_abs'), n.get('tolerance'))}")
+    if not numeric:
+        fp16_bad.append("numeric check did not run")
+    for key, bad in (("decode", fp16_bad), ("decode_int8", int8_bad)):
+        d = report.get(key)
+        if d is not None and not d.get("ok"):
+            bad.append(f"{key}: {d.get('error')}")
+    rates: dict[str, list[float]] = {}
+    for a in report.get("agreement") or []:
+        model = a.get("model") or "fp16"
+        if "error" in a:
+            (int8_bad if model == "int8" else fp16_bad).append(f"agreement {model}: {a['error']}")
+            continue
+        # a match reached through near ties (the guided decode) counts as full agreement
+        rates.setdefault(model, []).append(1.0 if a.get("match") else float(a.get("rate", 0.0)))
+        if a.get("near_ties"):
+            checks[f"near_ties_{model}"] = checks.get(f"near_ties_{model}", 0) + len(a["near_ties"])
+        if model != "int8" and not a.get("match"):
+            d = a.get("first_divergence") or {}
+            fp16_bad.append(f"agreement fp16 {Path(a.get('wav', '')).name}: first divergence at token "
+                            f"{d.get('index')} (torch {d.get('torch_token')}, sherpa-ncnn {d.get('sherpa_token')}"
+                            f"{', margin %.3g' % d['margin'] if isinstance(d.get('margin'), (int, float)) else ''})")
+    for model, r in rates.items():
+        checks[f"agreement_{model}"] = round(min(r), 3)
+    sims = report.get("int8_similarity") or []
+    if sims:
+        checks["int8_cosine"] = {f"{s.get('net')}": round(s.get("mean_cosine", 0.0), 4) for s in sims}
+    if report.get("decode") is None:
+        fp16_bad.append("no sherpa-ncnn decode")
+    return fp16_bad, int8_bad
 
 
 def _json(path: Path):
@@ -372,8 +403,20 @@ def load_results(path: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("id", "arch", "int8", "fp16", "int8 res", "s", "step", "first error line", "flags")
-    body = [(r["id"], r["arch"], "y" if r["int8"] else "", r["fp16"], r["int8_result"], f"{r['seconds']:.0f}",
+    head = ("id", "arch", "int8", "fp16", "int8 res", "agree", "i8 cos/agree", "s", "step", "first error line",
+            "flags")
+
+    def pct(v):
+        return "" if v is None else f"{v:.0%}"
+
+    def quality(r):
+        c = r.get("checks") or {}
+        cos = (c.get("int8_cosine") or {}).get("encoder")
+        return "" if cos is None and "agreement_int8" not in c else \
+            f"{'' if cos is None else f'{cos:.3f}'}/{pct(c.get('agreement_int8'))}"
+
+    body = [(r["id"], r["arch"], "y" if r["int8"] else "", r["fp16"], r["int8_result"],
+             pct((r.get("checks") or {}).get("agreement_fp16")), quality(r), f"{r['seconds']:.0f}",
              r.get("step", ""), (r.get("error") or "")[:110], r["flags"]) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
     fmt = lambda row: " | ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()  # noqa: E731
@@ -459,6 +502,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--list", action="store_true", help="print the sampled configurations and exit")
     p.add_argument("--prepare-only", action="store_true", help="make the checkpoints only")
     p.add_argument("--table", action="store_true", help="print the table of results.jsonl and exit")
+    p.add_argument("--refresh", action="store_true", help="with --table: summarise each run's OUT dir again")
     p.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
     args = p.parse_args(argv)
 
@@ -470,6 +514,16 @@ def main(argv: list[str]) -> int:
         return 0
     if args.table:
         rows = load_results(results_path)
+        if args.refresh:  # read each run's OUT again with this version of the summary
+            by_id = {c.id: c for c in configs}
+            for i, r in enumerate(rows):
+                cfg, out = by_id.get(r["id"]), Path(r.get("out") or "")
+                if cfg is not None and r.get("out") and out.is_dir() and r.get("exit_code") is not None:
+                    console = (out.parent / "console.log").read_text(errors="replace") \
+                        if (out.parent / "console.log").exists() else ""
+                    fresh = asdict(summarise(cfg, out, r["exit_code"], console, r["seconds"]))
+                    fresh.update(when=r.get("when", ""), rev=r.get("rev", ""))
+                    rows[i] = fresh
         print(json.dumps(rows, indent=2) if args.json else table(rows))
         return 0
     if not args.icefall or not (Path(args.icefall) / "egs").is_dir():
