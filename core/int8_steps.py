@@ -145,11 +145,14 @@ def make_quantize(layout, files: ModelFiles | None = None) -> Step:
 
     def run(ctx: StepContext) -> None:
         from .calibrate import CalibrationError
-        from .ncnn_child import quantize_in_child
+        from .ncnn_child import ChildCancelled, quantize_in_child
+        from .runner import StepCancelled
         for net in INT8_NETS:
             try:  # ncnn reads the weights (record_loads) in a child process
                 report = quantize_in_child(*sources[net], table_file(layout, net), int8_file(layout, net, "param"),
-                                           int8_file(layout, net, "bin"))
+                                           int8_file(layout, net, "bin"), cancelled=ctx._cancelled.is_set)
+            except ChildCancelled:
+                raise StepCancelled() from None
             except CalibrationError as exc:
                 raise StepError(str(exc)) from None
             dyn = report.get("dynamic", [])

@@ -443,14 +443,15 @@ def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int,
 
 
 def quantize_in_child(param: Path, binary: Path, table_path: Path, out_param: Path, out_bin: Path,
-                      step: str = "quantize") -> dict:
+                      step: str = "quantize", cancelled: Callable[[], bool] | None = None) -> dict:
     """core.quantize.quantize of one net in a child process: its report as a dict. A reported problem raises
     CalibrationError with the child's sentence, a crash one naming the step and the file."""
     import json
 
     result: dict = {}
     rc, lines = run_child(["quantize", str(param), str(binary), str(table_path), str(out_param), str(out_bin)],
-                          on_line=lambda t: result.update(json.loads(t[8:])) if t.startswith("result: ") else None)
+                          on_line=lambda t: result.update(json.loads(t[8:])) if t.startswith("result: ") else None,
+                          cancelled=cancelled)
     if rc == EXIT_ERROR:
         raise CalibrationError(_error_line(lines) or "quantization failed")
     if rc != 0:

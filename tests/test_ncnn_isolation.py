@@ -194,3 +194,37 @@ def test_the_int8_check_runs_in_a_child_and_a_crash_names_the_layer(models):
                         joiner, demo_recipe("lstm").test_wavs[:1])
     assert [(s.net, s.output) for s in sims] == [("encoder", "out0"), ("joiner", "out0")]
     assert all(s.mean_cosine > 0.999 for s in sims)  # the same float model on both sides
+
+
+def test_cancelling_a_run_during_calibration_stops_the_child_and_the_step(models, tmp_path):
+    """Cancel as soon as the calibration child reports progress: the step ends 'cancelled', no table is left."""
+    from core.events import Progress
+    from core.int8_steps import make_calibrate, table_file
+    from core.pipeline import Layout
+    from core.runner import Plan, Runner
+    out = tmp_path / "run"
+    plan = Plan([make_calibrate(Layout(out), demo_recipe("lstm").test_wavs[:3], _files(models["good"]))], out)
+    runner = None
+
+    def on_event(event):
+        if isinstance(event, Progress) and event.step == "calibrate":
+            runner.cancel()
+
+    runner = Runner(plan, on_event)
+    assert asyncio.run(runner.run()) == "cancelled"
+    assert runner.results["calibrate"].status == "cancelled"
+    assert not table_file(Layout(out), "encoder").exists()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "cancelled"
+    assert not _children_calibrating(models["good"])
+
+
+def _children_calibrating(model_dir: Path) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "core.ncnn_child calibrate" in text and str(model_dir) in text:
+            found.append(text)
+    return found
