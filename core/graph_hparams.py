@@ -328,6 +328,7 @@ def read_ncnn_graph(spec: ArchSpec, path: Path) -> _Found:
         if dw and len({(x.get(0), x.get(1)) for x in dw}) == 1:
             found.put("encoder_dim", int(dw[0].get(0)), f"{label}: depthwise convolution channels")
             found.put("cnn_module_kernel", int(dw[0].get(1)), f"{label}: depthwise convolution kernel")
+            _conv_emformer_ncnn_context(model, int(dw[0].get(0)), label, found)
         return found
     states = len(inputs) - 1
     if states <= 0 or states % 7:
@@ -357,6 +358,38 @@ def read_ncnn_graph(spec: ArchSpec, path: Path) -> _Found:
                 found.put("cnn_module_kernels", tuple(s.pop() for s in kernels),
                           f"{label}: depthwise convolution kernels")
     return found
+
+
+def _conv_emformer_ncnn_context(model, dim: int, label: str, found: _Found) -> None:
+    """Chunk, right context, left context and memory from the ncnn graph's constants.
+
+    The first layer's key cache output (out2) keeps the last L rows (a Crop starting at -L); its
+    attention reshapes query (D/H, H, U) and key/value (D/H, H, memory + L + U) with U = chunk/4 +
+    right/4 subsampled frames; the input is split at chunk/4 first (a Slice on axis 0). Every relation
+    is checked; anything else leaves the values unknown."""
+    items = model.layers
+    crop = next((x for x in items if x.type == "Crop" and x.tops == ("out2",)), None)
+    starts, axes = (crop.get(9), crop.get(11)) if crop is not None else (None, None)
+    if not (isinstance(starts, tuple) and len(starts) == 1 and starts[0] < 0 and axes == (0,)):
+        return
+    left = -starts[0]
+    reshapes = [x for x in items if x.type == "Reshape" and all(isinstance(x.get(k), int) for k in (0, 1, 2))]
+    attn = next(((q, k, v) for q, k, v in zip(reshapes, reshapes[1:], reshapes[2:])
+                 if q.get(0) * q.get(1) == dim and (q.get(0), q.get(1)) == (k.get(0), k.get(1)) == (v.get(0), v.get(1))
+                 and k.get(2) == v.get(2) > q.get(2) > 0), None)
+    if attn is None:
+        return
+    frames, span = attn[0].get(2), attn[1].get(2)
+    split = next((x for x in items if x.type == "Slice" and x.get(1, 0) == 0 and len(x.tops) == 2
+                  and isinstance(x.get(0), tuple) and len(x.get(0)) == 2 and x.index < attn[0].index), None)
+    if split is None or not 0 < split.get(0)[0] <= frames or span - left - frames < 0:
+        return
+    chunk = split.get(0)[0]
+    where = f"{label}: Crop of out2, attention Reshape and chunk Slice constants"
+    found.put("left_context_length", left * SUBSAMPLING, f"{label}: the key cache output keeps {left} rows (x4)")
+    found.put("memory_size", span - left - frames, f"{where} (key span {span} = memory + {left} + {frames})")
+    found.put("chunk_length", chunk * SUBSAMPLING, f"{where} (subsampled chunk {chunk} of {frames}, x4)")
+    found.put("right_context_length", (frames - chunk) * SUBSAMPLING, f"{where} ({frames - chunk} frames, x4)")
 
 
 def _zipformer_ncnn_attention(model, layers: tuple[int, ...], label: str, found: _Found) -> None:

@@ -39,6 +39,12 @@ def export_flags(config: str) -> dict[str, str]:
     return dict(zip(tokens[::2], tokens[1::2]))
 
 
+def write_without_cache_crop(src: Path, dst: Path) -> None:
+    """A ConvEmformer ncnn param whose key-cache Crop lost its start (a graph these files cannot read fully)."""
+    lines = src.read_text().splitlines(keepends=True)
+    dst.write_text("".join(ln.replace(" -23309=1,-16", "") if " out2 " in ln else ln for ln in lines))
+
+
 def truth(config: str) -> dict:
     """Every metadata value the flags give (icefall's default where a flag is absent)."""
     spec = get_arch(arch_of(config))
@@ -71,13 +77,11 @@ def test_the_ncnn_file_alone_reveals_what_it_can_and_never_a_wrong_value(config)
     assert reading.problems == []
     assert all(expected[n] == v for n, v in reading.values.items() if n in expected)
     shown = set(reading.values) & set(expected)
-    if arch_of(config) == "lstm":
-        assert shown == set(expected)  # the LSTM layers' sizes are all there is
-    elif arch_of(config) == "zipformer":  # Slice counts, depthwise convolutions, attention Reshape constants
-        assert shown == set(expected)
+    # LSTM: its layers' sizes; Zipformer: Slice counts, depthwise convolutions, attention and embedding Reshape
+    # constants; ConvEmformer: depthwise convolutions, the key cache Crop, attention Reshape and chunk Slice
+    assert shown == set(expected)
+    if arch_of(config) == "zipformer":
         assert reading.values["nhead"] == get_arch("zipformer").param("nhead").parse(export_flags(config)["--nhead"])
-    else:
-        assert shown == {"num_encoder_layers", "encoder_dim", "cnn_module_kernel"}
 
 
 @needs_kit
@@ -116,7 +120,7 @@ def test_a_flag_the_graph_contradicts_is_refused_naming_flag_value_and_graph():
 @needs_kit
 def test_ncnn_files_alone_refuse_what_they_cannot_confirm_and_take_given_flags(tmp_path):
     spec = get_arch("conv-emformer")
-    shutil.copy(KIT / "conv-emformer-3layer" / ENC, tmp_path / ENC)
+    write_without_cache_crop(KIT / "conv-emformer-3layer" / ENC, tmp_path / ENC)
     reading = read_graph(spec, ncnn_param=tmp_path / ENC)
     refused = reconcile(spec, {}, reading)
     flags = sorted(f for e in refused.errors for f in e.flags)
