@@ -529,8 +529,9 @@ def detect_ncnn_graph(value: str, arch: str | None) -> DetectedModel:
     return DetectedModel(True, msg, spec.name, hyper, sources, values, origin="graph", where=dict(reading.where))
 
 
-def describe_ncnn_dir(value: str, arch: str | None = None) -> list[str]:
-    """What the run will find in the directory: reference data, and what the rewrite step will do."""
+def describe_ncnn_dir(value: str, arch: str | None = None, detected: DetectedModel | None = None) -> list[str]:
+    """What the run will find in the directory: reference data, the graph's values (``detected``, read here
+    when not given), and what the rewrite step will do."""
     from core.from_ncnn import REFERENCE_FILES, locate_source
     from core.rewrite import plan_file
     src = Path(value).expanduser().resolve()
@@ -555,7 +556,7 @@ def describe_ncnn_dir(value: str, arch: str | None = None) -> list[str]:
                else "put the traced encoder_jit_trace-pnnx.pt here to convert it again")
         lines.append(f"✗ pnnx mis-converted this encoder (its shape-inference bug; {bad[0]}): {fix}")
     if arch:
-        lines.append(detect_ncnn_graph(value, arch).message)
+        lines.append((detected or detect_ncnn_graph(value, arch)).message)
     plan = plan_file(files.encoder_param(), arch=arch)
     mark = {"rewrite": "✓", "unchanged": "✓", "refused": "✗"}[plan.action]
     lines.append(f"{mark} rewrite: {plan.summary()}")

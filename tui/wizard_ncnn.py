@@ -65,8 +65,8 @@ class NcnnDirScreen(FormScreen):
     def describe_in_thread(self, source: str) -> None:
         """Parsing and planning the rewrite of a large encoder takes a moment: off the UI thread."""
         arch = logic.guess_arch(logic.ncnn_encoder_param(source))
-        lines = logic.describe_ncnn_dir(source, arch)
         detected = logic.detect_ncnn_graph(source, arch)
+        lines = logic.describe_ncnn_dir(source, arch, detected)
         if arch:
             lines.insert(0, f"✓ looks like a {arch} encoder (preselected on the next step)")
         if not get_current_worker().is_cancelled:
