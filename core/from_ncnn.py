@@ -298,8 +298,11 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
         from .pipeline import calibration_steps
         files = ModelFiles(*(layout.final(n, e) for n in NETS for e in ("param", "bin")))
         steps += calibration_steps(int8, layout, backend, warnings, files)
-    steps += [_validate_step(layout, spec.name, ref, traced, [Path(w) for w in wavs], int8=backend is not None),
-              make_summary(layout, None)]
+    steps.append(_validate_step(layout, spec.name, ref, traced, [Path(w) for w in wavs], int8=backend is not None))
+    from .ship_steps import card_info, ship_steps  # test wavs, bench.py, speed, int8 report, model card
+    steps += ship_steps(layout, card_info(spec, resolved, f"pnnx output ({src.name})", backend is not None), wavs,
+                        int8=backend is not None, int8_files=files if backend is not None else None)
+    steps.append(make_summary(layout, None))
     manifest = {
         "tool": "sherpa-ncnn-wizard", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "from_ncnn": str(src), "arch": spec.name,

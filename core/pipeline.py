@@ -241,6 +241,9 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
         steps += _int8_steps(config, layout, pnnx.path, int8_backend, warnings)
     if config.validation.numeric or config.validation.decode:
         steps.append(_validate_step(config, layout))
+        from .ship_steps import card_info, ship_steps  # test wavs, bench.py, speed, int8 report, model card
+        steps += ship_steps(layout, card_info(spec, resolved, script.parent.name, config.output.int8),
+                            config.validation.wavs, int8=config.output.int8)
     steps.append(make_summary(layout, checkpoints[0] if len(checkpoints) == 1 else None))
 
     manifest = {

@@ -197,6 +197,8 @@ def make_summary(layout, checkpoint: Path | None) -> Step:
         rewrite = json.loads(rewrite_file.read_text()) if rewrite_file.exists() else None
         summary = {"sizes": rows, "metadata": metadata_checks, "validation": validation, "files": files,
                    "rewrite": rewrite}
+        from .ship_steps import summary_extras
+        summary.update(summary_extras(layout.out))  # speed rows, int8 report by layer type
         atomic_write_bytes(out, json.dumps(summary, indent=2).encode())
 
     return Step("summary", "Summary: sizes and results", func=run,
