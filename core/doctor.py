@@ -114,7 +114,7 @@ def diagnose(path: str | Path, run: bool = False, log=None) -> DoctorReport:
 
 def run_finding(param: Path, log=None) -> Finding:
     """Run ``param`` with its .bin in ncnn, in child processes; a crash names the first layer that crashes."""
-    from .ncnn_child import locate_crash
+    from .ncnn_crash import locate_crash
     binary = param.with_name(param.name[:-len(".param")] + ".bin")
     if not binary.is_file():
         return Finding("error", str(param), f"not run: the weights file {binary.name} is missing")

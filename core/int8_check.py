@@ -47,7 +47,8 @@ def compare_int8(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_joiner:
     that crashes; a model python ncnn cannot load raises ValueError, as before."""
     import json
 
-    from .ncnn_child import EXIT_ERROR, NcnnCrash, crash_sentence, run_child
+    from .ncnn_child import EXIT_ERROR, NcnnCrash, run_child
+    from .ncnn_crash import crash_sentence
     args = ["int8-check", "--fp32", *map(str, vars(fp32).values()), "--int8-encoder", *map(str, int8_encoder),
             "--int8-joiner", *map(str, int8_joiner)] + [a for w in wavs for a in ("--wav", str(w))]
     rc, lines = run_child(args)

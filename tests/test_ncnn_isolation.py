@@ -91,7 +91,7 @@ def test_doctor_run_names_the_layer_that_crashes_ncnn(cli, models):
 
 def test_the_crash_is_found_by_bisection_too(models):
     """Without trusting the first child's last 'at N' line, bisecting fresh children finds the same layer."""
-    from core.ncnn_child import locate_crash
+    from core.ncnn_crash import locate_crash
     d = models["crash"]
     quick = locate_crash(d / NET.format("encoder", "param"), d / NET.format("encoder", "bin"))
     slow = locate_crash(d / NET.format("encoder", "param"), d / NET.format("encoder", "bin"), trust_marks=False)
