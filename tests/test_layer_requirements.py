@@ -119,3 +119,19 @@ def test_doctor_never_calls_the_one_layer_encoder_healthy(tmp_path):
     assert not report.healthy
     slices = [f for f in report.findings if f.severity == "error" and "(Slice)" in f.message]
     assert len(slices) == 12 and slices[0].line == 45 and "'unbind_0'" in slices[0].message
+
+
+def test_the_rewrite_step_checks_the_decoder_and_joiner_too(tmp_path):
+    """check_runnable (run by the rewrite step on the final encoder, decoder and joiner) refuses by line and name."""
+    from core.rewrite_step import check_runnable
+    from core.runner import StepError
+    good = tmp_path / "joiner_jit_trace-pnnx.ncnn.param"
+    good.write_text("7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 1 in0 out0\n")
+    bad = tmp_path / "decoder_jit_trace-pnnx.ncnn.param"
+    bad.write_text("7767517\n3 3\nInput in0 0 1 in0\nMemoryData m 0 1 c\nBinaryOp add 2 1 in0 c out0 0=0\n")
+    said = []
+    check_runnable([good], log=said.append)
+    assert said == ["joiner_jit_trace-pnnx.ncnn.param: every layer has what ncnn needs to run it (2 layers)"]
+    with pytest.raises(StepError) as info:
+        check_runnable([good, bad], log=said.append)
+    assert f"{bad}: 1 layer(s) ncnn cannot run as written: line 4: layer 'm' (MemoryData): has no size" in str(info.value)
