@@ -8,13 +8,14 @@ for x86_64, aarch64 and armv7 boards). Run it from the model directory:
     python bench.py --wav a.wav --threads 1 2 4 --json
 
 Each (model, threads) pair runs in its own child process, so a model that crashes sherpa-ncnn ends that child only,
-and its peak resident memory (getrusage of the child) is the model's alone. The wizard's ``speed`` step and its
+and its peak resident memory is the model's alone. The wizard's ``speed`` step and its
 ``bench`` command run this same code.
 
   rtf                   decoding seconds / audio seconds (below 1 is faster than real time), load excluded
   first_result_seconds  wall seconds from the first audio fed (as fast as possible, 0.1 s chunks) to the first text
   load_seconds          seconds to construct the recognizer (read and set up the three nets)
-  peak_mb               the child's peak resident memory (Python, numpy and sherpa-ncnn included)
+  peak_mb               the child's peak resident memory (Python, numpy and sherpa-ncnn included): its own VmHWM on
+                        Linux, else the ru_maxrss os.wait4 reports for it
 """
 import argparse
 import json
@@ -69,6 +70,19 @@ def read_wav(path):
     return np.ascontiguousarray(x, dtype=np.float32), rate
 
 
+def _vm_hwm_mb():
+    """This process's own peak RSS (Linux VmHWM). wait4's ru_maxrss also counts the parent's size at the fork
+    (Linux carries the old memory's high-water mark across exec), which would hide a small model's footprint."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def measure(model_dir, model, threads, wavs):
     """Decode every wav with one recognizer configuration; the figures as a dict (runs in the child)."""
     import numpy as np
@@ -98,7 +112,7 @@ def measure(model_dir, model, threads, wavs):
         compute += time.perf_counter() - start
         audio += len(samples) / float(rate)
         texts.append(rec.text)
-    return {"model": model, "threads": threads, "load_seconds": round(load, 4),
+    return {"model": model, "threads": threads, "load_seconds": round(load, 4), "vm_hwm_mb": _vm_hwm_mb(),
             "rtf": round(compute / audio, 4) if audio else None, "audio_seconds": round(audio, 3),
             "decode_seconds": round(compute, 4), "first_result_seconds": None if first is None else round(first, 4),
             "texts": texts}
@@ -135,7 +149,8 @@ def run_one(model_dir, model, threads, wavs, timeout=600):
         row = {"model": model, "threads": threads, "error": what + (": " + " | ".join(tail) if tail else "")}
     # ru_maxrss is kilobytes on Linux, bytes on macOS
     scale = 1.0 / (1024 * 1024) if sys.platform == "darwin" else 1.0 / 1024
-    row["peak_mb"] = round(usage.ru_maxrss * scale, 1)
+    row["rusage_maxrss_mb"] = round(usage.ru_maxrss * scale, 1)
+    row["peak_mb"] = row.pop("vm_hwm_mb", None) or row["rusage_maxrss_mb"]
     return row
 
 

@@ -3,7 +3,8 @@
 The measuring code is ``assets/bench_template.py``, the very file a run writes as ``OUT/bench.py``, so the
 wizard's figures and the ones the user gets on the target device come from one piece of code. Every
 (model, threads) pair is decoded in its own child process (a bad model can crash sherpa-ncnn); the peak
-resident memory is that child's, from ``os.wait4``.
+resident memory is that child's: its own VmHWM on Linux (``os.wait4``'s ru_maxrss also holds the parent's size at
+the fork, which the wizard's process would dominate), else the ru_maxrss ``os.wait4`` reports for it.
 """
 from __future__ import annotations
 
