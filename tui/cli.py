@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--export-arg", action="append", default=[], metavar="ARG",
                      help="one more argument for icefall's export script, as it is (repeatable; write flags as "
                           "--export-arg=--lang-type --export-arg=char); appended to [export] extra_args")
+    run.add_argument("--package", action="store_true",
+                     help="also write OUT.tar.bz2: the model, tokens.txt, test_wavs/, README.md and bench.py in one "
+                          "directory, like sherpa-ncnn's published model archives")
     from .cli_from_ncnn import add_from_ncnn_arguments
     add_from_ncnn_arguments(run, source)
 
@@ -172,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("param", "bin", "out_param", "out_bin", "table"):
         quantize.add_argument(name, metavar=name.upper())
     quantize.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    from .cli_ship import add_ship_parsers
+    add_ship_parsers(sub)
     return parser
 
 
@@ -222,6 +227,9 @@ def _main(argv: list[str] | None) -> int:
     if args.command in ("calibrate", "quantize"):
         from .cli_int8 import run_calibrate, run_quantize
         return run_calibrate(args) if args.command == "calibrate" else run_quantize(args)
+    if args.command in ("bench", "hotwords"):
+        from .cli_ship import run_bench, run_hotwords
+        return run_bench(args) if args.command == "bench" else run_hotwords(args)
     if args.command == "tui" or (args.command is None and sys.stdin.isatty() and sys.stdout.isatty()):
         from .wizard_app import run_tui  # textual is imported only here, so --help stays fast
         return run_tui(args)

@@ -85,6 +85,9 @@ def run_pipeline(args) -> int:
         for n in notes:
             err.print(Text("note: ", style="yellow") + Text(n))
         planned = build_plan(config, check_out_dir=not args.dry_run)
+        if getattr(args, "package", False):
+            from core.ship_steps import add_package_step
+            add_package_step(planned)
     except ConfigError as exc:
         err.print(Text("error: ", style="bold red") + Text(str(exc)))
         return EXIT_BAD_INPUT
@@ -250,6 +253,8 @@ def _print_results(out: Console, out_dir: Path, status: str) -> None:
         for r in summary["sizes"]:
             table.add_row(r["model"], human(r["pt"]), human(r["fp16"]), human(r.get("fp32")), human(r["int8"]))
         out.print(table)
+        from .cli_ship import print_ship_results
+        print_ship_results(out, summary)
     vfile = out_dir / "validation.json"
     if vfile.exists():
         v = json.loads(vfile.read_text())
