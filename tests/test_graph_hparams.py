@@ -228,3 +228,33 @@ def test_graph_mismatches_checks_what_the_shapes_fix_when_the_parts_are_unknown(
     assert graph_mismatches(spec, good, reading) == []
     [msg] = graph_mismatches(spec, dict(good, num_left_chunks=8), reading)
     assert "gives left contexts (128, 64, 32, 16, 64), but the encoder's graph has (64, 32, 16, 8, 32)" in msg
+
+
+@needs_kit
+def test_a_traced_pt_that_cannot_be_read_is_a_warning_and_nothing_in_it_runs(tmp_path):
+    import pickle
+    import zipfile
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    bad = tmp_path / "encoder_jit_trace-pnnx.pt"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("encoder_jit_trace-pnnx/data.pkl", pickle.dumps(Evil()))
+        z.writestr("encoder_jit_trace-pnnx/traced_inputs.pkl", pickle.dumps(Evil()))
+    (tmp_path / "lfs.pt").write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
+    for pt in (bad, tmp_path / "lfs.pt"):
+        reading = read_graph("lstm", traced_pt=pt, pnnx_param=REAL / "lstm" / "encoder.pnnx.param")
+        assert reading.problems == [] and reading.values["encoder_dim"] == 192
+        assert len(reading.warnings) == 1 and str(pt) in reading.warnings[0]
+    assert not (tmp_path / "ran").exists()
+    # saved without its example inputs: nothing to read, said so
+    with zipfile.ZipFile(KIT / "lstm-2layer" / "traced" / "encoder_jit_trace-pnnx.pt") as src, \
+            zipfile.ZipFile(tmp_path / "bare.pt", "w") as dst:
+        for item in src.infolist():
+            if "traced_inputs" not in item.filename:
+                dst.writestr(item, src.read(item))
+    reading = read_graph("lstm", traced_pt=tmp_path / "bare.pt")
+    assert reading.values == {} and "has no input shapes" in reading.warnings[0]
