@@ -497,7 +497,7 @@ class ResolvedValues:
 
     arch: ArchSpec
     values: dict[str, Value]
-    sources: dict[str, str]  # name -> "given" | "default"
+    sources: dict[str, str]  # name -> "given" | "default" | "graph" (read from the encoder graph: core.graph_hparams)
     problems: list[Problem]
 
     @property
