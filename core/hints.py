@@ -14,6 +14,13 @@ HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in
     (r"size mismatch for|Missing key\(s\) in state_dict|Unexpected key\(s\) in state_dict",
      "the hyperparameters don't match the checkpoint: compare your flags with the ones the model was trained "
      "with (sherpa-ncnn-wizard detect CHECKPOINT reads them from the weights)"),
+    (r"layer SherpaMetaData not exists or registered",
+     "ncnn2table cannot create SherpaMetaData: fed a param that carries it, it writes an empty table and still "
+     "prints success. The wizard never feeds it one; if your table tool runs ncnn2table, give it the param "
+     "without the SherpaMetaData line (or use the built-in calibration)"),
+    (r"calibration table is required for static weight quantization",
+     "this ncnn2int8 is from current ncnn (since 3724d10): LSTM/GRU/RNN/Embed/MultiHeadAttention need weight-scale "
+     "lines (<layer>_param_0/1) in a table; pass the table the wizard completes, or use the built-in quantizer"),
     (r"layer (\S+) not exists or registered",
      "a layer type this ncnn build does not have: the pnnx output holds an operator sherpa-ncnn's runtime lacks "
      "(run sherpa-ncnn-wizard doctor on the model directory)"),
@@ -34,13 +41,31 @@ HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in
 
 def hint_for(lines: list[str]) -> str | None:
     """The hint of the first known failure string found, scanning from the end."""
-    own = icefall_import_hint(lines) or vocab_mismatch_hint(lines)
+    own = icefall_import_hint(lines) or vocab_mismatch_hint(lines) or ncnn2int8_crash_hint(lines)
     if own:
         return own
     for line in reversed(lines):
         for pattern, hint in HINTS:
             if pattern.search(line):
                 return hint
+    return None
+
+
+_NCNN2INT8_PASS = re.compile(r"^(quantize_\w+|fuse_requantize) \S+")
+NCNN2INT8_CRASH_HINT = (
+    "ncnn2int8 died after its quantize passes, while writing the model. The ncnn2int8 of the ncnn sherpa-ncnn "
+    "2.1.15 links (Tencent/ncnn c4193aad) does that on every icefall encoder: killed by SIGFPE, because its "
+    "ModelWriter writes each int8 Convolution's empty top_blob_int8_scales (and an InnerProduct's missing bias), "
+    "dividing by the empty matrix's element size. Fixed upstream by ncnn 430b3124a (top scales) and cc1673491 "
+    "(InnerProduct without bias): use the built-in quantizer (calibration.backend = \"builtin\", or leave "
+    "tools.ncnn2int8 unset), or an ncnn2int8 built from an ncnn with both commits")
+
+
+def ncnn2int8_crash_hint(lines: list[str]) -> str | None:
+    """ncnn2int8's output ended on one of its pass lines: it died writing the model (nothing else prints then)."""
+    said = [line.strip() for line in lines if line.strip()]
+    if said and _NCNN2INT8_PASS.match(said[-1]):
+        return NCNN2INT8_CRASH_HINT
     return None
 
 

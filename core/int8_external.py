@@ -18,8 +18,9 @@ from pathlib import Path
 from .atomic import atomic_write_bytes
 from .calibration_run import ModelFiles
 from .int8_steps import INT8_NETS, fp32_model_files, int8_file, table_file
-from .int8_tools import (QUANTIZE_TOOL, TABLE_TOOL, find_int8_tools, quantize_tool_argv, quantize_tool_succeeded,
-                         table_tool_argv, table_tool_succeeded)
+from .int8_tools import (QUANTIZE_TOOL, TABLE_TOOL, WEIGHT_ONLY_KEYS, describe_unreadable, find_int8_tools,
+                         quantize_tool_argv, quantize_tool_succeeded, table_keys, table_tool_argv,
+                         table_tool_succeeded, unreadable_wavs)
 from .metadata import META_TYPE
 from .ncnn_param import insert_line, load_param, replace_header
 from .runner import Step, StepContext, StepError
@@ -82,6 +83,60 @@ def _int8_no_meta(layout) -> Path:
     return layout.work / "int8" / "encoder.int8.nometa.param"
 
 
+def tool_table_file(layout, net: str) -> Path:
+    """The table ncnn2int8 reads: the calibration table plus ncnn2table's weight-only lines."""
+    return layout.work / "int8" / f"{net}-scale-table.ncnn2int8.txt"
+
+
+def weight_only_lines(layers, data: bytes, keys: set[str]) -> list[str]:
+    """The lines ``ncnn2table`` writes for the weight-only int8 types, in its order, for the keys not in ``keys``.
+
+    Current ncnn2int8 (since ncnn 3724d10) quantizes LSTM/GRU/RNN/Embed/MultiHeadAttention only with these
+    lines and sherpa-ncnn's table tool does not write them; older ones ignore them. Scales as ncnn2table
+    computes them: 127/absmax per gate row (weight_xc ``_param_0``, weight_hc ``_param_1``), one for an Embed,
+    per output row for attention's q/k/v and one for its output; an all-zero row gets 1.
+    """
+    import numpy as np
+
+    from .quantize import _floats
+
+    def rows(values, n):
+        if values is None or n <= 0 or values.size % n:
+            return None
+        absmax = np.abs(values.reshape(n, -1)).max(axis=1)
+        return np.where(absmax > 0, 127.0 / np.where(absmax > 0, absmax, 1.0), 1.0).astype(np.float32)
+
+    lines = []
+    for kind in ("Embed", "MultiHeadAttention", "RNN", "LSTM", "GRU"):
+        for layer in (entry for entry in layers if entry.type == kind):
+            p, loads = layer.params, layer.loads
+            dirs = 2 if p.get(2) == 2 else 1
+            if kind == "Embed":
+                parts = [(0, 1)]
+            elif kind == "MultiHeadAttention":
+                parts = [(0, p[0]), (2, p[0]), (4, p[0]), (6, 1)]
+            else:
+                gates = {"RNN": 1, "LSTM": 4, "GRU": 3}[kind]
+                width = (p.get(3) or p[0]) if kind == "LSTM" else p[0]
+                parts = [(0, dirs * width * gates), (2, dirs * width * gates)]
+            for i, (index, n) in enumerate(parts):
+                key = f"{layer.name}_param_{i}"
+                if key in keys or index >= len(loads):
+                    continue
+                scales = rows(_floats(data, loads[index]), n)
+                if scales is not None:
+                    lines.append(f"{key} " + "".join(f"{s:f} " for s in scales))
+    return lines
+
+
+def complete_table(table_text: str, layers, data: bytes) -> str:
+    """The table as ncnn2int8 should read it: its lines without blank ones (a blank line ends ncnn2int8's reading)
+    and the weight-only lines it lacks."""
+    kept = [line for line in table_text.splitlines() if line.strip()]
+    extra = weight_only_lines(layers, data, table_keys("\n".join(kept)))
+    return "".join(line + "\n" for line in kept + extra)
+
+
 def make_external_calibrate(layout, tool: Path, wavs: list[Path], files: ModelFiles | None = None) -> Step:
     files = files or fp32_model_files(layout)
     tables = [table_file(layout, n) for n in INT8_NETS]
@@ -92,9 +147,9 @@ def make_external_calibrate(layout, tool: Path, wavs: list[Path], files: ModelFi
         atomic_write_bytes(wav_list_file(layout), "".join(f"{w}\n" for w in wavs).encode())
 
     def verify(lines: list[str]) -> str | None:
-        unreadable = [line.split("Failed to read", 1)[1].strip() for line in lines if "Failed to read" in line]
+        unreadable = unreadable_wavs(lines)
         if unreadable:
-            return f"{TABLE_TOOL} could not read {', '.join(unreadable)}; it must be 16 kHz PCM/float wav"
+            return describe_unreadable(unreadable)
         problem = table_tool_succeeded(lines, *tables)
         return problem or _tables_usable(tables)
 
@@ -123,7 +178,8 @@ def make_external_quantize(layout, tool: Path, net: str, files: ModelFiles | Non
     source = no_meta_file(layout, net) if net == "encoder" else param
     out_param = _int8_no_meta(layout) if net == "encoder" else int8_file(layout, net, "param")
     out_bin = int8_file(layout, net, "bin")
-    argv = quantize_tool_argv(tool, source, binary, out_param, out_bin, table_file(layout, net))
+    table, tool_table = table_file(layout, net), tool_table_file(layout, net)
+    argv = quantize_tool_argv(tool, source, binary, out_param, out_bin, tool_table)
 
     def before() -> None:
         parsed = load_param(param)
@@ -136,17 +192,67 @@ def make_external_quantize(layout, tool: Path, net: str, files: ModelFiles | Non
                             "(calibration.backend = \"builtin\" or \"auto\" without ncnn2int8 on PATH)")
         if net == "encoder":
             atomic_write_bytes(source, _without_metadata(parsed.model))
+        layers, data = [], b""
+        if parsed.model.layers_of_type(*WEIGHT_ONLY_KEYS):
+            layers, data = _loads(source, binary)
+        atomic_write_bytes(tool_table, complete_table(table.read_text(encoding="utf-8", errors="replace"),
+                                                      layers, data).encode())
 
     def verify(lines: list[str]) -> str | None:
-        return quantize_tool_succeeded(lines, out_param, out_bin)
+        return quantize_tool_succeeded(lines, out_param, out_bin, source, tool_table)
 
-    script = [shlex.join(argv)]
+    script = [f"cp {shlex.quote(str(table))} {shlex.quote(str(tool_table))}  # and append ncnn2table's weight-only "
+              "lines for LSTM/GRU/RNN/Embed/MultiHeadAttention, which current ncnn2int8 needs (ncnn2table "
+              f"{shlex.quote(str(source))} {shlex.quote(str(binary))} weights.txt; cat weights.txt >> table)",
+              shlex.join(argv)]
     if net == "encoder":
         script.insert(0, f"grep -v '^{META_TYPE} ' {shlex.quote(str(param))} > {shlex.quote(str(source))}  "
                          "# and lower the header's layer count by one")
     return Step(f"quantize-{net}", f"Quantize the {net} to int8 ({QUANTIZE_TOOL})", argv=argv, parser="ncnn2int8",
-                inputs=[param, binary, table_file(layout, net)], outputs=[out_param, out_bin], before=before,
+                inputs=[param, binary, table], outputs=[out_param, out_bin], before=before,
                 verify=verify, script=script)
+
+
+def _loads(param: Path, binary: Path):
+    """Every layer's weight loads as ncnn performs them (in a child process), and the .bin's bytes."""
+    from .ncnn_child import NcnnCrash, record_loads_in_child
+    from .quantize import QuantizeError
+    try:
+        layers, _ = record_loads_in_child(param, binary)
+    except (QuantizeError, NcnnCrash) as exc:
+        raise StepError(str(exc)) from None
+    return layers, binary.read_bytes()
+
+
+def gemm_clipping(fp32_layers, fp32_data: bytes, int8_layers, int8_data: bytes) -> list[str]:
+    """Warnings for each int8 Gemm whose constant B scale clips B: ncnn2int8 (every version) takes B's scale from
+    its first row only (``quantize_gemm`` loops ``j < B_data.w``, one row when transB=1)."""
+    import numpy as np
+
+    from .quantize import _floats
+    source = {layer.name: layer for layer in fp32_layers if layer.type == "Gemm"}
+    warnings = []
+    for layer in int8_layers:
+        fp32 = source.get(layer.name)
+        if layer.type != "Gemm" or fp32 is None or not layer.params.get(18) or not layer.params.get(5):
+            continue
+        values = _floats(fp32_data, fp32.loads[0]) if fp32.loads else None
+        raw = [ld for ld in layer.loads if ld.type == 1 and ld.w == 1]
+        if values is None or not values.size or not raw:
+            continue
+        written = float(np.frombuffer(int8_data[raw[-1].start:raw[-1].start + 4], "<f4")[0])
+        absmax = float(np.abs(values).max())
+        if absmax == 0 or written * absmax <= 127.0 * (1 + 1e-4):
+            continue
+        q = np.clip(np.round(values * written), -127, 127) / written
+        clipped = float(np.mean(np.abs(values) * written > 127.5))
+        cosine = float(np.dot(values, q) / (np.linalg.norm(values) * np.linalg.norm(q)))
+        warnings.append(f"warning: {QUANTIZE_TOOL} scaled Gemm {layer.name!r}'s weight by {written:.6g}, from its "
+                        f"first row only; the whole matrix needs 127/absmax = {127.0 / absmax:.6g}: "
+                        f"{clipped:.1%} of its weights are clipped (up to {written * absmax / 127.0:.2f}x the int8 "
+                        f"range), weight cosine {cosine:.5f}. The built-in quantizer scales by the whole matrix "
+                        "(calibration.backend = \"builtin\", or leave tools.ncnn2int8 unset)")
+    return warnings
 
 
 def _lines_without_metadata(model) -> list[str]:
@@ -180,8 +286,22 @@ def make_int8_metadata(layout) -> Step:
         lines = replace_header(lines, model.header_line, kept + 1, model.blob_count)
         atomic_write_bytes(target, "".join(lines).encode("utf-8"))
         ctx.log(f"{target}: inserted {line}")
+        for net, (fp32_param, fp32_bin), (int8_param, int8_bin) in checks:
+            model = load_param(fp32_param).model
+            if model is None or not model.layers_of_type("Gemm"):
+                continue
+            fp32_layers, fp32_data = _loads(fp32_param, fp32_bin)
+            int8_layers, int8_data = _loads(int8_param, int8_bin)
+            for warning in gemm_clipping(fp32_layers, fp32_data, int8_layers, int8_data):
+                ctx.log(f"{net}: {warning}")
 
-    return Step("int8-metadata", "Add SherpaMetaData to the int8 encoder", func=run, inputs=[final_param, source],
+    files = fp32_model_files(layout)
+    checks = [("encoder", (no_meta_file(layout, "encoder"), files.encoder_bin),
+               (source, int8_file(layout, "encoder", "bin"))),
+              ("joiner", (files.joiner_param, files.joiner_bin),
+               (int8_file(layout, "joiner", "param"), int8_file(layout, "joiner", "bin")))]
+    return Step("int8-metadata", "Add SherpaMetaData to the int8 encoder; check ncnn2int8's Gemm scales", func=run,
+                inputs=list(dict.fromkeys([final_param, source, *(p for _, a, b in checks for p in (*a, *b))])),
                 outputs=[target], describe=f"copy the metadata line of {final_param.name} into {target.name}",
                 script=[f"# insert the {META_TYPE} line of {final_param} after the header of {source}, "
                         f"count +1, save as {target}"])

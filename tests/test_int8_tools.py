@@ -43,8 +43,10 @@ def test_success_is_judged_from_output_not_exit_code(tmp_path):
     enc, join = tmp_path / "e.txt", tmp_path / "j.txt"
     assert "success line" in table_tool_succeeded(["Processing x"], enc, join)
     enc.write_text("x 1\n")
-    join.write_text("")
     assert "did not write" in table_tool_succeeded(["ncnn int8 calibration table create success"], enc, join)
+    join.write_text("")  # success claimed over an empty table: what ncnn2table does on a param with SherpaMetaData
+    assert "printed its success line but wrote an empty" in table_tool_succeeded(
+        ["ncnn int8 calibration table create success"], enc, join)
     join.write_text("y 1\n")
     assert table_tool_succeeded(["ncnn int8 calibration table create success"], enc, join) is None
     out_p, out_b = tmp_path / "o.param", tmp_path / "o.bin"
