@@ -5,6 +5,12 @@ boost for that line), and looks every token up in tokens.txt; a token it cannot 
 ``exit(-1)``, which ends the app, and a malformed score makes ``std::stof`` throw. So every token written
 here is checked against tokens.txt first, and a line that would fail is refused by its number, with
 nothing written.
+
+Checked as sherpa-ncnn really reads tokens.txt: its symbol table (sherpa-ncnn 2.1.15, symbol-table.cc) turns a
+symbol's leading ``▁`` into a space, and the hotwords reader splits lines on whitespace, so a word-start BPE piece
+(``▁THE``, or ``▁`` alone) can never be found there: sherpa-ncnn exits on it although tokens.txt lists it. Such
+lines are refused too, with that reason (sentencepiece starts every phrase with one, so with this sherpa-ncnn
+only models whose tokens have no ``▁`` - character models - can take hotwords).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from pathlib import Path
 
 SCORE_RE = re.compile(r"^:[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 MAX_WORDS_BYTES = 16 << 20
+WORD_START = "\u2581"  # sentencepiece's ▁
 
 
 class HotwordsError(Exception):
@@ -99,6 +106,14 @@ def encode(words_text: str, vocab: set[str], sp=None) -> HotwordsResult:
         else:
             pieces = [t for w in parts for t in _split_chars(w, vocab)]
             unknown = [p for p in pieces if p not in vocab]
+        word_start = [p for p in pieces if p.startswith(WORD_START) and p not in unknown]
+        if word_start and not unknown:
+            shown = ", ".join(repr(u) for u in dict.fromkeys(word_start))
+            result.problems.append(f"line {n}: {phrase!r} needs word-start token(s) {shown}: sherpa-ncnn reads the "
+                                   f"leading {WORD_START} of tokens.txt as a space, so its hotwords reader cannot "
+                                   "find them and would exit (a sherpa-ncnn limitation: this phrase cannot be a "
+                                   "sherpa-ncnn hotword)")
+            continue
         if unknown:
             shown = ", ".join(repr(u) for u in dict.fromkeys(unknown))
             hint = ""
@@ -128,7 +143,11 @@ def check_hotwords_file(path: Path, vocab: set[str]) -> list[str]:
     problems = []
     for n, line in enumerate(_read_text(Path(path), "hotwords file").splitlines(), start=1):
         for item in line.split():
+            if item in vocab and not item.startswith(WORD_START):
+                continue
             if item in vocab:
+                problems.append(f"line {n}: token {item!r} starts with {WORD_START}, which sherpa-ncnn reads as a "
+                                "space: its hotwords reader cannot find it")
                 continue
             if item.startswith(":"):
                 if not SCORE_RE.match(item):

@@ -38,7 +38,9 @@ def add_ship_parsers(sub) -> None:
         description="One word or phrase per line (optionally ending in :SCORE, the boost for that line; # starts a "
                     "comment). Each is split into the model's tokens with its bpe.model (without one: the word if it "
                     "is a token, else its characters) and every token is checked against tokens.txt, because "
-                    "sherpa-ncnn exits on an unknown one. Bad lines are named by number and nothing is written. "
+                    "sherpa-ncnn exits on an unknown one (and on a word-start piece like \u2581THE: sherpa-ncnn reads the "
+                    "leading \u2581 of tokens.txt as a space, so it cannot find those). Bad lines are named by number "
+                    "and nothing is written. "
                     "Use the file with decoding_method=modified_beam_search and hotwords_file=F.",
         epilog="exit codes: 0 written, 2 bad input (a line that would fail, or an unusable file)",
     )
