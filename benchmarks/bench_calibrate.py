@@ -15,6 +15,13 @@ one process; (b) calibrate() with one worker, everything included (statistics,
 histograms, KL threshold search, weight scales); (c) calibrate() with one
 worker per core. (a) and (b) are timed back to back --repeat times (the machine
 may be shared); the best of each is compared. Target: (b) <= 1.3x (a).
+Peak memory (RSS) of this process and of its worker processes is printed too
+(upstream's generate-int8-scale-table peaked at 8-91 MB on the real fixtures).
+
+--histograms: the one-pass histogram (the default) against ncnn's exact
+two-pass one (core.calibrate.ExactStats): both tables, each quantized with the
+built-in quantizer, and the int8 encoder/joiner outputs' cosine against fp32
+on the calibration audio (core.int8_check).
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.audio import fbank, read_wav  # noqa: E402
+import core.calibration_run as calibration_run  # noqa: E402
+from core.calibrate import ExactStats, ScaleTable, activation_scale  # noqa: E402
 from core.calibration_run import ModelFiles, _ModelRunner, calibrate  # noqa: E402
 from core.demo import demo_recipe  # noqa: E402
 from core.tools import wheel_pnnx  # noqa: E402
@@ -104,6 +113,80 @@ def forward_floor(files: ModelFiles, wavs: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
+_RSS_CHILD = """
+import resource, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from core.calibration_run import ModelFiles, calibrate
+files = ModelFiles(*map(Path, sys.argv[2:8]))
+workers = int(sys.argv[8]) or None
+calibrate(files, [Path(w) for w in sys.argv[9:]], workers=workers)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def peak_rss_mb(files: ModelFiles, wavs: list[Path], workers: int) -> tuple[float, float]:
+    """Peak resident memory of a calibration alone, run in a fresh process (as the wizard runs it, in a child):
+    that process's and its largest worker's, in MB (workers=0: one worker per core)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(root), *map(str, vars(files).values()), str(workers),
+                          *map(str, wavs)], check=True, capture_output=True, text=True).stdout.split()
+    return int(out[-2]) / 1024, int(out[-1]) / 1024
+
+
+def calibrate_two_pass(files: ModelFiles, wavs: list[Path]):
+    """ncnn's way: pass 1 finds each input's absmax over all the audio (the one-pass run's absmax is exactly
+    that), pass 2 runs everything again and bins into 2048 bins over [0, absmax]."""
+    first = calibrate(files, wavs, workers=1)
+    runner = _ModelRunner(files)
+    saved = calibration_run.BlobStats
+    calibration_run.BlobStats = ExactStats  # run_file builds its statistics by this name
+    try:
+        tables = []
+        for bottoms, one, part in ((runner.enc_bottoms, first.encoder, "encoder"),
+                                   (runner.join_bottoms, first.joiner, "joiner")):
+            absmax = {blob: one.activations[layer].absmax for layer, blob in bottoms.items()}
+            merged = {blob: ExactStats(a) for blob, a in absmax.items()}
+            for wav in wavs:
+                stats = getattr(runner.run_file(wav), part)
+                for blob, st in stats.items():
+                    if blob in merged:
+                        st.set_absmax(absmax[blob])
+                        merged[blob].merge(st)
+            table = ScaleTable(weights=dict(one.weights))
+            for layer, blob in bottoms.items():
+                table.activations[layer] = activation_scale(layer, merged[blob])
+            tables.append(table)
+    finally:
+        calibration_run.BlobStats = saved
+    return first, tables
+
+
+def compare_histograms(files: ModelFiles, wavs: list[Path], tmp: Path) -> None:
+    from core.int8_check import compare_int8_here
+    from core.quantize import quantize
+    t0 = time.perf_counter()
+    first, two = calibrate_two_pass(files, wavs)
+    seconds = time.perf_counter() - t0
+    results = {}
+    for mode, (enc, join) in (("one-pass", (first.encoder, first.joiner)), ("two-pass", tuple(two))):
+        pairs = {}
+        for net, table, (param, binary) in (("encoder", enc, (files.encoder_param, files.encoder_bin)),
+                                            ("joiner", join, (files.joiner_param, files.joiner_bin))):
+            out = tmp / f"{mode}-{net}"
+            quantize(param, binary, table, out.with_suffix(".param"), out.with_suffix(".bin"))
+            pairs[net] = (out.with_suffix(".param"), out.with_suffix(".bin"))
+        results[mode] = compare_int8_here(files, pairs["encoder"], pairs["joiner"], wavs)
+    print(f"histograms ({len(wavs)} files; one-pass + two-pass calibration {seconds:.1f} s):")
+    moved = [abs(b.scale / a.scale - 1) for one, two_t in ((first.encoder, two[0]), (first.joiner, two[1]))
+             for a, b in ((one.activations[k], two_t.activations[k]) for k in one.activations)]
+    print(f"  activation scales: two-pass vs one-pass differ by {max(moved):.2%} at most, "
+          f"{sum(moved) / len(moved):.2%} on average")
+    for mode, sims in results.items():
+        cells = ", ".join(f"{s.net} {s.output} mean {s.mean_cosine:.5f} worst {s.min_cosine:.5f}" for s in sims)
+        print(f"  {mode:9} int8 vs fp32 cosine: {cells}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("arch", nargs="?", default="lstm")
@@ -112,11 +195,16 @@ def main() -> int:
     p.add_argument("--icefall-size", action="store_true",
                    help="a model of icefall's default size (the recipe's defaults, random weights) instead of the "
                         "demo's tiny one: what a user's model costs per chunk")
+    p.add_argument("--histograms", action="store_true",
+                   help="compare the one-pass and the two-pass (ncnn's) histograms: scales and int8 cosine")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = build_model(a.arch, tmp, [] if a.icefall_size else None)
         wavs = make_audio(a.arch, a.seconds, tmp)
+        if a.histograms:
+            compare_histograms(files, wavs, tmp)
+            return 0
         floors, serials = [], []
         for _ in range(a.repeat):  # back to back, so both see the same machine load
             floors.append(forward_floor(files, wavs))
@@ -126,6 +214,7 @@ def main() -> int:
         t0 = time.perf_counter()
         calibrate(files, wavs)
         parallel = time.perf_counter() - t0
+        rss = [peak_rss_mb(files, wavs, 1), peak_rss_mb(files, wavs, 0)]
     floor, serial = min(floors), min(serials)
     pair = sorted(s / f for s, f in zip(serials, floors))[len(floors) // 2]
     size = "icefall's default size" if a.icefall_size else "the demo's size"
@@ -137,6 +226,8 @@ def main() -> int:
     print(f"  calibrate, 1 worker per core    {parallel:7.2f} s  = {parallel / floor:.2f}x the floor")
     verdict = "UNDER" if serial <= TARGET * floor else "OVER"
     print(f"  single-worker calibration is {verdict} the {TARGET}x target")
+    print(f"  peak RSS, calibration alone in a fresh process: 1 worker {rss[0][0]:.0f} MB; 1 worker per core "
+          f"{rss[1][0]:.0f} MB + {rss[1][1]:.0f} MB per worker (upstream's tool: 8-91 MB on the real fixtures)")
     return 0
 
 

@@ -15,6 +15,9 @@ known problems fixed (sherpa-ncnn.md §3.1):
 * one forward pass per chunk instead of upstream's two: the histogram's range
   doubles (pairs of fine bins merged) as larger values appear, and is re-binned
   to exactly [0, absmax] at the end;
+* or, with ``[calibration] histogram = "two-pass"``, ncnn's own way
+  (``ExactStats``): a first pass for each input's absmax, a second that bins
+  every value into exactly 2048 bins over [0, absmax] (zeros excluded);
 * no inf/nan/zero scale is ever written: a dead input or an all-zero weight row
   is reported with the layer's name.
 
@@ -34,6 +37,7 @@ NUM_BINS = 2048
 TARGET_BINS = 128
 KL_EPS = 1e-4
 FINE_FACTOR = 8  # internal bins per output bin, so re-binning to [0, absmax] stays accurate
+HISTOGRAM_MODES = ("one-pass", "two-pass")
 
 
 class CalibrationError(Exception):
@@ -163,6 +167,70 @@ class BlobStats:
         out = np.diff(np.interp(edges, fine_edges, cum))
         out[-1] += cum[-1] - out.sum()  # the fine bin holding absmax spills past it: that mass is <= absmax
         return out
+
+
+class ExactStats:
+    """The second pass of ncnn's calibration: counts in exactly ``bins`` bins over [0, absmax], where absmax is
+    the whole calibration set's (from the first pass), binned as ncnn bins them (float32
+    ``min(int(|x| / absmax * bins), bins - 1)``, zeros left out).
+
+    ``absmax`` may be given later (``set_absmax``): values are kept until then. So a file can be run before
+    the blob it feeds is known by name, as core.calibration_run builds its statistics.
+    """
+
+    def __init__(self, absmax: float | None = None, bins: int = NUM_BINS):
+        self.bins = bins
+        self._absmax = absmax
+        self.hist = np.zeros(bins, dtype=np.int64)
+        self._count = 0
+        self._pending: list[tuple[np.ndarray, int]] = []
+
+    def set_absmax(self, absmax: float) -> None:
+        self._absmax = float(absmax)
+        self.flush()
+
+    @property
+    def absmax(self) -> float:
+        return 0.0 if self._absmax is None else self._absmax
+
+    @property
+    def count(self) -> int:
+        self.flush()
+        return self._count
+
+    def add(self, x: np.ndarray, times: int = 1) -> None:
+        self._pending.append((np.array(x, dtype=np.float32).ravel(), times))
+        if self._absmax is not None and len(self._pending) >= 64:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._absmax is None or not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        for values, times in pending:
+            a = np.abs(values[values != 0])
+            if not a.size:
+                continue
+            if self._absmax <= 0 or float(a.max()) > self._absmax:
+                raise CalibrationError(f"a value of {float(a.max())} is beyond the first pass's absmax "
+                                       f"{self._absmax}: the two passes saw different activations")
+            x = a / np.float32(self._absmax)
+            x *= np.float32(self.bins)
+            idx = np.minimum(x.astype(np.intp), self.bins - 1)
+            self.hist += times * np.bincount(idx, minlength=self.bins)
+            self._count += times * a.size
+
+    def merge(self, other: "ExactStats") -> None:
+        self.flush()
+        other.flush()
+        self.hist += other.hist
+        self._count += other._count
+
+    def histogram(self, bins: int = NUM_BINS) -> np.ndarray:
+        self.flush()
+        if bins != self.bins:
+            raise ValueError(f"an exact histogram has {self.bins} bins, not {bins}")
+        return self.hist.astype(np.float64)
 
 
 def kl_threshold_bin(hist: np.ndarray, target_bins: int = TARGET_BINS, eps: float = KL_EPS) -> int:

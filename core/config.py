@@ -74,9 +74,13 @@ class CalibrationConfig:
     # (external where found, otherwise built in)
     backend: str = "builtin"
     resample: bool = False  # resample wavs that are not 16 kHz (soxr) instead of refusing them
+    # activation histograms: "one-pass" (one run, a range that doubles, re-binned to [0, absmax]) or "two-pass"
+    # (ncnn's and sherpa-ncnn's: absmax first, then exactly 2048 bins over [0, absmax]; twice the forward passes)
+    histogram: str = "one-pass"
 
 
 INT8_BACKENDS = ("builtin", "external", "auto")
+HISTOGRAM_MODES = ("one-pass", "two-pass")  # core.calibrate.HISTOGRAM_MODES (config stays free of numpy)
 
 
 @dataclass
@@ -144,6 +148,9 @@ def config_from_dict(data: dict, source: str = "config") -> WizardConfig:
     if config.calibration.backend not in INT8_BACKENDS:
         raise ConfigError(f"{source}: calibration.backend = {config.calibration.backend!r} is not one of "
                           f"{', '.join(INT8_BACKENDS)}")
+    if config.calibration.histogram not in HISTOGRAM_MODES:
+        raise ConfigError(f"{source}: calibration.histogram = {config.calibration.histogram!r} is not one of "
+                          f"{', '.join(HISTOGRAM_MODES)}")
     if config.files.lang_type not in LANG_TYPES:
         raise ConfigError(f"{source}: files.lang_type = {config.files.lang_type!r} is not one of 'char', 'bpe' "
                           "(or leave it out to read DIR/lang_type)")

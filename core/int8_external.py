@@ -247,7 +247,7 @@ def gemm_clipping(fp32_layers, fp32_data: bytes, int8_layers, int8_data: bytes) 
         q = np.clip(np.round(values * written), -127, 127) / written
         clipped = float(np.mean(np.abs(values) * written > 127.5))
         cosine = float(np.dot(values, q) / (np.linalg.norm(values) * np.linalg.norm(q)))
-        warnings.append(f"warning: {QUANTIZE_TOOL} scaled Gemm {layer.name!r}'s weight by {written:.6g}, from its "
+        warnings.append(f"warning: {QUANTIZE_TOOL} scaled Gemm {layer.name}'s weight by {written:.6g}, from its "
                         f"first row only; the whole matrix needs 127/absmax = {127.0 / absmax:.6g}: "
                         f"{clipped:.1%} of its weights are clipped (up to {written * absmax / 127.0:.2f}x the int8 "
                         f"range), weight cosine {cosine:.5f}. The built-in quantizer scales by the whole matrix "

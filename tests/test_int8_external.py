@@ -123,3 +123,31 @@ def test_a_tool_that_exits_0_without_doing_its_job_fails_the_step(tmp_path, caps
     failed = [s for s in manifest["steps"] if s.get("status") == "failed"]
     assert failed and message in failed[0]["error"]
     assert not (out / "encoder_jit_trace-pnnx.ncnn.int8.param").exists()
+
+
+@pytest.mark.slow
+def test_current_ncnn2int8_quantizes_the_lstms_with_the_weight_lines_the_wizard_adds(tmp_path, capsys, tools_on_path,
+                                                                                     monkeypatch):
+    monkeypatch.setenv("STANDIN_BREAK", "needs-weight-lines")  # ncnn since 3724d10: LSTMs need _param_0/1 lines
+    out = tmp_path / "out"
+    assert main(["run", "--demo", "lstm", "--out", str(out), "--int8", "--int8-backend", "external"]) == 0
+    assert "lstm_" not in (out / "encoder-scale-table.txt").read_text()  # sherpa-ncnn's tool does not write them
+    assert "lstm_15_param_1 " in (out / "work" / "int8" / "encoder-scale-table.ncnn2int8.txt").read_text()
+    lstms = [l for l in (out / "encoder_jit_trace-pnnx.ncnn.int8.param").read_text().splitlines()
+             if l.startswith("LSTM")]
+    assert lstms and all(" 8=2" in l for l in lstms)
+    logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
+    meta_log = next(v for k, v in logs.items() if k.endswith("-int8-metadata.log"))
+    assert "gemm_0's weight by" in meta_log and "from its first row only" in meta_log  # the clipping, in figures
+
+
+@pytest.mark.slow
+def test_ncnn2int8_of_c4193aad_dies_with_sigfpe_and_the_failure_names_cause_and_fixes(tmp_path, capsys,
+                                                                                      tools_on_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_BREAK", "sigfpe")
+    out = tmp_path / "out"
+    assert main(["run", "--demo", "lstm", "--out", str(out), "--int8", "--int8-backend", "external"]) == 1
+    failed = [s for s in json.loads((out / "manifest.json").read_text())["steps"] if s.get("status") == "failed"]
+    assert failed[0]["id"] == "quantize-encoder" and "SIGFPE" in failed[0]["error"]
+    printed = capsys.readouterr().out
+    assert "430b3124a" in printed and "cc1673491" in printed

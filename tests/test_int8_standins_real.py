@@ -274,3 +274,47 @@ def test_a_blank_line_ends_ncnn2int8s_table_so_the_completed_table_has_none(nets
     text = complete_table("conv_1 20 \n\nconv_2 10 \n", layers, data)
     assert "\n\n" not in text and {"conv_1", "conv_2", "lstm_4_param_1"} <= table_keys(text)
     assert table_keys("conv_1 20 \n\nconv_2 10 \n") == {"conv_1"}
+
+
+# -- the built-in calibration's two-pass histogram is ncnn's ----------------------------------------------------
+
+def test_two_pass_histogram_bins_as_the_real_tool_does():
+    from core.calibrate import ExactStats, activation_scale
+    rng = np.random.RandomState(1)
+    chunks = [rng.randn(300).astype(np.float32) * 3 for _ in range(4)]
+    chunks[1][:50] = 0.0  # zeros are not counted
+    absmax = max(float(np.abs(c).max()) for c in chunks)
+    expected = np.zeros(2048, np.int64)
+    for c in chunks:  # generate-int8-scale-table's pass 2, value by value, in float32
+        for v in c:
+            if v == 0:
+                continue
+            expected[min(int(np.float32(np.float32(abs(v)) / np.float32(absmax)) * np.float32(2048)), 2047)] += 1
+    later = ExactStats()  # the absmax is known only after the file ran
+    for c in chunks[:2]:
+        later.add(c)
+    later.set_absmax(absmax)
+    now = ExactStats(absmax)
+    for c in chunks[2:]:
+        now.add(c)
+    later.merge(now)
+    assert np.array_equal(later.histogram().astype(np.int64), expected) and later.count == 1150
+    a = activation_scale("x", later)
+    assert a.absmax == absmax and 0 < a.threshold <= absmax
+
+
+def test_two_pass_stats_refuse_a_value_beyond_the_first_pass():
+    from core.calibrate import CalibrationError, ExactStats
+    s = ExactStats(1.0)
+    s.add(np.array([2.0], np.float32))
+    with pytest.raises(CalibrationError, match="beyond the first pass's absmax"):
+        s.flush()
+
+
+def test_the_histogram_mode_is_checked_in_the_config():
+    from core.config import ConfigError, config_from_dict
+    assert config_from_dict({"arch": "lstm", "calibration": {"histogram": "two-pass"}}).calibration.histogram == \
+        "two-pass"
+    assert config_from_dict({"arch": "lstm"}).calibration.histogram == "one-pass"
+    with pytest.raises(ConfigError, match="calibration.histogram = 'exact' is not one of one-pass, two-pass"):
+        config_from_dict({"arch": "lstm", "calibration": {"histogram": "exact"}})
