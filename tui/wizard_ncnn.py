@@ -31,8 +31,9 @@ class NcnnDirScreen(FormScreen):
         config = self.app.config
         yield Static("Start from pnnx output you already have: the wizard rewrites what sherpa-ncnn cannot run, "
                      "adds the metadata and validates, on copies.", classes="intro")
-        yield Label("directory with {encoder,decoder,joiner}_jit_trace-pnnx.ncnn.{param,bin} and tokens.txt",
-                    classes="field-label")
+        yield Label("directory with {encoder,decoder,joiner}_jit_trace-pnnx.ncnn.{param,bin} (or pnnx's default "
+                    "*_jit_trace_pnnx.ncnn.*) and tokens.txt; pnnx's *.pnnx.param and the traced .pt there (or in "
+                    "exp/, traced/) give the hyperparameters", classes="field-label")
         yield Input(config.files.from_ncnn, id="ncnn-dir", suggester=PathSuggester())
         yield FieldCheckView("", id="c-ncnn-dir", classes="check")
         yield Static("", id="ncnn-found", classes="muted")
