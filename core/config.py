@@ -89,6 +89,8 @@ class ValidationConfig:
     transcripts: dict[str, str] = field(default_factory=dict)  # wav path -> reference text
     numeric: bool = True
     decode: bool = True
+    dataset: str = ""  # LibriSpeech dir, Kaldi dir (wav.scp + text) or a list file: WER of fp16 and int8
+    max_wer_increase: float | None = None  # fail the run when int8's WER is more than this many points above fp16's
 
 
 @dataclass
@@ -197,6 +199,10 @@ def _convert(tp, value, source: str, key: str):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {key} must be a whole number, got {value!r}")
         return value
+    if tp == (float | None) or tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
@@ -230,6 +236,8 @@ def _resolve_paths(config: WizardConfig, base: Path) -> None:
                                for w in config.calibration.wavs]
     config.validation.wavs = [str((base / w).resolve()) if not Path(w).is_absolute() else w
                               for w in config.validation.wavs]
+    if config.validation.dataset and not Path(config.validation.dataset).is_absolute():
+        config.validation.dataset = str((base / config.validation.dataset).resolve())
 
 
 def _drop_empty(d):

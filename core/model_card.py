@@ -172,6 +172,9 @@ def _wer(dataset: dict | None) -> list[str]:
     for m in dataset.get("models", []):
         lines.append(f"| {m['model']} | {m['wer']:.2%} | {m['substitutions']} | {m['deletions']} | "
                      f"{m['insertions']} | {m['words']} |")
+    if "int8_increase_points" in dataset:
+        lines += ["", f"int8 vs fp16: {dataset['int8_increase_points']:+.2f} WER points"
+                  + (f" (allowed: {dataset['max_wer_increase']})" if "max_wer_increase" in dataset else "")]
     return lines + [""]
 
 

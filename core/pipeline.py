@@ -199,6 +199,8 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     if config.validation.numeric or config.validation.decode:
         from .plan_checks import validation_wav_problems
         problems += validation_wav_problems(config.validation.wavs)
+        from .ship_steps import dataset_problems
+        problems += dataset_problems(config.validation.dataset)
 
     python = config.python
     if not (shutil.which(python) or Path(python).is_file()):
@@ -243,7 +245,8 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
         steps.append(_validate_step(config, layout))
         from .ship_steps import card_info, ship_steps  # test wavs, bench.py, speed, int8 report, model card
         steps += ship_steps(layout, card_info(spec, resolved, script.parent.name, config.output.int8),
-                            config.validation.wavs, int8=config.output.int8)
+                            config.validation.wavs, int8=config.output.int8, dataset=config.validation.dataset,
+                            max_wer_increase=config.validation.max_wer_increase)
     steps.append(make_summary(layout, checkpoints[0] if len(checkpoints) == 1 else None))
 
     manifest = {

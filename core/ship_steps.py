@@ -22,6 +22,7 @@ SPEED_FILE = "speed.json"
 LAYERS_FILE = "int8-layers.json"
 CARD_FILE = "README.md"
 BENCH_FILE = "bench.py"
+DATASET_FILE = "dataset-wer.json"
 
 
 def test_wav_names(wavs: list[Path]) -> list[str]:
@@ -177,7 +178,7 @@ def make_card_step(layout, info) -> Step:
         ctx.log(f"wrote {out}")
 
     inputs = [*_model_files(layout, info.int8), layout.out / BENCH_FILE]
-    for name in (SPEED_FILE, "validation.json") + ((LAYERS_FILE,) if info.int8 else ()):
+    for name in (SPEED_FILE, DATASET_FILE, "validation.json") + ((LAYERS_FILE,) if info.int8 else ()):
         inputs.append(layout.out / name)
     return Step("model-card", "Write the model card (README.md)", func=run, inputs=[p for p in inputs],
                 outputs=[out], fingerprint_extra=json.dumps(vars(info), default=str),
@@ -185,12 +186,68 @@ def make_card_step(layout, info) -> Step:
                 script=["# README.md: written by sherpa-ncnn-wizard"])
 
 
-def ship_steps(layout, info, wavs: list[Path], *, int8: bool, int8_files=None) -> list[Step]:
-    """The steps after validation: test wavs + bench.py, speed (when there are wavs), int8 report, model card."""
+def dataset_problems(dataset: str) -> list[str]:
+    """Plan-time check of [validation] dataset: it must be readable and hold utterances."""
+    if not dataset:
+        return []
+    from .dataset import DatasetError, read_dataset
+    try:
+        read_dataset(dataset)
+    except DatasetError as exc:
+        return [f"validation.dataset: {exc}"]
+    return []
+
+
+def make_dataset_step(layout, dataset: Path, int8: bool, max_wer_increase: float | None = None) -> Step:
+    """WER of fp16 (and int8) on a dataset, decoded in sherpa-ncnn children; resumable; the int8 gate."""
+    out = layout.out / DATASET_FILE
+    cache = layout.work / "dataset"
+    models = ["fp16"] + (["int8"] if int8 else [])
+
+    def run(ctx: StepContext) -> None:
+        from .dataset import DatasetError, evaluate, read_dataset
+        try:
+            ds = read_dataset(dataset)
+            for p in ds.problems:
+                ctx.log(f"skipped: {p}")
+            ctx.log(f"{dataset}: {ds.layout} layout, {len(ds.items)} utterance(s)")
+            report = evaluate(layout.out, ds, models, cache, max_wer_increase=max_wer_increase,
+                              on_progress=lambda i, n, note: ctx.progress(i, n, note),
+                              cancelled=ctx._cancelled.is_set)
+        except DatasetError as exc:
+            raise StepError(str(exc)) from None
+        ctx.check_cancelled()
+        atomic_write_bytes(out, json.dumps(report, indent=2, ensure_ascii=False).encode())
+        for m in report["models"]:
+            ctx.log(f"{m['model']}: WER {m['wer']:.2%} ({m['substitutions']} sub, {m['deletions']} del, "
+                    f"{m['insertions']} ins over {m['words']} words)")
+        if "int8_increase_points" in report:
+            ctx.log(f"int8 - fp16: {report['int8_increase_points']:+.2f} points")
+        if report.get("gate_ok") is False:
+            raise StepError(f"int8 is {report['int8_increase_points']:.2f} WER points worse than fp16 on {dataset}; "
+                            f"[validation] max_wer_increase allows {max_wer_increase}",
+                            hint=f"the utterances that changed are in {out}; calibrate with audio like the "
+                                 "dataset's, or ship the fp16 model")
+
+    return Step("dataset-wer", "WER on the dataset (fp16" + (" and int8)" if int8 else ")"), func=run,
+                inputs=_model_files(layout, int8), outputs=[out],
+                fingerprint_extra=json.dumps([str(dataset), max_wer_increase, models]),
+                describe=f"decode {dataset} in sherpa-ncnn children ({', '.join(models)}); WER with jiwer"
+                         + (f"; fail if int8 is more than {max_wer_increase} points worse" if max_wer_increase
+                            is not None and int8 else ""),
+                script=[f"# WER on {dataset}: done inside sherpa-ncnn-wizard (dataset-wer.json)"])
+
+
+def ship_steps(layout, info, wavs: list[Path], *, int8: bool, int8_files=None, dataset: str = "",
+               max_wer_increase: float | None = None) -> list[Step]:
+    """The steps after validation: test wavs + bench.py, speed (when there are wavs), dataset WER (when given),
+    int8 report, model card."""
     wavs = [Path(w) for w in wavs]
     steps = [make_ship_files_step(layout, wavs)]
     if wavs:
         steps.append(make_speed_step(layout, wavs, int8))
+    if dataset:
+        steps.append(make_dataset_step(layout, Path(dataset), int8, max_wer_increase))
     if int8:
         steps.append(make_int8_layers_step(layout, int8_files))
     steps.append(make_card_step(layout, info))
@@ -277,6 +334,11 @@ def summary_extras(out: Path) -> dict:
     try:
         layers = json.loads((out / LAYERS_FILE).read_text())
         extras["int8_layers"] = {"by_type": layers.get("by_type"), "totals": layers.get("totals")}
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        wer = json.loads((out / DATASET_FILE).read_text())
+        extras["dataset_wer"] = {k: wer.get(k) for k in ("dataset", "models", "int8_increase_points", "gate_ok")}
     except (OSError, ValueError, AttributeError):
         pass
     return extras

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--export-arg", action="append", default=[], metavar="ARG",
                      help="one more argument for icefall's export script, as it is (repeatable; write flags as "
                           "--export-arg=--lang-type --export-arg=char); appended to [export] extra_args")
+    run.add_argument("--dataset", metavar="DIR",
+                     help="also measure WER (fp16 and int8) on a dataset: LibriSpeech layout, Kaldi (wav.scp + text) "
+                          "or a list file of AUDIO<TAB>TRANSCRIPT; same as [validation] dataset")
+    run.add_argument("--max-wer-increase", type=float, metavar="POINTS",
+                     help="with --dataset and --int8: fail when int8's WER is more than POINTS above fp16's "
+                          "(e.g. 0.5); same as [validation] max_wer_increase")
     run.add_argument("--package", action="store_true",
                      help="also write OUT.tar.bz2: the model, tokens.txt, test_wavs/, README.md and bench.py in one "
                           "directory, like sherpa-ncnn's published model archives")

@@ -53,6 +53,10 @@ def load_run_config(args) -> WizardConfig:
     if getattr(args, "trust_checkpoint", False):
         config.files.trust_checkpoint = True
     config.export.extra_args += list(getattr(args, "export_arg", None) or [])
+    if getattr(args, "dataset", None):
+        config.validation.dataset = str(Path(args.dataset).expanduser().resolve())
+    if getattr(args, "max_wer_increase", None) is not None:
+        config.validation.max_wer_increase = args.max_wer_increase
     return config
 
 

@@ -137,6 +137,12 @@ def print_ship_results(out, summary: dict) -> None:
     """The speed rows and the int8 report by layer type of a finished run's summary.json."""
     if summary.get("speed"):
         out.print(speed_table(summary["speed"]))
+    wer = summary.get("dataset_wer") or {}
+    for m in wer.get("models") or []:
+        out.print(f"WER {m['model']}: {m['wer']:.2%} ({m['substitutions']} sub, {m['deletions']} del, "
+                  f"{m['insertions']} ins / {m['words']} words)", highlight=False)
+    if wer.get("int8_increase_points") is not None:
+        out.print(f"int8 vs fp16: {wer['int8_increase_points']:+.2f} WER points", highlight=False)
     layers = summary.get("int8_layers") or {}
     if layers.get("by_type"):
         out.print(int8_type_table(layers["by_type"]))
