@@ -387,3 +387,124 @@ def test_sherpa_ncnn_loads_our_hotwords_file_and_exits_on_a_word_start_token(shi
     crash = subprocess.run([sys.executable, "-c", code, str(out), str(bad)], capture_output=True, text=True,
                            timeout=120)
     assert crash.returncode != 0 and "LOADED" not in crash.stdout
+
+
+# -- dataset WER ----------------------------------------------------------------------------------------------------
+
+def make_librispeech(root: Path, texts: list[str], fmt: str = "flac") -> Path:
+    """A LibriSpeech-layout dataset of the demo wavs (FLAC via soundfile) with the given transcripts."""
+    import soundfile as sf
+    from core.audio import read_wav
+    d = root / "19" / "198"
+    d.mkdir(parents=True)
+    lines = []
+    for i, (w, t) in enumerate(zip(WAVS, texts)):
+        x = read_wav(w).samples
+        sf.write(str(d / f"19-198-{i:04d}.{fmt}"), x, 16000)
+        lines.append(f"19-198-{i:04d} {t}")
+    (d / "19-198.trans.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_dataset_layouts_are_read_and_bad_lines_named(tmp_path):
+    from core.dataset import DatasetError, read_dataset
+    ls = make_librispeech(tmp_path / "ls", ["A B", "C", "D"])
+    (ls / "19" / "198" / "19-198.trans.txt").write_text("19-198-0000 A B\n19-198-0009 GONE\n")
+    ds = read_dataset(ls)
+    assert ds.layout == "librispeech" and [(i.id, i.text) for i in ds.items] == [("19-198-0000", "A B")]
+    assert ds.problems == [f"{ls / '19' / '198' / '19-198.trans.txt'}:2: no 19-198-0009.flac or 19-198-0009.wav "
+                           "beside it"]
+    kaldi = tmp_path / "kaldi"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"u1 {WAVS[0]}\nu2 sox x.wav -t wav - |\nu3 {WAVS[1]}\nu4\n")
+    (kaldi / "text").write_text("u1 HELLO THERE\nu2 X\n")
+    ds = read_dataset(kaldi)
+    assert ds.layout == "kaldi" and [i.id for i in ds.items] == ["u1"] and ds.items[0].text == "HELLO THERE"
+    assert [p.split(": ", 1)[0].rsplit(":", 1)[1] for p in ds.problems] == ["2", "3", "4"]
+    assert "command pipe" in ds.problems[0] and "u3 has no line" in ds.problems[1]
+    lst = tmp_path / "list.tsv"
+    (tmp_path / "a.wav").write_bytes(WAVS[0].read_bytes())
+    lst.write_text("a.wav\tTHE TEXT\n# comment\nmissing.wav\tX\n")
+    ds = read_dataset(lst)
+    assert ds.layout == "list" and ds.items[0].audio == tmp_path / "a.wav" and ds.items[0].text == "THE TEXT"
+    assert ds.problems == [f"{lst}:3: {tmp_path / 'missing.wav'} not found"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="neither LibriSpeech"):
+        read_dataset(empty)
+    with pytest.raises(DatasetError, match="not found"):
+        read_dataset(tmp_path / "nope")
+
+
+def test_wer_counts_substitutions_deletions_insertions_after_normalising():
+    from core.dataset import Dataset, Item, normalize, wer
+    assert normalize("Hello, World!  it's") == "HELLO WORLD IT'S"
+    ds = Dataset(Path("."), "list", [Item("a", Path("a"), "the cat sat"), Item("b", Path("b"), "on the mat"),
+                                     Item("c", Path("c"), "")])
+    results = {"a": {"text": "THE CAT SAT"}, "b": {"text": "ON A MAT TODAY"}, "c": {"text": "UM"}}
+    r = wer(ds, results, "fp16")
+    assert (r["substitutions"], r["deletions"], r["insertions"], r["words"]) == (1, 0, 2, 6)
+    assert r["wer"] == pytest.approx(3 / 6)
+
+
+def test_a_torn_cache_keeps_the_lines_before_the_tear(tmp_path):
+    from core.dataset import _load_cache
+    cache = tmp_path / "fp16.jsonl"
+    cache.write_text('{"model_key": "k"}\n{"id": "a", "text": "X"}\n{"id": "b", "te')
+    assert list(_load_cache(cache, "k")) == ["a"]
+    assert _load_cache(cache, "other model") == {}
+
+
+def test_dataset_settings_are_checked(tmp_path):
+    from core.config import ConfigError, config_from_dict, load_config
+    with pytest.raises(ConfigError, match="validation.max_wer_increase must be a number"):
+        config_from_dict({"validation": {"max_wer_increase": "half"}})
+    toml = tmp_path / "w.toml"
+    toml.write_text('[validation]\ndataset = "data/test"\nmax_wer_increase = 1\n')
+    config = load_config(toml)
+    assert config.validation.dataset == str(tmp_path / "data" / "test") and config.validation.max_wer_increase == 1.0
+    from core.ship_steps import dataset_problems
+    assert dataset_problems(str(tmp_path / "data")) == [f"validation.dataset: {tmp_path / 'data'}: not found"]
+
+
+def _ctx(tmp_path, logs: list):
+    import threading
+    from core.runner import StepContext
+    return StepContext("dataset-wer", tmp_path, logs.append, lambda *a: None, threading.Event())
+
+
+@pytest.mark.slow
+def test_dataset_wer_of_fp16_and_int8_and_the_gate(shipped, tmp_path):
+    from core.dataset import decode_dataset, read_dataset
+    from core.pipeline import Layout
+    from core.runner import StepError
+    from core.ship_steps import make_dataset_step
+    _, out = shipped
+    # 1. what fp16 says becomes the reference, so fp16's WER is 0 and int8's is what int8 changed
+    probe = read_dataset(make_librispeech(tmp_path / "probe", ["X"] * len(WAVS), fmt="wav"))
+    fp16 = decode_dataset(out, probe, "fp16", tmp_path / "probe-cache" / "fp16.jsonl")
+    int8 = decode_dataset(out, probe, "int8", tmp_path / "probe-cache" / "int8.jsonl")
+    assert [fp16[i.id]["text"] for i in probe.items] != [int8[i.id]["text"] for i in probe.items]
+    data = make_librispeech(tmp_path / "data", [fp16[i.id]["text"] or "SILENCE" for i in probe.items])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for f in out.iterdir():  # the model files only, in a scratch run dir (the shared fixture stays as it is)
+        if f.is_file() and (f.suffix in (".param", ".bin") or f.name == "tokens.txt"):
+            (run_dir / f.name).symlink_to(f)
+    layout = Layout(run_dir)
+    logs: list[str] = []
+    with pytest.raises(StepError, match=r"int8 is \d+\.\d\d WER points worse than fp16"):
+        make_dataset_step(layout, data, True, 0.5).func(_ctx(tmp_path, logs))
+    report = json.loads((run_dir / "dataset-wer.json").read_text())
+    w = {m["model"]: m for m in report["models"]}
+    assert w["fp16"]["wer"] == 0 and w["int8"]["wer"] > 0 and report["gate_ok"] is False
+    assert report["int8_increase_points"] == pytest.approx(w["int8"]["wer"] * 100, abs=1e-3)
+    assert report["changed"] and all(c["fp16"] != c["int8"] for c in report["changed"])
+    # 2. resumable: a second run decodes nothing again (every file comes from the cache) and a loose gate passes
+    progress = []
+    step = make_dataset_step(layout, data, True, 100.0)
+    import threading
+    from core.runner import StepContext
+    step.func(StepContext("d", tmp_path, logs.append, lambda i, n, note: progress.append(note), threading.Event()))
+    assert progress == [f"fp16: {len(WAVS)} cached", f"int8: {len(WAVS)} cached"]
+    assert json.loads((run_dir / "dataset-wer.json").read_text())["gate_ok"] is True
