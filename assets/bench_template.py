@@ -97,8 +97,10 @@ def measure(model_dir, model, threads, wavs):
     texts = []
     for i, path in enumerate(wavs):
         samples, rate = read_wav(path)
-        if i:  # a fresh stream per file: the recognizer's own stream carries the previous file's state
+        if i and hasattr(rec, "recognizer"):  # a fresh stream per file: the old one carries the last file's state
             rec.stream = rec.recognizer.create_stream()
+        elif i:  # a sherpa_ncnn without that attribute: a fresh recognizer (its load is not counted)
+            rec = sherpa_ncnn.Recognizer(num_threads=threads, **files)
         step = max(1, int(rate * CHUNK_SECONDS))
         start = time.perf_counter()
         for k in range(0, len(samples), step):
@@ -178,6 +180,14 @@ def _drain(out_r, err_r, pid, timeout):
     return (out + "\nTIMEOUT" if timed_out else out), err
 
 
+def cpu_count():
+    """The cores this process may run on (a container's or taskset's limit included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def table(rows):
     lines = ["%-6s %7s %8s %10s %9s %13s" % ("model", "threads", "rtf", "load (s)", "peak MB", "first result")]
     for r in rows:
@@ -225,7 +235,7 @@ def main(argv=None):
             print("%s: %s model files missing: %s" % (a.dir, m, ", ".join(os.path.basename(g) for g in gone)),
                   file=sys.stderr)
             return 2
-    cores = os.cpu_count() or 1
+    cores = cpu_count()
     threads = a.threads or sorted({1, cores})
     if any(t < 1 for t in threads):
         print("--threads: give counts of 1 or more", file=sys.stderr)

@@ -146,7 +146,11 @@ def _speed(speed: dict | None) -> list[str]:
         first = "-" if r.get("first_result_seconds") is None else f"{r['first_result_seconds']:.3f} s"
         lines.append(f"| {r['model']} | {r['threads']} | {r['rtf']:.3f} | {first} | {r['load_seconds']:.3f} s | "
                      f"{r.get('peak_mb', 0):.1f} MB |")
-    lines += ["", f"Measured on the machine that made the model ({speed.get('cores')} cores), over "
+    load = speed.get("load_average")
+    busy = load is not None and speed.get("cores") and load > 0.5 * speed["cores"]
+    lines += ["", f"Measured on the machine that made the model ({speed.get('cores')} cores"
+                  + (f", load average {load} while measuring: other work shared the cores, so the multi-thread "
+                     "figures understate this model" if busy else "") + "), over "
                   f"{speed['rows'][0].get('audio_seconds', '?')} s of test audio. RTF is decoding time / audio time "
                   "(below 1 is faster than real time); peak RSS includes Python. Run `python bench.py` on the "
                   "target device for its own figures."]

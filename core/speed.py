@@ -32,9 +32,17 @@ def bench_module():
     return module
 
 
+def load_average() -> float | None:
+    """The 1-minute load average while measuring: a busy machine makes multi-thread figures meaningless."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def default_threads() -> list[int]:
     """1 thread and all cores (one entry when the machine has one core)."""
-    return sorted({1, os.cpu_count() or 1})
+    return sorted({1, bench_module().cpu_count()})
 
 
 def available_models(model_dir: Path) -> list[str]:
@@ -84,7 +92,8 @@ class SpeedReport:
         return [{k: r.get(k) for k in SUMMARY_KEYS} for r in self.rows if not r.get("error")]
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "errors": self.errors, "cores": os.cpu_count(),
+        return {"rows": self.rows, "errors": self.errors, "cores": bench_module().cpu_count(),
+                "load_average": load_average(),
                 "definitions": {"rtf": "decoding seconds / audio seconds, load excluded",
                                 "first_result_seconds": "wall seconds from the first audio fed (as fast as possible, "
                                                         "0.1 s chunks) to the first non-empty text",
