@@ -22,6 +22,12 @@ Peak memory (RSS) of this process and of its worker processes is printed too
 two-pass one (core.calibrate.ExactStats): both tables, each quantized with the
 built-in quantizer, and the int8 encoder/joiner outputs' cosine against fp32
 on the calibration audio (core.int8_check).
+
+--joiner-stats: the joiner table from ours (per frame, ids 0 and 2 emit nothing,
+as the runtime) against upstream's statistics (its joiner extractor is made once
+per chunk, so every frame of a chunk counts the first frame's blobs, and its
+greedy search repeats the first frame's token; only id 0 is blank), each
+quantized, and the int8 joiner's cosine against fp32.
 """
 from __future__ import annotations
 
@@ -187,6 +193,58 @@ def compare_histograms(files: ModelFiles, wavs: list[Path], tmp: Path) -> None:
         print(f"  {mode:9} int8 vs fp32 cosine: {cells}")
 
 
+def upstream_joiner_table(files: ModelFiles, wavs: list[Path], weights: dict) -> ScaleTable:
+    """The joiner table as generate-int8-scale-table's statistics make it (see --joiner-stats)."""
+    from core.calibrate import BlobStats
+    runner = _ModelRunner(files)
+    blobs = [b for b in runner.join_order if b not in ("in0", "in1")]
+    stats = {b: BlobStats() for b in set(runner.join_bottoms.values())}
+    streamer = runner.streamer
+    for wav in wavs:
+        w = read_wav(wav)
+        state = {"context": [0] * calibration_run.CONTEXT_SIZE}
+        state["dec"] = calibration_run._run_decoder(streamer.decoder, state["context"])
+
+        def on_chunk(chunk, states, encoder_out, mats):
+            first = np.ascontiguousarray(encoder_out[0], dtype=np.float32)
+            dec = state["dec"]
+            ex = streamer.joiner.create_extractor()
+            ex.input("in0", calibration_run.as_mat(first))
+            ex.input("in1", calibration_run.as_mat(dec))
+            taken = [np.array(ex.extract(b)[1]) for b in blobs]
+            token = int(np.argmax(np.asarray(ex.extract("out0")[1])))
+            for _ in range(len(encoder_out)):  # the cached extractor hands back frame 0's blobs and logits
+                for b, value in (("in0", first), ("in1", dec), *zip(blobs, taken)):
+                    if b in stats:
+                        stats[b].add(value)
+                if token != 0:
+                    state["context"] = state["context"][1:] + [token]
+                    state["dec"] = calibration_run._run_decoder(streamer.decoder, state["context"])
+
+        streamer.run(fbank(w.samples, w.sample_rate), on_chunk=on_chunk)
+    table = ScaleTable(weights=dict(weights))
+    for layer, blob in runner.join_bottoms.items():
+        table.activations[layer] = activation_scale(layer, stats[blob])
+    return table
+
+
+def compare_joiner_stats(files: ModelFiles, wavs: list[Path], tmp: Path) -> None:
+    from core.int8_check import compare_int8_here
+    from core.quantize import quantize
+    ours = calibrate(files, wavs, workers=1)
+    upstream = upstream_joiner_table(files, wavs, ours.joiner.weights)
+    enc = (tmp / "enc.param", tmp / "enc.bin")
+    quantize(files.encoder_param, files.encoder_bin, ours.encoder, *enc)
+    print(f"joiner statistics ({len(wavs)} files):")
+    for name, table in (("ours (per frame, blank 0 and 2)", ours.joiner),
+                        ("upstream (first frame per chunk, blank 0)", upstream)):
+        join = (tmp / "join.param", tmp / "join.bin")
+        quantize(files.joiner_param, files.joiner_bin, table, *join)
+        sims = [s for s in compare_int8_here(files, enc, join, wavs) if s.net == "joiner"]
+        scales = " ".join(f"{a.layer}={a.scale:.4g}" for a in table.activations.values())
+        print(f"  {name:42} joiner cosine mean {sims[0].mean_cosine:.5f} worst {sims[0].min_cosine:.5f}; {scales}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("arch", nargs="?", default="lstm")
@@ -197,6 +255,8 @@ def main() -> int:
                         "demo's tiny one: what a user's model costs per chunk")
     p.add_argument("--histograms", action="store_true",
                    help="compare the one-pass and the two-pass (ncnn's) histograms: scales and int8 cosine")
+    p.add_argument("--joiner-stats", action="store_true",
+                   help="compare our joiner statistics with upstream's (first frame per chunk): int8 joiner cosine")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -204,6 +264,9 @@ def main() -> int:
         wavs = make_audio(a.arch, a.seconds, tmp)
         if a.histograms:
             compare_histograms(files, wavs, tmp)
+            return 0
+        if a.joiner_stats:
+            compare_joiner_stats(files, wavs, tmp)
             return 0
         floors, serials = [], []
         for _ in range(a.repeat):  # back to back, so both see the same machine load

@@ -225,8 +225,9 @@ def _loads(param: Path, binary: Path):
 
 
 def gemm_clipping(fp32_layers, fp32_data: bytes, int8_layers, int8_data: bytes) -> list[str]:
-    """Warnings for each int8 Gemm whose constant B scale clips B: ncnn2int8 (every version) takes B's scale from
-    its first row only (``quantize_gemm`` loops ``j < B_data.w``, one row when transB=1)."""
+    """Warnings for each int8 Gemm whose constant B scale clips B, the worst (lowest weight cosine) first:
+    ncnn2int8 (every version) takes B's scale from its first row only (``quantize_gemm`` loops
+    ``j < B_data.w``, one row when transB=1)."""
     import numpy as np
 
     from .quantize import _floats
@@ -247,12 +248,12 @@ def gemm_clipping(fp32_layers, fp32_data: bytes, int8_layers, int8_data: bytes) 
         q = np.clip(np.round(values * written), -127, 127) / written
         clipped = float(np.mean(np.abs(values) * written > 127.5))
         cosine = float(np.dot(values, q) / (np.linalg.norm(values) * np.linalg.norm(q)))
-        warnings.append(f"warning: {QUANTIZE_TOOL} scaled Gemm {layer.name}'s weight by {written:.6g}, from its "
+        warnings.append((cosine, f"warning: {QUANTIZE_TOOL} scaled Gemm {layer.name}'s weight by {written:.6g}, from its "
                         f"first row only; the whole matrix needs 127/absmax = {127.0 / absmax:.6g}: "
                         f"{clipped:.1%} of its weights are clipped (up to {written * absmax / 127.0:.2f}x the int8 "
                         f"range), weight cosine {cosine:.5f}. The built-in quantizer scales by the whole matrix "
-                        "(calibration.backend = \"builtin\", or leave tools.ncnn2int8 unset)")
-    return warnings
+                        "(calibration.backend = \"builtin\", or leave tools.ncnn2int8 unset)"))
+    return [text for _, text in sorted(warnings, key=lambda w: w[0])]
 
 
 def _lines_without_metadata(model) -> list[str]:
@@ -292,7 +293,12 @@ def make_int8_metadata(layout) -> Step:
                 continue
             fp32_layers, fp32_data = _loads(fp32_param, fp32_bin)
             int8_layers, int8_data = _loads(int8_param, int8_bin)
-            for warning in gemm_clipping(fp32_layers, fp32_data, int8_layers, int8_data):
+            warnings = gemm_clipping(fp32_layers, fp32_data, int8_layers, int8_data)
+            if warnings:
+                ctx.log(f"{net}: warning: {QUANTIZE_TOOL} clipped the weights of {len(warnings)} of "
+                        f"{len(model.layers_of_type('Gemm'))} Gemm layer(s) (each scale taken from row 0 only); "
+                        "the worst first:")
+            for warning in warnings:
                 ctx.log(f"{net}: {warning}")
 
     files = fp32_model_files(layout)
