@@ -123,13 +123,18 @@ def speed_table(rows: list[dict]):
 
 
 def int8_type_table(by_type: dict):
+    """Per layer type: how many layers, how many became int8 / int8 weight-only / stayed float, and the bytes."""
     from rich.table import Table
+
+    from core.steps import human
     table = Table(title="int8 by layer type", show_edge=False)
-    for col in ("type", "layers", "int8", "w-only", "fp16", "fp32", "fp16 bytes", "int8 bytes"):
-        table.add_column(col, justify="left" if col == "type" else "right")
+    widest = max((len(k) for k in by_type), default=4)
+    for col in ("type", "n", "int8", "w-only", "float", "fp16 size", "int8 size"):
+        table.add_column(col, justify="left" if col == "type" else "right", no_wrap=True,
+                         min_width=widest if col == "type" else None)
     for kind, t in by_type.items():
-        table.add_row(kind, str(t["layers"]), str(t["int8"]), str(t["int8-weight-only"]), str(t["fp16"]),
-                      str(t["fp32"]), str(t["bytes_fp16"]), str(t["bytes_after"]))
+        table.add_row(kind, str(t["layers"]), str(t["int8"]), str(t["int8-weight-only"]), str(t["fp16"] + t["fp32"]),
+                      human(t["bytes_fp16"]), human(t["bytes_after"]))
     return table
 
 
