@@ -342,3 +342,27 @@ def summary_extras(out: Path) -> dict:
     except (OSError, ValueError, AttributeError):
         pass
     return extras
+
+
+def summary_text(summary: dict) -> list[str]:
+    """The speed rows, dataset WER and int8 report by type of a summary.json as plain lines (the wizard's summary)."""
+    from .steps import human
+    lines = []
+    if summary.get("speed"):
+        lines.append(f"{'model':<6}{'threads':>8}{'rtf':>8}{'first result':>14}{'load':>9}{'peak':>10}")
+        for r in summary["speed"]:
+            first = "-" if r.get("first_result_seconds") is None else f"{r['first_result_seconds']:.3f} s"
+            lines.append(f"{r['model']:<6}{r['threads']:>8}{r['rtf']:>8.3f}{first:>14}{r['load_seconds']:>7.3f} s"
+                         f"{r['peak_mb']:>7.1f} MB")
+    wer = summary.get("dataset_wer") or {}
+    for m in wer.get("models") or []:
+        lines.append(f"WER {m['model']}: {m['wer']:.2%} ({m['substitutions']} sub, {m['deletions']} del, "
+                     f"{m['insertions']} ins / {m['words']} words)")
+    by_type = (summary.get("int8_layers") or {}).get("by_type") or {}
+    if by_type:
+        w = max(len("int8 by layer type"), *(len(k) for k in by_type)) + 1
+        lines.append(f"{'int8 by layer type':<{w}}{'n':>4}{'int8':>6}{'w-only':>8}{'float':>7}{'fp16':>11}{'int8':>11}")
+        for kind, t in by_type.items():
+            lines.append(f"{kind:<{w}}{t['layers']:>4}{t['int8']:>6}{t['int8-weight-only']:>8}"
+                         f"{t['fp16'] + t['fp32']:>7}{human(t['bytes_fp16']):>11}{human(t['bytes_after']):>11}")
+    return lines

@@ -508,3 +508,24 @@ def test_dataset_wer_of_fp16_and_int8_and_the_gate(shipped, tmp_path):
     step.func(StepContext("d", tmp_path, logs.append, lambda i, n, note: progress.append(note), threading.Event()))
     assert progress == [f"fp16: {len(WAVS)} cached", f"int8: {len(WAVS)} cached"]
     assert json.loads((run_dir / "dataset-wer.json").read_text())["gate_ok"] is True
+
+
+async def test_the_wizard_summary_shows_speed_and_int8_by_type(fake_out):
+    from core.demo import demo_config
+    from tui.wizard_app import WizardApp
+    from tui.wizard_run import SummaryScreen
+    by_type = {"Convolution1D": {"layers": 24, "int8": 0, "int8-weight-only": 0, "fp16": 24, "fp32": 0,
+                                 "bytes_before": 2, "bytes_fp16": 78432, "bytes_after": 78432}}
+    (fake_out / "summary.json").write_text(json.dumps({"sizes": [], "files": [], "speed": [
+        {"model": "int8", "threads": 2, "rtf": 0.25, "load_seconds": 0.5, "peak_mb": 40.0,
+         "first_result_seconds": None}], "int8_layers": {"by_type": by_type}}))
+    app = WizardApp(config=demo_config("lstm"))
+    async with app.run_test(size=(120, 50)) as pilot:
+        await app.push_screen(SummaryScreen(fake_out))
+        await pilot.pause()
+        shown = str(app.screen.query_one("#shipped").render())
+    lines = shown.splitlines()
+    assert lines[1].split() == ["int8", "2", "0.250", "-", "0.500", "s", "40.0", "MB"]
+    assert lines[2].startswith("int8 by layer type") and lines[3].split() == ["Convolution1D", "24", "0", "0", "24",
+                                                                              "76.6", "KB", "76.6", "KB"]
+    assert len({len(l) for l in lines[2:]}) == 1  # the type table's columns line up

@@ -235,6 +235,15 @@ class RunResults:
     files: list[str]
 
 
+def shipped_text(out_dir: Path) -> str:
+    """Speed, dataset WER and the int8 report by type from OUT/summary.json ("" when the run measured none)."""
+    from core.ship_steps import summary_text
+    try:
+        return "\n".join(summary_text(json.loads((out_dir / "summary.json").read_text())))
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def read_results(out_dir: Path) -> RunResults:
     def load(name: str):
         try:
