@@ -366,3 +366,13 @@ def summary_text(summary: dict) -> list[str]:
             lines.append(f"{kind:<{w}}{t['layers']:>4}{t['int8']:>6}{t['int8-weight-only']:>8}"
                          f"{t['fp16'] + t['fp32']:>7}{human(t['bytes_fp16']):>11}{human(t['bytes_after']):>11}")
     return lines
+
+
+def add_dataset_step(planned, dataset: str, max_wer_increase: float | None = None) -> None:
+    """--dataset on a plan built without it (run --from-ncnn): the WER step before the model card."""
+    from .pipeline import Layout
+    steps = planned.plan.steps
+    ids = [s.id for s in steps]
+    int8 = "int8-layers" in ids or "quantize" in ids or "quantize-encoder" in ids
+    step = make_dataset_step(Layout(planned.plan.out_dir), Path(dataset), int8, max_wer_increase)
+    steps.insert(ids.index("model-card") if "model-card" in ids else len(steps), step)

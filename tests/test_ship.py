@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import struct
 import subprocess
@@ -529,3 +530,22 @@ async def test_the_wizard_summary_shows_speed_and_int8_by_type(fake_out):
     assert lines[2].startswith("int8 by layer type") and lines[3].split() == ["Convolution1D", "24", "0", "0", "24",
                                                                               "76.6", "KB", "76.6", "KB"]
     assert len({len(l) for l in lines[2:]}) == 1  # the type table's columns line up
+
+
+REAL = REPO.parent / "shared" / "fixtures" / "icefall-real"
+
+
+@pytest.mark.skipif(not (REAL / "lstm").is_dir(), reason=f"the icefall-real fixtures are not at {REAL}")
+def test_from_ncnn_takes_dataset_and_package_too(tmp_path, cli):
+    data = tmp_path / "list.tsv"
+    data.write_text(f"{WAVS[0]}\tHELLO\n")
+    flags = (REAL / "lstm" / "export-flags.txt").read_text().split()
+    code, out, err = cli("run", "--from-ncnn", REAL / "lstm", "--arch", "lstm", *flags, "--out", tmp_path / "o",
+                         "--wav", WAVS[0], "--dataset", data, "--package", "--dry-run")
+    assert code == 0, err
+    titles = [l.split(". ", 1)[1] for l in out.splitlines() if re.match(r"^\s*\d+\. ", l)]
+    assert titles[-4:] == ["WER on the dataset (fp16)", "Write the model card (README.md)",
+                           "Summary: sizes and results", "Pack the model into OUT.tar.bz2"]
+    code, _, err = cli("run", "--from-ncnn", REAL / "lstm", "--arch", "lstm", *flags, "--out", tmp_path / "o",
+                       "--dataset", tmp_path / "nope", "--dry-run")
+    assert code == 2 and "validation.dataset:" in err and "nope: not found" in err

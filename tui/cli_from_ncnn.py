@@ -111,6 +111,9 @@ def run_from_ncnn(args) -> int:
     except PlanError as exc:
         print_plan_problems(err, exc)
         return EXIT_BAD_INPUT
+    from .cli_ship import add_ship_options  # --dataset, --package (core.ship_steps)
+    if add_ship_options(args, planned, err):
+        return EXIT_BAD_INPUT
     out = stdout_console()
     for w in notes + planned.warnings:
         out.print(Text("warning: ", style="yellow") + Text(w))

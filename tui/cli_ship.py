@@ -151,3 +151,18 @@ def print_ship_results(out, summary: dict) -> None:
     layers = summary.get("int8_layers") or {}
     if layers.get("by_type"):
         out.print(int8_type_table(layers["by_type"]))
+
+
+def add_ship_options(args, planned, err) -> bool:
+    """--dataset / --max-wer-increase / --package on a plan built without them (run --from-ncnn); True when refused."""
+    from core.ship_steps import add_dataset_step, add_package_step, dataset_problems
+    if getattr(args, "dataset", None):
+        problems = dataset_problems(args.dataset)
+        if problems:
+            for p in problems:
+                err.print(_error(p))
+            return True
+        add_dataset_step(planned, str(Path(args.dataset).expanduser().resolve()), args.max_wer_increase)
+    if getattr(args, "package", False):
+        add_package_step(planned)
+    return False
