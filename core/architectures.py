@@ -154,11 +154,26 @@ class ArchSpec:
             if hp.meta_key is None or hp.meta_key not in meta:
                 continue
             raw = meta[hp.meta_key]
+            items = raw if isinstance(raw, tuple) else (raw,)
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+                continue  # a float or string value states nothing (doctor reports it as such)
             if hp.kind == "int_list":
-                out[hp.name] = tuple(int(x) for x in raw) if isinstance(raw, tuple) else (int(raw),)
+                out[hp.name] = tuple(items)
             elif not isinstance(raw, tuple):
-                out[hp.name] = int(raw) * hp.meta_scale
+                out[hp.name] = raw * hp.meta_scale
         return out
+
+    def out_of_bounds(self, values: Mapping[str, Value]) -> list[str]:
+        """Values beyond a hyperparameter's sane maximum, as sentences (they would size states and graphs)."""
+        problems = []
+        for name, value in values.items():
+            hp = self.param(name)
+            items = value if isinstance(value, tuple) else (value,)
+            if len(items) > MAX_LIST_LENGTH or any(v > hp.maximum for v in items):
+                problems.append(f"{hp.flag} = {hp.format(value)[:40]} is beyond any real model (at most "
+                                f"{hp.maximum:,}" + (f" and {MAX_LIST_LENGTH} stacks" if hp.kind == "int_list" else "")
+                                + ")")
+        return problems
 
     def flags_for(self, values: Values) -> list[str]:
         """The icefall command-line flags for these values (model flags only)."""

@@ -236,8 +236,11 @@ def _check_encoder(p: Path, report: DoctorReport) -> None:
         return
     report.arch = arch.name
     ok_keys = _check_keys(arch, meta, f, layer.line, report)
-    if ok_keys:
-        values = arch.values_from_metadata(meta)
+    values = arch.values_from_metadata(meta) if ok_keys else {}
+    bounds = arch.out_of_bounds(values)
+    for problem in bounds:
+        report.findings.append(Finding("error", f, f"metadata: {problem}", layer.line))
+    if ok_keys and not bounds:
         for check in graph_checks(model, arch, values):
             report.findings.append(Finding("ok" if check.ok else "error", f, check.message))
     else:

@@ -384,6 +384,8 @@ def _parse_layer(body: str, line: int, index: int, issues: list[ParamIssue], cac
                                        f"{listed} blob name(s); fix the counts or the names"))
         return None
     params: list[Param] = []
+    seen_ids: set[int] = set()
+    repeats: dict[int, int] = {}
     ok = True
     prev_array_key: str | None = None  # the key of the previous token when it was (meant as) an array
     for tok in tokens[4 + n:]:
@@ -410,10 +412,14 @@ def _parse_layer(body: str, line: int, index: int, issues: list[ParamIssue], cac
             cache[tok] = param
         else:
             prev_array_key = param.key if param.kind == "array" else None
-        if params and any(p.id == param.id for p in params):
-            issues.append(ParamIssue(line, f"layer {name!r} ({type_}): key {param.id} is given twice; "
-                                           "ncnn keeps the last value", "warning"))
+        if param.id in seen_ids:
+            repeats[param.id] = repeats.get(param.id, 1) + 1
+        seen_ids.add(param.id)
         params.append(param)
+    for pid, times in repeats.items():  # one warning per key, however often it repeats (a hostile line repeats 1e6x)
+        said = "twice" if times == 2 else f"{times} times"
+        issues.append(ParamIssue(line, f"layer {name!r} ({type_}): key {pid} is given {said}; "
+                                       "ncnn keeps the last value", "warning"))
     if not ok:
         return None
     return Layer(type_, name, tuple(names[:bc]), tuple(names[bc:]), tuple(params), line, index)

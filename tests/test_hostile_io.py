@@ -220,3 +220,23 @@ def test_quantize_refuses_another_models_table(tmp_path, cli):
     table.write_text("other_linear_0_param_0 127.5\nother_linear_0 42.0\n")
     code, _, err = cli("quantize", param, binary, tmp_path / "o.param", tmp_path / "o.bin", table)
     assert code == 2 and "another model's table" in err and not (tmp_path / "o.param").exists()
+
+
+def test_doctor_on_non_integer_and_huge_metadata_values_is_a_sentence(tmp_path, cli_json):
+    lines = (SHARED_FIXTURES / "lstm" / "encoder_jit_trace-pnnx.ncnn.param").read_text().splitlines()
+    n, b = map(int, lines[1].split())
+    for i, meta in enumerate(["0=3 1=abc 2=inf 3=nan", "0=3 1=999999999 2=512 3=1024"]):
+        f = tmp_path / f"e{i}.param"
+        f.write_text("\n".join([lines[0], f"{n + 1} {b}", f"SherpaMetaData sherpa_meta_data1 0 0 {meta}"] + lines[2:])
+                     + "\n")
+        code, data = cli_json("doctor", f)
+        assert code == 1
+        text = json.dumps(data)
+        assert ("beyond any real model" in text) if i else ("holds a string" in text)
+
+
+def test_a_line_repeating_one_key_a_million_times_is_one_warning():
+    text = "7767517\n1 1\nInput in0 0 1 in0 " + " ".join(["1=1"] * 1_000_000) + "\n"
+    parsed = parse_param(text)  # was quadratic (minutes, GBs of JSON from doctor); benchmarks/bench_param.py times it
+    repeated = [i for i in parsed.issues if "key 1 is given 1000000 times" in str(i)]
+    assert len(repeated) == 1 and len(parsed.issues) == 1
