@@ -63,6 +63,15 @@ class LoadedCheckpoint:
     top_keys: tuple[str, ...] = ()  # the file's top-level keys (model, model_avg, optimizer, ...)
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry their code and constants; torch.save checkpoints only data.pkl and tensors."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith(("/constants.pkl", "/code/")) or "/code/" in n for n in zf.namelist()[:2000])
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_checkpoint(path: str | Path, *, trust: bool = False) -> LoadedCheckpoint:
     """Load a checkpoint without running code (unless ``trust``); raises CheckpointError with a sentence."""
     path = Path(path)
@@ -72,12 +81,20 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> LoadedCheckpoin
     import pickle
 
     is_zip = zipfile.is_zipfile(path)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
     if not is_zip:
-        with open(path, "rb") as fh:
-            head = fh.read(4)
+        if head.startswith(b"PK\x03\x04"):
+            raise CheckpointError(f"{path}: a zip-format torch file that is truncated or damaged (its end is missing); "
+                                  "copy or download it again")
         if not head.startswith(b"\x80") or head[2:3] != b"\x8a":  # legacy torch.save: protocol-2 magic number
-            raise CheckpointError(f"{path}: not a torch checkpoint (neither a zip-format nor a legacy torch.save "
-                                  f"file; it starts with {head!r})")
+            what = "a plain pickle, not torch.save's format" if head.startswith(b"\x80") else \
+                f"neither a zip-format nor a legacy torch.save file; it starts with {head!r}"
+            raise CheckpointError(f"{path}: not a torch checkpoint ({what})")
+    elif _is_torchscript(path):
+        raise CheckpointError(f"{path}: a TorchScript archive (a traced or scripted module such as "
+                              "encoder_jit_trace-pnnx.pt), not a checkpoint with weights; give the training "
+                              "checkpoint (exp/epoch-N.pt) or icefall's exp/pretrained.pt")
     try:
         if trust:
             obj = torch.load(path, map_location="cpu", weights_only=False, mmap=is_zip)

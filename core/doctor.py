@@ -81,6 +81,9 @@ def diagnose(path: str | Path, run: bool = False, log=None) -> DoctorReport:
     else:
         if path.suffix != ".param":
             raise UnusableInput(f"{path}: not a .param file; give an encoder .param or a model directory")
+        parsed = load_param(path)
+        if parsed.model is None:  # empty, unreadable, not text, not an ncnn param: nothing to diagnose
+            raise UnusableInput(parsed.describe())
         files = {"encoder": path}
     report.files = {role: str(p) for role, p in files.items()}
     vocab_from_joiner = None
@@ -169,6 +172,10 @@ def _check_bin(param: Path, report: DoctorReport) -> None:
     binary = param.with_name(name)
     if not binary.exists():
         report.findings.append(Finding("error", str(param), f"the weights file {name} is missing next to it"))
+        return
+    if not binary.is_file():
+        report.findings.append(Finding("error", str(param), f"{name} next to it is a directory or a device, not the "
+                                                             "weights file"))
         return
     with open(binary, "rb") as fh:
         head = fh.read(64)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -240,3 +241,36 @@ def test_a_line_repeating_one_key_a_million_times_is_one_warning():
     parsed = parse_param(text)  # was quadratic (minutes, GBs of JSON from doctor); benchmarks/bench_param.py times it
     repeated = [i for i in parsed.issues if "key 1 is given 1000000 times" in str(i)]
     assert len(repeated) == 1 and len(parsed.issues) == 1
+
+
+def test_doctor_exit_codes_follow_the_readme(tmp_path, cli):
+    empty = tmp_path / "encoder.param"
+    empty.write_text("")
+    code, _, err = cli("doctor", empty)
+    assert code == 2 and "empty" in err  # unusable input
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in (SHARED_FIXTURES / "lstm").glob("*.param"):
+        shutil.copyfile(f, d / f.name)
+    shutil.copyfile(SHARED_FIXTURES / "lstm" / "tokens.txt", d / "tokens.txt")
+    (d / "encoder_jit_trace-pnnx.ncnn.bin").mkdir()
+    code, out, err = cli("doctor", d)
+    assert code == 1 and "is a directory or a device" in out and "Traceback" not in out + err
+
+
+def test_a_path_the_system_refuses_is_a_sentence(tmp_path, cli):
+    cfg = tmp_path / "wizard.toml"
+    cfg.write_text('arch = "lstm"\n[files]\nrecipe = "' + "a" * 5000 + '"\ncheckpoint = "x.pt"\ntokens = "t.txt"\n')
+    code, _, err = cli("run", "--config", cfg, "--dry-run")
+    assert code == 2 and "File name too long" in err and len(err) < 400
+
+
+@pytest.mark.slow
+def test_checkpoint_messages_say_what_the_file_really_is(tmp_path, cli):
+    kit = SHARED_FIXTURES.parent / "icefall-kit" / "lstm-2layer"
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes((kit / "exp" / "pretrained.pt").read_bytes()[:1000])
+    code, _, err = cli("detect", trunc)
+    assert code == 2 and "truncated or damaged" in err
+    code, _, err = cli("detect", kit / "traced" / "encoder_jit_trace-pnnx.pt")
+    assert code == 2 and "TorchScript archive" in err and "pretrained.pt" in err

@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # a path the system refuses (too long, a loop of links, ...): a sentence, not a traceback
+        name = str(exc.filename or "")
+        name = name if len(name) <= 120 else name[:60] + "…" + name[-40:]
+        print(f"error: {name}: {exc.strerror or exc}; check the path", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _main(argv: list[str] | None) -> int:
