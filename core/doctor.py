@@ -8,13 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .architectures import BY_MODEL_TYPE, ArchSpec
+from .architectures import BY_MODEL_TYPE, ArchSpec, get_arch
 from .metadata import META_NAME, META_TYPE, RESERVED_KEYS, graph_checks, runtime_layer_check
 from .ncnn_param import ParamFile, load_param
 from .tokens import read_tokens
 
-ZIPFORMER_HINT_TYPES = {"PoolingModuleNoProj", "TensorAsStrided", "SimpleUpsample", "Stack", "CumulativeSum",
-                        "torch.as_strided"}
 LFS_POINTER = b"version https://git-lfs"
 
 
@@ -308,15 +306,9 @@ def _check_keys(arch: ArchSpec, meta: dict, f: str, line: int, report: DoctorRep
 
 
 def _guess_arch(model: ParamFile) -> ArchSpec | None:
-    types = set(model.layer_types())
-    n_in = len(model.input_names)
-    if types & ZIPFORMER_HINT_TYPES:
-        return BY_MODEL_TYPE[2]
-    if "LSTM" in types and n_in == 4:
-        return BY_MODEL_TYPE[3]
-    if n_in > 1 and (n_in - 1) % 4 == 0:
-        return BY_MODEL_TYPE[1]
-    return None
+    from .arch_guess import guess_arch
+    name = guess_arch(model)[0]
+    return None if name is None else get_arch(name)
 
 
 def _check_side_net(p: Path, report: DoctorReport, inputs: tuple[str, ...], name: str) -> ParamFile | None:

@@ -219,6 +219,23 @@ def _validate_step(layout, arch: str, reference_dir: Path | None, traced_dir: Pa
                 outputs=[layout.out / "validation.json"], script=[shlex.join(argv)])
 
 
+def _wrong_arch(arch: str, encoder_param: Path | None) -> str | None:
+    """A sentence when the encoder graph is plainly another architecture than --arch says (else None)."""
+    if encoder_param is None:
+        return None
+    from .arch_guess import guess_arch
+    model = load_param(encoder_param).model
+    if model is None:
+        return None
+    guess, why = guess_arch(model)
+    if guess is None or guess == arch:
+        return None
+    title = get_arch(guess).title
+    article = "an" if title.startswith(("A", "E", "I", "O", "U", "LSTM")) else "a"
+    return (f"--arch {arch}: {encoder_param.name} is {article} {title} encoder ({why}); run again with "
+            f"--arch {guess}")
+
+
 def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *, out_dir: str | Path,
                          reference_dir: str | Path | None = None, traced_dir: str | Path | None = None,
                          wavs=(), check_out_dir: bool = True, int8=None) -> FromNcnnRun:
@@ -254,9 +271,14 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
                          traced_pt=traced / pt_name("encoder") if traced is not None else None)
     resolved = reconcile(spec, flags, reading)
     unseen = ("encoder", "param") not in files.ncnn  # "not found" says it all; skip "the graph does not show"
-    problems = [f"hyperparameters: {p.message}" for p in resolved.errors
-                if not (unseen and p.message.startswith(tuple(f"{hp.flag}: the encoder's graph files"
-                                                              for hp in spec.hyperparams)))] + problems
+    wrong_arch = _wrong_arch(spec.name, files.ncnn.get(("encoder", "param")))
+    problems = ([wrong_arch] if wrong_arch else
+                [f"hyperparameters: {p.message}" for p in resolved.errors
+                 if not (unseen and p.message.startswith(tuple(f"{hp.flag}: the encoder's graph files"
+                                                               for hp in spec.hyperparams)))]) + problems
+    if wavs:
+        from .plan_checks import validation_wav_problems
+        problems += [p.replace("validation.wavs:", "--wav:") for p in validation_wav_problems([str(w) for w in wavs])]
     warnings = [p.message for p in resolved.warnings] + reading.warnings + warnings
     reconvert = None
     graph = files.pnnx_graph

@@ -274,3 +274,22 @@ def test_checkpoint_messages_say_what_the_file_really_is(tmp_path, cli):
     assert code == 2 and "truncated or damaged" in err
     code, _, err = cli("detect", kit / "traced" / "encoder_jit_trace-pnnx.pt")
     assert code == 2 and "TorchScript archive" in err and "pretrained.pt" in err
+
+
+@pytest.mark.parametrize("kit,arch,right", [("lstm-2layer", "zipformer", "lstm"),
+                                            ("zipformer-1layer-stacks", "conv-emformer", "zipformer"),
+                                            ("conv-emformer-3layer", "lstm", "conv-emformer")])
+def test_from_ncnn_names_a_wrong_arch_before_anything_runs(kit, arch, right, tmp_path, cli):
+    d = SHARED_FIXTURES.parent / "icefall-kit" / kit
+    code, _, err = cli("run", "--from-ncnn", d, "--arch", arch, "--out", tmp_path / "o", "--dry-run")
+    assert code == 2 and f"run again with --arch {right}" in err and not (tmp_path / "o").exists()
+
+
+def test_from_ncnn_checks_the_wavs_and_rewrite_its_pnnx_param_at_once(tmp_path, cli):
+    bad = tmp_path / "x.wav"
+    bad.write_bytes(b"not a wav")
+    d = SHARED_FIXTURES.parent / "icefall-kit" / "lstm-2layer"
+    code, _, err = cli("run", "--from-ncnn", d, "--arch", "lstm", "--wav", bad, "--out", tmp_path / "o", "--dry-run")
+    assert code == 2 and "--wav:" in err and "x.wav" in err
+    code, _, err = cli("rewrite", d / "encoder_jit_trace-pnnx.ncnn.param", "--pnnx-param", tmp_path / "no.param")
+    assert code == 2 and "--pnnx-param" in err and "not found" in err

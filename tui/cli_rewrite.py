@@ -39,6 +39,11 @@ def run_rewrite_cmd(args: argparse.Namespace) -> int:
     from core.locks import LockError, edit_lock
 
     param = Path(args.param)
+    if args.pnnx_param and not Path(args.pnnx_param).is_file():
+        stderr_console().print(Text("error: ", style="bold red") + Text(
+            f"--pnnx-param {args.pnnx_param}: not found; give pnnx's own graph of this model (the *.pnnx.param pnnx "
+            "wrote beside the ncnn files), or leave the option out"))
+        return EXIT_BAD_INPUT
     result = None
     error = None
     try:  # plan and write under one lock: a concurrent --apply waits, then plans from this one's result

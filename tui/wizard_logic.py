@@ -487,22 +487,11 @@ def check_ncnn_dir(value: str) -> FieldCheck:
 
 
 def guess_arch(param: Path) -> str | None:
-    """The architecture a pnnx encoder most likely is (to preselect it): layer types first, then input count."""
+    """The architecture a pnnx encoder most likely is (to preselect it): core.arch_guess's one guess."""
+    from core.arch_guess import guess_arch as guess
     from core.ncnn_param import load_param
     model = load_param(param).model
-    if model is None:
-        return None
-    types = {layer.type for layer in model.layers}
-    if "LSTM" in types:
-        return "lstm"
-    if types & {"CumulativeSum", "torch.as_strided", "PoolingModuleNoProj", "TensorAsStrided", "SimpleUpsample"}:
-        return "zipformer"
-    states = len(model.input_names) - 1
-    if states > 0 and states % 4 == 0:
-        return "conv-emformer"
-    if states > 0 and states % 7 == 0:
-        return "zipformer"
-    return None
+    return None if model is None else guess(model)[0]
 
 
 def ncnn_encoder_param(value: str) -> Path:
