@@ -41,6 +41,7 @@ RECIPES = {
 }
 INT8_STEPS = ("fp32-set", "calibrate", "quantize")
 DEFAULT_SEED = 11
+INT8_COSINE_TARGET = 0.99  # README: int8 vs fp32 cosine, target mean >= 0.99
 TRANSIENT_SECONDS = 5.0  # a wizard that dies this fast with a traceback is being edited: retry once
 ERROR_LINE = re.compile(r"^error:|Error\b|Exception\b|-\[✗\]|FAILED|Segmentation|signal|Assertion|"
                         r"assert |No such file|not found|refused|cannot|Killed|core dumped", re.IGNORECASE)
@@ -277,6 +278,10 @@ def summarise(cfg: MatrixConfig, out: Path, rc: int | None, console: str, second
         res.fp16 = "FAIL" if fp16_bad else "PASS"
         if cfg.int8:
             res.int8_result = "FAIL" if int8_bad else "PASS"
+            low = {k: v for k, v in (res.checks.get("int8_cosine") or {}).items() if v < INT8_COSINE_TARGET}
+            if res.int8_result == "PASS" and low:
+                res.int8_result = "PASS*"  # the tool passes it, but the output is off (README target: mean >= 0.99)
+                res.checks["int8_below_target"] = low
         if not report.get("ok", True) and not fp16_bad and not int8_bad:
             res.fp16 = "FAIL"
             fp16_bad = ["validation FAILED (no failed check recognised in validation.json)"]
@@ -405,7 +410,15 @@ def load_results(path: Path) -> list[dict]:
     return list(latest.values())
 
 
+def _order(row: dict) -> tuple:
+    """Seed tag, then architecture, then number: the order --list prints."""
+    tag, _, name = row["id"].rpartition("-")
+    arch = next((i for i, p in enumerate(("zip", "emf", "lstm")) if name.startswith(p)), 3)
+    return tag, arch, name
+
+
 def table(rows: list[dict]) -> str:
+    rows = sorted(rows, key=_order)
     head = ("id", "arch", "int8", "fp16", "int8 res", "agree", "i8 cos/agree", "s", "step", "first error line",
             "flags")
 
@@ -428,7 +441,8 @@ def table(rows: list[dict]) -> str:
     fp = sum(r["fp16"] == "PASS" for r in rows)
     i8 = [r for r in rows if r["int8"]]
     lines.append(f"\n{n} configurations: fp16 PASS {fp}/{n}; int8 PASS "
-                 f"{sum(r['int8_result'] == 'PASS' for r in i8)}/{len(i8)}")
+                 f"{sum(r['int8_result'].startswith('PASS') for r in i8)}/{len(i8)} "
+                 f"(PASS* = the tool passed it but an int8 output's mean cosine is below {INT8_COSINE_TARGET})")
     return "\n".join(lines)
 
 
