@@ -289,8 +289,9 @@ def main() -> int:
     print(f"  calibrate, 1 worker per core    {parallel:7.2f} s  = {parallel / floor:.2f}x the floor")
     verdict = "UNDER" if serial <= TARGET * floor else "OVER"
     print(f"  single-worker calibration is {verdict} the {TARGET}x target")
+    pool = f"+ {rss[1][1]:.0f} MB per worker" if rss[1][1] else "(no worker started: too little audio to pay off)"
     print(f"  peak RSS, calibration alone in a fresh process: 1 worker {rss[0][0]:.0f} MB; 1 worker per core "
-          f"{rss[1][0]:.0f} MB + {rss[1][1]:.0f} MB per worker (upstream's tool: 8-91 MB on the real fixtures)")
+          f"{rss[1][0]:.0f} MB {pool} (upstream's tool: 8-91 MB on the real fixtures)")
     return 0
 
 
