@@ -22,6 +22,7 @@ from tests.test_graph_hparams import write_without_cache_crop
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 KIT, REAL = SHARED / "icefall-kit", SHARED / "icefall-real"
+REPO = Path(__file__).resolve().parents[1]
 needs_kit = pytest.mark.skipif(not KIT.is_dir() or not REAL.is_dir(),
                                reason=f"the icefall fixtures are not at {SHARED}")
 ZIP = KIT / "zipformer-1layer-stacks"
@@ -180,11 +181,12 @@ def test_wizard_logic_reads_the_graph_and_refuses_a_contradicting_edit(tmp_path)
 RUNS = [("icefall-kit/zipformer-1layer-stacks", "zipformer", None),
         ("icefall-kit/conv-emformer-3layer", "conv-emformer", None),
         ("icefall-kit/lstm-2layer", "lstm", None),
-        ("icefall-real/zipformer", "zipformer", None),
+        # the real fixtures' ncnn files are byte-identical to pnnx's output of these kit traces (kit README)
+        ("icefall-real/zipformer", "zipformer", "icefall-kit/zipformer-5stack/traced"),
         # pnnx 20260526 mis-converted this encoder: given its traced .pt (the kit's identical export) it is
         # converted again; without it the plan is refused (tests/test_rewrite.py)
         ("icefall-real/conv-emformer", "conv-emformer", "icefall-kit/conv-emformer-4layer/traced"),
-        ("icefall-real/lstm", "lstm", None)]
+        ("icefall-real/lstm", "lstm", "icefall-kit/lstm-3layer/traced")]
 
 
 @pytest.mark.slow
@@ -194,7 +196,8 @@ def test_run_from_ncnn_without_flags_writes_the_metadata_the_flags_give(cli, tmp
     d = SHARED / config
     out = tmp_path / "out"
     extra = ["--traced-dir", SHARED / traced] if traced else []
-    code, stdout, stderr = cli("run", "--from-ncnn", d, "--arch", arch, *extra, "--out", out)
+    wavs = [a for w in sorted((REPO / "assets" / "demo" / "test_wavs").glob("*.wav"))[:2] for a in ("--wav", w)]
+    code, stdout, stderr = cli("run", "--from-ncnn", d, "--arch", arch, *extra, *wavs, "--int8", "--out", out)
     meta = load_param(out / "encoder_jit_trace-pnnx.ncnn.param").model.layers[0]
     assert meta.type == "SherpaMetaData", stdout + stderr
     wanted = build_metadata(resolve(get_arch(arch), export_flags(d))).line.split()[4:]
@@ -204,7 +207,11 @@ def test_run_from_ncnn_without_flags_writes_the_metadata_the_flags_give(cli, tmp
     assert all(sources[hp.flag] == "graph" for hp in get_arch(arch).hyperparams if hp.meta_key is not None)
     assert code == 0, stdout + stderr  # validated end to end (the one-layer stacks' Slice: core/rewrite_zipformer)
     report = json.loads((out / "validation.json").read_text())
-    assert report["ok"] and report["decode"]["ok"]
+    assert report["ok"] and report["decode"]["ok"] and report["decode_int8"]["ok"]
+    # torch (the traced modules, streamed like sherpa-ncnn) and sherpa-ncnn agree token for token on fp16
+    fp16 = [a for a in report["agreement"] if a["model"] == "fp16"]
+    assert len(fp16) == 2 and all(a["match"] for a in fp16), fp16
+    assert all(0 <= a["rate"] <= 1 for a in report["agreement"] if a["model"] == "int8")
 
 
 @needs_kit
