@@ -8,7 +8,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 venv="$here/.venv"
-FALLBACK_PNNX=20241223  # = core.pnnx_convert.FALLBACK_VERSION (a test checks)
+FALLBACK_PNNX=20241223  # = core.pnnx.convert.FALLBACK_VERSION (a test checks)
 python="${PYTHON:-python3}"
 
 setup() {

@@ -9,7 +9,7 @@ re-converts encoder and joiner with fp16=0, makes calibration audio by
 repeating the demo wavs (about --seconds of speech-like signal in 10 files),
 (--icefall-size: a model of the recipe's default size, random weights, as a user's model costs per chunk),
 then times (a) the physical floor: reading the audio, features, and the very
-streaming loop calibration uses (core.calibration_run.Streamer: encoder chunks
+streaming loop calibration uses (core.int8.calibration.Streamer: encoder chunks
 with states, greedy joiner frames) with no statistics hooks, light mode on,
 one process; (b) calibrate() with one worker, everything included (statistics,
 histograms, KL threshold search, weight scales); (c) calibrate() with one
@@ -19,9 +19,9 @@ Peak memory (RSS) of this process and of its worker processes is printed too
 (upstream's generate-int8-scale-table peaked at 8-91 MB on the real fixtures).
 
 --histograms: the one-pass histogram (the default) against ncnn's exact
-two-pass one (core.calibrate.ExactStats): both tables, each quantized with the
+two-pass one (core.int8.calibrate.ExactStats): both tables, each quantized with the
 built-in quantizer, and the int8 encoder/joiner outputs' cosine against fp32
-on the calibration audio (core.int8_check).
+on the calibration audio (core.int8.check).
 
 --joiner-stats: the joiner table from ours (per frame, ids 0 and 2 emit nothing,
 as the runtime) against upstream's statistics (its joiner extractor is made once
@@ -44,12 +44,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.audio import fbank, read_wav  # noqa: E402
-import core.calibration_run as calibration_run  # noqa: E402
-from core.calibrate import ExactStats, ScaleTable, activation_scale  # noqa: E402
-from core.calibration_run import ModelFiles, _ModelRunner, calibrate  # noqa: E402
-from core.demo import demo_recipe  # noqa: E402
-from core.tools import wheel_pnnx  # noqa: E402
+from core.common.audio import fbank, read_wav  # noqa: E402
+import core.int8.calibration as calibration_run  # noqa: E402
+from core.int8.calibrate import ExactStats, ScaleTable, activation_scale  # noqa: E402
+from core.int8.calibration import ModelFiles, _ModelRunner, calibrate  # noqa: E402
+from core.pipeline.demo import demo_recipe  # noqa: E402
+from core.pnnx.tools import wheel_pnnx  # noqa: E402
 
 TARGET = 1.3
 
@@ -61,7 +61,7 @@ def build_model(arch: str, tmp: Path, flags: list[str] | None = None) -> ModelFi
     if flags is None:
         argv = ["--demo", arch]
     else:
-        from core.demo import demo_config, demo_recipe
+        from core.pipeline.demo import demo_config, demo_recipe
         sys.path.insert(0, str(root / "assets" / "demo"))
         from make_demo_assets import make_checkpoint
         tokens = tmp / "tokens.txt"
@@ -72,7 +72,7 @@ def build_model(arch: str, tmp: Path, flags: list[str] | None = None) -> ModelFi
         config.validation.numeric = config.validation.decode = False
         config.save(tmp / "wizard.toml")
         argv = ["--config", str(tmp / "wizard.toml")]
-    subprocess.run([sys.executable, "-m", "tui.cli", "run", *argv, "--out", str(run)], check=True,
+    subprocess.run([sys.executable, "-m", "tui.cli.main", "run", *argv, "--out", str(run)], check=True,
                    capture_output=True, cwd=root)
     d = tmp / "fp32"
     d.mkdir()
@@ -109,7 +109,7 @@ def make_audio(arch: str, seconds: float, tmp: Path) -> list[Path]:
 
 def forward_floor(files: ModelFiles, wavs: list[Path]) -> float:
     """Only what calibration cannot avoid: reading and features, then calibration's own streaming loop
-    (core.calibration_run.Streamer: encoder chunks with states, greedy joiner frames) with no statistics
+    (core.int8.calibration.Streamer: encoder chunks with states, greedy joiner frames) with no statistics
     hooks and ncnn's light mode on."""
     runner = _ModelRunner(files)
     t0 = time.perf_counter()
@@ -123,7 +123,7 @@ _RSS_CHILD = """
 import resource, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from core.calibration_run import ModelFiles, calibrate
+from core.int8.calibration import ModelFiles, calibrate
 files = ModelFiles(*map(Path, sys.argv[2:8]))
 workers = int(sys.argv[8]) or None
 calibrate(files, [Path(w) for w in sys.argv[9:]], workers=workers)
@@ -169,8 +169,8 @@ def calibrate_two_pass(files: ModelFiles, wavs: list[Path]):
 
 
 def compare_histograms(files: ModelFiles, wavs: list[Path], tmp: Path) -> None:
-    from core.int8_check import compare_int8_here
-    from core.quantize import quantize
+    from core.int8.check import compare_int8_here
+    from core.int8.quantize import quantize
     t0 = time.perf_counter()
     first, two = calibrate_two_pass(files, wavs)
     seconds = time.perf_counter() - t0
@@ -195,7 +195,7 @@ def compare_histograms(files: ModelFiles, wavs: list[Path], tmp: Path) -> None:
 
 def upstream_joiner_table(files: ModelFiles, wavs: list[Path], weights: dict) -> ScaleTable:
     """The joiner table as generate-int8-scale-table's statistics make it (see --joiner-stats)."""
-    from core.calibrate import BlobStats
+    from core.int8.calibrate import BlobStats
     runner = _ModelRunner(files)
     blobs = [b for b in runner.join_order if b not in ("in0", "in1")]
     stats = {b: BlobStats() for b in set(runner.join_bottoms.values())}
@@ -229,8 +229,8 @@ def upstream_joiner_table(files: ModelFiles, wavs: list[Path], weights: dict) ->
 
 
 def compare_joiner_stats(files: ModelFiles, wavs: list[Path], tmp: Path) -> None:
-    from core.int8_check import compare_int8_here
-    from core.quantize import quantize
+    from core.int8.check import compare_int8_here
+    from core.int8.quantize import quantize
     ours = calibrate(files, wavs, workers=1)
     upstream = upstream_joiner_table(files, wavs, ours.joiner.weights)
     enc = (tmp / "enc.param", tmp / "enc.bin")

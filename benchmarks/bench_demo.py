@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "out"
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "tui.cli", "run", "--demo", arch, "--out", str(out)],
+            proc = subprocess.run([sys.executable, "-m", "tui.cli.main", "run", "--demo", arch, "--out", str(out)],
                                   cwd=REPO, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             if proc.returncode != 0:

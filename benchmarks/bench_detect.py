@@ -6,7 +6,7 @@ Not a test. Run from the repository root:
 
 It writes (in a temp dir) a ``{"model": state_dict}`` pretrained.pt with the real key names and shapes of
 icefall's default 5-stack 384-dim streaming Zipformer (about 70M fp32 parameters, random values), then times
-``core.checkpoint.detect`` on it: a safe ``torch.load(weights_only=True, mmap=True)``, unwrapping and the
+``core.model.checkpoint.detect`` on it: a safe ``torch.load(weights_only=True, mmap=True)``, unwrapping and the
 shape rules. The target is under 3 s. The first run includes importing torch.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
     import torch
     from checkpoint_factory import zipformer_state
-    from core.checkpoint import detect
+    from core.model.checkpoint import detect
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pretrained.pt"
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             times.append(time.perf_counter() - t)
         import subprocess
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "tui.cli", "detect", str(path), "--json"], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "tui.cli.main", "detect", str(path), "--json"], cwd=ROOT,
                               capture_output=True, text=True)
         cli_s = time.perf_counter() - t
         print(f"detected: {det.arch.name}  {det.flags_text()}")

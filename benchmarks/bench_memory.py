@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "tui.cli"]
+CLI = [sys.executable, "-m", "tui.cli.main"]
 
 
 def measure(argv: list[str]) -> tuple[float, float, int]:

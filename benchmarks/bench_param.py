@@ -9,9 +9,9 @@ streaming Zipformer has, then blocks of Split / InnerProduct / BinaryOp /
 Reshape / Slice / Concat lines with realistic params, including old-style
 arrays, and 36 outputs), then times over several repeats:
 
-  (a) parse  core.ncnn_param.parse_param on the file's bytes
+  (a) parse  core.ncnn.param.parse_param on the file's bytes
   (b) plan   resolve(get_arch("zipformer"), {}) + build_metadata + plan_metadata(model, metadata, values)
-  (c) apply  core.metadata.apply_plan to a fresh temp copy (backup + atomic write + fsync)
+  (c) apply  core.model.metadata.apply_plan to a fresh temp copy (backup + atomic write + fsync)
 
 and prints the median and best milliseconds of each and of parse+plan (the
 interactive preview path), against a 100 ms target for parse+plan.
@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.architectures import get_arch, resolve  # noqa: E402
-from core.metadata import apply_plan, build_metadata, plan_metadata  # noqa: E402
-from core.ncnn_param import MAGIC, format_layer_line, parse_param  # noqa: E402
+from core.model.architectures import get_arch, resolve  # noqa: E402
+from core.model.metadata import apply_plan, build_metadata, plan_metadata  # noqa: E402
+from core.ncnn.param import MAGIC, format_layer_line, parse_param  # noqa: E402
 
 TARGET_MS = 100.0
 N_IO = 1 + 7 * 5  # zipformer with the default 5 stacks: in0..in35 / out0..out35

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textual import events  # noqa: E402
 
-from core.demo import demo_config  # noqa: E402
-from core.events import LogLines, StepStarted  # noqa: E402
-from tui.wizard_app import RunModel, WizardApp  # noqa: E402
-from tui.wizard_run import LOG_WIDGET_LINES, RunScreen, StepLog  # noqa: E402
+from core.pipeline.demo import demo_config  # noqa: E402
+from core.pipeline.events import LogLines, StepStarted  # noqa: E402
+from tui.wizard.app import RunModel, WizardApp  # noqa: E402
+from tui.wizard.run import LOG_WIDGET_LINES, RunScreen, StepLog  # noqa: E402
 
 
 async def bench(lines: int, batch: int, size: tuple[int, int]) -> dict:

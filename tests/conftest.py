@@ -41,7 +41,7 @@ def model_dir(tmp_path):
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    from tui.cli import main
+    from tui.cli.main import main
 
     def run(*args: str):
         capsys.readouterr()  # drop whatever the test printed before

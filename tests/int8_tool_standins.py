@@ -168,16 +168,16 @@ def read_list_like_getline(listing: Path) -> list[str]:
 
 
 def _conv_layers(param: Path) -> list[str]:
-    from core.ncnn_param import load_param
+    from core.ncnn.param import load_param
     model = load_param(param).model
     return [layer.name for layer in model.layers if layer.type in CONV_TYPES] if model else []
 
 
 def _segment(param: Path) -> int | None:
     """Model::Create: the encoder's SherpaMetaData decides the model; its Segment (frames per chunk), or None."""
-    from core.architectures import BY_MODEL_TYPE
-    from core.metadata import read_metadata
-    from core.ncnn_param import load_param
+    from core.model.architectures import BY_MODEL_TYPE
+    from core.model.metadata import read_metadata
+    from core.ncnn.param import load_param
     model = load_param(param).model
     meta = read_metadata(model) if model else None
     if not meta or meta.get(0) not in BY_MODEL_TYPE:
@@ -187,7 +187,7 @@ def _segment(param: Path) -> int | None:
 
 
 def _frames(wav: str) -> int:
-    from core.audio import read_wav
+    from core.common.audio import read_wav
     w = read_wav(wav)
     return int(w.seconds * 100)
 
@@ -197,8 +197,8 @@ def _inf_table(param: Path, binary: Path):
     activation's absmax and threshold 0, so its scale 127/0 = inf."""
     import numpy as np
 
-    from core.calibrate import ActivationScale, ScaleTable
-    from core.calibration_run import read_quantizable_weights
+    from core.int8.calibrate import ActivationScale, ScaleTable
+    from core.int8.calibration import read_quantizable_weights
     table = ScaleTable()
     for name, (_kind, w, rows, six_bit) in read_quantizable_weights(param, binary).items():
         absmax = np.abs(np.asarray(w, np.float32).reshape(rows, -1)).max(axis=1)
@@ -216,7 +216,7 @@ def _table_text(table) -> str:
 
 
 def table_main(argv: list[str] | None = None) -> int:
-    from core.calibration_run import ModelFiles, calibrate
+    from core.int8.calibration import ModelFiles, calibrate
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 9:
@@ -262,7 +262,7 @@ def table_main(argv: list[str] | None = None) -> int:
                 readable.append(wav)
     if _break() == "no-success":
         return 0
-    from core.quantize import _quiet_stderr
+    from core.ncnn.bin_layout import _quiet_stderr
     result = None
     counted = [Path(w) for w in readable if _frames(w) > segment]  # the last partial chunk is dropped
     with _quiet_stderr():  # python ncnn's "overwrite built-in layer type" lines are not the tool's
@@ -367,7 +367,7 @@ def _upstream_gemm(original):
     """quantize_gemm's B scale: 127 / absmax of B_data's first row (its loop stops at B_data.w = K, transB=1)."""
     import numpy as np
 
-    import core.quantize as q
+    import core.int8.quantize as q
 
     def plan(data, layer, plan_):
         result = original(data, layer, plan_)
@@ -388,9 +388,9 @@ def _upstream_gemm(original):
 def quantize_main(argv: list[str] | None = None) -> int:
     import numpy as np
 
-    import core.quantize as q
-    from core.calibrate import ActivationScale, CalibrationError, ScaleTable
-    from core.ncnn_param import load_param
+    import core.int8.quantize as q
+    from core.int8.calibrate import ActivationScale, CalibrationError, ScaleTable
+    from core.ncnn.param import load_param
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (4, 5):

@@ -1,4 +1,4 @@
-"""core.agreement: sherpa-ncnn's tokens against the traced torch modules decoded the way sherpa-ncnn streams.
+"""core.validation.agreement: sherpa-ncnn's tokens against the traced torch modules decoded the way sherpa-ncnn streams.
 
 Fast tests pin the comparison rules; slow tests run the real thing: the real icefall LSTM of the kit through
 ``run --from-ncnn`` (with the tool's rewrite, then sherpa-ncnn in its child process), and a demo run.
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.agreement import AgreementError, _follow, compare_tokens, describe, edit_distance, stream_geometry
+from core.validation.agreement import AgreementError, _follow, compare_tokens, describe, edit_distance, stream_geometry
 
 REPO = Path(__file__).resolve().parent.parent
 KIT = REPO.parent / "shared" / "fixtures" / "icefall-kit"
 WAVS = sorted((REPO / "assets" / "demo" / "test_wavs").glob("*.wav"))
-WIZARD = [sys.executable, "-m", "tui.cli"]
+WIZARD = [sys.executable, "-m", "tui.cli.main"]
 
 
 def test_stream_geometry_is_read_from_the_metadata_like_sherpa_ncnn():
@@ -107,7 +107,7 @@ def test_wrong_metadata_is_caught_by_the_agreement(kit_lstm, tmp_path):
     assert " 2=128 3=256" in text
     param.write_text(text.replace(" 2=128 3=256", " 2=128 3=64"))  # rnn hidden size 256 -> 64
     folder = KIT / "lstm-2layer"
-    proc = _run([sys.executable, "-m", "core.from_ncnn", str(out), "--arch", "lstm", "--traced-dir",
+    proc = _run([sys.executable, "-m", "core.pipeline.from_ncnn", str(out), "--arch", "lstm", "--traced-dir",
                  str(folder / "traced"), "--wav", str(WAVS[-1]), "--json-out", str(out / "v.json")], timeout=300)
     assert proc.returncode == 1, proc.stdout
     report = json.loads((out / "v.json").read_text())

@@ -3,8 +3,8 @@ import shlex
 
 import pytest
 
-from core.architectures import ARCHITECTURES, get_arch, resolve
-from core.metadata import build_metadata
+from core.model.architectures import ARCHITECTURES, get_arch, resolve
+from core.model.metadata import build_metadata
 
 from conftest import fixture_flags
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from core.calibrate import (BlobStats, CalibrationError, ScaleTable, activation_scale, kl_threshold_bin,
+from core.int8.calibrate import (BlobStats, CalibrationError, ScaleTable, activation_scale, kl_threshold_bin,
                             read_table, weight_scales)
 
 
@@ -145,7 +145,7 @@ def test_merging_per_file_statistics_matches_one_pass():
 
 def _per_candidate_kl_bin(hist, target_bins=128, eps=1e-4):
     """The previous implementation: one candidate at a time (what kl_threshold_bin must keep choosing)."""
-    from core.calibrate import _kl_one, _kl_prepare
+    from core.int8.calibrate import _kl_one, _kl_prepare
     prep = _kl_prepare(hist, target_bins, eps)
     best_t, best = target_bins, math.inf
     for t in range(target_bins, hist.size):
@@ -175,7 +175,7 @@ def _hists():
 
 @pytest.mark.parametrize("k", range(10))
 def test_all_candidates_at_once_equal_the_per_candidate_divergence(k):
-    from core.calibrate import _kl_all, _kl_one, _kl_prepare
+    from core.int8.calibrate import _kl_all, _kl_one, _kl_prepare
     hist = _hists()[k]
     fast = _kl_all(hist)
     prep = _kl_prepare(hist, 128, 1e-4)

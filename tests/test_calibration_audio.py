@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import soxr
 
-from core.audio import read_wav
-from core.calibration_audio import float_wav_bytes
-from core.demo import demo_config, demo_recipe
-from core.pipeline import PlanError, build_plan
+from core.common.audio import read_wav
+from core.pipeline.calibration_audio import float_wav_bytes
+from core.pipeline.demo import demo_config, demo_recipe
+from core.pipeline.plan import build_plan
+from core.pipeline.layout import PlanError
 
 WAVS = demo_recipe("lstm").test_wavs
 
@@ -65,7 +66,7 @@ def test_a_resampled_file_shorter_than_a_chunk_is_still_refused(tmp_path):
 
 @pytest.mark.slow
 def test_int8_demo_calibrated_on_44k_audio(tmp_path, capsys):
-    from tui.cli import main
+    from tui.cli.main import main
     odd = wav_at(tmp_path / "cd.wav", 44100)
     cfg = config_with(tmp_path, [odd], resample=True)
     cfg.save(tmp_path / "wizard.toml")

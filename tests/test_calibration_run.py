@@ -7,11 +7,11 @@ import wave
 import numpy as np
 import pytest
 
-from core.calibrate import CalibrationError, read_table
-from core.calibration_run import ModelFiles, calibrate, check_wavs
-from core.demo import demo_recipe
-from core.ncnn_param import load_param
-from core.tools import wheel_pnnx
+from core.int8.calibrate import CalibrationError, read_table
+from core.int8.calibration import ModelFiles, calibrate, check_wavs
+from core.pipeline.demo import demo_recipe
+from core.ncnn.param import load_param
+from core.pnnx.tools import wheel_pnnx
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def fp32_model(tmp_path_factory):
     """The LSTM demo exported by the pipeline, with encoder and joiner re-converted with fp16=0."""
-    from tui.cli import main
+    from tui.cli.main import main
     run = tmp_path_factory.mktemp("run") / "out"
     assert main(["run", "--demo", "lstm", "--out", str(run)]) == 0
     d = tmp_path_factory.mktemp("fp32")
@@ -113,7 +113,7 @@ def test_a_param_without_metadata_is_refused(fp32_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_model(fp32_model, tmp_path_factory):
-    from core.quantize import quantize
+    from core.int8.quantize import quantize
     result = calibrate(fp32_model, demo_recipe("lstm").test_wavs)
     d = fp32_model.encoder_param.parent
     reports = {}
@@ -135,7 +135,8 @@ def test_quantized_weights_shrink_about_four_times(int8_model):
 def test_every_other_layers_bytes_are_unchanged(int8_model):
     """Table-driven int8 only (no weight-only Gemm/LSTM, no fp16): every other byte stays verbatim.
     The default mode is checked load by load in tests/test_quantize_layers.py."""
-    from core.quantize import quantize, read_layout
+    from core.int8.quantize import quantize
+    from core.ncnn.bin_layout import read_layout
     d, result, reports = int8_model
     for net in ("encoder", "joiner"):
         old = (d / f"{net}_jit_trace-pnnx.ncnn.bin").read_bytes()
@@ -166,7 +167,7 @@ def test_every_other_layers_bytes_are_unchanged(int8_model):
 
 
 def test_sherpa_ncnn_decodes_the_int8_model(int8_model, tmp_path):
-    from core.validate import decode
+    from core.validation.validate import decode
     d, _, _ = int8_model
     result = decode(d, demo_recipe("lstm").test_wavs, {}, int8=True)
     assert result.ok, result.error
@@ -174,8 +175,8 @@ def test_sherpa_ncnn_decodes_the_int8_model(int8_model, tmp_path):
 
 
 def test_a_table_without_weight_scales_is_refused(fp32_model, tmp_path):
-    from core.calibrate import ScaleTable
-    from core.quantize import QuantizeError, quantize
+    from core.int8.calibrate import ScaleTable
+    from core.int8.quantize import QuantizeError, quantize
     result = calibrate(fp32_model, demo_recipe("lstm").test_wavs)
     table = ScaleTable(dict(result.joiner.weights), dict(result.joiner.activations))
     del table.weights["linear_2"]
@@ -186,7 +187,7 @@ def test_a_table_without_weight_scales_is_refused(fp32_model, tmp_path):
 
 
 def test_int8_outputs_stay_close_to_fp32_on_the_calibration_audio(int8_model, fp32_model):
-    from core.int8_check import compare_int8
+    from core.int8.check import compare_int8
     d, _, _ = int8_model
     sims = compare_int8(fp32_model, (d / "encoder_jit_trace-pnnx.ncnn.int8.param", d / "encoder_jit_trace-pnnx.ncnn.int8.bin"),
                         (d / "joiner_jit_trace-pnnx.ncnn.int8.param", d / "joiner_jit_trace-pnnx.ncnn.int8.bin"),
@@ -218,9 +219,10 @@ def _naive_stats(files, wav):
     """The straightforward way: every quantizable layer's input extracted from ncnn on every chunk and frame."""
     import ncnn
 
-    from core.audio import fbank, read_wav
-    from core.calibrate import BlobStats
-    from core.calibration_run import BLANK_IDS, CONTEXT_SIZE, _initial_states, _ModelRunner, _run_decoder
+    from core.common.audio import fbank, read_wav
+    from core.int8.calibrate import BlobStats
+    from core.int8.calibration import BLANK_IDS, CONTEXT_SIZE, _ModelRunner, _run_decoder
+    from core.model.states import _initial_states
     r = _ModelRunner(files)
     enc = {b: BlobStats() for b in set(r.enc_bottoms.values())}
     join = {b: BlobStats() for b in set(r.join_bottoms.values())}
@@ -259,8 +261,8 @@ def _naive_stats(files, wav):
 
 def test_the_shortcuts_give_the_statistics_of_extracting_everything(fp32_model):
     """Inputs taken from the arrays we fed, and the decoder output counted once per token: same numbers."""
-    from core.calibrate import kl_threshold_bin
-    from core.calibration_run import _ModelRunner
+    from core.int8.calibrate import kl_threshold_bin
+    from core.int8.calibration import _ModelRunner
     wav = demo_recipe("lstm").test_wavs[2]
     fast = _ModelRunner(fp32_model).run_file(wav)
     enc, join = _naive_stats(fp32_model, wav)
@@ -278,7 +280,7 @@ def test_the_shortcuts_give_the_statistics_of_extracting_everything(fp32_model):
 
 
 def test_counting_values_several_times_at_once_is_the_same_as_adding_them_again():
-    from core.calibrate import BlobStats
+    from core.int8.calibrate import BlobStats
     rng = np.random.default_rng(0)
     v, w = rng.normal(size=300).astype(np.float32), rng.normal(size=200).astype(np.float32) * 3
     one, many = BlobStats(), BlobStats()
@@ -294,7 +296,7 @@ def test_counting_values_several_times_at_once_is_the_same_as_adding_them_again(
 
 def test_repeated_values_flush_where_one_by_one_adding_would(monkeypatch):
     """Flushes fix the histogram's starting range: batching repeats must not move them (bit-identical result)."""
-    from core.calibrate import BlobStats
+    from core.int8.calibrate import BlobStats
     monkeypatch.setattr(BlobStats, "_FLUSH_AT", 1000)
     rng = np.random.default_rng(3)
     runs = [(rng.normal(size=64).astype(np.float32) * rng.uniform(0.1, 10), int(rng.integers(1, 40)))

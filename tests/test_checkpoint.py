@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint_factory import (conv_emformer_state, lstm_state, materialize, zipformer2_state, zipformer_state)
-from core.architectures import get_arch, resolve
-from core.checkpoint import (DEFAULT, TRAINING, WEIGHTS, CheckpointError, UnsafeCheckpointError,
+from core.model.architectures import get_arch, resolve
+from core.model.checkpoint import (DEFAULT, TRAINING, WEIGHTS, CheckpointError, UnsafeCheckpointError,
                              UnsupportedArchitectureError, check_against, check_tokens, detect, detect_from_state)
 
 torch = pytest.importorskip("torch")
@@ -230,7 +230,7 @@ def test_mismatch_names_flag_stack_and_checkpoint_value():
 
 
 def test_mismatch_from_config_defaults_and_values_not_revealed():
-    from core.config import WizardConfig
+    from core.pipeline.config import WizardConfig
     det = detect_from_state(lstm_state(layers=2, dim=32, hidden=48))
     config = WizardConfig(arch="lstm", hyperparameters={"encoder-dim": "32"})
     messages = [m.message for m in check_against(config, det)]
@@ -288,7 +288,7 @@ def test_cli_detect_json_and_toml(cli):
     assert code == 0
     fragment = tomllib.loads(out)
     assert fragment["arch"] == "zipformer" and fragment["hyperparameters"]["encoder-dims"] == "32,32,32"
-    from core.config import config_from_dict
+    from core.pipeline.config import config_from_dict
     config = config_from_dict(fragment)  # usable in wizard.toml as is
     assert resolve(get_arch(config.arch), config.hyperparameter_flags()).ok
     code, out, _ = cli("detect", path)
@@ -307,7 +307,7 @@ def test_cli_presets(cli):
 # -- presets ---------------------------------------------------------------------------------------------------
 
 def test_presets_resolve_and_match_checkpoints_of_that_shape():
-    from core.presets import PRESETS, get_preset
+    from core.model.presets import PRESETS, get_preset
     assert len(PRESETS) >= 3
     for preset in PRESETS.values():
         r = preset.resolve()
@@ -328,8 +328,9 @@ def test_presets_resolve_and_match_checkpoints_of_that_shape():
 # -- pipeline ----------------------------------------------------------------------------------------------------
 
 def test_pipeline_refuses_mismatch_unless_confirmed(tmp_path):
-    from core.demo import demo_config
-    from core.pipeline import PlanError, build_plan
+    from core.pipeline.demo import demo_config
+    from core.pipeline.plan import build_plan
+    from core.pipeline.layout import PlanError
     config = demo_config("lstm")
     config.hyperparameters["rnn-hidden-size"] = "64"
     with pytest.raises(PlanError) as err:
@@ -380,8 +381,9 @@ def test_models_built_by_the_recipe_code_are_detected(arch, flags):
 
 
 def test_pipeline_unreadable_checkpoint_is_refused_unless_trusted_zipformer2_a_problem(tmp_path):
-    from core.demo import demo_config
-    from core.pipeline import PlanError, build_plan
+    from core.pipeline.demo import demo_config
+    from core.pipeline.plan import build_plan
+    from core.pipeline.layout import PlanError
     config = demo_config("zipformer")
     garbage = tmp_path / "pretrained.pt"
     garbage.write_bytes(b"checkpoint bytes")
@@ -402,8 +404,9 @@ def test_pipeline_unreadable_checkpoint_is_refused_unless_trusted_zipformer2_a_p
 
 
 def test_pipeline_checks_tokens_and_recipe_fixed_dims(tmp_path):
-    from core.demo import demo_config
-    from core.pipeline import PlanError, build_plan
+    from core.pipeline.demo import demo_config
+    from core.pipeline.plan import build_plan
+    from core.pipeline.layout import PlanError
     config = demo_config("conv-emformer")
     tokens = tmp_path / "tokens.txt"
     tokens.write_text("<blk> 0\n<sos/eos> 1\n<unk> 2\nA 3\n")
@@ -412,8 +415,8 @@ def test_pipeline_checks_tokens_and_recipe_fixed_dims(tmp_path):
         build_plan(config, out_dir=tmp_path / "out")
     assert any("has 4 tokens, but the checkpoint's vocab size is 64" in p for p in err.value.problems)
     # the demo recipe fixes decoder_dim/joiner_dim at 32 like its checkpoint: no warning; upstream's 512 would warn
-    from core.checkpoint import detect
-    from core.pipeline import _fixed_dim_warnings
+    from core.model.checkpoint import detect
+    from core.pipeline.plan import _fixed_dim_warnings
     det = detect(config.files.checkpoint)
     assert _fixed_dim_warnings(Path(config.files.recipe), det) == []
     recipe = tmp_path / "recipe"
@@ -426,7 +429,7 @@ def test_pipeline_checks_tokens_and_recipe_fixed_dims(tmp_path):
 
 
 def test_detect_names_the_matching_published_model(tmp_path, cli):
-    from core.presets import matching_presets
+    from core.model.presets import matching_presets
     names = [p.name for p in matching_presets(detect_from_state(zipformer_state()))]
     assert names == ["icefall-asr-librispeech-pruned-transducer-stateless7-streaming-2022-12-29"]
     names = [p.name for p in matching_presets(detect_from_state(zipformer_state(ff=(1024, 1024, 1536, 1536, 1024))))]

@@ -40,7 +40,7 @@ def test_meta_json_has_the_contract_keys(cli_json, encoder):
 
 def test_meta_json_prints_only_json(encoder):
     p = encoder()
-    proc = subprocess.run([sys.executable, "-m", "tui.cli", "meta", str(p), "--arch", "conv-emformer", "--json",
+    proc = subprocess.run([sys.executable, "-m", "tui.cli.main", "meta", str(p), "--arch", "conv-emformer", "--json",
                            *fixture_flags("conv-emformer")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0
     json.loads(proc.stdout)  # the whole of stdout is one JSON object
@@ -134,7 +134,7 @@ def test_doctor_exit_codes_and_json(cli, cli_json, model_dir, tmp_path):
 
 HELP_PROBE = r"""
 import sys
-from tui.cli import main
+from tui.cli.main import main
 try:
     main(sys.argv[1:])
 except SystemExit:
@@ -152,8 +152,11 @@ def test_help_is_fast_and_imports_nothing_heavy(args):
 
 
 def test_core_never_imports_textual():
+    """Every module of every core subpackage imported, textual (and the front-ends) never loaded."""
     probe = ("import sys, pkgutil, importlib, core\n"
-             "for m in pkgutil.iter_modules(core.__path__): importlib.import_module('core.' + m.name)\n"
-             "print('textual' in sys.modules)")
+             "names = [m.name for m in pkgutil.walk_packages(core.__path__, 'core.')]\n"
+             "for name in names: importlib.import_module(name)\n"
+             "print(len(names), 'textual' in sys.modules, any(m.startswith('tui') for m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
-    assert proc.stdout.strip() == "False", proc.stderr
+    count, textual, tui = proc.stdout.split()
+    assert int(count) > 40 and (textual, tui) == ("False", "False"), proc.stderr

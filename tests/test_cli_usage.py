@@ -39,7 +39,7 @@ def test_validate_takes_relative_wavs_from_the_users_directory(tmp_path, cli, mo
     monkeypatch.chdir(tmp_path)
     code, _, err = cli("validate", "m", "--wav", "nowhere/x.wav")
     assert code == 2 and f"taken from {tmp_path}" in err
-    from tui.cli_validate import _usage_problems
+    from tui.cli.validate import _usage_problems
 
     class Args:
         wav, traced_dir, arch = ["m/tokens.txt"], None, None  # any existing file: only the lookup is tested

@@ -12,7 +12,7 @@ root on PYTHONPATH, the checkpoint linked as ``X/epoch-99.pt``), then
 * core plans and applies the SherpaMetaData line; its graph checks (inputs,
   outputs, runtime layers) must all pass,
 * python ncnn must compute what the traced torch modules compute (called as
-  traced, through core.traced, with pnnx's numbering), with the
+  traced, through core.model.traced, with pnnx's numbering), with the
   encoder driven the way sherpa-ncnn drives it (its initial state Mats, its
   reshapes of the returned states, two chunks in a row),
 * sherpa-ncnn's Recognizer decodes every demo wav (in a child process: it can segfault).
@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.architectures import get_arch, resolve
-from core.demo import DEMO_ROOT, ICEFALL_ROOT, demo_recipe
-from core.metadata import META_NAME, META_TYPE, apply_plan, build_metadata, plan_metadata, read_metadata
-from core.metadata import runtime_layer_check
-from core.ncnn_param import load_param
-from core.tokens import read_tokens
+from core.model.architectures import get_arch, resolve
+from core.pipeline.demo import DEMO_ROOT, ICEFALL_ROOT, demo_recipe
+from core.model.metadata import META_NAME, META_TYPE, apply_plan, build_metadata, plan_metadata, read_metadata
+from core.model.metadata import runtime_layer_check
+from core.ncnn.param import load_param
+from core.model.tokens import read_tokens
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:LSTM with projections is not supported:UserWarning")]
@@ -104,7 +104,7 @@ def test_demo_recipe_assets(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_demo_config_points_at_the_demo_files(arch):
-    from core.demo import demo_config
+    from core.pipeline.demo import demo_config
 
     config = demo_config(arch)
     recipe = demo_recipe(arch)
@@ -132,7 +132,7 @@ def test_demo_tree_is_small():
 
 
 def test_core_demo_does_not_import_torch():
-    code = "import sys, core.demo; core.demo.demo_recipe('lstm'); print('torch' in sys.modules)"
+    code = "import sys, core.pipeline.demo; core.pipeline.demo.demo_recipe('lstm'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -256,7 +256,7 @@ def with_metadata(runs) -> dict[str, Meta]:
     The demo LSTM is traced as icefall traces it (100 frames, int64 lengths cast back with Tensor.to), so
     its pnnx output needs the rewrite before ncnn or sherpa-ncnn can run it, exactly like a real icefall LSTM.
     """
-    from core.rewrite_step import run_rewrite
+    from core.pipeline.rewrite_step import run_rewrite
     out = {}
     for name, run in runs.items():
         if run.export_rc != 0 or any(r[0] != 0 for r in run.pnnx.values()):
@@ -536,7 +536,7 @@ def test_ncnn_matches_torch(runs, with_metadata, name):
     keep: list = []
     rng = np.random.default_rng(0)
 
-    from core.traced import load
+    from core.model.traced import load
     enc = load(run.exp_dir / "encoder_jit_trace-pnnx.pt", [run.outputs("encoder")["pnnxparam"]])
     net = _ncnn_net(meta.param, meta.bin, keep)
     assert net.layers()[0].type == META_TYPE and net.layers()[0].name == META_NAME

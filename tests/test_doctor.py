@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from core.architectures import get_arch, resolve
-from core.doctor import UnusableInput, diagnose
-from core.metadata import apply_plan, build_metadata, plan_metadata
-from core.ncnn_param import load_param
+from core.model.architectures import get_arch, resolve
+from core.validation.doctor import UnusableInput, diagnose
+from core.model.metadata import apply_plan, build_metadata, plan_metadata
+from core.ncnn.param import load_param
 
 from conftest import fixture_flags
 
@@ -149,7 +149,7 @@ REAL_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixture
 
 @pytest.mark.skipif(not REAL_FIXTURES.is_dir(), reason="the icefall-real fixtures are not here")
 def test_doctor_reads_pnnx_own_graph_for_the_shape_inference_mix_up():
-    from core.doctor import diagnose
+    from core.validation.doctor import diagnose
     bad = [f for f in diagnose(REAL_FIXTURES / "conv-emformer").findings if f.file.endswith("encoder.pnnx.param")]
     assert len(bad) == 1 and bad[0].severity == "error" and bad[0].line == 130
     assert "pnnx 20241223" in bad[0].message

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from core.demo import demo_recipe
+from core.pipeline.demo import demo_recipe
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-real"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"the icefall-real fixtures are not at {REAL}")
@@ -52,8 +52,8 @@ def test_lstm_from_ncnn_int8_decodes_in_sherpa_ncnn(cli, tmp_path):
 
 @needs_real
 def test_a_config_with_files_from_ncnn_plans_the_from_ncnn_run(tmp_path):
-    from core.config import config_from_dict
-    from core.pipeline import build_plan
+    from core.pipeline.config import config_from_dict
+    from core.pipeline.plan import build_plan
     config = config_from_dict({"arch": "lstm", "hyperparameters": {"num-encoder-layers": 3, "encoder-dim": 192,
                                                                    "rnn-hidden-size": 384},
                                "files": {"from_ncnn": str(REAL / "lstm")}, "output": {"dir": str(tmp_path / "o"),
@@ -72,11 +72,12 @@ def test_the_fp32_set_gets_the_same_bin_rewrite_as_the_fp16_encoder(tmp_path):
     import asyncio
     import shutil
 
-    from core.int8_steps import fp32_bin, fp32_raw, make_fp32_set
-    from core.pipeline import Layout
-    from core.rewrite import plan_file
-    from core.rewrite_step import rewritten
-    from core.runner import Plan, Runner
+    from core.pipeline.int8_steps import make_fp32_set
+    from core.pipeline.layout import fp32_bin, fp32_raw
+    from core.pipeline.layout import Layout
+    from core.rewrite.driver import plan_file
+    from core.pipeline.rewrite_step import rewritten
+    from core.pipeline.runner import Plan, Runner
     src, layout = REAL / "zipformer", Layout(tmp_path / "out")
     for path in (fp32_raw(layout, "encoder", "param"), layout.raw("encoder", "param"), layout.final("joiner", "param"),
                  fp32_raw(layout, "joiner", "param"), rewritten(layout, "param")):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from core.architectures import get_arch, resolve
-from core.from_ncnn import build_from_ncnn_plan, locate_source
-from core.metadata import build_metadata
-from core.ncnn_param import load_param
-from core.pipeline import PlanError
+from core.model.architectures import get_arch, resolve
+from core.pipeline.from_ncnn import build_from_ncnn_plan, locate_source
+from core.model.metadata import build_metadata
+from core.ncnn.param import load_param
+from core.pipeline.layout import PlanError
 from tests.test_graph_hparams import write_without_cache_crop
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
@@ -156,7 +156,7 @@ def test_cli_with_only_ncnn_files_refuses_what_it_cannot_confirm(cli, tmp_path):
 
 @needs_kit
 def test_wizard_logic_reads_the_graph_and_refuses_a_contradicting_edit(tmp_path):
-    from tui import wizard_logic as logic
+    from tui.wizard import logic
     d = pnnx_default_folder(tmp_path)
     arch = logic.guess_arch(logic.ncnn_encoder_param(str(d)))
     assert arch == "zipformer"
@@ -218,9 +218,9 @@ def test_run_from_ncnn_without_flags_writes_the_metadata_the_flags_give(cli, tmp
 async def test_wizard_ncnn_path_fills_the_form_from_the_graph_and_refuses_a_contradiction(tmp_path):
     import time
 
-    from tui.wizard_app import make_app
-    from tui.wizard_ncnn import NcnnDirScreen, NcnnHyperScreen
-    from tui.wizard_screens import QuantScreen, ReviewScreen
+    from tui.wizard.app import make_app
+    from tui.wizard.ncnn import NcnnDirScreen, NcnnHyperScreen
+    from tui.wizard.review import QuantScreen, ReviewScreen
 
     def text(app, selector: str) -> str:
         return str(app.screen.query_one(selector).render())

@@ -1,4 +1,4 @@
-"""core.graph_hparams on real icefall exports: every metadata value read from the graph equals the export flags.
+"""core.model.graph_hparams on real icefall exports: every metadata value read from the graph equals the export flags.
 
 The kit (../shared/fixtures/icefall-kit, six configurations) and icefall-real (three) hold icefall's own
 traced encoders, pnnx's graphs and ncnn files; export-flags.txt says what they were exported with (a flag it
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from core.architectures import get_arch, resolve
-from core.graph_hparams import GRAPH, graph_mismatches, read_graph, reconcile
-from core.metadata import build_metadata
-from core.pipeline import Layout
-from core.runner import StepContext, StepError
-from core.steps import make_finalize_encoder
+from core.model.architectures import get_arch, resolve
+from core.model.graph_hparams import GRAPH, graph_mismatches, read_graph, reconcile
+from core.model.metadata import build_metadata
+from core.pipeline.layout import Layout
+from core.pipeline.runner import StepContext, StepError
+from core.pipeline.steps import make_finalize_encoder
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 KIT, REAL = SHARED / "icefall-kit", SHARED / "icefall-real"
@@ -198,7 +198,7 @@ def test_the_metadata_step_refuses_values_pnnx_graph_contradicts(tmp_path):
 
 def test_graph_mismatches_names_only_metadata_values():
     spec = get_arch("lstm")
-    from core.graph_hparams import GraphReading
+    from core.model.graph_hparams import GraphReading
     reading = GraphReading(spec, values={"num_encoder_layers": 2, "encoder_dim": 128},
                            where={"num_encoder_layers": "x", "encoder_dim": "y"})
     assert graph_mismatches(spec, {"num_encoder_layers": 2, "encoder_dim": 128, "aux_layer_period": 3}, reading) == []

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.atomic import (TEMP_SUFFIX, WriteError, atomic_write_bytes, atomic_write_pair, backup_once,
+from core.common.atomic import (TEMP_SUFFIX, WriteError, atomic_write_bytes, atomic_write_pair, backup_once,
                          recover_pairs, sweep_temp_files, temp_name)
-from core.locks import LockError, RunLock, edit_lock
-from core.ncnn_param import load_param, parse_param
+from core.common.locks import LockError, RunLock, edit_lock
+from core.ncnn.param import load_param, parse_param
 
 from conftest import FIXTURES, SHARED_FIXTURES, fixture_flags
 
@@ -86,7 +86,7 @@ def test_pair_commit_leaves_no_new_bin_beside_an_old_param_after_a_kill(tmp_path
     code = f"""
 import os, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-import core.atomic as a
+import core.common.atomic as a
 real = a._commit
 def commit(tmp, target):
     real(tmp, target)
@@ -143,7 +143,7 @@ def test_two_concurrent_meta_apply_lose_no_edit(tmp_path):
     p = tmp_path / "encoder_jit_trace-pnnx.ncnn.param"
     p.write_bytes(LSTM_PARAM.read_bytes())
     flags = fixture_flags("lstm")
-    cli = [sys.executable, "-m", "tui.cli", "meta", str(p), "--arch", "lstm", "--apply", "--json"]
+    cli = [sys.executable, "-m", "tui.cli.main", "meta", str(p), "--arch", "lstm", "--apply", "--json"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen(cli + flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(2)]
     results = [json.loads(pr.communicate()[0]) for pr in procs]
@@ -208,7 +208,7 @@ def test_hyperparameters_have_upper_bounds(arch, flag, value, cli_json):
 
 @pytest.mark.parametrize("line", ["a --5", "a 1²", "a " + "9" * 5000, "a ５"])
 def test_hostile_token_ids_are_problems_not_exceptions(tmp_path, line):
-    from core.tokens import read_tokens
+    from core.model.tokens import read_tokens
     f = tmp_path / "tokens.txt"
     f.write_text(f"<blk> 0\n{line}\n", encoding="utf-8")
     table = read_tokens(f)

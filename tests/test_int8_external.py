@@ -8,12 +8,13 @@ import os
 
 import pytest
 
-from core.config import ConfigError, config_from_dict
-from core.demo import demo_config
-from core.int8_external import choose_backend
-from core.pipeline import PlanError, build_plan
+from core.pipeline.config import ConfigError, config_from_dict
+from core.pipeline.demo import demo_config
+from core.pipeline.int8_external import choose_backend
+from core.pipeline.plan import build_plan
+from core.pipeline.layout import PlanError
 from tests.int8_tool_standins import install
-from tui.cli import main
+from tui.cli.main import main
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import wave
 import numpy as np
 import pytest
 
-from core.hints import hint_for
-from core.int8_external import complete_table, gemm_clipping, weight_only_lines
-from core.int8_tools import (describe_unreadable, quantize_tool_succeeded, table_keys, table_tool_succeeded,
+from core.common.hints import hint_for
+from core.pipeline.int8_external import complete_table, gemm_clipping, weight_only_lines
+from core.int8.tools import (describe_unreadable, quantize_tool_succeeded, table_keys, table_tool_succeeded,
                              unreadable_wavs)
-from core.quantize import record_loads
+from core.ncnn.bin_layout import record_loads
 from tests.int8_tool_standins import install
 
 META = "SherpaMetaData           sherpa_meta_data1        0 0 0=3 1=2 2=32 3=48\n"  # the LSTM demo's line
@@ -256,8 +256,8 @@ def test_the_gemm_scale_from_row_0_is_detected_with_its_figures(bindir, nets, tm
 
 
 def test_the_builtin_quantizer_gemm_scale_is_not_flagged(nets, tmp_path):
-    from core.calibrate import read_table
-    from core.quantize import quantize
+    from core.int8.calibrate import read_table
+    from core.int8.quantize import quantize
     out = tmp_path / "b"
     quantize(nets / "encoder.param", nets / "encoder.bin", read_table(FULL), out.with_suffix(".param"),
              out.with_suffix(".bin"))
@@ -279,7 +279,7 @@ def test_a_blank_line_ends_ncnn2int8s_table_so_the_completed_table_has_none(nets
 # -- the built-in calibration's two-pass histogram is ncnn's ----------------------------------------------------
 
 def test_two_pass_histogram_bins_as_the_real_tool_does():
-    from core.calibrate import ExactStats, activation_scale
+    from core.int8.calibrate import ExactStats, activation_scale
     rng = np.random.RandomState(1)
     chunks = [rng.randn(300).astype(np.float32) * 3 for _ in range(4)]
     chunks[1][:50] = 0.0  # zeros are not counted
@@ -304,7 +304,7 @@ def test_two_pass_histogram_bins_as_the_real_tool_does():
 
 
 def test_two_pass_stats_refuse_a_value_beyond_the_first_pass():
-    from core.calibrate import CalibrationError, ExactStats
+    from core.int8.calibrate import CalibrationError, ExactStats
     s = ExactStats(1.0)
     s.add(np.array([2.0], np.float32))
     with pytest.raises(CalibrationError, match="beyond the first pass's absmax"):
@@ -312,7 +312,7 @@ def test_two_pass_stats_refuse_a_value_beyond_the_first_pass():
 
 
 def test_the_histogram_mode_is_checked_in_the_config():
-    from core.config import ConfigError, config_from_dict
+    from core.pipeline.config import ConfigError, config_from_dict
     assert config_from_dict({"arch": "lstm", "calibration": {"histogram": "two-pass"}}).calibration.histogram == \
         "two-pass"
     assert config_from_dict({"arch": "lstm"}).calibration.histogram == "one-pass"

@@ -2,9 +2,9 @@
 import os
 import stat
 
-from core.int8_tools import (find_int8_tools, quantize_tool_argv, quantize_tool_succeeded, table_tool_argv,
+from core.int8.tools import (find_int8_tools, quantize_tool_argv, quantize_tool_succeeded, table_tool_argv,
                              table_tool_succeeded)
-from core.progress import PARSERS
+from core.pipeline.progress import PARSERS
 
 
 def test_tools_are_found_on_path(tmp_path, monkeypatch):

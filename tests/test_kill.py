@@ -25,7 +25,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "tui.cli", *map(str, args)]
+    return [sys.executable, "-m", "tui.cli.main", *map(str, args)]
 
 
 def _finished_result(cmd, setup):
@@ -44,7 +44,7 @@ def _kill_loop(cmd, setup, check, rng):
         time.sleep(rng.uniform(0.0, 0.9))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        from core.atomic import sweep_temp_files
+        from core.common.atomic import sweep_temp_files
         sweep_temp_files(d)
         check(d)
         runs += 1

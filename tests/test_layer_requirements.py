@@ -1,4 +1,4 @@
-"""core/layer_requirements.py: every layer checked against what its ncnn implementation needs.
+"""core/ncnn/requirements.py: every layer checked against what its ncnn implementation needs.
 
 Each bad line is one python-ncnn would crash on or compute nothing with; each good line is one the real
 fixtures use. The rewrite refuses such a graph by name and ``doctor`` reports it with its line.
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core.doctor import diagnose
-from core.layer_requirements import check_layers
-from core.ncnn_param import parse_param
-from core.rewrite import plan_rewrites
+from core.validation.doctor import diagnose
+from core.ncnn.requirements import check_layers
+from core.ncnn.param import parse_param
+from core.rewrite.driver import plan_rewrites
 
 KIT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-kit"
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-real"
@@ -82,7 +82,7 @@ def test_a_blob_no_layer_produces_is_named():
 @pytest.mark.skipif(not REAL.is_dir(), reason="the icefall-real fixtures are not there")
 @pytest.mark.parametrize("arch", ["lstm", "conv-emformer", "zipformer"])
 def test_real_decoders_and_joiners_and_clean_encoders_pass(arch):
-    from core.ncnn_param import load_param
+    from core.ncnn.param import load_param
     for net in ("decoder", "joiner") + (("encoder",) if arch != "zipformer" else ()):
         model = load_param(REAL / arch / f"{net}_jit_trace-pnnx.ncnn.param").model
         assert check_layers(model) == [], (arch, net)
@@ -94,7 +94,7 @@ needs_kit = pytest.mark.skipif(not ONE_LAYER.is_dir(), reason=f"the icefall kit 
 
 @needs_kit
 def test_the_kit_one_layer_encoder_as_pnnx_wrote_it_has_its_12_parameterless_slices_found():
-    from core.ncnn_param import load_param
+    from core.ncnn.param import load_param
     problems = check_layers(load_param(ONE_LAYER / "encoder_jit_trace-pnnx.ncnn.param").model)
     assert [(p.line, p.name) for p in problems][:2] == [(45, "unbind_0"), (47, "unbind_1")]
     assert len(problems) == 12 and {p.type for p in problems} == {"Slice"}
@@ -123,8 +123,8 @@ def test_doctor_never_calls_the_one_layer_encoder_healthy(tmp_path):
 
 def test_the_rewrite_step_checks_the_decoder_and_joiner_too(tmp_path):
     """check_runnable (run by the rewrite step on the final encoder, decoder and joiner) refuses by line and name."""
-    from core.rewrite_step import check_runnable
-    from core.runner import StepError
+    from core.pipeline.rewrite_step import check_runnable
+    from core.pipeline.runner import StepError
     good = tmp_path / "joiner_jit_trace-pnnx.ncnn.param"
     good.write_text("7767517\n2 2\nInput in0 0 1 in0\nReLU relu 1 1 in0 out0\n")
     bad = tmp_path / "decoder_jit_trace-pnnx.ncnn.param"

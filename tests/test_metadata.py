@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from core.architectures import get_arch, resolve
-from core.metadata import ApplyError, apply_plan, build_metadata, plan_metadata, read_metadata
-from core.ncnn_param import load_param, parse_param
+from core.model.architectures import get_arch, resolve
+from core.model.metadata import ApplyError, apply_plan, build_metadata, plan_metadata, read_metadata
+from core.ncnn.param import load_param, parse_param
 
 from conftest import FIXTURES, fixture_flags
 

@@ -1,4 +1,4 @@
-"""ncnn never takes the tool down (core/ncnn_child.py): real crashes, in child processes.
+"""ncnn never takes the tool down (core/ncnn/child.py): real crashes, in child processes.
 
 The crashing model is real: the icefall kit's one-layer-stack Zipformer (``--num-encoder-layers 1,2,1``)
 rewritten the way the unbind rule did before it knew one-output Slices, i.e. with pnnx's 8 parameterless
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.demo import demo_recipe
+from core.pipeline.demo import demo_recipe
 
 KIT = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-kit"
 ONE_LAYER = KIT / "zipformer-1layer-stacks"
@@ -29,10 +29,10 @@ ONE_OUTPUT_UNBINDS = {f"unbind_{i}" for i in (0, 1, 5, 6, 14, 15, 19, 20)}
 def _model(dst: Path, crash: bool) -> Path:
     """The kit's 1,2,1 Zipformer made sherpa-ready (rewrite + metadata); ``crash``: the one-output unbinds put
     back as pnnx wrote them (a Slice without parameters)."""
-    from core.architectures import get_arch, resolve
-    from core.metadata import apply_plan, build_metadata, plan_metadata
-    from core.ncnn_param import format_layer_line, load_param
-    from core.rewrite import apply_rewrites, plan_file
+    from core.model.architectures import get_arch, resolve
+    from core.model.metadata import apply_plan, build_metadata, plan_metadata
+    from core.ncnn.param import format_layer_line, load_param
+    from core.rewrite.driver import apply_rewrites, plan_file
     dst.mkdir(parents=True)
     for net in ("decoder", "joiner"):
         for ext in ("param", "bin"):
@@ -69,7 +69,7 @@ def models(tmp_path_factory):
 
 
 def _first_unbind_line(d: Path) -> int:
-    from core.ncnn_param import load_param
+    from core.ncnn.param import load_param
     return load_param(d / NET.format("encoder", "param")).model.layer_named("unbind_0").line
 
 
@@ -91,7 +91,7 @@ def test_doctor_run_names_the_layer_that_crashes_ncnn(cli, models):
 
 def test_the_crash_is_found_by_bisection_too(models):
     """Without trusting the first child's last 'at N' line, bisecting fresh children finds the same layer."""
-    from core.ncnn_crash import locate_crash
+    from core.validation.crash import locate_crash
     d = models["crash"]
     quick = locate_crash(d / NET.format("encoder", "param"), d / NET.format("encoder", "bin"))
     slow = locate_crash(d / NET.format("encoder", "param"), d / NET.format("encoder", "bin"), trust_marks=False)
@@ -125,9 +125,9 @@ def test_calibrate_command_on_a_crashing_model_exits_1_with_a_sentence(cli, mode
 
 
 def _calibrate_run(files, out: Path, wavs):
-    from core.int8_steps import make_calibrate
-    from core.pipeline import Layout
-    from core.runner import Plan, Runner
+    from core.pipeline.int8_steps import make_calibrate
+    from core.pipeline.layout import Layout
+    from core.pipeline.runner import Plan, Runner
     events = []
     plan = Plan([make_calibrate(Layout(out), wavs, files)], out, manifest={"tool": "test"})
     runner = Runner(plan, events.append)
@@ -136,7 +136,7 @@ def _calibrate_run(files, out: Path, wavs):
 
 
 def _files(d: Path):
-    from core.calibration_run import ModelFiles
+    from core.int8.calibration import ModelFiles
     return ModelFiles(*(d / NET.format(n, e) for n in ("encoder", "decoder", "joiner") for e in ("param", "bin")))
 
 
@@ -155,8 +155,8 @@ def test_a_calibration_step_on_a_crashing_model_fails_with_a_sentence_and_keeps_
 
 def test_calibration_in_a_child_gives_the_in_process_tables_with_live_progress(models, tmp_path):
     """The child's tables are the in-process ones, bit for bit, and its progress arrives as it goes."""
-    from core.calibration_run import calibrate
-    from core.ncnn_child import calibrate_in_child
+    from core.int8.calibration import calibrate
+    from core.int8.children import calibrate_in_child
     files, wavs = _files(models["good"]), demo_recipe("lstm").test_wavs[:2]
     seen = []
     child = calibrate_in_child(files, wavs, on_progress=lambda i, n, note: seen.append((i, n)))
@@ -171,7 +171,8 @@ def test_calibration_in_a_child_gives_the_in_process_tables_with_live_progress(m
 def test_cancel_stops_the_calibration_child(models):
     import time
 
-    from core.ncnn_child import ChildCancelled, calibrate_in_child
+    from core.ncnn.child import ChildCancelled
+    from core.int8.children import calibrate_in_child
     t0 = time.monotonic()
     with pytest.raises(ChildCancelled):
         calibrate_in_child(_files(models["good"]), demo_recipe("lstm").test_wavs[:2], cancelled=lambda: True)
@@ -180,8 +181,8 @@ def test_cancel_stops_the_calibration_child(models):
 
 def test_the_int8_check_runs_in_a_child_and_a_crash_names_the_layer(models):
     """compare_int8 with an 'int8' encoder that crashes ncnn: the caller gets NcnnCrash with the sentence."""
-    from core.int8_check import compare_int8
-    from core.ncnn_child import NcnnCrash
+    from core.int8.check import compare_int8
+    from core.ncnn.child import NcnnCrash
     good, bad = models["good"], models["crash"]
     enc = (bad / NET.format("encoder", "param"), bad / NET.format("encoder", "bin"))
     joiner = (good / NET.format("joiner", "param"), good / NET.format("joiner", "bin"))
@@ -198,10 +199,11 @@ def test_the_int8_check_runs_in_a_child_and_a_crash_names_the_layer(models):
 
 def test_cancelling_a_run_during_calibration_stops_the_child_and_the_step(models, tmp_path):
     """Cancel as soon as the calibration child reports progress: the step ends 'cancelled', no table is left."""
-    from core.events import Progress
-    from core.int8_steps import make_calibrate, table_file
-    from core.pipeline import Layout
-    from core.runner import Plan, Runner
+    from core.pipeline.events import Progress
+    from core.pipeline.int8_steps import make_calibrate
+    from core.pipeline.layout import table_file
+    from core.pipeline.layout import Layout
+    from core.pipeline.runner import Plan, Runner
     out = tmp_path / "run"
     plan = Plan([make_calibrate(Layout(out), demo_recipe("lstm").test_wavs[:3], _files(models["good"]))], out)
     runner = None
@@ -225,6 +227,6 @@ def _children_calibrating(model_dir: Path) -> list[str]:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "core.ncnn_child calibrate" in text and str(model_dir) in text:
+        if "core.int8.children calibrate" in text and str(model_dir) in text:
             found.append(text)
     return found

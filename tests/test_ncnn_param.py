@@ -1,4 +1,4 @@
-"""Behaviour of core.ncnn_param: lossless round trips, the grammar, error reporting, edits.
+"""Behaviour of core.ncnn.param: lossless round trips, the grammar, error reporting, edits.
 
 Every test states what a correct parser must do; none of them only exercises
 code. The cases that once were defects (CR-only line numbers for bad bytes,
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.ncnn_param import (
+from core.ncnn.param import (
     MAGIC,
     ParamFile,
     ParseResult,

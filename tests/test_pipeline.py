@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, WizardConfig, config_from_dict, load_config
-from core.events import LogLines, StepFinished
-from core.pipeline import PlanError, build_plan, describe_plan, tokens_flag
-from core.runner import Runner
+from core.pipeline.config import ConfigError, WizardConfig, config_from_dict, load_config
+from core.pipeline.events import LogLines, StepFinished
+from core.pipeline.plan import build_plan, describe_plan, tokens_flag
+from core.pipeline.layout import PlanError
+from core.pipeline.runner import Runner
 
 FAKE_EXPORT = textwrap.dedent('''
     import argparse, os, sys, time
@@ -152,8 +153,8 @@ def test_plan_has_exact_commands(fake):
     assert export[export.index("--num-encoder-layers") + 1] == "2"
     assert steps["export"].cwd.name == "ASR"  # the recipe's parent, as icefall's docs run it
     assert steps["export"].env["PYTHONPATH"].split(os.pathsep)[0].endswith("my icefall")
-    pnnx = steps["pnnx-encoder"].argv  # pnnx, run and checked by core.pnnx_convert
-    assert pnnx[1:3] == ["-m", "core.pnnx_convert"] and Path(pnnx[pnnx.index("--pnnx") + 1]).name == "pnnx"
+    pnnx = steps["pnnx-encoder"].argv  # pnnx, run and checked by core.pnnx.convert
+    assert pnnx[1:3] == ["-m", "core.pnnx.convert"] and Path(pnnx[pnnx.index("--pnnx") + 1]).name == "pnnx"
     assert pnnx[pnnx.index("--fp16") + 1] == "1"
     keys = {a.split("=", 1)[0] for a in pnnx if a.startswith("--") and "=" in a}
     assert keys == {"--pnnxparam", "--pnnxbin", "--pnnxpy", "--pnnxonnx", "--ncnnparam", "--ncnnbin", "--ncnnpy"}
@@ -220,7 +221,7 @@ def test_read_only_output_parent_is_refused(fake, tmp_path, read_only_dir):
 
 
 def test_known_bad_pnnx_is_refused(fake, monkeypatch):
-    from core import tools
+    from core.pnnx import tools
     monkeypatch.setattr(tools, "wheel_pnnx", lambda: (tools.Path("/bin/true"), "20261020"))
     with pytest.raises(PlanError, match="20261020 segfaults"):
         build_plan(fake)
@@ -293,7 +294,7 @@ def test_ctrl_c_in_the_cli_cancels_and_exits_130(fake, tmp_path, monkeypatch):
     cfg = tmp_path / "wizard.toml"
     fake.save(cfg)
     env = dict(os.environ, FAKE_MODE="sleep")
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "run", "--config", str(cfg)], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli.main", "run", "--config", str(cfg)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in proc.stdout:
@@ -315,7 +316,7 @@ def test_ctrl_c_in_the_cli_cancels_and_exits_130(fake, tmp_path, monkeypatch):
 
 
 def test_word_error_rate():
-    from core.validate import word_error_rate
+    from core.validation.validate import word_error_rate
     assert word_error_rate("a b c d", "a b c d") == 0.0
     assert word_error_rate("a b c d", "a x c") == 0.5
     assert word_error_rate("", "") == 0.0

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.pipeline import PlanError, build_plan
+from core.pipeline.plan import build_plan
+from core.pipeline.layout import PlanError
 from test_pipeline import finished, run_plan
 from test_recipes import ZIPFORMER, icefall, save_zipformer, until_export, zipformer_config  # noqa: F401 - fixture
 
@@ -165,7 +166,7 @@ def test_non_streaming_zipformer_is_warned_about(config):
 @pytest.mark.slow
 def test_lstm_stateless3_dims_are_checked_against_the_code_that_really_runs(icefall, tmp_path):
     from checkpoint_factory import lstm_state, materialize
-    from core.config import WizardConfig
+    from core.pipeline.config import WizardConfig
     ckpt = tmp_path / "pretrained.pt"
     torch.save({"model": materialize(lstm_state(layers=2, dim=32, hidden=48, ff=64, decoder_dim=8, joiner_dim=8,
                                                 vocab=6))}, ckpt)
@@ -215,9 +216,9 @@ def test_unusable_validation_wavs_are_refused_by_name(config, tmp_path):
 # -- the wizard's trust tick -------------------------------------------------------------------------------------------
 
 async def test_the_wizard_names_the_global_and_trusting_is_a_tick(tmp_path):
-    from core.demo import demo_config
+    from core.pipeline.demo import demo_config
     from test_tui import SIZE, review_ready, text, wait_for
-    from tui.wizard_app import WizardApp
+    from tui.wizard.app import WizardApp
     config = demo_config("lstm")
     config.output.dir = str(tmp_path / "out")
     marker = tmp_path / "pwned"
@@ -240,7 +241,7 @@ async def test_the_wizard_names_the_global_and_trusting_is_a_tick(tmp_path):
 
 
 def test_a_vocab_size_mismatch_in_the_export_blames_the_vocabulary_not_the_flags():
-    from core.hints import hint_for
+    from core.common.hints import hint_for
     hint = hint_for(["RuntimeError: Error(s) in loading state_dict for Transducer:",
                      "\tsize mismatch for decoder.embedding.weight: copying a param with shape torch.Size([500, 512]) "
                      "from checkpoint, the shape in current model is torch.Size([64, 512])."])

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.pnnx_convert import FALLBACK_VERSION, fallback_pnnx, main as convert_main, strip_traced_inputs
-from core.pnnx_graph_check import shape_mismatches
-from core.tools import wheel_pnnx
+from core.pnnx.convert import FALLBACK_VERSION, fallback_pnnx, main as convert_main, strip_traced_inputs
+from core.pnnx.graph import shape_mismatches
+from core.pnnx.tools import wheel_pnnx
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "fixtures" / "icefall-real"
@@ -129,7 +129,7 @@ def test_without_the_fallback_the_step_fails_and_says_how_to_install_it(tmp_path
 @pytest.mark.slow
 def test_it_runs_as_the_pipeline_runs_it(tmp_path):
     pt, _, _ = _shared_scale_model(tmp_path)
-    from core.pnnx_convert import pnnx_command
+    from core.pnnx.convert import pnnx_command
     argv, env = pnnx_command(wheel_pnnx()[0], pt, tmp_path / "n", tmp_path / "n.param", tmp_path / "n.bin", True)
     done = subprocess.run(argv, env={**env, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert argv[0] == sys.executable and done.returncode in (0, 3), done.stdout + done.stderr
@@ -141,14 +141,14 @@ def test_a_pnnx_that_segfaults_makes_the_step_die_the_same_way(tmp_path):
     crash.write_text("#!/bin/sh\nkill -SEGV $$\n")
     crash.chmod(0o755)
     keys = ("pnnxparam", "pnnxbin", "pnnxpy", "pnnxonnx", "ncnnparam", "ncnnbin", "ncnnpy")
-    done = subprocess.run([sys.executable, "-m", "core.pnnx_convert", "--pnnx", str(crash), str(tmp_path / "x.pt"),
+    done = subprocess.run([sys.executable, "-m", "core.pnnx.convert", "--pnnx", str(crash), str(tmp_path / "x.pt"),
                            *(f"--{k}={tmp_path / k}" for k in keys)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == -11  # the runner then names the signal: "killed by SIGSEGV (a segmentation fault ...)"
 
 
 @needs_real
 def test_the_wizard_says_so_when_it_looks_at_the_directory():
-    from tui.wizard_logic import describe_ncnn_dir
+    from tui.wizard.logic import describe_ncnn_dir
     lines = describe_ncnn_dir(str(REAL / "conv-emformer"), "conv-emformer")
     bad = [line for line in lines if line.startswith("✗")]
     assert len(bad) == 1 and "pnnx mis-converted this encoder" in bad[0] and "line 130" in bad[0]

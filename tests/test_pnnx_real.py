@@ -4,13 +4,13 @@ A tiny stand-in LSTM transducer (encoder, decoder, joiner) that follows sherpa-n
 contract is traced once per session and converted with the real pnnx binary (called directly, every
 output path given explicitly). The tests then check that
 
-* the produced ``.ncnn.param`` round-trips byte-exactly through core.ncnn_param, and fp16/fp32 exports
+* the produced ``.ncnn.param`` round-trips byte-exactly through core.ncnn.param, and fp16/fp32 exports
   differ only in the ``.bin``;
-* core.metadata plans and applies exactly one inserted SherpaMetaData line (plus the header bump);
+* core.model.metadata plans and applies exactly one inserted SherpaMetaData line (plus the header bump);
 * python ncnn (with a custom SherpaMetaData layer) computes identical outputs with and without it;
 * the real sherpa-ncnn runtime decodes with the metadata and dies without it (in a child process,
   because sherpa-ncnn kills the interpreter);
-* core.runtime_layers agrees with the installed sherpa-ncnn wheel on a sample of layer types.
+* core.ncnn.runtime_layers agrees with the installed sherpa-ncnn wheel on a sample of layer types.
 
 Run: .venv/bin/python -m pytest tests/test_pnnx_real.py -q
 """
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.architectures import get_arch, resolve
-from core.metadata import (META_NAME, META_TYPE, apply_plan, build_metadata, plan_metadata,
+from core.model.architectures import get_arch, resolve
+from core.model.metadata import (META_NAME, META_TYPE, apply_plan, build_metadata, plan_metadata,
                            read_metadata)
-from core.ncnn_param import format_layer_line, load_param
-from core.runtime_layers import runtime_problem
+from core.ncnn.param import format_layer_line, load_param
+from core.ncnn.runtime_layers import runtime_problem
 
 pytestmark = pytest.mark.slow
 
@@ -444,7 +444,7 @@ def test_sherpa_ncnn_dies_without_metadata(models):
     assert "SherapMetaData" in proc.stdout + proc.stderr  # sherpa-ncnn's own spelling in its hint
 
 
-# -- 5. core.runtime_layers vs the installed sherpa-ncnn wheel -------------------------------------
+# -- 5. core.ncnn.runtime_layers vs the installed sherpa-ncnn wheel -------------------------------------
 
 # keys that let a blob-less probe layer load without weights (LayerNorm: 2=0 affine off, else it
 # tries to read 0-sized gamma/beta: "layer load_model 6 probe_layer failed")

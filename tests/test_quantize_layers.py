@@ -1,4 +1,4 @@
-"""core.quantize on real pnnx output: Gemm and LSTM weight-only int8, static Convolution int8, fp16 for the rest.
+"""core.int8.quantize on real pnnx output: Gemm and LSTM weight-only int8, static Convolution int8, fp16 for the rest.
 
 Small torch modules are traced and converted with the real pnnx (fp16=0), quantized, and then
 
@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.calibrate import ActivationScale, ScaleTable, weight_scales
-from core.quantize import FP16_TAG, INT8_TAG, QuantizeError, quantize, record_loads
-from core.tools import wheel_pnnx
+from core.int8.calibrate import ActivationScale, ScaleTable, weight_scales
+from core.int8.quantize import FP16_TAG, INT8_TAG, QuantizeError, quantize
+from core.ncnn.bin_layout import record_loads
+from core.pnnx.tools import wheel_pnnx
 
 pytestmark = pytest.mark.slow
 
@@ -335,8 +336,8 @@ def test_sherpa_ncnn_decodes_weight_only_int8_of_every_net(tmp_path, arch):
     import json
     import sys
 
-    from core.demo import demo_recipe
-    from tui.cli import main
+    from core.pipeline.demo import demo_recipe
+    from tui.cli.main import main
 
     out = tmp_path / "demo"
     assert main(["run", "--demo", arch, "--out", str(out)]) == 0

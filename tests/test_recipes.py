@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, WizardConfig, load_config
-from core.hints import hint_for
-from core.pipeline import PlanError, build_plan
-from core.recipe_script import read_script_args
+from core.pipeline.config import ConfigError, WizardConfig, load_config
+from core.common.hints import hint_for
+from core.pipeline.plan import build_plan
+from core.pipeline.layout import PlanError
+from core.pipeline.recipe_script import read_script_args
 from test_pipeline import finished, run_plan
 
 REPO = Path(__file__).resolve().parents[1]

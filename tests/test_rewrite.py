@@ -1,4 +1,4 @@
-"""Graph rewrites (core/rewrite.py) on the untouched pnnx output of icefall's real exports.
+"""Graph rewrites (core/rewrite/driver.py) on the untouched pnnx output of icefall's real exports.
 
 The fast tests plan and apply rewrites on copies of the fixtures' params. The slow ones run the whole
 ``run --from-ncnn`` (import -> rewrite -> metadata -> validate) and check that sherpa-ncnn 2.1.15 loads and
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from core.ncnn_param import load_param, parse_param
-from core.rewrite import RewriteError, apply_rewrites, plan_file, plan_rewrites
+from core.ncnn.param import load_param, parse_param
+from core.rewrite.driver import RewriteError, apply_rewrites, plan_file, plan_rewrites
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "icefall-real"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"the icefall-real fixtures are not at {REAL} "
@@ -217,7 +217,7 @@ def test_conv_emformer_from_the_mis_converted_fixture_is_refused_with_the_reason
 @needs_real
 def test_conv_emformer_with_its_traced_encoder_is_converted_again(cli, tmp_path):
     """Given the traced encoder, the plan converts it again (pnnx, checked, fallback) instead of importing it."""
-    from core.from_ncnn import build_from_ncnn_plan
+    from core.pipeline.from_ncnn import build_from_ncnn_plan
     src = tmp_path / "src"
     shutil.copytree(REAL / "conv-emformer", src)
     (src / "encoder_jit_trace-pnnx.pt").write_bytes(b"a traced encoder")  # planning only looks for it
@@ -226,7 +226,7 @@ def test_conv_emformer_with_its_traced_encoder_is_converted_again(cli, tmp_path)
     steps = {s.id: s for s in run.plan.steps}
     assert list(steps)[:3] == ["import", "pnnx-encoder", "rewrite"]
     argv = steps["pnnx-encoder"].argv
-    assert argv[1:3] == ["-m", "core.pnnx_convert"] and str(src / "encoder_jit_trace-pnnx.pt") in argv
+    assert argv[1:3] == ["-m", "core.pnnx.convert"] and str(src / "encoder_jit_trace-pnnx.pt") in argv
     assert "--fallback" in argv
     imported = {p.name for p in steps["import"].outputs}
     assert "encoder_jit_trace-pnnx.ncnn.param" not in imported  # the mis-converted encoder is not used
@@ -238,7 +238,7 @@ def test_conv_emformer_with_its_traced_encoder_is_converted_again(cli, tmp_path)
 def test_lstm_decoding_is_deterministic_after_the_rewrite(cli, tmp_path):
     """Before the static-time rewrite each 9-frame chunk became 23 frames, 22 read past the buffer: the
     decoded tokens changed from run to run."""
-    from core.validate import decode
+    from core.validation.validate import decode
     out = tmp_path / "out"
     code, stdout, stderr, _ = _from_ncnn(cli, "lstm", out)
     assert code == 0, stdout + stderr

@@ -1,4 +1,4 @@
-"""The Zipformer rewrites (core/rewrite_zipformer.py) on small synthetic graphs: python-ncnn vs numpy.
+"""The Zipformer rewrites (core/rewrite/zipformer.py) on small synthetic graphs: python-ncnn vs numpy.
 
 Each graph comes with the pnnx graph (``*.pnnx.param``) the rules read sizes from; the rewritten graph is run
 with python-ncnn and compared with the numpy version of the torch operator. Unrecognised variants refuse,
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.ncnn_param import load_param, parse_param
-from core.reference_check import to_mat
-from core.rewrite import RewriteError, apply_rewrites, plan_file, plan_rewrites
+from core.ncnn.param import load_param, parse_param
+from core.validation.reference import to_mat
+from core.rewrite.driver import RewriteError, apply_rewrites, plan_file, plan_rewrites
 
 ncnn = pytest.importorskip("ncnn")
 
@@ -219,7 +219,7 @@ ONE_LAYER = KIT / "zipformer-1layer-stacks"
 _COMPARE_CHILD = """
 import json, sys
 from pathlib import Path
-from core.reference_check import compare_encoder
+from core.validation.reference import compare_encoder
 d, npz = Path(sys.argv[1]), Path(sys.argv[2])
 res = compare_encoder(d / "enc.param", d / "enc.bin", npz)
 print(json.dumps([[r.output, r.note, r.max_abs, r.ok] for r in res]))

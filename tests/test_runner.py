@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from core.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
-from core.runner import LineSplitter, Plan, Runner, Step, StepError
+from core.pipeline.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
+from core.pipeline.runner import LineSplitter, Plan, Runner, Step, StepError
 
 PY = sys.executable
 

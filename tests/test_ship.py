@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.demo import DEMO_ROOT
+from core.pipeline.demo import DEMO_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 LANG = DEMO_ROOT / "models" / "lstm" / "data" / "lang_bpe_500"
@@ -88,7 +88,7 @@ def test_a_hotword_with_an_unknown_token_is_named_by_line_and_nothing_is_written
 
 
 def test_hotwords_without_a_bpe_model_split_characters(tmp_path):
-    from core.hotwords import encode
+    from core.model.hotwords import encode
     r = encode("你好 :3\n世界\n", {"你", "好", "世"})
     assert r.lines == ["你 好 :3"] and r.source_lines == [1]
     assert r.problems == ["line 2: '世界' needs token(s) '界' that tokens.txt does not have (sherpa-ncnn would exit "
@@ -109,7 +109,7 @@ def test_hotwords_unusable_inputs_are_named(tmp_path, cli):
 
 
 def test_existing_hotwords_file_is_checked_like_sherpa_ncnn_reads_it(tmp_path):
-    from core.hotwords import check_hotwords_file
+    from core.model.hotwords import check_hotwords_file
     f = tmp_path / "hw.txt"
     f.write_text("HE :1.5\nHE ZQ\nHE :abc\n▁THE\n", encoding="utf-8")
     assert check_hotwords_file(f, vocab())[:2] == ["line 2: token 'ZQ' is not in tokens.txt",
@@ -121,8 +121,8 @@ def test_existing_hotwords_file_is_checked_like_sherpa_ncnn_reads_it(tmp_path):
 
 @pytest.mark.parametrize("width", [1, 2, 4])
 def test_bench_reads_pcm_wavs_like_the_tool_does(tmp_path, width):
-    from core.audio import read_wav
-    from core.speed import bench_module
+    from core.common.audio import read_wav
+    from core.validation.speed import bench_module
     x = np.sin(np.arange(1600) / 7.0).astype(np.float32) * 0.5
     path = write_pcm(tmp_path / f"w{width}.wav", x, width=width)
     got, rate = bench_module().read_wav(str(path))
@@ -131,7 +131,7 @@ def test_bench_reads_pcm_wavs_like_the_tool_does(tmp_path, width):
 
 
 def test_bench_averages_channels(tmp_path):
-    from core.speed import bench_module
+    from core.validation.speed import bench_module
     stereo = np.stack([np.full(100, 0.5), np.full(100, -0.25)], axis=1).reshape(-1)
     path = write_pcm(tmp_path / "s.wav", stereo, channels=2)
     got, _ = bench_module().read_wav(str(path))
@@ -159,8 +159,8 @@ def _blob(tag: int, n: int) -> bytes:
 
 
 def test_precision_comes_from_the_blob_tags():
-    from core.int8_report import FP16_TAG, INT8_TAG, precision_of
-    from core.quantize import Load
+    from core.int8.report import FP16_TAG, INT8_TAG, precision_of
+    from core.ncnn.bin_layout import Load
     data = _blob(INT8_TAG, 12) + _blob(FP16_TAG, 12) + _blob(0, 12) + b"\0" * 16
     int8, fp16, fp32 = Load(3, 0, 0, 16), Load(3, 0, 16, 32), Load(3, 0, 32, 48)
     raw = Load(4, 1, 48, 64)
@@ -173,7 +173,7 @@ def test_precision_comes_from_the_blob_tags():
 
 
 def test_by_type_adds_layers_and_bytes():
-    from core.int8_report import by_type, format_by_type
+    from core.int8.report import by_type, format_by_type
     rows = [{"net": "encoder", "layer": "a", "type": "InnerProduct", "precision": "int8", "bytes_before": 400,
              "bytes_fp16": 200, "bytes_after": 110},
             {"net": "joiner", "layer": "b", "type": "InnerProduct", "precision": "int8", "bytes_before": 40,
@@ -216,7 +216,7 @@ def fake_out(tmp_path):
 
 
 def test_model_card_names_the_metadata_speed_and_hashes(fake_out):
-    from core.model_card import CardInfo, file_hashes, manifest_hash, render_card
+    from core.pipeline.model_card import CardInfo, file_hashes, manifest_hash, render_card
     card = render_card(fake_out, CardInfo("lstm", "LSTM transducer", "lstm_transducer_stateless2",
                                           ["--num-encoder-layers", "2"]))
     assert f"`{META}`" in card and "lstm_transducer_stateless2" in card and "--num-encoder-layers 2" in card
@@ -229,7 +229,7 @@ def test_model_card_names_the_metadata_speed_and_hashes(fake_out):
 
 
 def test_package_has_one_top_directory_and_only_shipped_files(fake_out):
-    from core.ship_steps import package_path, write_package
+    from core.pipeline.ship_steps import package_path, write_package
     (fake_out / "README.md").write_text("# card\n")
     target = write_package(fake_out)
     assert target == package_path(fake_out) == fake_out.parent / "my-model.tar.bz2"
@@ -243,7 +243,7 @@ def test_package_has_one_top_directory_and_only_shipped_files(fake_out):
 
 
 def test_test_wavs_are_copied_and_non_pcm_ones_converted(tmp_path):
-    from core.ship_steps import _pcm_copy, test_wav_names
+    from core.pipeline.ship_steps import _pcm_copy, test_wav_names
     assert test_wav_names([Path("a/x.wav"), Path("b/x.wav"), Path("c/y.WAV")]) == ["x.wav", "x-1.wav", "y.wav"]
     src = write_float_wav(tmp_path / "f.wav", np.linspace(-0.5, 0.5, 320, dtype=np.float32))
     dst = tmp_path / "out.wav"
@@ -255,7 +255,7 @@ def test_test_wavs_are_copied_and_non_pcm_ones_converted(tmp_path):
 
 
 def test_summary_extras_keep_speed_rows_without_texts(fake_out):
-    from core.ship_steps import summary_extras
+    from core.pipeline.ship_steps import summary_extras
     extras = summary_extras(fake_out)
     assert extras["speed"] == [{"model": "fp16", "threads": 1, "rtf": 0.125, "load_seconds": 0.5, "peak_mb": 40.0,
                                 "first_result_seconds": 0.25}]
@@ -266,8 +266,8 @@ def test_summary_extras_keep_speed_rows_without_texts(fake_out):
 
 @pytest.fixture(scope="module")
 def int8_plan(tmp_path_factory):
-    from core.demo import demo_config
-    from core.pipeline import build_plan
+    from core.pipeline.demo import demo_config
+    from core.pipeline.plan import build_plan
     config = demo_config("lstm")
     config.output.dir = str(tmp_path_factory.mktemp("plan") / "out")
     config.output.int8 = True
@@ -285,7 +285,7 @@ def test_plan_measures_after_validation_and_writes_the_card_before_the_summary(i
 
 
 def test_package_step_comes_last_and_is_in_the_script(int8_plan):
-    from core.ship_steps import add_package_step
+    from core.pipeline.ship_steps import add_package_step
     add_package_step(int8_plan)
     assert int8_plan.plan.steps[-1].id == "package" and int8_plan.plan.steps[-2].id == "summary"
     assert int8_plan.plan.steps[-1].outputs == [int8_plan.out_dir.parent / "out.tar.bz2"]
@@ -296,7 +296,7 @@ def test_package_step_comes_last_and_is_in_the_script(int8_plan):
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
-    from tui.cli import main
+    from tui.cli.main import main
     out = tmp_path_factory.mktemp("ship") / "lstm model"
     code = main(["run", "--demo", "lstm", "--int8", "--package", "--out", str(out)])
     return code, out
@@ -395,7 +395,7 @@ def test_sherpa_ncnn_loads_our_hotwords_file_and_exits_on_a_word_start_token(shi
 def make_librispeech(root: Path, texts: list[str], fmt: str = "flac") -> Path:
     """A LibriSpeech-layout dataset of the demo wavs (FLAC via soundfile) with the given transcripts."""
     import soundfile as sf
-    from core.audio import read_wav
+    from core.common.audio import read_wav
     d = root / "19" / "198"
     d.mkdir(parents=True)
     lines = []
@@ -408,7 +408,7 @@ def make_librispeech(root: Path, texts: list[str], fmt: str = "flac") -> Path:
 
 
 def test_dataset_layouts_are_read_and_bad_lines_named(tmp_path):
-    from core.dataset import DatasetError, read_dataset
+    from core.validation.dataset import DatasetError, read_dataset
     ls = make_librispeech(tmp_path / "ls", ["A B", "C", "D"])
     (ls / "19" / "198" / "19-198.trans.txt").write_text("19-198-0000 A B\n19-198-0009 GONE\n")
     ds = read_dataset(ls)
@@ -438,7 +438,7 @@ def test_dataset_layouts_are_read_and_bad_lines_named(tmp_path):
 
 
 def test_wer_counts_substitutions_deletions_insertions_after_normalising():
-    from core.dataset import Dataset, Item, normalize, wer
+    from core.validation.dataset import Dataset, Item, normalize, wer
     assert normalize("Hello, World!  it's") == "HELLO WORLD IT'S"
     ds = Dataset(Path("."), "list", [Item("a", Path("a"), "the cat sat"), Item("b", Path("b"), "on the mat"),
                                      Item("c", Path("c"), "")])
@@ -449,7 +449,7 @@ def test_wer_counts_substitutions_deletions_insertions_after_normalising():
 
 
 def test_a_torn_cache_keeps_the_lines_before_the_tear(tmp_path):
-    from core.dataset import _load_cache
+    from core.validation.dataset import _load_cache
     cache = tmp_path / "fp16.jsonl"
     cache.write_text('{"model_key": "k"}\n{"id": "a", "text": "X"}\n{"id": "b", "te')
     assert list(_load_cache(cache, "k")) == ["a"]
@@ -457,29 +457,29 @@ def test_a_torn_cache_keeps_the_lines_before_the_tear(tmp_path):
 
 
 def test_dataset_settings_are_checked(tmp_path):
-    from core.config import ConfigError, config_from_dict, load_config
+    from core.pipeline.config import ConfigError, config_from_dict, load_config
     with pytest.raises(ConfigError, match="validation.max_wer_increase must be a number"):
         config_from_dict({"validation": {"max_wer_increase": "half"}})
     toml = tmp_path / "w.toml"
     toml.write_text('[validation]\ndataset = "data/test"\nmax_wer_increase = 1\n')
     config = load_config(toml)
     assert config.validation.dataset == str(tmp_path / "data" / "test") and config.validation.max_wer_increase == 1.0
-    from core.ship_steps import dataset_problems
+    from core.pipeline.ship_steps import dataset_problems
     assert dataset_problems(str(tmp_path / "data")) == [f"validation.dataset: {tmp_path / 'data'}: not found"]
 
 
 def _ctx(tmp_path, logs: list):
     import threading
-    from core.runner import StepContext
+    from core.pipeline.runner import StepContext
     return StepContext("dataset-wer", tmp_path, logs.append, lambda *a: None, threading.Event())
 
 
 @pytest.mark.slow
 def test_dataset_wer_of_fp16_and_int8_and_the_gate(shipped, tmp_path):
-    from core.dataset import decode_dataset, read_dataset
-    from core.pipeline import Layout
-    from core.runner import StepError
-    from core.ship_steps import make_dataset_step
+    from core.validation.dataset import decode_dataset, read_dataset
+    from core.pipeline.layout import Layout
+    from core.pipeline.runner import StepError
+    from core.pipeline.ship_steps import make_dataset_step
     _, out = shipped
     # 1. what fp16 says becomes the reference, so fp16's WER is 0 and int8's is what int8 changed
     probe = read_dataset(make_librispeech(tmp_path / "probe", ["X"] * len(WAVS), fmt="wav"))
@@ -505,16 +505,16 @@ def test_dataset_wer_of_fp16_and_int8_and_the_gate(shipped, tmp_path):
     progress = []
     step = make_dataset_step(layout, data, True, 100.0)
     import threading
-    from core.runner import StepContext
+    from core.pipeline.runner import StepContext
     step.func(StepContext("d", tmp_path, logs.append, lambda i, n, note: progress.append(note), threading.Event()))
     assert progress == [f"fp16: {len(WAVS)} cached", f"int8: {len(WAVS)} cached"]
     assert json.loads((run_dir / "dataset-wer.json").read_text())["gate_ok"] is True
 
 
 async def test_the_wizard_summary_shows_speed_and_int8_by_type(fake_out):
-    from core.demo import demo_config
-    from tui.wizard_app import WizardApp
-    from tui.wizard_run import SummaryScreen
+    from core.pipeline.demo import demo_config
+    from tui.wizard.app import WizardApp
+    from tui.wizard.run import SummaryScreen
     by_type = {"Convolution1D": {"layers": 24, "int8": 0, "int8-weight-only": 0, "fp16": 24, "fp32": 0,
                                  "bytes_before": 2, "bytes_fp16": 78432, "bytes_after": 78432}}
     (fake_out / "summary.json").write_text(json.dumps({"sizes": [], "files": [], "speed": [

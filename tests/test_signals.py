@@ -40,7 +40,7 @@ def _children_of(pid: int) -> set[int]:
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
 def test_run_stops_its_running_step_on_hangup_and_interrupt(tmp_path, sig):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "run", "--demo", "lstm", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli.main", "run", "--demo", "lstm", "--out", str(out)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     step_pids: set[int] = set()
@@ -65,7 +65,7 @@ def test_run_stops_its_running_step_on_hangup_and_interrupt(tmp_path, sig):
 
 def test_wizard_hang_up_cancels_a_running_step_and_quits():
     """The wizard's SIGHUP handler asks the runner to cancel and quits once the run has ended."""
-    from tui.wizard_app import make_app
+    from tui.wizard.app import make_app
 
     app = make_app(None, None, None)
     cancelled = []

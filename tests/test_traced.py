@@ -1,4 +1,4 @@
-"""core.traced: traced modules called the way icefall traced them, numbered the way pnnx numbers them.
+"""core.model.traced: traced modules called the way icefall traced them, numbered the way pnnx numbers them.
 
 The slow tests use every configuration of the real icefall kit (../shared/fixtures/icefall-kit): the
 traced .pt files icefall's own export-for-ncnn.py wrote (List[Tensor] states for Zipformer and
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.traced import InputSpec, TracedError, _specs_from_file, load, shape_files_near, specs_from_metadata
+from core.model.traced import InputSpec, TracedError, _specs_from_file, load, shape_files_near, specs_from_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 KIT = REPO.parent / "shared" / "fixtures" / "icefall-kit"
@@ -104,8 +104,8 @@ def test_kit_decoder_and_joiner_called_as_traced(config):
 @pytest.mark.parametrize("config", KIT_CONFIGS)
 def test_shapes_from_metadata_equal_pnnx_graph(config):
     """The zero states sherpa-ncnn builds from the metadata have the shapes icefall traced (LSTM: 9 frames)."""
-    from core.architectures import get_arch, resolve
-    from core.metadata import build_metadata
+    from core.model.architectures import get_arch, resolve
+    from core.model.metadata import build_metadata
     folder = KIT / config
     flags = (folder / "export-flags.txt").read_text().split()
     arch = ARCH_OF[config.split("-")[0]]

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from core.architectures import get_arch, resolve
-from core.config import WizardConfig
-from core.demo import demo_config, demo_recipe
-from core.metadata import build_metadata
-from tui.wizard_app import WizardApp, make_app
-from tui.wizard_run import RunScreen, SummaryScreen
-from tui.wizard_screens import (ArchScreen, FilesScreen, HyperScreen, QuantScreen, ReviewScreen, StartScreen)
+from core.model.architectures import get_arch, resolve
+from core.pipeline.config import WizardConfig
+from core.pipeline.demo import demo_config, demo_recipe
+from core.model.metadata import build_metadata
+from tui.wizard.app import WizardApp, make_app
+from tui.wizard.run import RunScreen, SummaryScreen
+from tui.wizard.screens import ArchScreen, FilesScreen, HyperScreen, StartScreen
+from tui.wizard.review import QuantScreen, ReviewScreen
 
 SIZE = (100, 32)
 
@@ -307,7 +308,7 @@ async def test_review_saves_config_and_script(tmp_path):
         await pilot.press("ctrl+s")
         await pilot.press("ctrl+e")
         await pilot.pause()
-    from core.config import load_config
+    from core.pipeline.config import load_config
     assert load_config(tmp_path / "saved.toml").arch == "zipformer"
     assert (tmp_path / "saved.sh").read_text().startswith("#!/usr/bin/env bash")
     assert not (tmp_path / "out").exists()
@@ -339,7 +340,7 @@ async def test_command_palette_lists_the_main_actions(tmp_path):
 
 def test_bare_command_without_a_tty_prints_help():
     import subprocess
-    r = subprocess.run([sys.executable, "-c", "import sys; from tui.cli import main; sys.exit(main([]))"],
+    r = subprocess.run([sys.executable, "-c", "import sys; from tui.cli.main import main; sys.exit(main([]))"],
                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0 and "usage: sherpa-ncnn-wizard" in r.stdout
@@ -348,7 +349,7 @@ def test_bare_command_without_a_tty_prints_help():
 
 def test_tui_help_does_not_import_textual():
     import subprocess
-    r = subprocess.run([sys.executable, "-c", "import sys\nfrom tui.cli import main\n"
+    r = subprocess.run([sys.executable, "-c", "import sys\nfrom tui.cli.main import main\n"
                         "try:\n    main(['tui', '--help'])\nexcept SystemExit:\n    pass\n"
                         "print('textual' in sys.modules)"],
                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
@@ -383,9 +384,9 @@ async def test_quit_during_a_run_asks_then_cancels(tmp_path):
 def test_run_model_batches_log_lines_per_step():
     config = demo_config("lstm")
     config.output.dir = "/tmp/sherpa-ncnn-wizard-unused"
-    from core.pipeline import build_plan
-    from core.events import LogLines as Lines
-    from tui.wizard_app import LOG_KEEP_LINES, RunModel
+    from core.pipeline.plan import build_plan
+    from core.pipeline.events import LogLines as Lines
+    from tui.wizard.app import LOG_KEEP_LINES, RunModel
     model = RunModel(build_plan(config, check_out_dir=False))
     for i in range(100):
         model.handle(Lines("export", tuple(f"{i}-{j}" for j in range(100))))
@@ -398,7 +399,7 @@ def test_run_model_batches_log_lines_per_step():
 
 def test_summary_results_show_fp16_and_int8_side_by_side(tmp_path):
     import json
-    from tui import wizard_logic as logic
+    from tui.wizard import logic
     (tmp_path / "summary.json").write_text(json.dumps({"sizes": [
         {"model": "joiner", "pt": 26000, "fp16": 8700, "fp32": 16900, "int8": 5100}], "files": ["a"]}))
     (tmp_path / "validation.json").write_text(json.dumps({
@@ -419,7 +420,7 @@ async def test_detect_from_checkpoint_fills_the_form_and_marks_fields(tmp_path):
     a contradiction is refused at Review until the user confirms."""
     import subprocess
     import sys as _sys
-    from core.demo import DEMO_ROOT
+    from core.pipeline.demo import DEMO_ROOT
     flags = ["--num-encoder-layers", "2,2", "--feedforward-dims", "64,64", "--nhead", "2,2", "--encoder-dims", "32,32",
              "--attention-dims", "16,16", "--encoder-unmasked-dims", "16,16", "--zipformer-downsampling-factors", "1,2",
              "--cnn-module-kernels", "7,7", "--decoder-dim", "32", "--joiner-dim", "32"]
@@ -460,7 +461,7 @@ async def test_detect_from_checkpoint_fills_the_form_and_marks_fields(tmp_path):
 
 
 async def test_presets_fill_the_form(tmp_path):
-    from core.presets import PRESETS
+    from core.model.presets import PRESETS
     app = make_app(demo="conv-emformer", out_dir=str(tmp_path / "out"))
     async with app.run_test(size=SIZE) as pilot:
         await go_to(pilot, HyperScreen)
@@ -474,7 +475,7 @@ async def test_presets_fill_the_form(tmp_path):
 
 
 def test_path_completion(tmp_path):
-    from tui.wizard_logic import PathCompletion
+    from tui.wizard.logic import PathCompletion
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "pretrained.pt").write_text("x")
     assert PathCompletion.complete(str(tmp_path / "ex")) == str(tmp_path / "exp") + "/"
@@ -483,7 +484,7 @@ def test_path_completion(tmp_path):
 
 
 async def test_recent_runs_are_listed_and_reopen_at_review(tmp_path):
-    from core.recent import record_run, recent_runs
+    from core.pipeline.recent import record_run, recent_runs
     out = tmp_path / "a run"
     out.mkdir()
     config = demo_config("lstm")
@@ -530,7 +531,7 @@ REAL = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "ice
 @pytest.mark.slow
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"the icefall-real fixtures are not at {REAL}")
 async def test_existing_ncnn_files_flow_rewrites_adds_metadata_and_decodes(tmp_path):
-    from tui.wizard_ncnn import NcnnDirScreen
+    from tui.wizard.ncnn import NcnnDirScreen
     src = REAL / "lstm"
     app = make_app(out_dir=str(tmp_path / "out"))
     async with app.run_test(size=SIZE) as pilot:
@@ -572,8 +573,8 @@ async def test_existing_ncnn_files_flow_rewrites_adds_metadata_and_decodes(tmp_p
 async def test_calibration_audio_at_another_rate_needs_the_resample_tick(tmp_path):
     import soxr
 
-    from core.audio import read_wav
-    from core.calibration_audio import float_wav_bytes
+    from core.common.audio import read_wav
+    from core.pipeline.calibration_audio import float_wav_bytes
     odd = tmp_path / "cd.wav"
     odd.write_bytes(float_wav_bytes(soxr.resample(read_wav(demo_recipe("lstm").test_wavs[0]).samples, 16000, 44100),
                                     44100))

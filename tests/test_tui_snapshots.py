@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from core.demo import DEMO_ROOT, demo_config
-from core.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
-from tui.wizard_app import RunModel, WizardApp
-from tui.wizard_run import RunScreen, SummaryScreen
+from core.pipeline.demo import DEMO_ROOT, demo_config
+from core.pipeline.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
+from tui.wizard.app import RunModel, WizardApp
+from tui.wizard.run import RunScreen, SummaryScreen
 
 SIZE = (100, 32)
 OUT = Path("/tmp/sherpa-ncnn-wizard-snapshot")
@@ -32,24 +32,24 @@ def fixed_paths(monkeypatch):
     """Same paths on every machine: symlinks at a fixed place stand in for this checkout's files."""
     import sys
 
-    import core.demo
-    import core.tools
+    import core.pipeline.demo
+    import core.pnnx.tools
     shutil.rmtree(OUT, ignore_errors=True)
     shutil.rmtree(FIXED, ignore_errors=True)
     FIXED.mkdir(parents=True)
-    pnnx, version = core.tools.wheel_pnnx()
+    pnnx, version = core.pnnx.tools.wheel_pnnx()
     (FIXED / "demo").symlink_to(DEMO_ROOT)
     (FIXED / "python").symlink_to(sys.executable)
     (FIXED / "pnnx").symlink_to(pnnx)
-    monkeypatch.setattr(core.demo, "DEMO_ROOT", FIXED / "demo")
-    monkeypatch.setattr(core.demo, "ICEFALL_ROOT", FIXED / "demo" / "icefall")
-    monkeypatch.setattr(core.demo, "TEST_WAVS", FIXED / "demo" / "test_wavs")
+    monkeypatch.setattr(core.pipeline.demo, "DEMO_ROOT", FIXED / "demo")
+    monkeypatch.setattr(core.pipeline.demo, "ICEFALL_ROOT", FIXED / "demo" / "icefall")
+    monkeypatch.setattr(core.pipeline.demo, "TEST_WAVS", FIXED / "demo" / "test_wavs")
     monkeypatch.setattr(sys, "executable", str(FIXED / "python"))
-    monkeypatch.setattr(core.tools, "wheel_pnnx", lambda: (FIXED / "pnnx", version))
-    monkeypatch.setattr(core.tools, "pnnx_on_path", lambda: [])
-    import core.pnnx_convert
-    (FIXED / "pnnx-fallback").symlink_to(core.pnnx_convert.fallback_pnnx())  # dangling when not installed
-    monkeypatch.setattr(core.pnnx_convert, "fallback_pnnx", lambda: FIXED / "pnnx-fallback")
+    monkeypatch.setattr(core.pnnx.tools, "wheel_pnnx", lambda: (FIXED / "pnnx", version))
+    monkeypatch.setattr(core.pnnx.tools, "pnnx_on_path", lambda: [])
+    import core.pnnx.convert
+    (FIXED / "pnnx-fallback").symlink_to(core.pnnx.convert.fallback_pnnx())  # dangling when not installed
+    monkeypatch.setattr(core.pnnx.convert, "fallback_pnnx", lambda: FIXED / "pnnx-fallback")
     yield
     shutil.rmtree(OUT, ignore_errors=True)
     shutil.rmtree(FIXED, ignore_errors=True)

@@ -6,7 +6,7 @@ import sys
 
 def main() -> int:
     try:
-        from .cli import main as cli_main
+        from tui.cli.main import main as cli_main
         return cli_main()
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

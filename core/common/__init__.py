@@ -1,0 +1,1 @@
+"""Small leaf utilities every subsystem may use: atomic writes, locks, audio, failure hints."""

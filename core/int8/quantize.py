@@ -1,0 +1,360 @@
+"""Built-in int8 quantization (ncnn2int8's job) with the byte layout proven.
+
+The .bin layout is not guessed per layer type. ncnn itself loads the model
+through a recording DataReader, with every built-in layer type wrapped (on that
+read-only net) in a Python layer that hands ncnn's own layer a recording
+ModelBin: so each layer's every ``load(w, type)`` is known with its byte range
+and its load type (0 = tagged, 1 = raw fp32). Bytes that no recorded load
+covers (a custom layer's) are copied verbatim. The written .bin is loaded again
+by plain ncnn and must be consumed to its last byte.
+
+What is written (the formats of the ncnn that sherpa-ncnn 2.1.15 links,
+Tencent/ncnn c4193aad; its ncnn2int8 writes the same):
+
+* Convolution / InnerProduct with table entries (``name`` and ``name_param_0``):
+  int8 weights per output channel (round half away from zero, clipped to
+  +-127), bias unchanged, then the weight scales and the input scale; ``8=2``.
+* Gemm with a constant B (pnnx's Linear on a 3-D input) or a constant,
+  untransposed A: weight-only int8; ncnn quantizes the activations at runtime,
+  so no table entry is needed. B gets one scale for the whole matrix, A one per
+  row; the scales follow the layer's C; ``18=2``.
+* LSTM: weight_xc and weight_hc int8 with one scale per gate row; bias_c and
+  the projection weight_hr stay float; the two scale arrays follow; ``8=2``.
+* Embed (a decoder's; the pipeline keeps the decoder fp16): weight-only int8
+  with one scale for the table, after the bias; ``18=2``.
+* every other tagged (type 0) fp32 load is written as fp16 (tag 0x01306B47),
+  which ncnn's ModelBin widens back to fp32; raw (type 1) loads - biases,
+  LayerNorm, scales - stay fp32 byte for byte.
+"""
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core.common.atomic import atomic_write_pair
+from core.int8.calibrate import CalibrationError, ScaleTable
+from core.ncnn.bin_layout import SUPPORTED, LayerLoads, LayoutError, Load, record_loads
+from core.ncnn.param import load_param
+
+INT8_TAG = struct.pack("<I", 0x000D4B38)
+INT8_SCALE_TERM = 2
+
+
+
+class QuantizeError(CalibrationError):
+    """The model cannot be quantized correctly; nothing was written. The message names the layer."""
+
+
+def _int8(weights: np.ndarray, scales: np.ndarray, rows: int) -> np.ndarray:
+    w = weights.reshape(rows, -1).astype(np.float64) * scales.reshape(rows, 1)
+    q = np.sign(w) * np.floor(np.abs(w) + 0.5)  # round half away from zero, like ncnn
+    return np.clip(q, -127, 127).astype(np.int8).reshape(-1)
+
+
+FP16_TAG = struct.pack("<I", 0x01306B47)
+FP32_TAGS = (struct.pack("<I", 0), struct.pack("<I", 0x0002C056))
+FP16_MAX = 65504.0
+DYNAMIC = ("Gemm", "LSTM", "Embed")  # weight-only int8 (activations quantized at runtime): no table entries
+INT8_KEY = {"Convolution": 8, "InnerProduct": 8, "LSTM": 8, "Gemm": 18, "Embed": 18}
+
+
+def _floats(data: bytes, ld: Load) -> np.ndarray | None:
+    """The float values of a tagged load that holds fp32 or fp16 data (None for int8 or quantized-table data)."""
+    if ld.type != 0:
+        return None
+    tag = data[ld.start:ld.start + 4]
+    body = data[ld.start + 4:ld.end]
+    if tag in FP32_TAGS and len(body) == 4 * ld.w:
+        return np.frombuffer(body, dtype="<f4").astype(np.float32)
+    if tag == FP16_TAG and len(body) == 2 * ld.w + (-2 * ld.w % 4):
+        return np.frombuffer(body[:2 * ld.w], dtype="<f2").astype(np.float32)
+    return None
+
+
+def _fp16_blob(values: np.ndarray) -> bytes | None:
+    """A tagged fp16 blob, or None when fp16 cannot hold the values (non-finite or beyond +-65504)."""
+    if not np.isfinite(values).all() or (values.size and float(np.abs(values).max()) > FP16_MAX):
+        return None
+    h = values.astype("<f2").tobytes()
+    return FP16_TAG + h + b"\0" * (-len(h) % 4)
+
+
+def _int8_blob(q: np.ndarray) -> bytes:
+    b = q.astype(np.int8).tobytes()
+    return INT8_TAG + b + b"\0" * (-len(b) % 4)
+
+
+def _row_scales(w: np.ndarray) -> np.ndarray:
+    """127/absmax per row; an all-zero row gets 1 (its int8 values are all 0 whatever the scale)."""
+    absmax = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0], np.float32)
+    return np.where(absmax > 0, 127.0 / np.where(absmax > 0, absmax, 1.0), 1.0).astype(np.float32)
+
+
+def _raw(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+@dataclass
+class QuantizeReport:
+    quantized: list[str]  # Convolution/InnerProduct quantized with the table's scales
+    kept_float: list[str]  # quantizable layers without table entries
+    bytes_before: int
+    bytes_after: int
+    weight_bytes_before: int  # the int8 weights' blobs, before and after (all int8 layers)
+    weight_bytes_after: int
+    dynamic: list[str] = field(default_factory=list)  # Gemm/LSTM/Embed: weight-only int8
+    fp16: list[str] = field(default_factory=list)  # layers whose other tagged float weights are now fp16
+    notes: list[str] = field(default_factory=list)  # layers of a dynamic type left in float, and why
+
+
+class _Plan:
+    """New bytes for some loads, and bytes (scales) to append after a layer's last load."""
+
+    def __init__(self):
+        self.replace: dict[int, bytes] = {}  # keyed by id() of the Load
+        self.after: dict[int, bytes] = {}  # keyed by id() of the LayerLoads: appended after its last load
+
+
+def _need_floats(data: bytes, layer: LayerLoads, ld: Load, what: str) -> np.ndarray:
+    values = _floats(data, ld)
+    if values is None:
+        raise QuantizeError(f"layer {layer.name!r} ({layer.type}): its {what} is not fp32/fp16 data "
+                            "(already quantized?); use the fp32 model")
+    return values
+
+
+def _plan_static(data: bytes, layer: LayerLoads, table: ScaleTable, plan: _Plan) -> tuple[int, int]:
+    """Convolution / InnerProduct with table scales: int8 weight (per output channel), bias kept, scales after."""
+    p = layer.params
+    num_output = p[0]
+    if p[8]:
+        raise QuantizeError(f"{layer.name!r} ({layer.type}) is already int8; use the fp32 model")
+    bias_term = p[1] if layer.type == "InnerProduct" else p[5]
+    expected = [0, 1] if bias_term else [0]
+    if [ld.type for ld in layer.loads] != expected:
+        raise QuantizeError(f"layer {layer.name!r} ({layer.type}): ncnn loaded {len(layer.loads)} blob(s) of types "
+                            f"{[ld.type for ld in layer.loads]}, expected {expected}; cannot write it in int8")
+    scales = table.weights[layer.name].astype(np.float32)
+    if scales.size != num_output:
+        raise QuantizeError(f"layer {layer.name!r} ({layer.type}): {scales.size} weight scales for "
+                            f"{num_output} outputs")
+    w = layer.loads[0]
+    values = _need_floats(data, layer, w, "weight")
+    blob = _int8_blob(_int8(values, scales, num_output))
+    plan.replace[id(w)] = blob
+    plan.after[id(layer)] = _raw(scales) + _raw([table.activations[layer.name].scale])
+    return w.end - w.start, len(blob)
+
+
+def _plan_gemm(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int] | str:
+    """Weight-only int8 Gemm; a string says why the layer stays float."""
+    p = layer.params
+    trans_a, const_a, const_b, const_c, m, n, k, bcast = p[2], p[4], p[5], p[6], p[7], p[8], p[9], p[10]
+    if p[18]:
+        raise QuantizeError(f"{layer.name!r} (Gemm) is already int8; use the fp32 model")
+    if const_a and const_b:
+        return "both A and B are constant"
+    if not const_a and not const_b:
+        return "no constant matrix (both operands are activations)"
+    if const_a and trans_a:
+        return "constant A is transposed (transA=1)"
+    expected = 1 + (1 if const_c and bcast != -1 else 0)
+    if len(layer.loads) != expected or any(ld.type != 0 for ld in layer.loads):
+        raise QuantizeError(f"layer {layer.name!r} (Gemm): ncnn loaded {len(layer.loads)} blob(s), expected "
+                            f"{expected} tagged ones; cannot write it in int8")
+    ld = layer.loads[0]
+    values = _need_floats(data, layer, ld, "constant matrix")
+    if const_a:
+        if values.size != m * k:
+            raise QuantizeError(f"layer {layer.name!r} (Gemm): A holds {values.size} values, not M*K = {m * k}")
+        rows = values.reshape(m, k)
+        scales = _row_scales(rows)
+        q = _int8(values, scales, m)
+        tail = _raw(scales)
+    else:
+        if values.size != n * k:
+            raise QuantizeError(f"layer {layer.name!r} (Gemm): B holds {values.size} values, not N*K = {n * k}")
+        scale = _row_scales(values.reshape(1, -1))
+        q = _int8(values, scale, 1)
+        tail = _raw(scale)
+    blob = _int8_blob(q)
+    plan.replace[id(ld)] = blob
+    plan.after[id(layer)] = tail
+    return ld.end - ld.start, len(blob)
+
+
+def _plan_lstm(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int] | str:
+    """Weight-only int8 LSTM: weight_xc and weight_hc per gate row; bias_c and weight_hr stay float."""
+    p = layer.params
+    num_output, weight_data_size, direction = p[0], p[1], p[2]
+    hidden = p[3] or num_output
+    if p[8]:
+        raise QuantizeError(f"{layer.name!r} (LSTM) is already int8; use the fp32 model")
+    dirs = 2 if direction == 2 else 1
+    expected = 3 + (1 if num_output != hidden else 0)
+    if len(layer.loads) != expected or any(ld.type != 0 for ld in layer.loads):
+        raise QuantizeError(f"layer {layer.name!r} (LSTM): ncnn loaded {len(layer.loads)} blob(s), expected "
+                            f"{expected} tagged ones; cannot write it in int8")
+    size = weight_data_size // dirs // hidden // 4
+    rows = dirs * hidden * 4
+    before = after = 0
+    tail = b""
+    for ld, width, what in ((layer.loads[0], size, "weight_xc"), (layer.loads[2], num_output, "weight_hc")):
+        values = _need_floats(data, layer, ld, what)
+        if values.size != rows * width:
+            raise QuantizeError(f"layer {layer.name!r} (LSTM): {what} holds {values.size} values, not "
+                                f"{rows} x {width}")
+        scales = _row_scales(values.reshape(rows, width))
+        blob = _int8_blob(_int8(values, scales, rows))
+        plan.replace[id(ld)] = blob
+        tail += _raw(scales)
+        before += ld.end - ld.start
+        after += len(blob)
+    plan.after[id(layer)] = tail
+    return before, after
+
+
+def _plan_embed(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int]:
+    """Weight-only int8 Embed (a decoder's): one scale for the table, bias kept, the scale after."""
+    p = layer.params
+    if p[18]:
+        raise QuantizeError(f"{layer.name!r} (Embed) is already int8; use the fp32 model")
+    expected = [0, 1] if p[2] else [0]
+    if [ld.type for ld in layer.loads] != expected:
+        raise QuantizeError(f"layer {layer.name!r} (Embed): ncnn loaded blobs of types "
+                            f"{[ld.type for ld in layer.loads]}, expected {expected}; cannot write it in int8")
+    ld = layer.loads[0]
+    values = _need_floats(data, layer, ld, "weight")
+    scale = _row_scales(values.reshape(1, -1))
+    blob = _int8_blob(_int8(values, scale, 1))
+    plan.replace[id(ld)] = blob
+    plan.after[id(layer)] = _raw(scale)
+    return ld.end - ld.start, len(blob)
+
+
+def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_bin: Path, *,
+             dynamic: tuple[str, ...] = DYNAMIC, fp16: bool = True) -> QuantizeReport:
+    """Write the int8 param/bin pair; the originals are only read.
+
+    ``dynamic``: the weight-only types to quantize (Gemm, LSTM, Embed); ``fp16``: write the remaining tagged
+    float weights as fp16.
+    """
+    parsed = load_param(param)
+    if parsed.model is None or not parsed.model.ok:
+        raise QuantizeError(parsed.describe())
+    model = parsed.model
+    unknown = set(dynamic) - set(DYNAMIC)
+    if unknown:
+        raise QuantizeError(f"the built-in quantizer has no weight-only int8 for {', '.join(sorted(unknown))}")
+    data = Path(binary).read_bytes()
+    try:
+        layers, consumed = record_loads(param, data)
+    except LayoutError as exc:
+        raise QuantizeError(str(exc)) from None
+    if consumed != len(data):
+        raise QuantizeError(f"{binary}: ncnn reads {consumed} of its {len(data)} bytes; the file does not match "
+                            f"{param}")
+    unsupported = [l for l in model.layers if l.name in table.activations and l.type not in SUPPORTED]
+    if unsupported:
+        l = unsupported[0]
+        raise QuantizeError(f"layer {l.name!r} ({l.type}) has a table entry but the built-in quantizer cannot write "
+                            f"{l.type} in int8; drop its lines from the table to keep it in float")
+    foreign = [n for n in table.activations if model.layer_named(n) is None]
+    if foreign and len(foreign) == len(table.activations):
+        raise QuantizeError(f"the scale table names none of {param}'s layers (e.g. {foreign[0]!r}); is it another "
+                            "model's table? Calibrate this model")
+    table_notes = [f"the scale table names {len(foreign)} layer(s) this model does not have (e.g. {foreign[0]!r}); "
+                   "they were ignored — was the table made for another model?"] if foreign else []
+    by_name = {l.name: l for l in layers}
+    for name in table.activations:
+        if name not in by_name and model.layer_named(name) is not None:
+            raise QuantizeError(f"layer {name!r}: has a table entry but ncnn loaded no weights for it")
+    plan = _Plan()
+    quantized, dynamic_done, kept, fp16_layers, notes = [], [], [], [], list(table_notes)
+    before = after = 0
+    int8_keys: dict[str, int] = {}
+    for layer in layers:
+        if layer.type in ("Convolution", "ConvolutionDepthWise", "InnerProduct") and layer.params[8]:
+            raise QuantizeError(f"{layer.name!r} ({layer.type}) is already int8; use the fp32 model")
+        if layer.type in SUPPORTED and layer.name in table.activations:
+            if layer.name not in table.weights:
+                raise QuantizeError(f"layer {layer.name!r} ({layer.type}): the table has its input scale but no "
+                                    f"'{layer.name}_param_0' weight scales")
+            b, a = _plan_static(data, layer, table, plan)
+            quantized.append(layer.name)
+            int8_keys[layer.name] = INT8_KEY[layer.type]
+        elif layer.type in dynamic:
+            result = {"Gemm": _plan_gemm, "LSTM": _plan_lstm, "Embed": _plan_embed}[layer.type](data, layer, plan)
+            if isinstance(result, str):
+                notes.append(f"{layer.name} ({layer.type}) kept in float: {result}")
+                b = a = 0
+            else:
+                b, a = result
+                dynamic_done.append(layer.name)
+                int8_keys[layer.name] = INT8_KEY[layer.type]
+        else:
+            b = a = 0
+            if layer.type in SUPPORTED:
+                kept.append(layer.name)
+        before, after = before + b, after + a
+        if fp16:
+            converted = False
+            for ld in layer.loads:
+                if id(ld) in plan.replace:
+                    continue
+                values = _floats(data, ld)
+                if values is None or data[ld.start:ld.start + 4] == FP16_TAG:
+                    continue
+                blob = _fp16_blob(values)
+                if blob is not None:
+                    plan.replace[id(ld)] = blob
+                    converted = True
+            if converted:
+                fp16_layers.append(layer.name)
+    out = bytearray()
+    pos = 0
+    for layer in layers:
+        for ld in layer.loads:
+            if id(ld) in plan.replace:
+                out += data[pos:ld.start]
+                out += plan.replace[id(ld)]
+                pos = ld.end
+        if id(layer) in plan.after:  # the scales ncnn reads right after the layer's last load
+            end = layer.loads[-1].end
+            out += data[pos:end]
+            out += plan.after[id(layer)]
+            pos = end
+    out += data[pos:]
+    new_model = model
+    for name, key in int8_keys.items():
+        layer = new_model.layer_named(name)
+        line = re.sub(rf"\s{key}=\S+", "", new_model.lines[layer.line - 1].rstrip("\r\n"))
+        new_model = new_model.with_line_replaced(layer.line, f"{line} {key}={INT8_SCALE_TERM}")
+    new_bytes = out  # no copy: a published-size .bin is hundreds of MB
+    size_before = len(data)
+    del plan, data  # the replacements and the fp32 input are in ``out`` now: free them before the check loads it
+    _verify(new_model.to_bytes(), new_bytes, out_param)
+    atomic_write_pair(out_param, new_model.to_bytes(), out_bin, new_bytes)  # never a new .bin beside an old .param
+    return QuantizeReport(quantized, kept, size_before, len(new_bytes), before, after, dynamic_done, fp16_layers,
+                          notes)
+
+
+def _verify(param_bytes: bytes, bin_bytes: bytes | bytearray, out_param: Path) -> None:
+    """Load what is about to be written through ncnn's own layers and check every byte is consumed
+    (layer by layer, each layer's weights dropped once loaded, so the check costs one layer's memory)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("wb", suffix=".param", dir=Path(out_param).parent, delete=True) as tmp:
+        tmp.write(param_bytes)
+        tmp.flush()
+        try:
+            _, consumed = record_loads(Path(tmp.name), bin_bytes)
+        except LayoutError as exc:
+            raise QuantizeError(f"{out_param}: the int8 model would not load ({exc}); nothing was written") from None
+        if consumed != len(bin_bytes):
+            raise QuantizeError(f"{out_param}: the int8 weights would not load exactly (read {consumed} of "
+                                f"{len(bin_bytes)} bytes); nothing was written")

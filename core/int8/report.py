@@ -1,0 +1,128 @@
+"""What int8 quantization did to every layer with weights, and its bytes: "why is int8 only this much smaller?"
+
+Read from the files, not from the quantizer's memory, so it holds for the built-in quantizer and for ncnn2int8
+alike: ncnn itself loads the float source and the int8 result (core.int8.quantize.record_loads, in a child process:
+ncnn on a user's model never runs in the tool's own process), and each weight blob's tag says what it became
+(ncnn's 0x000D4B38 int8, 0x01306B47 fp16; untagged or raw loads are fp32).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+INT8_TAG = 0x000D4B38
+FP16_TAG = 0x01306B47
+# int8 with a calibrated input scale (the scale table); other int8 types quantize their input at run time
+WITH_TABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct", "Convolution1D", "ConvolutionDepthWise1D",
+              "Deconvolution", "DeconvolutionDepthWise")
+PRECISIONS = ("int8", "int8-weight-only", "fp16", "fp32")
+WHY_FLOAT = {
+    "Convolution1D": "ncnn has no int8 Convolution1D",
+    "ConvolutionDepthWise1D": "ncnn has no int8 ConvolutionDepthWise1D",
+    "LayerNorm": "ncnn reads its gamma/beta as raw fp32",
+    "BatchNorm": "ncnn reads its statistics as raw fp32",
+    "MemoryData": "a constant, stored as ncnn wrote it",
+    "Scale": "ncnn reads its scales as raw fp32",
+    "PReLU": "ncnn reads its slopes as raw fp32",
+}
+
+
+class Int8ReportError(Exception):
+    """The files cannot be compared (missing, or ncnn cannot read them); the message names the file."""
+
+
+@dataclass
+class NetFiles:
+    net: str
+    float_param: Path  # the float set quantization read (fp32, or fp16 when that is all there was)
+    float_bin: Path
+    int8_param: Path
+    int8_bin: Path
+    fp16_param: Path | None = None  # the shipped fp16 set, for the "vs fp16" column
+    fp16_bin: Path | None = None
+
+
+def _tag(data: bytes, start: int) -> int:
+    return struct.unpack("<I", data[start:start + 4])[0] if start + 4 <= len(data) else -1
+
+
+def _loads(param: Path, binary: Path) -> dict[str, tuple[str, list, bytes]]:
+    from core.int8.quantize import QuantizeError
+    from core.ncnn.child import NcnnCrash, record_loads_in_child
+    for p in (param, binary):
+        if not Path(p).is_file():
+            raise Int8ReportError(f"{p}: not found")
+    try:
+        layers, _ = record_loads_in_child(Path(param), Path(binary))
+    except (QuantizeError, NcnnCrash) as exc:
+        raise Int8ReportError(str(exc)) from None
+    data = Path(binary).read_bytes()
+    return {l.name: (l.type, l.loads, data) for l in layers if l.loads}
+
+
+def precision_of(kind: str, loads: list, data: bytes) -> str:
+    """int8 / int8-weight-only / fp16 / fp32 of one layer from its loaded blobs' tags."""
+    tags = [_tag(data, ld.start) for ld in loads if ld.type == 0]
+    if INT8_TAG in tags:
+        return "int8" if kind in WITH_TABLE else "int8-weight-only"
+    if FP16_TAG in tags:
+        return "fp16"
+    return "fp32"
+
+
+def _nbytes(loads: list) -> int:
+    return sum(ld.end - ld.start for ld in loads)
+
+
+def net_layers(files: NetFiles) -> list[dict]:
+    before = _loads(files.float_param, files.float_bin)
+    after = _loads(files.int8_param, files.int8_bin)
+    fp16 = _loads(files.fp16_param, files.fp16_bin) if files.fp16_param and files.fp16_bin else {}
+    rows = []
+    for name, (kind, loads, data) in after.items():
+        precision = precision_of(kind, loads, data)
+        row = {"net": files.net, "layer": name, "type": kind, "precision": precision,
+               "bytes_before": _nbytes(before[name][1]) if name in before else None,
+               "bytes_fp16": _nbytes(fp16[name][1]) if name in fp16 else None,
+               "bytes_after": _nbytes(loads)}
+        if not precision.startswith("int8"):
+            row["why"] = WHY_FLOAT.get(kind, "not quantized (no int8 kernel used for this type, or no scale)")
+        rows.append(row)
+    return rows
+
+
+def by_type(rows: list[dict]) -> dict[str, dict]:
+    """Per layer type: how many layers became what, and the bytes before (float source), fp16 and after."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        t = out.setdefault(r["type"], {"layers": 0, **{p: 0 for p in PRECISIONS}, "bytes_before": 0,
+                                       "bytes_fp16": 0, "bytes_after": 0})
+        t["layers"] += 1
+        t[r["precision"]] += 1
+        for k in ("bytes_before", "bytes_fp16", "bytes_after"):
+            t[k] += r.get(k) or 0
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["bytes_after"]))
+
+
+def build_report(nets: list[NetFiles]) -> dict:
+    rows = [r for n in nets for r in net_layers(n)]
+    totals = {k: sum(r.get(k) or 0 for r in rows) for k in ("bytes_before", "bytes_fp16", "bytes_after")}
+    return {"layers": rows, "by_type": by_type(rows), "totals": totals,
+            "bytes": "bytes_before: the float weights quantization read; bytes_fp16: the shipped fp16 model; "
+                     "bytes_after: the int8 model (weights, biases and scales of that layer)"}
+
+
+def format_by_type(report: dict) -> list[str]:
+    """The by-type table as text lines (CLI log, model card)."""
+    lines = [f"{'type':<24}{'layers':>7}{'int8':>6}{'w-only':>8}{'fp16':>6}{'fp32':>6}{'fp16 bytes':>12}"
+             f"{'int8 bytes':>12}{'ratio':>7}"]
+    for kind, t in report["by_type"].items():
+        ratio = f"{t['bytes_after'] / t['bytes_fp16']:.0%}" if t["bytes_fp16"] else "-"
+        lines.append(f"{kind:<24}{t['layers']:>7}{t['int8']:>6}{t['int8-weight-only']:>8}{t['fp16']:>6}"
+                     f"{t['fp32']:>6}{t['bytes_fp16']:>12}{t['bytes_after']:>12}{ratio:>7}")
+    tot = report["totals"]
+    if tot["bytes_fp16"]:
+        lines.append(f"{'all':<24}{len(report['layers']):>7}{'':>32}{tot['bytes_fp16']:>12}{tot['bytes_after']:>12}"
+                     f"{tot['bytes_after'] / tot['bytes_fp16']:>7.0%}")
+    return lines

@@ -1,0 +1,1 @@
+"""The run: configuration, plans, steps, the runner and its events, progress and manifests."""

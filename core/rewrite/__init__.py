@@ -1,0 +1,1 @@
+"""Graph rewrites for what sherpa-ncnn's runtime lacks: the driver and each family's rules."""

@@ -1,0 +1,443 @@
+"""Validate a produced model: torch vs ncnn numerically, and decoding in the real sherpa-ncnn.
+
+Runs as its own process (``python -m core.validation.validate OUT ...``) because it
+imports torch and ncnn; sherpa-ncnn itself runs in a further child process,
+since a bad model segfaults it or makes it call ``exit(-1)``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+NETS = ("encoder", "decoder", "joiner")
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # relative to max(1, |reference|max)
+TAIL_PADDING_SECONDS = 0.5
+DECODE_TIMEOUT_SECONDS = 300
+
+
+@dataclass
+class NumericResult:
+    net: str
+    output: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    tolerance: float
+    ok: bool
+    note: str = ""
+
+    def line(self) -> str:
+        mark = "✓" if self.ok else "✗"
+        shape = "(" + ", ".join(map(str, self.shape)) + ")"
+        rel = "≤" if self.ok else ">"
+        note = f" {self.note}" if self.note else ""
+        return f"-[{mark}] {self.net} {self.output}{note} {shape}: max abs diff {self.max_abs:.1e} {rel} {self.tolerance:.0e}"
+
+
+@dataclass
+class DecodeResult:
+    ok: bool
+    model: str  # "fp16" or "int8"
+    results: list[dict] = field(default_factory=list)  # wav, text, seconds, wer
+    error: str | None = None
+    returncode: int | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+# -- numeric -----------------------------------------------------------------
+
+def drop_batch_axis(arr):
+    """Remove icefall's batch axis the way sherpa-ncnn lays the blob out.
+
+    icefall puts the batch axis of states in the middle ((L, 1, D), (L, C, 1, A),
+    (L, 1, D, K-1)) and of features, chunks and caches first ((1, T, 80),
+    (1, D, K-1)); the innermost size-1 axis among the first three is it.
+    """
+    if arr.ndim < 2:
+        return arr
+    for axis in range(min(arr.ndim - 1, 2), -1, -1):
+        if arr.shape[axis] == 1:
+            return arr.reshape(arr.shape[:axis] + arr.shape[axis + 1:])
+    return arr
+
+
+def _precision(bin_path: Path, param_path: Path) -> str:
+    """fp16 when the weights were stored as fp16 (pnnx's default)."""
+    with open(bin_path, "rb") as fh:
+        head = fh.read(4)
+    return "fp16" if head == b"\x47\x6b\x30\x01" else "fp32"
+
+
+def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, features=None, seed: int = 0,
+                threads: int = 1, shape_files: list[Path] | None = None, metadata_specs=None,
+                frames: int | None = None) -> list[NumericResult]:
+    """Feed torch and ncnn the same inputs (two chunks for encoders, states carried) and compare every output.
+
+    The traced module is called the way it was traced (core.model.traced: lists, tuples, constants), with pnnx's
+    flat numbering in0..inK on both sides. ``frames``: the encoder chunk sherpa-ncnn feeds (from the
+    metadata), when it differs from the traced one (icefall traces its LSTM on 100 frames, sherpa-ncnn feeds 9).
+    """
+    import ncnn
+    import numpy as np
+    import torch
+
+    from core.model.traced import load
+    traced = load(pt, shape_files, metadata_specs)
+    traced._need_specs()
+    rng = np.random.default_rng(seed)
+    lengths = traced.lengths_index() if net == "encoder" else None
+    chunk = (frames or traced.specs[0].shape[1]) if net == "encoder" else None
+    inputs = []
+    for i, spec in enumerate(traced.specs):
+        shape, dtype = list(spec.shape), spec.dtype
+        if net == "decoder":
+            shape = [1] + shape[1:]
+        if net == "encoder" and i == 0:
+            shape[1] = chunk
+            x = np.zeros(shape[1:], dtype=np.float32)
+            if features is not None:
+                take = features[:chunk]
+                x[: len(take)] = take
+            else:
+                x = rng.standard_normal(shape[1:]).astype(np.float32)
+            inputs.append(torch.from_numpy(x).unsqueeze(0))
+        elif i == lengths:  # the number of feature frames fed
+            inputs.append(torch.full(shape, chunk, dtype=getattr(torch, dtype)))
+        elif net == "encoder":  # states start from zero, as in icefall and sherpa-ncnn
+            inputs.append(torch.zeros(shape, dtype=getattr(torch, dtype)))
+        elif dtype.startswith("int"):
+            inputs.append(torch.tensor(rng.integers(1, 8, size=shape), dtype=getattr(torch, dtype)))
+        else:
+            inputs.append(torch.from_numpy(rng.standard_normal(shape).astype(np.float32)))
+
+    from core.ncnn.net import Keeper, register_meta_layer
+    keep = Keeper()
+    ncnn_net = keep.keep(ncnn.Net())
+    ncnn_net.opt.num_threads = threads
+    if net == "encoder":
+        register_meta_layer(ncnn_net, keep)
+    if ncnn_net.load_param(str(param)) != 0 or ncnn_net.load_model(str(binary)) != 0:
+        raise ValueError(f"python ncnn could not load {param} / {binary}")
+    precision = _precision(binary, param)
+    chunks = 2 if net == "encoder" else 1
+    results: list[NumericResult] = []
+    for c in range(chunks):
+        outs = traced(inputs)
+        ref = [t.detach().numpy() for t in outs]
+        ex = ncnn_net.create_extractor()
+        ex.set_light_mode(False)  # several outputs are extracted: light mode recycles blobs and can crash
+        arrays = []  # ncnn.Mat borrows the numpy buffer: keep every array alive until extraction is done
+        for k, tensor in enumerate(inputs):
+            arr = drop_batch_axis(tensor.numpy())
+            if arr.dtype in (np.int64, np.int32):  # lengths are float Mats in sherpa-ncnn; token ids are int32
+                arr = arr.astype(np.float32) if net == "encoder" else arr.astype(np.int32)
+            arrays.append(np.ascontiguousarray(arr))
+            ex.input(f"in{k}", ncnn.Mat(arrays[-1]))
+        worst_state = None
+        for k, r in enumerate(ref):
+            ret, mat = ex.extract(f"out{k}")
+            if ret != 0:
+                raise ValueError(f"{param}: ncnn could not produce out{k} (extract returned {ret})")
+            got = np.array(mat).reshape(-1)
+            want = r.reshape(-1)
+            shape = list(r.shape[1:]) if r.ndim > 1 and r.shape[0] == 1 else list(r.shape)
+            tol = TOLERANCE[precision] * max(1.0, float(np.abs(want).max()) if want.size else 1.0)
+            if got.size != want.size:
+                res = NumericResult(net, f"out{k}", shape, float("inf"), float("inf"), tol, False,
+                                    f"ncnn gave {got.size} values, torch {want.size}")
+            else:
+                diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+                res = NumericResult(net, f"out{k}", shape, float(diff.max()) if diff.size else 0.0,
+                                    float(diff.mean()) if diff.size else 0.0, tol,
+                                    bool(diff.size == 0 or diff.max() <= tol))
+            if chunks > 1:
+                res.note = f"chunk {c}"
+            if k == 0 or net != "encoder" or not res.ok:
+                results.append(res)
+            elif worst_state is None or res.max_abs / res.tolerance > worst_state.max_abs / worst_state.tolerance:
+                worst_state = res
+        if worst_state is not None:
+            worst_state.output = f"states out1..out{len(ref) - 1} (worst {worst_state.output})"
+            results.append(worst_state)
+        if net == "encoder":  # carry torch's new states into the next chunk
+            for k in traced.state_indices():
+                if k < len(outs) and outs[k].shape == inputs[k].shape:
+                    inputs[k] = outs[k].detach()
+            x = np.zeros((chunk, inputs[0].shape[2]), dtype=np.float32)
+            if features is not None:
+                take = features[chunk: 2 * chunk]  # the next frames; chunk overlap does not matter for a comparison
+                x[: len(take)] = take
+            else:
+                x = rng.standard_normal(x.shape).astype(np.float32)
+            inputs[0] = torch.from_numpy(x).unsqueeze(0)
+    return results
+
+
+# -- decoding in sherpa-ncnn ---------------------------------------------------
+
+_DECODE_CHILD = r"""
+import json, sys
+import numpy as np
+import sherpa_ncnn
+cfg = json.loads(sys.argv[1])
+for item in cfg["inputs"]:
+    # a fresh recognizer per file: reset() does not clear every encoder state, and loading is cheap
+    r = sherpa_ncnn.Recognizer(num_threads=1, **cfg["files"])
+    print("LOADED", flush=True)
+    samples = np.load(item["npy"]) if item.get("npy") else np.zeros(16000, dtype=np.float32)
+    r.accept_waveform(16000, samples)
+    r.accept_waveform(16000, np.zeros(int(16000 * cfg["tail"]), dtype=np.float32))
+    r.input_finished()
+    print("RESULT " + json.dumps({"wav": item["wav"], "text": r.text, "tokens": [int(t) for t in r.tokens],
+                                  "timestamps": [float(t) for t in r.timestamps]}), flush=True)
+"""
+
+
+def model_files(out: Path, int8: bool = False) -> dict[str, str]:
+    def pick(net: str, ext: str) -> str:
+        if int8 and net in ("encoder", "joiner"):
+            return str(out / f"{net}_jit_trace-pnnx.ncnn.int8.{ext}")
+        return str(out / f"{net}_jit_trace-pnnx.ncnn.{ext}")
+    files = {f"{net}_{ext}": pick(net, ext) for net in NETS for ext in ("param", "bin")}
+    files["tokens"] = str(out / "tokens.txt")
+    return files
+
+
+def decode(out: Path, wavs: list[Path], references: dict[str, str], int8: bool = False,
+           workdir: Path | None = None) -> DecodeResult:
+    import numpy as np
+
+    from core.common.audio import SAMPLE_RATE, AudioError, read_wav
+
+    workdir = workdir or out
+    inputs = []
+    for i, wav in enumerate(wavs):
+        try:
+            w = read_wav(wav)
+        except AudioError as exc:
+            return DecodeResult(False, "int8" if int8 else "fp16", error=str(exc))
+        if w.sample_rate != SAMPLE_RATE:
+            return DecodeResult(False, "int8" if int8 else "fp16",
+                                error=f"{wav}: {w.sample_rate} Hz; sherpa-ncnn models expect 16000 Hz mono")
+        npy = workdir / f".decode-input-{i}.npy"
+        np.save(npy, w.samples)
+        inputs.append({"wav": str(wav), "npy": str(npy)})
+    if not inputs:
+        inputs = [{"wav": "(1 s of silence: no test wavs given)", "npy": None}]
+    cfg = {"files": model_files(out, int8), "inputs": inputs, "tail": TAIL_PADDING_SECONDS}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _DECODE_CHILD, json.dumps(cfg)], capture_output=True,
+                              text=True, errors="replace", timeout=DECODE_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        return DecodeResult(False, "int8" if int8 else "fp16",
+                            error=f"sherpa-ncnn did not finish in {DECODE_TIMEOUT_SECONDS} s (an endless decode loop "
+                                  "usually means a chunk-length metadata key is 0)")
+    finally:
+        for item in inputs:
+            if item["npy"]:
+                Path(item["npy"]).unlink(missing_ok=True)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    results = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            item = json.loads(line[7:])
+            ref = references.get(item["wav"]) or references.get(Path(item["wav"]).name)
+            if ref is not None:
+                item["reference"] = ref
+                item["wer"] = word_error_rate(ref, item["text"])
+            results.append(item)
+    model = "int8" if int8 else "fp16"
+    if proc.returncode != 0:
+        return DecodeResult(False, model, results, explain_exit(proc.returncode, lines, "LOADED" in proc.stdout),
+                            proc.returncode, lines[-20:])
+    return DecodeResult(True, model, results, None, 0, lines[-20:])
+
+
+def explain_exit(rc: int, lines: list[str], loaded: bool) -> str:
+    from core.common.hints import hint_for
+    when = "while decoding" if loaded else "while loading the model"
+    if rc == -11:
+        what = f"sherpa-ncnn crashed with a segmentation fault {when}"
+    elif rc == 255:
+        what = f"sherpa-ncnn called exit(-1) {when}"
+    elif rc < 0:
+        what = f"sherpa-ncnn was killed by signal {-rc} {when}"
+    else:
+        what = f"the sherpa-ncnn child exited with code {rc} {when}"
+    hint = hint_for(lines)
+    return f"{what}: {hint}" if hint else what
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = reference.split(), hypothesis.split()
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, start=1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)
+
+
+# -- entry point ----------------------------------------------------------------
+
+def detect_arch(out: Path) -> str | None:
+    from core.model.architectures import BY_MODEL_TYPE
+    from core.model.metadata import read_metadata
+    from core.ncnn.param import load_param
+    parsed = load_param(out / "encoder_jit_trace-pnnx.ncnn.param")
+    meta = read_metadata(parsed.model) if parsed.model else None
+    spec = BY_MODEL_TYPE.get(meta.get(0)) if meta else None
+    return spec.name if spec else None
+
+
+def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[str, str], report: dict,
+                  print_fn=print, target: float = 0.99, traced_dir: Path | None = None, arch: str | None = None,
+                  extra_dirs: tuple[Path, ...] = ()) -> None:
+    """The int8 set: decoded by sherpa-ncnn, its token agreement with torch (when the traced modules are
+    there; reported, not failed), and compared with fp32 on the same inputs (cosine per output)."""
+    from core.int8.calibration import ModelFiles
+    from core.int8.check import compare_int8
+    report_decode(decode(out, wavs, references, int8=True), report, print_fn,
+                  describe=lambda item: f"{item['text']!r}", key="decode_int8")
+    if traced_dir is not None:
+        check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn, extra_dirs)
+    fp32 = ModelFiles(out / "encoder_jit_trace-pnnx.ncnn.param", fp32_dir / "encoder_jit_trace-pnnx.ncnn.bin",
+                      out / "decoder_jit_trace-pnnx.ncnn.param", out / "decoder_jit_trace-pnnx.ncnn.bin",
+                      out / "joiner_jit_trace-pnnx.ncnn.param", fp32_dir / "joiner_jit_trace-pnnx.ncnn.bin")
+    if not wavs:
+        report["notes"].append("int8 similarity not measured: no wavs")
+        return
+    sims = compare_int8(fp32, (out / "encoder_jit_trace-pnnx.ncnn.int8.param", out / "encoder_jit_trace-pnnx.ncnn.int8.bin"),
+                        (out / "joiner_jit_trace-pnnx.ncnn.int8.param", out / "joiner_jit_trace-pnnx.ncnn.int8.bin"),
+                        wavs)
+    report["int8_similarity"] = [asdict(s) for s in sims]
+    for s in sims:
+        print_fn(s.line(target))
+        if s.mean_cosine < target:
+            report["notes"].append(f"int8 {s.net} {s.output}: mean cosine {s.mean_cosine:.4f} is below {target}; "
+                                   "try more calibration audio, or keep the most sensitive layers in float")
+
+
+def _torch_setup(out: Path, arch: str | None, traced_dir: Path, net: str) -> dict:
+    """Where the shapes of a traced module's inputs can be found, and the chunk sherpa-ncnn feeds."""
+    from core.model.traced import shape_files_near, specs_from_metadata
+    from core.validation.agreement import AgreementError, _metadata, stream_geometry
+    pt = traced_dir / f"{net}_jit_trace-pnnx.pt"
+    kw: dict = {"shape_files": shape_files_near(pt, out / "work" / "pnnx")}
+    if net == "encoder":
+        try:
+            meta, name = _metadata(out, arch)
+            kw["metadata_specs"] = specs_from_metadata(name, meta)
+            kw["frames"] = stream_geometry(name, meta)[0]
+        except (AgreementError, KeyError, TypeError, ValueError, OSError):
+            pass  # no usable metadata: the traced shapes are used
+    return kw
+
+
+def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
+             numeric: bool = True, run_decode: bool = True, print_fn=print) -> dict:
+    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
+    arch = arch or detect_arch(out)
+    if numeric:
+        if traced_dir is None or not (traced_dir / "encoder_jit_trace-pnnx.pt").exists():
+            report["notes"].append("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
+            print_fn("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
+        else:
+            features = None
+            if wavs:
+                from core.common.audio import fbank, read_wav
+                try:
+                    w = read_wav(wavs[0])
+                    features = fbank(w.samples, w.sample_rate)
+                except Exception as exc:  # noqa: BLE001 - reported, then random features are used
+                    report["notes"].append(f"features from {wavs[0]} unavailable ({exc}); random inputs used")
+            for net in NETS:
+                try:
+                    results = compare_net(net, traced_dir / f"{net}_jit_trace-pnnx.pt",
+                                          out / f"{net}_jit_trace-pnnx.ncnn.param",
+                                          out / f"{net}_jit_trace-pnnx.ncnn.bin", arch or "", features,
+                                          **_torch_setup(out, arch, traced_dir, net))
+                except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
+                    report["ok"] = False
+                    msg = f"-[✗] {net}: numeric check failed: {exc}"
+                    report["numeric"].append({"net": net, "error": str(exc), "ok": False})
+                    print_fn(msg)
+                    continue
+                for r in results:
+                    print_fn(r.line())
+                    report["numeric"].append(asdict(r))
+                    report["ok"] &= r.ok
+    if run_decode:
+        report_decode(decode(out, wavs, references), report, print_fn)
+        check_agreement(out, arch, traced_dir, report["decode"], report, print_fn)
+    return report
+
+
+def check_agreement(out: Path, arch: str | None, traced_dir: Path | None, decoded: dict | None, report: dict,
+                    print_fn=print, extra_dirs: tuple[Path, ...] = ()) -> None:
+    """torch vs sherpa-ncnn token agreement on the decoded wavs (core.validation.agreement); never raises."""
+    from core.validation.agreement import check
+    try:
+        check(out, arch, traced_dir, decoded, report, TAIL_PADDING_SECONDS, print_fn, extra_dirs)
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure is a failed check, said in one line
+        report["ok"] = False
+        report.setdefault("agreement", []).append({"model": (decoded or {}).get("model"), "error": str(exc),
+                                                   "match": False})
+        print_fn(f"-[✗] agreement: {type(exc).__name__}: {exc}")
+
+
+def report_decode(d: DecodeResult, report: dict, print_fn=print,
+                  describe=lambda item: f"{item['text']!r}" + (f"  (WER {item['wer']:.1%})" if "wer" in item else ""),
+                  key: str = "decode") -> None:
+    """Record a decode result in ``report[key]`` and print a line per file (or the failure and its log)."""
+    report[key] = asdict(d)
+    if d.ok:
+        for item in d.results:
+            print_fn(f"-[✓] sherpa-ncnn {d.model} {Path(item['wav']).name}: {describe(item)}")
+    else:
+        report["ok"] = False
+        print_fn(f"-[✗] sherpa-ncnn {d.model}: {d.error}")
+        for line in d.log_tail[-8:]:
+            print_fn(f"    {line}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core.validation.validate", description=__doc__)
+    p.add_argument("out", type=Path, help="the model directory")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--traced-dir", type=Path, default=None, help="where the *_jit_trace-pnnx.pt files are")
+    p.add_argument("--wav", action="append", type=Path, default=[])
+    p.add_argument("--reference", action="append", default=[], help="WAV=TEXT")
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--no-numeric", action="store_true")
+    p.add_argument("--no-decode", action="store_true")
+    p.add_argument("--int8", action="store_true", help="also check the *.int8.* encoder and joiner")
+    p.add_argument("--fp32-dir", type=Path, default=None, help="where the fp32 encoder/joiner .bin files are")
+    a = p.parse_args(argv)
+    refs = dict(r.split("=", 1) for r in a.reference if "=" in r)
+    say = lambda s: print(s, flush=True)  # noqa: E731
+    report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
+    if a.int8:
+        validate_int8(a.out, a.fp32_dir or a.out / "work" / "fp32", a.wav, refs, report, print_fn=say,
+                      traced_dir=a.traced_dir, arch=a.arch)
+    return finish_report(report, a.json_out)
+
+
+def finish_report(report: dict, json_out: Path | None) -> int:
+    """The end of a validation process: the report as JSON (when asked), the verdict line, the exit code."""
+    if json_out:
+        from core.common.atomic import atomic_write_bytes
+        atomic_write_bytes(json_out, json.dumps(report, indent=2).encode())
+    print("validation passed" if report["ok"] else "validation FAILED", flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Rich command line: one module per command, exit codes in a leaf module."""

@@ -1,0 +1,1 @@
+"""The Textual wizard: the app, its screens and the logic behind them."""

@@ -1,0 +1,231 @@
+"""The last two steps before a run: quantization (fp16 or int8, calibration audio) and review (nothing written yet)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Select, Static
+from textual.worker import get_current_worker
+
+from core.model.architectures import get_arch
+from core.model.metadata import build_metadata
+from core.pipeline.layout import PlanError
+from core.pipeline.plan import describe_plan, render_script
+from tui.wizard import logic
+from tui.wizard.base import MetaTable, StepScreen
+
+
+class QuantScreen(StepScreen):
+    STEP = "Quantization"
+
+    def body(self) -> ComposeResult:
+        int8 = self.app.config.output.int8
+        with RadioSet(id="quant"):
+            yield RadioButton("fp16 (pnnx fp16=1): half-size weights, sherpa-ncnn's usual choice", value=not int8,
+                              id="q-fp16")
+            yield RadioButton("fp16 + int8: also calibrate with your wavs and quantize encoder and joiner "
+                              "(built in, no tools to build)", value=int8, id="q-int8")
+        yield Label("Calibration audio (a folder of 16 kHz wavs, a list file, or paths)", classes="section")
+        yield Input(" ".join(self.app.config.calibration.wavs), id="cal-wavs")
+        yield Static("", id="cal-check", classes="muted")
+        yield Checkbox("resample wavs that are not 16 kHz (soxr; your files are only read)",
+                       self.app.config.calibration.resample, id="resample")
+        yield Label("Who calibrates and quantizes", classes="section", id="backend-label")
+        yield Select(logic.int8_backend_options(self.app.config), value=self.app.config.calibration.backend,
+                     allow_blank=False, id="int8-backend")
+
+    def _int8(self) -> bool:
+        return self.query_one("#q-int8", RadioButton).value
+
+    def refresh_state(self) -> None:
+        self.app.config.calibration.resample = self.query_one("#resample", Checkbox).value
+        wavs = logic.calibration_wavs(self.query_one("#cal-wavs", Input).value)
+        ok, lines = logic.calibration_check(wavs, self.app.config) if self._int8() else (True, [])
+        self.query_one("#cal-wavs", Input).disabled = not self._int8()
+        self.query_one("#int8-backend", Select).disabled = not self._int8()
+        self.query_one("#resample", Checkbox).disabled = not self._int8()
+        self.query_one("#cal-check", Static).update(Text("\n".join(lines) if self._int8()
+                                                         else "int8 not chosen: only the fp16 model is made"))
+        self.query_one("#next", Button).disabled = not ok
+
+    @on(RadioSet.Changed)
+    @on(Input.Changed, "#cal-wavs")
+    @on(Checkbox.Changed, "#resample")
+    def _changed(self) -> None:
+        self.refresh_state()
+
+    def save(self) -> None:
+        self.app.config.output.int8 = self._int8()
+        self.app.config.calibration.backend = str(self.query_one("#int8-backend", Select).value)
+        if self._int8():
+            self.app.config.calibration.wavs = [str(w) for w in
+                                                logic.calibration_wavs(self.query_one("#cal-wavs", Input).value)]
+
+    def next_screen(self) -> Screen:
+        return ReviewScreen()
+
+
+class ReviewScreen(StepScreen):
+    STEP = "Review"
+    NEXT_LABEL = "Run"
+    BINDINGS = [Binding("ctrl+r", "next", "Run"), Binding("ctrl+n", "next", "Run", show=False),
+                Binding("ctrl+s", "save_config", "Save config"),
+                Binding("ctrl+e", "save_script", "Save script")]
+
+    def body(self) -> ComposeResult:
+        yield Static("Nothing has been written yet. This is exactly what the run will do.", classes="intro",
+                     id="nothing-written")
+        yield Static("", id="problems", classes="error")
+        yield Button("Run anyway: the hyperparameters are right, the checkpoint check is not", id="ignore-mismatch")
+        yield Checkbox("trust this checkpoint", id="trust-checkpoint")  # labelled by show_plan with the global
+        yield Label("SherpaMetaData line", classes="section")
+        yield Static("", id="meta-line", classes="code")
+        yield MetaTable(id="meta-table", cursor_type="row", zebra_stripes=True)
+        yield Label("Header of encoder_jit_trace-pnnx.ncnn.param", classes="section")
+        yield Static("", id="header-change", classes="code")
+        yield Label("Steps and their exact commands", classes="section")
+        yield Static("", id="commands", classes="commands")
+        with Horizontal(classes="save-row"):
+            yield Input("wizard.toml", id="config-path")
+            yield Button("Save config", id="save-config")
+        with Horizontal(classes="save-row"):
+            yield Input("export.sh", id="script-path")
+            yield Button("Save script", id="save-script")
+        yield Static("", id="saved", classes="muted")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#meta-table", MetaTable)
+        table.add_columns("key", "value", "from")
+        self.query_one("#ignore-mismatch", Button).display = False  # shown when the plan reports a mismatch
+        self.query_one("#trust-checkpoint", Checkbox).display = False  # shown when the safe loader refused the file
+        super().on_mount()
+
+    def refresh_state(self) -> None:
+        config = self.app.config
+        spec = get_arch(config.arch)
+        from core.model.architectures import resolve
+        resolved = resolve(spec, config.hyperparameter_flags())
+        table = self.query_one("#meta-table", MetaTable)
+        table.clear()
+        if resolved.ok:
+            meta = build_metadata(resolved)
+            self.query_one("#meta-line", Static).update(Text(meta.line))
+            for e in meta.entries:
+                value = ",".join(map(str, e.value)) if isinstance(e.value, tuple) else str(e.value)
+                source = e.source
+                if e.source.startswith("--"):
+                    try:
+                        hp = spec.param(e.source.split()[0])
+                    except KeyError:
+                        hp = None
+                    if hp is not None and resolved.sources.get(hp.name) == "default":
+                        source += " (default)"
+                table.add_row(e.text.split("=", 1)[0], value, source)
+        else:
+            self.query_one("#meta-line", Static).update("(the hyperparameters are not valid)")
+        self.planned = None
+        self.plan_state = "pending"
+        self.query_one("#next", Button).disabled = True
+        self.query_one("#commands", Static).update("checking the files and the checkpoint ...")
+        self.query_one("#header-change", Static).update(Text(logic.header_change(Path(config.output.dir))))
+        self.plan_in_thread()
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def plan_in_thread(self) -> None:
+        """build_plan reads the checkpoint (torch): off the UI thread."""
+        untrusted: list = []
+        try:
+            planned, problems = self.app.plan(), []
+        except PlanError as exc:
+            planned, problems, untrusted = None, exc.problems, exc.untrusted
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed
+            planned, problems = None, [f"internal error while planning: {exc!r}"]
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_plan, planned, problems, untrusted)
+
+    def show_plan(self, planned, problems: list[str], untrusted: list | None = None) -> None:
+        if not self.is_attached:
+            return
+        self.planned = planned
+        trust = self.query_one("#trust-checkpoint", Checkbox)
+        if untrusted:  # name the file and what unpickling it would run; ticking it sets files.trust_checkpoint
+            trust.label = "; ".join(
+                f"Trust {Path(f).name}: let icefall's export unpickle it although it needs {', '.join(g)} "
+                "(that can run any code)" if g else f"Trust {Path(f).name}: it cannot be read safely; let icefall's "
+                "export unpickle it anyway (that can run any code)" for f, g in untrusted)
+        trust.display = bool(untrusted) or self.app.config.files.trust_checkpoint
+        with trust.prevent(Checkbox.Changed):
+            trust.value = self.app.config.files.trust_checkpoint
+        mismatch = any("ignore_checkpoint_mismatch" in p for p in problems)
+        self.query_one("#ignore-mismatch", Button).display = planned is None and mismatch
+        if planned is None:
+            self.plan_state = "error"
+            self.query_one("#problems", Static).display = True
+            self.query_one("#problems", Static).update(
+                Text("The run cannot start:\n" + "\n".join("✗ " + p for p in problems)))
+            self.query_one("#commands", Static).update("")
+            self.query_one("#next", Button).disabled = True
+            return
+        self.plan_state = "ok"
+        self.query_one("#problems", Static).update(Text("\n".join("! " + w for w in self.planned.warnings)))
+        self.query_one("#problems", Static).display = bool(self.planned.warnings)
+        self.query_one("#header-change", Static).update(Text(logic.header_change(
+            self.planned.out_dir, self.app.config.files.from_ncnn, self.app.config.arch)))
+        lines = Text()
+        for number, title, what in describe_plan(self.planned):
+            lines.append(f"{number}. {title}\n", style="bold")
+            lines.append(f"   {what}\n")
+        self.query_one("#commands", Static).update(lines)
+        run = self.query_one("#next", Button)
+        run.disabled = False
+        run.label = "Resume run" if self.app.resume_next else "Run"
+        if not isinstance(self.focused, Input):  # Run was disabled while planning: give it the focus now
+            run.focus()
+
+    def action_save_config(self) -> None:
+        path = Path(self.query_one("#config-path", Input).value.strip() or "wizard.toml").expanduser()
+        self.app.config.save(path)
+        self.query_one("#saved", Static).update(Text(f"config saved to {path.resolve()}"))
+
+    def action_save_script(self) -> None:
+        if self.planned is None:
+            self.notify("fix the problems first: there is no plan to save", severity="warning")
+            return
+        from tui.cli.run import _write_script
+        path = Path(self.query_one("#script-path", Input).value.strip() or "export.sh").expanduser()
+        _write_script(path, render_script(self.planned))
+        self.query_one("#saved", Static).update(Text(f"script saved to {path.resolve()}"))
+
+    @on(Button.Pressed, "#ignore-mismatch")
+    def _ignore_mismatch(self) -> None:
+        """The user confirms: run although the config contradicts the checkpoint (recorded in wizard.toml)."""
+        self.app.config.files.ignore_checkpoint_mismatch = True
+        self.refresh_state()
+
+    @on(Checkbox.Changed, "#trust-checkpoint")
+    def _trust_checkpoint(self, event: Checkbox.Changed) -> None:
+        """The user vouches for the checkpoint the safe loader refused (recorded in wizard.toml)."""
+        self.app.config.files.trust_checkpoint = event.value
+        self.refresh_state()
+
+    @on(Button.Pressed, "#save-config")
+    def _save_config(self) -> None:
+        self.action_save_config()
+
+    @on(Button.Pressed, "#save-script")
+    def _save_script(self) -> None:
+        self.action_save_script()
+
+    def action_next(self) -> None:
+        if self.planned is None or self.plan_state != "ok":
+            self.notify("the run cannot start yet: see the problems at the top" if self.plan_state == "error"
+                        else "still checking the files ...", severity="warning")
+            return
+        error = self.app.start_run(self.planned, resume=self.app.resume_next)
+        if error:
+            self.notify(error, severity="error")
