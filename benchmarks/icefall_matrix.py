@@ -425,11 +425,12 @@ def table(rows: list[dict]) -> str:
     def pct(v):
         return "" if v is None else f"{v:.0%}"
 
-    def quality(r):
+    def quality(r):  # the worst int8 output's mean cosine (e = encoder, j = joiner) / int8 token agreement
         c = r.get("checks") or {}
-        cos = (c.get("int8_cosine") or {}).get("encoder")
-        return "" if cos is None and "agreement_int8" not in c else \
-            f"{'' if cos is None else f'{cos:.3f}'}/{pct(c.get('agreement_int8'))}"
+        cos = c.get("int8_cosine") or {}
+        worst = min(cos, key=cos.get) if cos else None
+        return "" if worst is None and "agreement_int8" not in c else \
+            f"{'' if worst is None else f'{worst[0]}{cos[worst]:.3f}'}/{pct(c.get('agreement_int8'))}"
 
     body = [(r["id"], r["arch"], "y" if r["int8"] else "", r["fp16"], r["int8_result"],
              pct((r.get("checks") or {}).get("agreement_fp16")), quality(r), f"{r['seconds']:.0f}",
