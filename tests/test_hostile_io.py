@@ -293,3 +293,22 @@ def test_from_ncnn_checks_the_wavs_and_rewrite_its_pnnx_param_at_once(tmp_path, 
     assert code == 2 and "--wav:" in err and "x.wav" in err
     code, _, err = cli("rewrite", d / "encoder_jit_trace-pnnx.ncnn.param", "--pnnx-param", tmp_path / "no.param")
     assert code == 2 and "--pnnx-param" in err and "not found" in err
+
+
+def test_rewrite_refuses_a_layer_line_that_does_not_fit_its_type(tmp_path, cli):
+    f = tmp_path / "r.param"
+    f.write_text("7767517\n2 2\nInput in0 0 1 in0\nReshape r 0 1 x 0=2\n")
+    code, out, err = cli("rewrite", f, "--arch", "lstm")
+    assert code in (1, 2) and "Reshape" in out + err and "line 4" in out + err and "Traceback" not in out + err
+
+
+def test_calibrate_with_a_binary_wav_list_is_a_sentence(tmp_path, cli):
+    d = tmp_path / "m"
+    d.mkdir()
+    for n in ("encoder", "decoder", "joiner"):
+        for e in ("param", "bin"):
+            (d / f"{n}_jit_trace-pnnx.ncnn.{e}").write_bytes(b"x")
+    lst = tmp_path / "list.txt"
+    lst.write_bytes(b"\xff\xfe\x00\n")
+    code, _, err = cli("calibrate", d, "--wav-list", lst)
+    assert code == 2 and "not a text list" in err

@@ -299,7 +299,26 @@ def _rewrite_static_time(model: ParamFile, layer: Layer, t: int, traced: int | N
 
 def plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None = None, encoder: bool = True,
                   arch: str | None = None) -> RewritePlan:
-    """Work out every rewrite ``model`` needs, without writing anything."""
+    """Work out every rewrite ``model`` needs, without writing anything.
+
+    The rules match patterns of well-formed layers; a layer whose line lacks the inputs or outputs its type has
+    (a Reshape without an input, say) is refused by name instead of tripping a rule up."""
+    try:
+        return _plan_rewrites(model, pnnx_param=pnnx_param, encoder=encoder, arch=arch)
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        header = model.header_text()
+        plan = RewritePlan(model.source, "refused", layers_before=model.layer_count, layers_after=model.layer_count,
+                           blobs_before=model.blob_count, blobs_after=model.blob_count, header_before=header,
+                           header_after=header, original_sha256=hashlib.sha256(model.to_bytes()).hexdigest())
+        broken = [f"{p.name} ({p.type}) at line {p.line}: {p.message}" for p in check_layers(model)][:3]
+        plan.errors.append("the graph has layers whose lines do not fit their type" +
+                           (": " + "; ".join(broken) if broken else f" ({type(exc).__name__})") +
+                           "; nothing was changed — convert the model with pnnx again")
+        return plan
+
+
+def _plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None = None, encoder: bool = True,
+                   arch: str | None = None) -> RewritePlan:
     original = model.to_bytes()
     header = model.header_text()
     plan = RewritePlan(model.source, "refused", layers_before=model.layer_count, layers_after=model.layer_count,

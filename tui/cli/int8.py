@@ -33,6 +33,10 @@ def run_calibrate(args) -> int:
     except OSError as exc:
         stderr_console().print(f"error: {args.wav_list}: {exc.strerror}")
         return EXIT_BAD_INPUT
+    except UnicodeDecodeError as exc:
+        stderr_console().print(f"error: {args.wav_list}: not a text list of wav paths (byte {exc.start} is not "
+                               "UTF-8); write one path per line")
+        return EXIT_BAD_INPUT
     out = Path(args.out) if args.out else d
     console = stdout_console()
     progress = (lambda i, n, s: None) if args.json else (lambda i, n, s: console.print(f"[{i}/{n}] {s}",
@@ -47,10 +51,19 @@ def run_calibrate(args) -> int:
             stderr_console().print(Text("error: ", style="bold red") + Text(str(exc)))
         return EXIT_BAD_INPUT if "no usable calibration audio" in str(exc) or "SherpaMetaData" in str(exc) \
             else EXIT_FAILED
-    out.mkdir(parents=True, exist_ok=True)
-    from core.common.atomic import atomic_write_bytes
-    atomic_write_bytes(out / "encoder-scale-table.txt", result.encoder.text().encode())
-    atomic_write_bytes(out / "joiner-scale-table.txt", result.joiner.text().encode())
+    from core.common.atomic import WriteError, atomic_write_bytes
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "encoder-scale-table.txt", result.encoder.text().encode())
+        atomic_write_bytes(out / "joiner-scale-table.txt", result.joiner.text().encode())
+    except (WriteError, OSError) as exc:
+        message = str(exc) if isinstance(exc, WriteError) else f"{exc.filename}: {exc.strerror}"
+        if args.json:
+            emit_json({"ok": False, "error": message})
+        else:
+            stderr_console().print(Text("error: ", style="bold red") + Text(message + " (the statistics are cached: "
+                                                                             "a rerun only chooses the thresholds)"))
+        return EXIT_FAILED
     report = {"ok": True, "files": result.files, "chunks": result.chunks, "frames": result.frames,
               "seconds": round(result.seconds, 3), "skipped": result.skipped,
               "encoder_layers": list(result.encoder.activations), "joiner_layers": list(result.joiner.activations),
