@@ -75,6 +75,7 @@ def compare_int8_here(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_jo
 
     def load(param, binary, encoder):
         net = keeper.keep(ncnn.Net())
+        net.opt.num_threads = 1  # ncnn's default (every core) spins against the other children on a busy machine
         if encoder:
             register_meta_layer(net, keeper)
         if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:

@@ -32,6 +32,7 @@ from core.common.hints import hint_for
 from core.common.locks import LockError, RunLock
 from core.pipeline.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
 from core.pipeline.progress import PARSERS
+from core.pipeline.usage import InProcessUsage, read_usage, wrap_argv
 
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[@-Z\\-_]")
 TAIL_LINES = 30
@@ -172,6 +173,7 @@ class Runner:
         self._proc: asyncio.subprocess.Process | None = None
         self._hash_cache: dict = {}
         self.results: dict[str, StepFinished] = {}
+        self._usage: dict[str, dict] = {}  # step id -> cpu_seconds, peak_mb (core.pipeline.usage)
 
     # -- public --------------------------------------------------------------
     def cancel(self) -> None:
@@ -304,9 +306,12 @@ class Runner:
         env = dict(os.environ)
         env.update(step.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        usage_file = self.plan.out_dir / "logs" / f".usage-{step.id}.json"
+        usage_file.unlink(missing_ok=True)
+        argv = wrap_argv(step.argv, step.cwd, usage_file)  # the child's own CPU time and peak RSS (os.wait4)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *step.argv, cwd=step.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                *argv, cwd=step.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
         except FileNotFoundError:
             return f"{step.argv[0]} was not found; check the path (or install it)"
@@ -341,6 +346,10 @@ class Runner:
         finally:
             killer.cancel()
             self._proc = None
+        usage = read_usage(usage_file)
+        if usage is not None:
+            rc = usage.pop("returncode", rc)
+            self._usage[step.id] = usage
         if self.cancelled:
             return "cancelled"
         if rc != 0:
@@ -366,7 +375,11 @@ class Runner:
             loop.call_soon_threadsafe(self.on_event, Progress(step.id, done, total, note))
 
         ctx = StepContext(step.id, self.plan.out_dir, log, progress, self._cancel)
-        await asyncio.to_thread(step.func, ctx)
+        meter = InProcessUsage()
+        try:
+            await asyncio.to_thread(step.func, ctx)
+        finally:
+            self._usage[step.id] = meter.stop()
         await asyncio.sleep(0)  # let queued log lines land before the step is reported
         return "cancelled" if self.cancelled else None
 
@@ -408,6 +421,7 @@ class Runner:
              "status": self.results[s.id].status if s.id in self.results else "not run",
              "seconds": round(self.results[s.id].seconds, 3) if s.id in self.results else None,
              "error": self.results[s.id].error if s.id in self.results else None,
+             **self._usage.get(s.id, {}),
              "inputs": state["steps"].get(s.id, {}).get("inputs"),
              "outputs": state["steps"].get(s.id, {}).get("outputs")}
             for s in self.plan.steps

@@ -160,8 +160,18 @@ def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[P
     return TorchTransducer(encoder, decoder, joiner, segment, offset)
 
 
+_FEATURES: dict[tuple[str, float], object] = {}  # (wav, tail) -> features: each wav is read and featurized once
+
+
 def features_for(wav: str, tail_seconds: float):
-    """sherpa-ncnn's features for one validation input, tail padding included."""
+    """sherpa-ncnn's features for one validation input, tail padding included (computed once per process)."""
+    key = (str(wav), tail_seconds)
+    if key not in _FEATURES:
+        _FEATURES[key] = _features(wav, tail_seconds)
+    return _FEATURES[key]
+
+
+def _features(wav: str, tail_seconds: float):
     import numpy as np
 
     from core.common.audio import SAMPLE_RATE, fbank, read_wav
@@ -225,6 +235,35 @@ def describe(entry: dict) -> str:
 
 
 _TORCH_CACHE: dict[tuple[str, str], tuple[object, dict]] = {}  # (traced dir, wav) -> (features, plain decode)
+_MODELS: dict[tuple[str, tuple[str, ...]], TorchTransducer] = {}  # (traced dir, shape dirs) -> the loaded modules
+
+
+def transducer(out: Path, arch: str | None, traced_dir: Path, extra_dirs: tuple[Path, ...] = ()) -> TorchTransducer:
+    """The traced modules, loaded once per validation process (the fp16 and int8 checks and the numeric check share
+    them: the published LSTM's encoder alone is 230 MB)."""
+    dirs = (out / "work" / "pnnx", *extra_dirs)
+    key = (str(traced_dir), tuple(map(str, dirs)))
+    if key not in _MODELS:
+        meta, arch = _metadata(out, arch)
+        _MODELS[key] = load_transducer(Path(traced_dir), arch, meta, dirs)
+    return _MODELS[key]
+
+
+def prepare(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[str], tail_seconds: float,
+            extra_dirs: tuple[Path, ...] = ()) -> None:
+    """torch's plain streaming decode of every wav, before sherpa-ncnn's results are in (they decode meanwhile in
+    child processes); ``check`` then only compares. Failures are left for ``check`` to report."""
+    if traced_dir is None or not (Path(traced_dir) / "encoder_jit_trace-pnnx.pt").is_file():
+        return
+    try:
+        torch_model = transducer(out, arch, Path(traced_dir), extra_dirs)
+        for wav in wavs:
+            key = (str(traced_dir), wav)
+            if key not in _TORCH_CACHE:
+                feats = features_for(wav, tail_seconds)
+                _TORCH_CACHE[key] = (feats, torch_model.decode(feats))
+    except (AgreementError, TracedError, OSError):
+        return
 
 
 def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | None, report: dict,
@@ -239,8 +278,7 @@ def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | N
     model = decode.get("model", "fp16")
     entries = report.setdefault("agreement", [])
     try:
-        meta, arch = _metadata(out, arch)
-        torch_model = load_transducer(Path(traced_dir), arch, meta, (out / "work" / "pnnx", *extra_dirs))
+        torch_model = transducer(out, arch, Path(traced_dir), extra_dirs)
     except (AgreementError, OSError) as exc:
         report["ok"] = False
         entries.append({"model": model, "error": str(exc), "match": False})

@@ -74,7 +74,7 @@ def _precision(bin_path: Path, param_path: Path) -> str:
 
 def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, features=None, seed: int = 0,
                 threads: int = 1, shape_files: list[Path] | None = None, metadata_specs=None,
-                frames: int | None = None) -> list[NumericResult]:
+                frames: int | None = None, traced=None) -> list[NumericResult]:
     """Feed torch and ncnn the same inputs (two chunks for encoders, states carried) and compare every output.
 
     The traced module is called the way it was traced (core.model.traced: lists, tuples, constants), with pnnx's
@@ -85,8 +85,9 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
     import numpy as np
     import torch
 
-    from core.model.traced import load
-    traced = load(pt, shape_files, metadata_specs)
+    if traced is None:  # else the agreement check's copy, loaded once (core.validation.agreement.transducer)
+        from core.model.traced import load
+        traced = load(pt, shape_files, metadata_specs)
     traced._need_specs()
     rng = np.random.default_rng(seed)
     lengths = traced.lengths_index() if net == "encoder" else None
@@ -207,6 +208,61 @@ def model_files(out: Path, int8: bool = False) -> dict[str, str]:
     return files
 
 
+_PENDING: dict[tuple, object] = {}  # (what, out, ...) -> a Future started by start_children
+
+
+def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8: bool, fp32_dir: Path | None,
+                   run_decode: bool = True) -> object:
+    """Start the work that runs in child processes (sherpa-ncnn decodes, the int8 cosine) now, so it overlaps the
+    torch work in this process: one child at a time per core left after torch's one (at least one)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    pool = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="validate-child")
+    if run_decode:
+        _PENDING[("decode", str(out), False)] = pool.submit(_timed, decode, out, wavs, references)
+    if int8:
+        _PENDING[("decode", str(out), True)] = pool.submit(_timed, decode, out, wavs, references, True)
+        if wavs and fp32_dir is not None:
+            _PENDING[("int8-cosine", str(out))] = pool.submit(_timed, _int8_similarity, out, fp32_dir, wavs)
+    return pool
+
+
+def _timed(fn, *args):
+    import time
+    t0 = time.perf_counter()
+    try:
+        return fn(*args), None, time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - re-raised in the caller's thread, where it was always raised
+        return None, exc, time.perf_counter() - t0
+
+
+def _collect(key: tuple, fn, *args, timings: dict | None = None, name: str = ""):
+    """The prefetched result for ``key`` (waiting for it), else ``fn(*args)`` here; the seconds go to ``timings``."""
+    future = _PENDING.pop(key, None)
+    result, exc, seconds = future.result() if future is not None else _timed(fn, *args)
+    if timings is not None and name:
+        timings[name] = round(seconds, 3)
+    if exc is not None:
+        raise exc
+    return result
+
+
+def _int8_similarity(out: Path, fp32_dir: Path, wavs: list[Path]):
+    from core.int8.calibration import ModelFiles
+    from core.int8.check import compare_int8
+    fp32 = ModelFiles(out / "encoder_jit_trace-pnnx.ncnn.param", fp32_dir / "encoder_jit_trace-pnnx.ncnn.bin",
+                      out / "decoder_jit_trace-pnnx.ncnn.param", out / "decoder_jit_trace-pnnx.ncnn.bin",
+                      out / "joiner_jit_trace-pnnx.ncnn.param", fp32_dir / "joiner_jit_trace-pnnx.ncnn.bin")
+    return compare_int8(fp32, (out / "encoder_jit_trace-pnnx.ncnn.int8.param",
+                               out / "encoder_jit_trace-pnnx.ncnn.int8.bin"),
+                        (out / "joiner_jit_trace-pnnx.ncnn.int8.param", out / "joiner_jit_trace-pnnx.ncnn.int8.bin"),
+                        wavs)
+
+
 def decode(out: Path, wavs: list[Path], references: dict[str, str], int8: bool = False,
            workdir: Path | None = None) -> DecodeResult:
     import numpy as np
@@ -223,7 +279,7 @@ def decode(out: Path, wavs: list[Path], references: dict[str, str], int8: bool =
         if w.sample_rate != SAMPLE_RATE:
             return DecodeResult(False, "int8" if int8 else "fp16",
                                 error=f"{wav}: {w.sample_rate} Hz; sherpa-ncnn models expect 16000 Hz mono")
-        npy = workdir / f".decode-input-{i}.npy"
+        npy = workdir / f".decode-input-{'int8' if int8 else 'fp16'}-{i}.npy"
         np.save(npy, w.samples)
         inputs.append({"wav": str(wav), "npy": str(npy)})
     if not inputs:
@@ -302,21 +358,20 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
                   extra_dirs: tuple[Path, ...] = ()) -> None:
     """The int8 set: decoded by sherpa-ncnn, its token agreement with torch (when the traced modules are
     there; reported, not failed), and compared with fp32 on the same inputs (cosine per output)."""
-    from core.int8.calibration import ModelFiles
-    from core.int8.check import compare_int8
-    report_decode(decode(out, wavs, references, int8=True), report, print_fn,
+    import time
+    timings = report.setdefault("timings", {})
+    report_decode(_collect(("decode", str(out), True), decode, out, wavs, references, True, timings=timings,
+                           name="sherpa-ncnn int8 decode"), report, print_fn,
                   describe=lambda item: f"{item['text']!r}", key="decode_int8")
     if traced_dir is not None:
+        t0 = time.perf_counter()
         check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn, extra_dirs)
-    fp32 = ModelFiles(out / "encoder_jit_trace-pnnx.ncnn.param", fp32_dir / "encoder_jit_trace-pnnx.ncnn.bin",
-                      out / "decoder_jit_trace-pnnx.ncnn.param", out / "decoder_jit_trace-pnnx.ncnn.bin",
-                      out / "joiner_jit_trace-pnnx.ncnn.param", fp32_dir / "joiner_jit_trace-pnnx.ncnn.bin")
+        timings["agreement int8 (compare)"] = round(time.perf_counter() - t0, 3)
     if not wavs:
         report["notes"].append("int8 similarity not measured: no wavs")
         return
-    sims = compare_int8(fp32, (out / "encoder_jit_trace-pnnx.ncnn.int8.param", out / "encoder_jit_trace-pnnx.ncnn.int8.bin"),
-                        (out / "joiner_jit_trace-pnnx.ncnn.int8.param", out / "joiner_jit_trace-pnnx.ncnn.int8.bin"),
-                        wavs)
+    sims = _collect(("int8-cosine", str(out)), _int8_similarity, out, fp32_dir, wavs, timings=timings,
+                    name="int8 cosine (child)")
     report["int8_similarity"] = [asdict(s) for s in sims]
     for s in sims:
         print_fn(s.line(target))
@@ -343,19 +398,33 @@ def _torch_setup(out: Path, arch: str | None, traced_dir: Path, net: str) -> dic
 
 def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
              numeric: bool = True, run_decode: bool = True, print_fn=print) -> dict:
-    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
+    import time
+    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
+    timings = report["timings"]
     arch = arch or detect_arch(out)
+    shared = None  # the agreement check's traced modules, loaded once and used by the numeric check too
+    if traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists() and (numeric or run_decode):
+        t0 = time.perf_counter()
+        import torch
+        torch.set_num_threads(1)  # sherpa-ncnn's children run meanwhile on the other cores
+        from core.validation.agreement import AgreementError, transducer
+        from core.model.traced import TracedError
+        try:
+            shared = transducer(out, arch, traced_dir)
+        except (AgreementError, TracedError, OSError):
+            shared = None  # the numeric check loads its own; the agreement check reports the problem
+        timings["torch import + load"] = round(time.perf_counter() - t0, 3)
     if numeric:
+        t0 = time.perf_counter()
         if traced_dir is None or not (traced_dir / "encoder_jit_trace-pnnx.pt").exists():
             report["notes"].append("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
             print_fn("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
         else:
             features = None
             if wavs:
-                from core.common.audio import fbank, read_wav
-                try:
-                    w = read_wav(wavs[0])
-                    features = fbank(w.samples, w.sample_rate)
+                from core.validation.agreement import features_for
+                try:  # the agreement check's features of this wav (tail padding only adds frames at the end)
+                    features = features_for(str(wavs[0]), TAIL_PADDING_SECONDS)
                 except Exception as exc:  # noqa: BLE001 - reported, then random features are used
                     report["notes"].append(f"features from {wavs[0]} unavailable ({exc}); random inputs used")
             for net in NETS:
@@ -363,7 +432,8 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
                     results = compare_net(net, traced_dir / f"{net}_jit_trace-pnnx.pt",
                                           out / f"{net}_jit_trace-pnnx.ncnn.param",
                                           out / f"{net}_jit_trace-pnnx.ncnn.bin", arch or "", features,
-                                          **_torch_setup(out, arch, traced_dir, net))
+                                          **_torch_setup(out, arch, traced_dir, net),
+                                          traced=getattr(shared, net, None))
                 except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
                     report["ok"] = False
                     msg = f"-[✗] {net}: numeric check failed: {exc}"
@@ -374,9 +444,17 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
                     print_fn(r.line())
                     report["numeric"].append(asdict(r))
                     report["ok"] &= r.ok
+        timings["numeric"] = round(time.perf_counter() - t0, 3)
     if run_decode:
-        report_decode(decode(out, wavs, references), report, print_fn)
+        from core.validation.agreement import NO_WAV, prepare
+        t0 = time.perf_counter()
+        prepare(out, arch, traced_dir, [str(w) for w in wavs] or [NO_WAV], TAIL_PADDING_SECONDS)
+        timings["torch streaming decode"] = round(time.perf_counter() - t0, 3)
+        report_decode(_collect(("decode", str(out), False), decode, out, wavs, references, timings=timings,
+                               name="sherpa-ncnn fp16 decode"), report, print_fn)
+        t0 = time.perf_counter()
         check_agreement(out, arch, traced_dir, report["decode"], report, print_fn)
+        timings["agreement fp16 (compare)"] = round(time.perf_counter() - t0, 3)
     return report
 
 
@@ -423,10 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     refs = dict(r.split("=", 1) for r in a.reference if "=" in r)
     say = lambda s: print(s, flush=True)  # noqa: E731
+    pool = start_children(a.out, a.wav, refs, a.int8, a.fp32_dir or a.out / "work" / "fp32", not a.no_decode)
     report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
     if a.int8:
         validate_int8(a.out, a.fp32_dir or a.out / "work" / "fp32", a.wav, refs, report, print_fn=say,
                       traced_dir=a.traced_dir, arch=a.arch)
+    pool.shutdown()
     return finish_report(report, a.json_out)
 
 

@@ -1,0 +1,126 @@
+"""Benchmark: the whole pipeline at the published size, every step against the run's floor.
+
+Not a test. Run from the repository root (one at a time, under nice, on a shared machine):
+
+    .venv/bin/python benchmarks/bench_full_size.py ARCH [--int8] [--json] [--keep DIR]
+
+Builds the demo recipe's model at icefall's published size (the recipe's default
+flags, random weights: assets/demo/make_demo_assets.py make_checkpoint), writes a
+wizard.toml and runs ``sherpa-ncnn-wizard run --config`` in a child process, then
+reads each step's wall seconds, CPU seconds and peak RSS from the run's
+manifest.json. The floor is what no pipeline can avoid, measured in this same run:
+the export script + the pnnx conversions (their steps' wall time) + (with --int8)
+calibration's bare ncnn forward passes over the calibration audio (benchmarks/
+bench_calibrate.py forward_floor on the run's own fp32 set). Prints total / floor.
+
+--json prints one object: ``steps`` ({name: {wall, cpu, peak_mb}}), ``total``,
+``floor``, ``ratio`` (and ``floor_parts``, ``load``, ``validation``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def write_config(arch: str, tmp: Path, int8: bool) -> Path:
+    """wizard.toml for the demo recipe at the published size (no flags = the recipe's defaults)."""
+    import shutil
+    sys.path.insert(0, str(ROOT / "assets" / "demo"))
+    from make_demo_assets import make_checkpoint
+    from core.pipeline.demo import demo_config, demo_recipe
+    tokens = tmp / "tokens.txt"
+    shutil.copy(demo_recipe(arch).bpe_model.with_name("tokens.txt"), tokens)
+    config = demo_config(arch)
+    config.files.checkpoint = str(make_checkpoint(arch, [], tokens, tmp / "pretrained.pt"))
+    config.hyperparameters = {}
+    config.output.int8 = int8
+    config.save(tmp / "wizard.toml")
+    return tmp / "wizard.toml"
+
+
+def run_pipeline(config: Path, out: Path) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "tui.cli.main", "run", "--config", str(config), "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    manifest_path = out / "manifest.json"
+    if r.returncode != 0 or not manifest_path.exists():
+        sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+        raise SystemExit(f"the run failed (exit {r.returncode}); see above")
+    return wall, json.loads(manifest_path.read_text())
+
+
+def floor_forward(out: Path, wavs: list[Path]) -> float:
+    """Calibration's bare forward passes on the run's fp32 set, in a fresh process (as calibration runs)."""
+    code = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/benchmarks'];"
+            "from bench_calibrate import forward_floor; from core.pipeline.layout import Layout, fp32_model_files;"
+            "print(forward_floor(fp32_model_files(Layout(Path(sys.argv[2]))), [Path(w) for w in sys.argv[3:]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT), str(out), *map(str, wavs)], capture_output=True,
+                       text=True, check=True)
+    return float(r.stdout.split()[-1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("arch")
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", type=Path, help="keep the run directory here")
+    a = p.parse_args()
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        config = write_config(a.arch, tmp, a.int8)
+        out = a.keep or tmp / "run"
+        wall, manifest = run_pipeline(config, out)
+        steps = {}
+        for s in manifest["steps"]:
+            if s.get("seconds") is None:
+                continue
+            steps[s["id"]] = {"wall": s["seconds"], "cpu": s.get("cpu_seconds"), "peak_mb": s.get("peak_mb")}
+        parts = {k: v["wall"] for k, v in steps.items() if k == "export" or k.startswith("pnnx-")}
+        if a.int8:
+            from core.pipeline.config import load_config
+            wavs = [Path(w) for w in load_config(config).calibration.wavs]
+            parts["calibration forward passes"] = floor_forward(out, wavs)
+        validation_parts = {}
+        vj = out / "validation.json"
+        if vj.exists():
+            validation_parts = json.loads(vj.read_text()).get("timings", {})
+    total = sum(v["wall"] for v in steps.values())
+    floor = sum(parts.values())
+    result = {"arch": a.arch, "int8": a.int8, "steps": steps, "total": round(total, 2), "floor": round(floor, 2),
+              "ratio": round(total / floor, 3), "floor_parts": {k: round(v, 2) for k, v in parts.items()},
+              "run_wall": round(wall, 2), "load": [round(x, 2) for x in (load + os.getloadavg())],
+              "validation": validation_parts}
+    if a.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{a.arch} at the published size{' --int8' if a.int8 else ''} (load average before {load[0]:.2f}, "
+          f"after {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores)")
+    print(f"  {'step':24} {'wall s':>8} {'cpu s':>8} {'peak MB':>8}")
+    for name, v in steps.items():
+        cpu = f"{v['cpu']:.1f}" if v["cpu"] is not None else "-"
+        peak = f"{v['peak_mb']:.0f}" if v["peak_mb"] is not None else "-"
+        print(f"  {name:24} {v['wall']:8.1f} {cpu:>8} {peak:>8}")
+    for name, seconds in validation_parts.items():
+        print(f"    validate: {name:22} {seconds:8.1f}")
+    val = sum(v["wall"] for k, v in steps.items() if "valid" in k)
+    print(f"  total {total:.1f} s (validation {val / total:.0%}); floor {floor:.1f} s = "
+          + " + ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+    print(f"  total / floor = {total / floor:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
