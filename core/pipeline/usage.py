@@ -130,3 +130,25 @@ class InProcessUsage:
         child_kb = max(self._child_peak_kb, children_max if children_max > self._children_max0 else 0)
         return {"cpu_seconds": round(cpu, 3), "peak_mb": round(max(own_kb, child_kb) / 1024, 1),
                 "peak_process_mb": round(own_kb / 1024, 1), "peak_children_mb": round(child_kb / 1024, 1)}
+
+
+def cost_lines(out_dir: Path) -> list[str]:
+    """The run's slowest step and its peak memory, from OUT/manifest.json (the front-ends' summary lines)."""
+    try:
+        steps = json.loads((Path(out_dir) / "manifest.json").read_text()).get("steps", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    timed = [s for s in steps if isinstance(s, dict) and isinstance(s.get("seconds"), (int, float))
+             and s.get("status") == "ok"]
+    if not timed:
+        return []
+    total = sum(s["seconds"] for s in timed)
+    slow = max(timed, key=lambda s: s["seconds"])
+    cpu = f", CPU {slow['cpu_seconds']:.1f} s" if isinstance(slow.get("cpu_seconds"), (int, float)) else ""
+    lines = [f"slowest step: {slow['id']} {slow['seconds']:.1f} s of {total:.1f} s ({slow['seconds'] / total:.0%}"
+             f"{cpu})" if total else f"slowest step: {slow['id']}"]
+    peaks = [s for s in timed if isinstance(s.get("peak_mb"), (int, float))]
+    if peaks:
+        top = max(peaks, key=lambda s: s["peak_mb"])
+        lines.append(f"peak memory: {top['peak_mb']:.0f} MB ({top['id']})")
+    return lines

@@ -293,6 +293,9 @@ def _print_results(out: Console, out_dir: Path, status: str) -> None:
                              f"(worst {s['min_cosine']:.4f}) vs fp32"))
         for note in v.get("notes", []):
             out.print(Text("note: ", style="yellow") + Text(note))
+    from core.pipeline.usage import cost_lines
+    for line in cost_lines(out_dir):  # slowest step, peak memory (manifest.json)
+        out.print(line, highlight=False, markup=False)
     verdict = {"ok": ("done", "bold green"), "cancelled": ("cancelled: finished steps are kept; resume with --resume",
                                                            "bold yellow")}.get(status, ("failed: fix the problem, then "
                                                                                         "run again with --resume",
