@@ -295,6 +295,10 @@ class SummaryScreen(Screen):
             yield Static(Text(f"✓ the sherpa-ncnn model is in {self.out_dir}", style="bold green"))
             yield Label("Sizes", classes="section")
             yield SizeTable(id="sizes", show_cursor=False)
+            from core.pipeline.usage import cost_lines
+            costs = cost_lines(self.out_dir)  # slowest step and peak memory (manifest.json)
+            if costs:
+                yield Static(Text("\n".join(costs)), id="costs")
             shipped = logic.shipped_text(self.out_dir)  # speed, dataset WER, int8 by layer type
             if shipped:
                 yield Label("Speed and int8 (sherpa-ncnn)", classes="section")
