@@ -595,3 +595,188 @@ async def test_calibration_audio_at_another_rate_needs_the_resample_tick(tmp_pat
         await review_ready(pilot)
         assert "Resample calibration audio to 16 kHz" in text(app, "#commands")
         assert app.config.calibration.resample
+
+
+# -- issue 15: the wizard walked as a new user at 80x24 ---------------------------------------------
+
+SMALL = (80, 24)
+
+
+def notes(app) -> str:
+    return "\n".join(n.message for n in app._notifications)
+
+
+async def checks_done(pilot) -> None:
+    await wait_for(pilot, lambda: not pilot.app.screen.pending(), timeout=60)
+    await pilot.pause()
+
+
+async def test_my_model_focuses_the_first_field_and_junk_files_are_refused(tmp_path):
+    """`m` puts the cursor in the first field; a junk .pt and a junk bpe.model get ✗ (checked in a worker),
+    not "✓ ok"; fixing the file on disk and checking again turns the field ✓ (as fix-and-resume does)."""
+    config = demo_config("zipformer")
+    junk_pt, junk_bpe = tmp_path / "epoch-9.pt", tmp_path / "bpe.model"
+    junk_pt.write_text("not a checkpoint\n")
+    junk_bpe.write_text("not a sentencepiece model\n")
+    app = make_app(out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("m")
+        await pilot.pause()
+        assert isinstance(app.screen, FilesScreen)
+        assert app.focused is app.screen.query_one("#f-recipe")
+        await pilot.press(*"abc")
+        assert app.screen.query_one("#f-recipe").value == "abc"
+        app.screen.query_one("#f-recipe").value = config.files.recipe
+        app.screen.query_one("#f-checkpoint").value = str(junk_pt)
+        app.screen.query_one("#f-tokens").value = str(junk_bpe)
+        await checks_done(pilot)
+        assert text(app, "#c-checkpoint").startswith("✗") and "not a torch checkpoint" in text(app, "#c-checkpoint")
+        assert text(app, "#c-tokens").startswith("✗") and "sentencepiece" in text(app, "#c-tokens")
+        assert app.screen.query_one("#next").disabled
+        import shutil
+        shutil.copy(config.files.checkpoint, junk_pt)  # the user fixes the file: its check is not cached
+        app.screen.refresh_state()
+        await checks_done(pilot)
+        assert text(app, "#c-checkpoint").startswith("✓"), text(app, "#c-checkpoint")
+
+
+async def test_ctrl_d_detects_while_a_field_has_focus(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        field = app.screen.query_one("#f-checkpoint")
+        field.focus()
+        field.cursor_position = 0
+        before = field.value
+        await pilot.press("ctrl+d")
+        await wait_for(pilot, lambda: "reading" not in text(app, "#detect-result") and text(app, "#detect-result"),
+                       timeout=60)
+        assert field.value == before  # not a deleted character
+        assert app.detected is not None and app.detected.ok
+
+
+async def test_review_keys_work_in_a_path_field_and_saving_is_notified(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        await go_to(pilot, ReviewScreen)
+        await review_ready(pilot)
+        path = app.screen.query_one("#script-path")
+        path.value = str(tmp_path / "my-export.sh")
+        path.focus()
+        await pilot.press("ctrl+e")
+        await pilot.pause()
+        assert (tmp_path / "my-export.sh").is_file()
+        app.screen.query_one("#config-path").value = str(tmp_path / "my.toml")
+        app.screen.query_one("#config-path").focus()
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert (tmp_path / "my.toml").is_file()
+        assert "script saved to" in notes(app) and "config saved to" in notes(app)
+
+
+async def test_no_invisible_tab_stop_in_the_steps(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        for screen in (FilesScreen, HyperScreen):
+            await go_to(pilot, screen)
+            chain = app.screen.focus_chain
+            assert not [w for w in chain if w.has_class("body")], chain  # the scrolling body is no Tab stop
+        assert app.screen.focus_chain[0] is app.screen.query_one("#preset")
+
+
+async def test_a_bad_toml_on_start_is_a_notification(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("arch = [\n")
+    app = make_app()
+    async with app.run_test(size=SMALL) as pilot:
+        app.screen.query_one("#toml").value = str(bad)
+        app.screen.query_one("#toml").focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "bad.toml" in notes(app)
+        app.screen.query_one("#toml").value = str(tmp_path / "missing.toml")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "missing.toml" in notes(app)
+
+
+async def test_cross_field_errors_are_notified_and_keys_labelled_as_in_the_line(tmp_path):
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        await go_to(pilot, HyperScreen)
+        assert "key -23316" in text(app, "#d-num_encoder_layers"), text(app, "#d-num_encoder_layers")
+        assert "key 16" not in text(app, "#d-num_encoder_layers")
+        app.screen.query_one("#hp-num_encoder_layers").value = "2,4"  # 2 stacks, the others 3: cross-field
+        await pilot.pause()
+        assert text(app, "#cross-errors")
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert text(app, "#cross-errors").splitlines()[0].removeprefix("✗ ")[:30] in notes(app)
+
+
+async def test_after_a_run_n_starts_over_and_the_palette_has_new_run(tmp_path):
+    from core.pipeline.events import RunFinished, StepFinished, StepStarted
+    from textual.app import SystemCommand  # noqa: F401
+    from tui.wizard.app import RunModel
+    config = demo_config("lstm")
+    config.output.dir = str(tmp_path / "out")
+    app = WizardApp(config=config, show_timings=False)
+    async with app.run_test(size=SMALL) as pilot:
+        await review_ready(pilot)
+        model = app.run_model = RunModel(app.screen.planned)
+        for s in model.steps:
+            model.handle(StepStarted(s.id, s.index, len(model.steps), s.title, s.command))
+            model.handle(StepFinished(s.id, "ok", 1.0))
+        model.handle(RunFinished("ok", 9.0, str(model.out_dir)))
+        await app.push_screen(RunScreen())
+        await pilot.pause()
+        assert "New run" in [c.title for c in app.get_system_commands(app.screen)]
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, StartScreen) and len(app.screen_stack) == 2
+
+
+def test_failure_panel_puts_hint_and_action_before_the_log(tmp_path):
+    from core.pipeline.events import RunFinished, StepFinished, StepStarted
+    from tui.wizard.app import RunModel
+    from tui.wizard.run import RunScreen as Screen_
+    config = demo_config("lstm")
+    config.output.dir = str(tmp_path / "out")
+    app = WizardApp(config=config, show_timings=False)
+
+    async def walk():
+        async with app.run_test(size=SMALL) as pilot:
+            model = app.run_model = RunModel(app.plan())
+            s = model.steps[0]
+            model.handle(StepStarted(s.id, s.index, len(model.steps), s.title, s.command))
+            model.handle(StepFinished(s.id, "failed", 1.0, error="exited with code 1", hint="set python = ...",
+                                      tail=tuple(f"traceback line {i}" for i in range(40))))
+            model.handle(RunFinished("failed", 2.0, str(model.out_dir)))
+            await app.push_screen(Screen_())
+            await pilot.pause()
+            from textual.geometry import Region
+            panel = app.screen.query_one("#failure")
+            shown = panel.render_lines(Region(0, 0, panel.size.width, panel.size.height))  # what fits on screen
+            visible = "\n".join(line.text for line in shown)
+            assert "hint: set python" in visible and "x: fix and resume" in visible, visible
+            assert "full log:" in text(app, "#log-path") and "logs" in text(app, "#log-path")
+    import asyncio
+    asyncio.run(walk())
+
+
+def test_plan_problems_speak_of_the_wizard_not_the_cli(tmp_path):
+    from tui.wizard import checks
+    text_ = checks.in_wizard_words("--decode-chunk-len 32 but the checkpoint says 64 (fix it, or set "
+                                   "files.ignore_checkpoint_mismatch / --ignore-checkpoint-mismatch to run anyway)")
+    assert "Run anyway" in text_ and "--ignore" not in text_ and "files.ignore" not in text_
+
+
+def test_review_header_ignores_an_earlier_run_of_another_model(tmp_path):
+    from tui.wizard import checks
+    out = tmp_path / "out"
+    (out / "work" / "pnnx").mkdir(parents=True)
+    (out / "work" / "pnnx" / "encoder_jit_trace-pnnx.ncnn.param").write_text("7767517\n1493 1842\n")
+    other = demo_config("lstm")
+    other.files.checkpoint = str(tmp_path / "another.pt")
+    other.save(out / "wizard.toml")
+    assert "1493" not in checks.header_change(demo_config("lstm"), out)
+    assert "1493 1842" in checks.header_change(other, out)

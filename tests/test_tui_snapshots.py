@@ -77,8 +77,17 @@ def test_start_screen(snap_compare):
     assert snap_compare(WizardApp(show_timings=False), terminal_size=SIZE)
 
 
+async def files_checked(pilot) -> None:
+    """The Files screen checks the checkpoint and tokens in a worker: wait for its verdicts."""
+    import time
+    deadline = time.monotonic() + 60
+    while pilot.app.screen.pending() and time.monotonic() < deadline:
+        await pilot.pause(0.05)
+    await no_blink(pilot)
+
+
 def test_files_screen(snap_compare):
-    assert snap_compare(demo_app(), terminal_size=SIZE, run_before=no_blink)
+    assert snap_compare(demo_app(), terminal_size=SIZE, run_before=files_checked)
 
 
 def test_arch_screen(snap_compare):
@@ -132,8 +141,10 @@ def feed(app: WizardApp, fail: bool) -> None:
     model.handle(RunFinished("ok", 9.0, str(planned.out_dir)))
 
 
+@pytest.mark.parametrize("size", [SIZE, (80, 24)], ids=["100x32", "80x24"])
 @pytest.mark.parametrize("fail", [False, True], ids=["finished", "failed"])
-def test_run_screen(snap_compare, fail):
+def test_run_screen(snap_compare, fail, size):
+    """At 80x24 too: the failure's hint and "x: fix and resume" come first, the full log's path is readable."""
     async def before(pilot):
         app = pilot.app
         feed(app, fail)
@@ -141,7 +152,11 @@ def test_run_screen(snap_compare, fail):
         await pilot.pause(0.3)
         app.screen.run_finished()
         await pilot.pause()
-    assert snap_compare(config_app("lstm"), terminal_size=SIZE, run_before=before)
+    assert snap_compare(config_app("lstm"), terminal_size=size, run_before=before)
+
+
+def test_small_terminal_files_screen(snap_compare):
+    assert snap_compare(demo_app(), terminal_size=(80, 24), run_before=files_checked)
 
 
 def crafted_out_dir() -> Path:

@@ -291,14 +291,28 @@ class WizardApp(App):
                 self.cancel_run()
         self.push_screen(ConfirmScreen("A step is running. Cancel the run and quit?"), answer)
 
+    def action_new_run(self) -> None:
+        """Start over on the first screen (a finished, failed or cancelled run stays on disk)."""
+        from tui.wizard.screens import StartScreen
+        if self.run_in_progress:
+            self.notify("a run is going: cancel it first (c)", severity="warning")
+            return
+        self.resume_next = False
+        self.detected = None
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        if not isinstance(self.screen, StartScreen):
+            self.switch_screen(StartScreen())
+
     # -- command palette --------------------------------------------------------
     def get_system_commands(self, screen):
         yield from super().get_system_commands(screen)
         for binding in screen.active_bindings.values():
             b = binding.binding
-            if b.show and b.description and b.action not in ("quit", "command_palette"):
+            if b.show and b.description and b.action not in ("quit", "command_palette", "app.new_run"):
                 yield SystemCommand(b.description, f"{b.description} ({b.key_display or b.key})",
                                     lambda a=b.action, s=screen: s.run_action(a))
+        yield SystemCommand("New run", "start over on the first screen (n after a run)", self.action_new_run)
         yield SystemCommand("Use the bundled demo (streaming Zipformer)", "start over on the demo",
                             lambda: self.use_demo("zipformer"))
 

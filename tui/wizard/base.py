@@ -70,6 +70,15 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
+class Body(VerticalScroll, can_focus=False):
+    """The scrollable body of a step: not a Tab stop of its own (the focused field scrolls into view)."""
+
+
+def meta_key_label(hp) -> str:
+    """The key as the SherpaMetaData line writes it: ``-23316`` for an array, ``2`` for a number."""
+    return f"key {-23300 - hp.meta_key}" if hp.kind == "int_list" else f"key {hp.meta_key}"
+
+
 class StepScreen(Screen):
     """A wizard step: title bar, scrollable body, Back/Next, footer."""
 
@@ -79,7 +88,7 @@ class StepScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield StepBar(self.STEP)
-        with VerticalScroll(classes="body"):
+        with Body(classes="body"):
             yield from self.body()
         yield Nav(self.NEXT_LABEL)
         yield Footer()
@@ -98,6 +107,10 @@ class StepScreen(Screen):
     def can_go_next(self) -> bool:
         return not self.query_one("#next", Button).disabled
 
+    def blocked_message(self) -> str:
+        """What Next says when it is disabled (a notification: it lands where the eye is at any size)."""
+        return "fix the fields marked ✗ first"
+
     def save(self) -> None:
         """Write the screen's values into app.config."""
 
@@ -105,9 +118,11 @@ class StepScreen(Screen):
         return None
 
     def action_next(self) -> None:
+        if not self.is_current:  # a key queued for this screen after it pushed the next one
+            return
         self.refresh_state()
         if not self.can_go_next():
-            self.notify("fix the fields marked ✗ first", severity="warning")
+            self.notify(self.blocked_message(), severity="warning", timeout=8)
             return
         self.save()
         screen = self.next_screen()

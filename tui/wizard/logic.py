@@ -216,6 +216,14 @@ def header_change(out_dir: Path, from_ncnn: str = "", arch: str | None = None) -
         return "N M → N+1 M  (layer count + 1 for the metadata line; the real numbers are known after pnnx)"
 
 
+def short_path(path: Path) -> str:
+    """A path as short as it is still exact: relative to the working directory when it is under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def sherpa_snippet(out_dir: Path) -> str:
     def p(name: str) -> str:
         return repr(str(out_dir / name))

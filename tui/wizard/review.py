@@ -16,7 +16,7 @@ from core.model.architectures import get_arch
 from core.model.metadata import build_metadata
 from core.pipeline.layout import PlanError
 from core.pipeline.plan import describe_plan, render_script
-from tui.wizard import logic
+from tui.wizard import checks, logic
 from tui.wizard.base import MetaTable, StepScreen
 
 
@@ -74,8 +74,8 @@ class ReviewScreen(StepScreen):
     STEP = "Review"
     NEXT_LABEL = "Run"
     BINDINGS = [Binding("ctrl+r", "next", "Run"), Binding("ctrl+n", "next", "Run", show=False),
-                Binding("ctrl+s", "save_config", "Save config"),
-                Binding("ctrl+e", "save_script", "Save script")]
+                Binding("ctrl+s", "save_config", "Save config", priority=True),
+                Binding("ctrl+e", "save_script", "Save script", priority=True)]  # also while a path field has focus
 
     def body(self) -> ComposeResult:
         yield Static("Nothing has been written yet. This is exactly what the run will do.", classes="intro",
@@ -132,7 +132,7 @@ class ReviewScreen(StepScreen):
         self.plan_state = "pending"
         self.query_one("#next", Button).disabled = True
         self.query_one("#commands", Static).update("checking the files and the checkpoint ...")
-        self.query_one("#header-change", Static).update(Text(logic.header_change(Path(config.output.dir))))
+        self.query_one("#header-change", Static).update(Text(checks.header_change(config, Path(config.output.dir))))
         self.plan_in_thread()
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
@@ -167,15 +167,15 @@ class ReviewScreen(StepScreen):
             self.plan_state = "error"
             self.query_one("#problems", Static).display = True
             self.query_one("#problems", Static).update(
-                Text("The run cannot start:\n" + "\n".join("✗ " + p for p in problems)))
+                Text("The run cannot start:\n" + "\n".join("✗ " + checks.in_wizard_words(p) for p in problems)))
             self.query_one("#commands", Static).update("")
             self.query_one("#next", Button).disabled = True
             return
         self.plan_state = "ok"
         self.query_one("#problems", Static).update(Text("\n".join("! " + w for w in self.planned.warnings)))
         self.query_one("#problems", Static).display = bool(self.planned.warnings)
-        self.query_one("#header-change", Static).update(Text(logic.header_change(
-            self.planned.out_dir, self.app.config.files.from_ncnn, self.app.config.arch)))
+        self.query_one("#header-change", Static).update(Text(checks.header_change(self.app.config,
+                                                                                 self.planned.out_dir)))
         lines = Text()
         for number, title, what in describe_plan(self.planned):
             lines.append(f"{number}. {title}\n", style="bold")
@@ -190,7 +190,7 @@ class ReviewScreen(StepScreen):
     def action_save_config(self) -> None:
         path = Path(self.query_one("#config-path", Input).value.strip() or "wizard.toml").expanduser()
         self.app.config.save(path)
-        self.query_one("#saved", Static).update(Text(f"config saved to {path.resolve()}"))
+        self.saved(f"config saved to {path.resolve()}")
 
     def action_save_script(self) -> None:
         if self.planned is None:
@@ -199,7 +199,12 @@ class ReviewScreen(StepScreen):
         from tui.cli.run import _write_script
         path = Path(self.query_one("#script-path", Input).value.strip() or "export.sh").expanduser()
         _write_script(path, render_script(self.planned))
-        self.query_one("#saved", Static).update(Text(f"script saved to {path.resolve()}"))
+        self.saved(f"script saved to {path.resolve()}")
+
+    def saved(self, message: str) -> None:
+        """Under the save rows, and as a notification: those rows are below the screen at 80x24."""
+        self.query_one("#saved", Static).update(Text(message))
+        self.notify(message, title="saved", timeout=8)
 
     @on(Button.Pressed, "#ignore-mismatch")
     def _ignore_mismatch(self) -> None:

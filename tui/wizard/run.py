@@ -51,6 +51,7 @@ class RunScreen(Screen):
         Binding("l", "log_path", "Log path", tooltip="the full log of the shown step"),
         Binding("a", "follow", "Follow", tooltip="show the running step's log again"),
         Binding("s", "summary", "Summary"),
+        Binding("n", "app.new_run", "New run", tooltip="start over on the first screen (when nothing runs)"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -101,7 +102,7 @@ class RunScreen(Screen):
         t.append(f"{s.index:>2} {s.id:<14}")
         elapsed = s.elapsed()
         if self.app.show_timings and elapsed is not None and s.status != "skipped":
-            t.append(f"{elapsed:5.1f}s", style="dim")
+            t.append(f"{elapsed:5.1f}s")  # the option's own colours: readable highlighted or not
         elif s.status == "skipped":
             t.append("unchanged", style="dim")
         return t
@@ -151,7 +152,7 @@ class RunScreen(Screen):
         s = self.model.by_id[step_id]
         self.model.pending.pop(step_id, None)
         log.write_lines(list(s.lines)[-LOG_WIDGET_LINES:])
-        self.query_one("#log-path", Static).update(Text(f"full log: {self.model.log_path(s)}"))
+        self.query_one("#log-path", Static).update(Text(f"full log: {logic.short_path(self.model.log_path(s))}"))
 
     def draw_progress(self, running) -> None:
         bar = self.query_one("#progress", ProgressBar)
@@ -190,13 +191,14 @@ class RunScreen(Screen):
         failure = self.query_one("#failure", FailurePanel)
         failed = model.failed if model.status != "running" else None
         if failed is not None and failed.status == "failed":
+            # what to do first (the panel is at most 10 lines): error, hint, the key; the log's tail after
             t = Text(f"✗ {failed.id}: {failed.error}\n", style="bold red")
-            for line in failed.tail[-6:]:
-                t.append(f"  {line}\n", style="dim")
             if failed.hint:
                 t.append(f"hint: {failed.hint}\n", style="yellow")
-            t.append(f"full log: {model.log_path(failed)}   x: fix and resume → "
-                     f"{logic.fix_target(failed.id, failed.hint, failed.error)}")
+            t.append(f"x: fix and resume → {logic.fix_target(failed.id, failed.hint, failed.error)}", style="bold")
+            t.append(f"   full log: {logic.short_path(model.log_path(failed))}\n")
+            for line in failed.tail[-6:]:
+                t.append(f"  {line}\n", style="italic")
             failure.update(t)
             failure.display = True
         elif failed is not None:
@@ -282,7 +284,8 @@ class SizeTable(DataTable):
 
 
 class SummaryScreen(Screen):
-    BINDINGS = [Binding("escape", "back", "Back to the run"), Binding("q", "app.quit", "Quit")]
+    BINDINGS = [Binding("escape", "back", "Back to the run"), Binding("n", "app.new_run", "New run"),
+                Binding("q", "app.quit", "Quit")]
 
     def __init__(self, out_dir):
         super().__init__()

@@ -11,14 +11,15 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, RadioButton, RadioSet, Select, Static
 from textual.worker import get_current_worker
 
 from core.model.architectures import ARCHITECTURES, get_arch
-from tui.wizard import logic
-from tui.wizard.base import FieldCheckView, FieldReason, FormScreen, PathSuggester, StepBar, StepScreen
+from tui.wizard import checks, logic
+from tui.wizard.base import (Body, FieldCheckView, FieldReason, FormScreen, PathSuggester, StepBar, StepScreen,
+                              meta_key_label)
 from tui.wizard.review import QuantScreen
 
 # -- 1. start ------------------------------------------------------------------------
@@ -31,7 +32,7 @@ class StartScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield StepBar("Start")
-        with VerticalScroll(classes="body"):
+        with Body(classes="body"):
             yield Static("Take an icefall streaming transducer to a verified sherpa-ncnn model. Nothing is "
                          "written until you start the run on the Review step.", classes="intro")
             with Horizontal(classes="choice"):
@@ -60,8 +61,7 @@ class StartScreen(Screen):
     def _recent(self, event: Button.Pressed) -> None:
         index = int((event.button.id or "recent-0").removeprefix("recent-"))
         _label, path = logic.recent_run_choices()[index]
-        error = self.app.open_config(str(path))
-        self.query_one("#open-error", Static).update(error or "")
+        self.show_open_error(self.app.open_config(str(path)))
 
     AUTO_FOCUS = "#demo"
 
@@ -86,10 +86,15 @@ class StartScreen(Screen):
         path = self.query_one("#toml", Input).value.strip()
         if not path:
             self.query_one("#toml", Input).focus()
-            self.query_one("#open-error", Static).update("type the path of a wizard.toml, then Enter")
+            self.show_open_error("type the path of a wizard.toml, then Enter")
             return
-        error = self.app.open_config(path)
+        self.show_open_error(self.app.open_config(path))
+
+    def show_open_error(self, error: str | None) -> None:
+        """Under the field, and as a notification: at 80x24 the field's line can be below the screen."""
         self.query_one("#open-error", Static).update(error or "")
+        if error:
+            self.notify(error, title="cannot open that wizard.toml", severity="error", timeout=12)
 
     @on(Button.Pressed, "#demo")
     def _demo(self) -> None:
@@ -116,7 +121,7 @@ class FilesScreen(FormScreen):
         if self.app.config.demo:
             yield Static(f"The bundled {get_arch(self.app.config.arch).title} demo: everything is filled in.",
                          classes="intro")
-        for key, label, _check in logic.FILE_FIELDS:
+        for key, label, _check in checks.file_checks():
             yield Label(label, classes="field-label")
             yield Input(values[key], id=f"f-{key}", suggester=PathSuggester())
             yield FieldCheckView("", id=f"c-{key}", classes="check")
@@ -124,7 +129,13 @@ class FilesScreen(FormScreen):
             yield Button("Detect from checkpoint", id="detect")
         yield Static("", id="detect-result", classes="muted")
 
-    BINDINGS = StepScreen.BINDINGS + [Binding("ctrl+d", "detect", "Detect from checkpoint")]
+    BINDINGS = StepScreen.BINDINGS + [Binding("ctrl+d", "detect", "Detect from checkpoint", priority=True)]
+    AUTO_FOCUS = "#f-recipe"  # typing starts in the first field
+
+    def on_mount(self) -> None:
+        self.results: dict[str, tuple[tuple, logic.FieldCheck]] = {}  # field -> (signature, result)
+        self.next_wanted = False
+        super().on_mount()
 
     def action_detect(self) -> None:
         self.save()
@@ -152,17 +163,58 @@ class FilesScreen(FormScreen):
         self.action_detect()
 
     def values(self) -> dict[str, str]:
-        return {key: self.query_one(f"#f-{key}", Input).value for key, _l, _c in logic.FILE_FIELDS}
+        return {key: self.query_one(f"#f-{key}", Input).value for key, _l, _c in checks.file_checks()}
+
+    def pending(self) -> list[str]:
+        """The fields whose check for the value now typed (and the file now on disk) is not known yet."""
+        values = self.values()
+        return [key for key in values if self.results.get(key, ((),))[0] != checks.signature(values[key])]
 
     def refresh_state(self) -> None:
-        ok = True
-        for key, _label, check in logic.FILE_FIELDS:
-            result = check(self.query_one(f"#f-{key}", Input).value)
+        pending = self.pending()
+        ok = not pending
+        for key, _label, _check in checks.file_checks():
+            if key in pending:
+                self.query_one(f"#c-{key}", FieldCheckView).update("… checking")
+                continue
+            result = self.results[key][1]
             self.query_one(f"#c-{key}", FieldCheckView).show(result)
             ok = ok and result.ok
         self.query_one("#next", Button).disabled = not ok
-        self.query_one("#nav-note", Static).update("" if ok else Text("✗ fix the fields marked ✗ to go on",
-                                                                        style="red"))
+        note = "" if ok else ("… checking the files" if pending else Text("✗ fix the fields marked ✗ to go on",
+                                                                           style="red"))
+        self.query_one("#nav-note", Static).update(note)
+        if pending:
+            self.check_in_thread(self.values(), pending)
+
+    @work(thread=True, exclusive=True, group="file-checks", exit_on_error=False)
+    def check_in_thread(self, values: dict[str, str], keys: list[str]) -> None:
+        """Reading a checkpoint imports torch, a bpe.model loads sentencepiece: off the UI thread."""
+        found = {}
+        for key, _label, check in checks.file_checks():
+            if key in keys:
+                found[key] = (checks.signature(values[key]), check(values[key]))
+                if get_current_worker().is_cancelled:
+                    return
+        self.app.call_from_thread(self.show_checks, found)
+
+    def show_checks(self, found: dict) -> None:
+        if not self.is_attached:
+            return
+        self.results.update(found)
+        self.refresh_state()
+        if self.next_wanted and not self.pending():
+            self.next_wanted = False
+            if self.is_current:
+                super().action_next()
+
+    def action_next(self) -> None:
+        """Enter while a check still runs: go on as soon as it says the files are fine."""
+        if self.pending():
+            self.next_wanted = True
+            self.refresh_state()
+            return
+        super().action_next()
 
     def save(self) -> None:
         logic.apply_file_values(self.app.config, self.values())
@@ -236,7 +288,7 @@ class HyperScreen(StepScreen):
             value = given.get(hp.flag.lstrip("-"), given.get(hp.name, ""))
             tags = [f"default {hp.default}"]
             if hp.meta_key is not None:
-                tags.append(f"key {hp.meta_key}")
+                tags.append(meta_key_label(hp))
             if hp.training_only:
                 tags.append("training only")
             with Horizontal(classes="hp-row"):
@@ -262,7 +314,7 @@ class HyperScreen(StepScreen):
             is_default = state.resolved.sources.get(hp.name) == "default"
             mark = logic.field_mark(hp.name, self.query_one(f"#hp-{hp.name}", Input).value, hp.default,
                                     self.app.detected)
-            tags = [mark] + ([f"key {hp.meta_key}"] if hp.meta_key is not None else []) \
+            tags = [mark] + ([meta_key_label(hp)] if hp.meta_key is not None else []) \
                 + (["training only"] if hp.training_only else [])
             self.query_one(f"#d-{hp.name}", Static).update(" · ".join(tags))
             self.query_one(f"#d-{hp.name}", Static).set_class(is_default, "is-default")
@@ -272,6 +324,14 @@ class HyperScreen(StepScreen):
         bad = list(state.field_errors) + (["cross-field"] if state.cross_errors else [])
         self.query_one("#nav-note", Static).update(
             Text(f"✗ fix {', '.join(bad)} to go on", style="red") if bad else "")
+
+    def blocked_message(self) -> str:
+        """The reasons themselves (the cross-field ones are at the bottom of a long form, off a small screen)."""
+        state = logic.form_state(self.spec, self.given())
+        reasons = [f"{flag}: {'; '.join(errs)}" for flag, errs in state.field_errors.items()] + state.cross_errors
+        if state.cross_errors:
+            self.query_one("#cross-errors", Static).scroll_visible()
+        return "\n".join("✗ " + r for r in reasons) or super().blocked_message()
 
     @on(Input.Changed, ".hp-input")
     def _changed(self) -> None:

@@ -1,0 +1,90 @@
+"""File checks that can take time (reading a checkpoint, loading a bpe.model, a pnnx directory): the Files
+screens run them in a thread worker and cache each result by the file's path, size and mtime, so typing stays
+instant and a file fixed on disk (fix and resume) is checked again."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tui.wizard import logic
+from tui.wizard.logic import FieldCheck
+
+
+def signature(value: str) -> tuple:
+    """What a check result depends on: the text, and the file's size and mtime when it exists."""
+    try:
+        st = os.stat(Path(value.strip()).expanduser()) if value.strip() else None
+    except OSError:
+        st = None
+    return (value, st.st_size, st.st_mtime_ns) if st is not None else (value,)
+
+
+def check_checkpoint(value: str) -> FieldCheck:
+    """Exists, and reads as a torch checkpoint with the safe loader (no code runs); torch loads lazily here."""
+    check = logic.check_file(value, "the checkpoint (pretrained.pt / epoch-N.pt)")
+    if not check.ok:
+        return check
+    from core.model.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
+    try:
+        load_checkpoint(Path(value.strip()).expanduser())
+    except UnsafeCheckpointError as exc:
+        needs = ", ".join(exc.types) or "types outside the allowlist"
+        return FieldCheck(True, f"{check.message}; it needs {needs} to load: Review asks whether you trust it")
+    except CheckpointError as exc:
+        return FieldCheck(False, f"{exc}; give icefall's exp/epoch-N.pt or exp/pretrained.pt")
+    return FieldCheck(True, f"{check.message}, a torch checkpoint (read safely)")
+
+
+def check_tokens(value: str) -> FieldCheck:
+    """tokens.txt exists; a bpe.model also loads in sentencepiece (a junk file would only fail in the run)."""
+    check = logic.check_tokens(value)
+    if not check.ok or not value.strip().endswith(".model"):
+        return check
+    try:
+        import sentencepiece
+    except ImportError:
+        return FieldCheck(True, f"{check.message} (sentencepiece is not installed: not opened)")
+    try:
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(Path(value.strip()).expanduser()))
+        size = sp.get_piece_size()
+    except Exception as exc:  # noqa: BLE001 - sentencepiece raises RuntimeError/OSError with its own text
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return FieldCheck(False, f"{value.strip()} is not a sentencepiece model ({first}); give the recipe's "
+                                 "data/lang_bpe_500/bpe.model or tokens.txt")
+    return FieldCheck(True, f"{check.message} ({size} pieces)")
+
+
+SLOW_CHECKS = {"checkpoint": check_checkpoint, "tokens": check_tokens}
+
+
+def file_checks() -> tuple:
+    """(key, label, check) of the Files screen: logic.FILE_FIELDS with the deeper checks above."""
+    return tuple((key, label, SLOW_CHECKS.get(key, check)) for key, label, check in logic.FILE_FIELDS)
+
+
+_MISMATCH_HOW = re.compile(r"\s*\(fix it, or set files\.ignore_checkpoint_mismatch[^)]*\)")
+
+
+def in_wizard_words(problem: str) -> str:
+    """A plan problem with the CLI/TOML way out replaced by what the wizard offers."""
+    problem = _MISMATCH_HOW.sub(" (fix it on Hyperparameters, or press \"Run anyway\" below)", problem)
+    return problem.replace("give the traced encoder (--traced-dir D with", "give the traced modules (the "
+                           "\"traced modules\" field on Files, with")
+
+
+def header_change(config, out_dir: Path) -> str:
+    """Review's header line: the numbers of OUT's last pnnx output only when OUT's wizard.toml was this same
+    model (checkpoint, architecture, hyperparameters); an earlier run of another model there says nothing."""
+    if config.files.from_ncnn:
+        return logic.header_change(out_dir, config.files.from_ncnn, config.arch)
+    from core.pipeline.config import ConfigError, load_config
+    saved = Path(out_dir) / "wizard.toml"
+    try:
+        earlier = load_config(str(saved)) if saved.is_file() else None
+    except (ConfigError, OSError):
+        earlier = None
+    same = earlier is not None and not earlier.files.from_ncnn and earlier.arch == config.arch \
+        and earlier.files.checkpoint == config.files.checkpoint \
+        and earlier.hyperparameter_flags() == config.hyperparameter_flags()
+    return logic.header_change(Path(out_dir) if same else Path(out_dir) / "(another model)")
