@@ -88,8 +88,10 @@ def _children(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        kids = []
+        try:  # every thread's children: an in-process step starts its children from a worker thread
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids += (task / "children").read_text().split()
         except OSError:
             continue
         found += map(int, kids)
