@@ -780,3 +780,29 @@ def test_review_header_ignores_an_earlier_run_of_another_model(tmp_path):
     other.save(out / "wizard.toml")
     assert "1493" not in checks.header_change(demo_config("lstm"), out)
     assert "1493 1842" in checks.header_change(other, out)
+
+
+async def test_the_log_pane_shows_a_step_at_once_before_its_child_prints(tmp_path):
+    """A child that prints nothing for a while (validation importing torch): the pane is not empty meanwhile."""
+    from types import SimpleNamespace
+
+    from core.pipeline.runner import Plan, Runner, Step
+    from tui.wizard.app import RunModel
+    go = tmp_path / "go"
+    child = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)\nprint('child line', flush=True)"
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    plan = Plan([Step("quiet", "A quiet child", argv=[sys.executable, "-c", child])], out)
+    app = WizardApp(show_timings=False)
+    async with app.run_test(size=SMALL) as pilot:
+        app.run_model = RunModel(SimpleNamespace(out_dir=out, plan=plan))
+        await app.push_screen(RunScreen())
+        app.runner = Runner(plan, app.on_core_event)
+        app.run_worker_ = app.run_worker(app.runner.run(), group="pipeline", exit_on_error=False)
+        log = app.screen.query_one("#log")
+        await wait_for(pilot, lambda: log.line_count > 0, timeout=30)
+        assert not go.exists() and log.lines[0].startswith("$ ") and "A quiet child" not in log.lines[0]
+        go.touch()
+        await wait_for(pilot, lambda: run_done(app), timeout=30)
+        await pilot.pause(0.2)
+        assert log.lines[-1] == "child line"

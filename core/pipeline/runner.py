@@ -263,8 +263,6 @@ class Runner:
         t0 = time.monotonic()
         tail: list[str] = []
         with open(log_path, "w", encoding="utf-8") as log:
-            if step.command:
-                log.write(f"$ {step.command}\n")
             def record(lines: list[str]) -> None:
                 if not lines:
                     return
@@ -272,6 +270,9 @@ class Runner:
                 tail.extend(lines)
                 del tail[:-TAIL_LINES]
                 self.on_event(LogLines(step.id, tuple(lines)))
+            if step.command:  # shown at once: a child may print nothing for seconds (importing torch)
+                log.write(f"$ {step.command}\n")
+                self.on_event(LogLines(step.id, (f"$ {step.command}",)))
             try:
                 if step.argv:
                     if step.before is not None:
