@@ -540,6 +540,7 @@ async def test_existing_ncnn_files_flow_rewrites_adds_metadata_and_decodes(tmp_p
         screen = app.screen
         assert isinstance(screen, NcnnDirScreen) and screen.query_one("#next").disabled
         screen.query_one("#ncnn-dir").value = str(tmp_path)  # not pnnx output
+        await wait_for(pilot, lambda: not screen.pending(), timeout=30)
         await pilot.pause()
         assert "encoder_jit_trace-pnnx.ncnn.param not found" in text(app, "#c-ncnn-dir")
         screen.query_one("#ncnn-dir").value = str(src)
@@ -806,3 +807,32 @@ async def test_the_log_pane_shows_a_step_at_once_before_its_child_prints(tmp_pat
         await wait_for(pilot, lambda: run_done(app), timeout=30)
         await pilot.pause(0.2)
         assert log.lines[-1] == "child line"
+
+
+@pytest.mark.skipif(not (REAL / "conv-emformer").is_dir(), reason="the shared icefall fixtures are not here")
+async def test_a_misconverted_encoder_blocks_at_files_until_its_traced_encoder_is_there(tmp_path):
+    from tui.wizard.ncnn import NcnnDirScreen
+    src = tmp_path / "conv-emformer"
+    src.mkdir()
+    for f in (REAL / "conv-emformer").iterdir():
+        (src / f.name).symlink_to(f)
+    app = make_app(out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NcnnDirScreen)
+        screen.query_one("#ncnn-dir").value = str(src)
+        await wait_for(pilot, lambda: not screen.pending(), timeout=60)
+        await pilot.pause()
+        assert "pnnx mis-converted" in text(app, "#c-ncnn-dir") and "traced" in text(app, "#c-ncnn-dir")
+        assert screen.query_one("#next").disabled
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert isinstance(app.screen, NcnnDirScreen)
+        kit = REAL.parent / "icefall-kit" / "conv-emformer-4layer" / "traced"
+        (src / "traced").symlink_to(kit)  # the traced encoder: the run converts it again
+        screen.refresh_state()
+        await wait_for(pilot, lambda: not screen.pending(), timeout=60)
+        await pilot.pause()
+        assert not screen.query_one("#next").disabled, text(app, "#c-ncnn-dir")

@@ -88,3 +88,19 @@ def header_change(config, out_dir: Path) -> str:
         and earlier.files.checkpoint == config.files.checkpoint \
         and earlier.hyperparameter_flags() == config.hyperparameter_flags()
     return logic.header_change(Path(out_dir) if same else Path(out_dir) / "(another model)")
+
+
+def misconverted_without_trace(source: str) -> str:
+    """Why the ncnn-files path cannot go on ("" when it can): pnnx mis-converted the encoder (its own graph
+    shows the shape bug) and there is no traced encoder beside the files to convert it again."""
+    from core.pipeline.from_ncnn import TRACED_SUBDIRS, locate_source
+    from core.pipeline.layout import pt_name
+    from core.pnnx.graph import shape_mismatches
+    src = Path(source).expanduser().resolve()
+    files = locate_source(src)
+    bad = shape_mismatches(files.pnnx_graph) if files.pnnx_graph else []
+    if not bad or files.traced_dir is not None:
+        return ""
+    where = ", ".join(str(src / d) if d else str(src) for d in TRACED_SUBDIRS)
+    return (f"pnnx mis-converted this encoder ({bad[0]}); put the traced {pt_name('encoder')} (icefall's "
+            f"export-for-ncnn.py output) in one of {where} and the wizard converts it again")

@@ -19,7 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Label, Static
 from textual.worker import get_current_worker
 
-from tui.wizard import logic
+from tui.wizard import checks, logic
 from tui.wizard.base import FieldCheckView, FormScreen, PathSuggester
 from tui.wizard.screens import ArchScreen, HyperScreen
 
@@ -44,44 +44,70 @@ class NcnnDirScreen(FormScreen):
         yield Label("test wavs to decode (16 kHz; a folder, a list file or paths; optional)", classes="field-label")
         yield Input(" ".join(config.validation.wavs), id="ncnn-wavs")
 
+    checked: tuple = ()  # (signature of the directory, its FieldCheck, what was found, blocking reason)
+    next_wanted = False
+
+    def pending(self) -> bool:
+        return not self.checked or self.checked[0] != checks.signature(self.query_one("#ncnn-dir", Input).value)
+
     def refresh_state(self) -> None:
+        """The output directory is checked here; the pnnx directory (seconds for a large encoder) in a worker."""
         source = self.query_one("#ncnn-dir", Input).value
-        dir_check = logic.check_ncnn_dir(source)
         out_check = logic.check_out_dir(self.query_one("#ncnn-out", Input).value)
-        if dir_check.ok and out_check.ok:
+        if source.strip() and out_check.ok:
             src = Path(source).expanduser().resolve()
             out = Path(self.query_one("#ncnn-out", Input).value).expanduser().resolve()
             if out == src or src in out.parents:
                 out_check = logic.FieldCheck(False, f"{out} is inside the input directory; choose one outside it")
-        self.query_one("#c-ncnn-dir", FieldCheckView).show(dir_check)
         self.query_one("#c-ncnn-out", FieldCheckView).show(out_check)
-        ok = dir_check.ok and out_check.ok
-        self.query_one("#next").disabled = not ok
-        if dir_check.ok:
+        if self.pending():
+            self.query_one("#c-ncnn-dir", FieldCheckView).update("… checking")
             self.query_one("#ncnn-found", Static).update("looking at the encoder ...")
+            self.query_one("#next").disabled = True
             self.describe_in_thread(source)
-        else:
-            self.query_one("#ncnn-found", Static).update("")
+            return
+        _sig, dir_check, lines, blocked = self.checked
+        self.query_one("#c-ncnn-dir", FieldCheckView).show(logic.FieldCheck(False, blocked) if blocked else dir_check)
+        self.query_one("#ncnn-found", Static).update(Text("\n".join(lines)))
+        self.query_one("#next").disabled = not (dir_check.ok and out_check.ok and not blocked)
 
     @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
     def describe_in_thread(self, source: str) -> None:
-        """Parsing and planning the rewrite of a large encoder takes a moment: off the UI thread."""
-        arch = logic.guess_arch(logic.ncnn_encoder_param(source))
-        detected = logic.detect_ncnn_graph(source, arch)
-        lines = logic.describe_ncnn_dir(source, arch, detected)
-        if arch:
-            lines.insert(0, f"✓ looks like a {arch} encoder (preselected on the next step)")
+        """Checking the directory, parsing and planning the rewrite of a large encoder take seconds: off the UI
+        thread. A mis-converted encoder with no traced encoder to convert again blocks here, not at Review."""
+        signature = checks.signature(source)
+        dir_check = logic.check_ncnn_dir(source)
+        arch, detected, lines, blocked = None, None, [], ""
+        if dir_check.ok:
+            arch = logic.guess_arch(logic.ncnn_encoder_param(source))
+            detected = logic.detect_ncnn_graph(source, arch)
+            lines = logic.describe_ncnn_dir(source, arch, detected)
+            if arch:
+                lines.insert(0, f"✓ looks like a {arch} encoder (preselected on the next step)")
+            blocked = checks.misconverted_without_trace(source)
         if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show_found, source, arch, lines, detected)
+            self.app.call_from_thread(self.show_found, source, (signature, dir_check, lines, blocked), arch, detected)
 
-    def show_found(self, source: str, arch: str | None, lines: list[str],
+    def show_found(self, source: str, checked: tuple, arch: str | None,
                    detected: "logic.DetectedModel | None" = None) -> None:
         if not self.is_attached or self.query_one("#ncnn-dir", Input).value != source:
             return
-        self.query_one("#ncnn-found", Static).update(Text("\n".join(lines)))
+        self.checked = checked
         self.guessed = arch
         self.detected = detected
         self.detected_for = source
+        self.refresh_state()
+        if self.next_wanted and self.is_current:
+            self.next_wanted = False
+            super().action_next()
+
+    def action_next(self) -> None:
+        """Enter while the directory is being checked: go on as soon as it is found fine."""
+        if self.pending():
+            self.next_wanted = True
+            self.refresh_state()
+            return
+        super().action_next()
 
     guessed: str | None = None
     detected: "logic.DetectedModel | None" = None
