@@ -836,3 +836,25 @@ async def test_a_misconverted_encoder_blocks_at_files_until_its_traced_encoder_i
         await wait_for(pilot, lambda: not screen.pending(), timeout=60)
         await pilot.pause()
         assert not screen.query_one("#next").disabled, text(app, "#c-ncnn-dir")
+
+
+def test_cli_run_ends_with_next_steps_and_the_int8_files(tmp_path):
+    from rich.console import Console
+
+    from tui.cli.run import _print_results
+    from tui.wizard import logic
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("encoder_jit_trace-pnnx.ncnn.int8.param", "README.md"):
+        (out / name).write_text("x")
+    console = Console(record=True, width=80, soft_wrap=True)  # as stdout_console()
+    _print_results(console, out, "ok")
+    printed = console.export_text()
+    assert "sherpa-ncnn-wizard doctor" in printed and f"validate {out} --wav" in printed
+    assert f"tui --config {out / 'wizard.toml'}" in printed
+    assert "encoder_jit_trace-pnnx.ncnn.int8.param" in printed and "joiner_jit_trace-pnnx.ncnn.int8.bin" in printed
+    snippet = logic.sherpa_snippet(out)  # the wizard's summary: both sets
+    assert "joiner_jit_trace-pnnx.ncnn.int8.param" in snippet and "joiner_jit_trace-pnnx.ncnn.param" in snippet
+    console = Console(record=True, width=80, soft_wrap=True)  # as stdout_console()
+    _print_results(console, out, "failed")
+    assert "next steps" not in console.export_text()

@@ -301,3 +301,7 @@ def _print_results(out: Console, out_dir: Path, status: str) -> None:
                                                                                         "run again with --resume",
                                                                                         "bold red"))
     out.print(Text(f"{verdict[0]}  ({out_dir})", style=verdict[1]))
+    if status == "ok":
+        from tui.cli.common import next_steps
+        for line in next_steps(out_dir):
+            out.print(Text(line, style="bold" if line == "next steps:" else ""))

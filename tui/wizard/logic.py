@@ -225,14 +225,9 @@ def short_path(path: Path) -> str:
 
 
 def sherpa_snippet(out_dir: Path) -> str:
-    def p(name: str) -> str:
-        return repr(str(out_dir / name))
-    args = [f"    tokens={p('tokens.txt')},"]
-    for net in NETS:
-        for ext in ("param", "bin"):
-            args.append(f"    {net}_{ext}={p(ncnn_name(net, ext))},")
-    return "\n".join(["import sherpa_ncnn", "", "recognizer = sherpa_ncnn.Recognizer(", *args,
-                      "    num_threads=2,", ")"])
+    """The Recognizer(...) call for the model in OUT (and for its int8 set when the run made one)."""
+    from tui.cli.common import sherpa_snippet as snippet
+    return snippet(out_dir)
 
 
 @dataclass
