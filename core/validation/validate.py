@@ -77,15 +77,26 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
                 frames: int | None = None, traced=None) -> list[NumericResult]:
     """Feed torch and ncnn the same inputs (two chunks for encoders, states carried) and compare every output.
 
+    The torch half (``torch_reference``) and the ncnn half (core.validation.numeric.compare_chunks) in this
+    process; the validation process runs the ncnn half in a child instead (no second copy of the weights beside
+    torch's, and a crash in ncnn fails only that child)."""
+    from core.validation.numeric import compare_chunks
+    chunks = torch_reference(net, pt, features, seed, shape_files, metadata_specs, frames, traced)
+    return compare_chunks(net, param, binary, chunks, threads)
+
+
+def torch_reference(net: str, pt: Path, features=None, seed: int = 0, shape_files: list[Path] | None = None,
+                    metadata_specs=None, frames: int | None = None, traced=None) -> list[tuple[list, list]]:
+    """torch's side of the numeric check: per chunk, the pnnx-numbered inputs and torch's outputs (numpy).
+
     The traced module is called the way it was traced (core.model.traced: lists, tuples, constants), with pnnx's
-    flat numbering in0..inK on both sides. ``frames``: the encoder chunk sherpa-ncnn feeds (from the
-    metadata), when it differs from the traced one (icefall traces its LSTM on 100 frames, sherpa-ncnn feeds 9).
-    """
-    import ncnn
+    flat numbering in0..inK. ``frames``: the encoder chunk sherpa-ncnn feeds (from the metadata), when it differs
+    from the traced one (icefall traces its LSTM on 100 frames, sherpa-ncnn feeds 9). ``traced``: the module,
+    when already loaded (core.validation.agreement.transducer)."""
     import numpy as np
     import torch
 
-    if traced is None:  # else the agreement check's copy, loaded once (core.validation.agreement.transducer)
+    if traced is None:
         from core.model.traced import load
         traced = load(pt, shape_files, metadata_specs)
     traced._need_specs()
@@ -114,56 +125,10 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
             inputs.append(torch.tensor(rng.integers(1, 8, size=shape), dtype=getattr(torch, dtype)))
         else:
             inputs.append(torch.from_numpy(rng.standard_normal(shape).astype(np.float32)))
-
-    from core.ncnn.net import Keeper, register_meta_layer
-    keep = Keeper()
-    ncnn_net = keep.keep(ncnn.Net())
-    ncnn_net.opt.num_threads = threads
-    if net == "encoder":
-        register_meta_layer(ncnn_net, keep)
-    if ncnn_net.load_param(str(param)) != 0 or ncnn_net.load_model(str(binary)) != 0:
-        raise ValueError(f"python ncnn could not load {param} / {binary}")
-    precision = _precision(binary, param)
-    chunks = 2 if net == "encoder" else 1
-    results: list[NumericResult] = []
-    for c in range(chunks):
+    result = []
+    for _ in range(2 if net == "encoder" else 1):
         outs = traced(inputs)
-        ref = [t.detach().numpy() for t in outs]
-        ex = ncnn_net.create_extractor()
-        ex.set_light_mode(False)  # several outputs are extracted: light mode recycles blobs and can crash
-        arrays = []  # ncnn.Mat borrows the numpy buffer: keep every array alive until extraction is done
-        for k, tensor in enumerate(inputs):
-            arr = drop_batch_axis(tensor.numpy())
-            if arr.dtype in (np.int64, np.int32):  # lengths are float Mats in sherpa-ncnn; token ids are int32
-                arr = arr.astype(np.float32) if net == "encoder" else arr.astype(np.int32)
-            arrays.append(np.ascontiguousarray(arr))
-            ex.input(f"in{k}", ncnn.Mat(arrays[-1]))
-        worst_state = None
-        for k, r in enumerate(ref):
-            ret, mat = ex.extract(f"out{k}")
-            if ret != 0:
-                raise ValueError(f"{param}: ncnn could not produce out{k} (extract returned {ret})")
-            got = np.array(mat).reshape(-1)
-            want = r.reshape(-1)
-            shape = list(r.shape[1:]) if r.ndim > 1 and r.shape[0] == 1 else list(r.shape)
-            tol = TOLERANCE[precision] * max(1.0, float(np.abs(want).max()) if want.size else 1.0)
-            if got.size != want.size:
-                res = NumericResult(net, f"out{k}", shape, float("inf"), float("inf"), tol, False,
-                                    f"ncnn gave {got.size} values, torch {want.size}")
-            else:
-                diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-                res = NumericResult(net, f"out{k}", shape, float(diff.max()) if diff.size else 0.0,
-                                    float(diff.mean()) if diff.size else 0.0, tol,
-                                    bool(diff.size == 0 or diff.max() <= tol))
-            if chunks > 1:
-                res.note = f"chunk {c}"
-            if k == 0 or net != "encoder" or not res.ok:
-                results.append(res)
-            elif worst_state is None or res.max_abs / res.tolerance > worst_state.max_abs / worst_state.tolerance:
-                worst_state = res
-        if worst_state is not None:
-            worst_state.output = f"states out1..out{len(ref) - 1} (worst {worst_state.output})"
-            results.append(worst_state)
+        result.append(([t.numpy().copy() for t in inputs], [t.detach().numpy() for t in outs]))
         if net == "encoder":  # carry torch's new states into the next chunk
             for k in traced.state_indices():
                 if k < len(outs) and outs[k].shape == inputs[k].shape:
@@ -175,7 +140,7 @@ def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, featur
             else:
                 x = rng.standard_normal(x.shape).astype(np.float32)
             inputs[0] = torch.from_numpy(x).unsqueeze(0)
-    return results
+    return result
 
 
 # -- decoding in sherpa-ncnn ---------------------------------------------------
@@ -209,6 +174,7 @@ def model_files(out: Path, int8: bool = False) -> dict[str, str]:
 
 
 _PENDING: dict[tuple, object] = {}  # (what, out, ...) -> a Future started by start_children
+_POOL: dict[str, object] = {}  # "pool": the executor start_children made, for children started later
 
 
 def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8: bool, fp32_dir: Path | None,
@@ -222,6 +188,7 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="validate-child")
+    _POOL["pool"] = pool
     if run_decode:
         _PENDING[("decode", str(out), False)] = pool.submit(_timed, decode, out, wavs, references)
     if int8:
@@ -229,6 +196,35 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
         if wavs and fp32_dir is not None:
             _PENDING[("int8-cosine", str(out))] = pool.submit(_timed, _int8_similarity, out, fp32_dir, wavs)
     return pool
+
+
+def _start_numeric(out: Path, torch_side: dict) -> tuple:
+    """torch's inputs and outputs to a file, and the ncnn half of the numeric check started on them in a child
+    (in the pool when there is one: it then overlaps torch's streaming decode)."""
+    import os
+    import tempfile
+
+    from core.validation.numeric import compare_in_child, save_chunks
+    fd, name = tempfile.mkstemp(prefix=".numeric-", suffix=".npz", dir=out)
+    os.close(fd)
+    save_chunks(Path(name), torch_side)
+    pool = _POOL.get("pool")
+    if pool is not None:
+        return Path(name), pool.submit(_timed, compare_in_child, out, Path(name))
+    return Path(name), None
+
+
+def _finish_numeric(pending: tuple, timings: dict) -> dict:
+    from core.validation.numeric import compare_in_child
+    npz, future = pending
+    try:
+        result, exc, seconds = future.result() if future is not None else _timed(compare_in_child, npz.parent, npz)
+    finally:
+        npz.unlink(missing_ok=True)
+    timings["numeric (ncnn child)"] = round(seconds, 3)
+    if exc is not None:
+        return {net: f"the ncnn side could not run: {exc}" for net in NETS}
+    return result
 
 
 def _timed(fn, *args):
@@ -402,6 +398,8 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
     report: dict = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
     timings = report["timings"]
     arch = arch or detect_arch(out)
+    errors: dict[str, str] = {}
+    pending_numeric = None
     shared = None  # the agreement check's traced modules, loaded once and used by the numeric check too
     if traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists() and (numeric or run_decode):
         t0 = time.perf_counter()
@@ -427,29 +425,35 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
                     features = features_for(str(wavs[0]), TAIL_PADDING_SECONDS)
                 except Exception as exc:  # noqa: BLE001 - reported, then random features are used
                     report["notes"].append(f"features from {wavs[0]} unavailable ({exc}); random inputs used")
+            torch_side, errors = {}, {}
             for net in NETS:
                 try:
-                    results = compare_net(net, traced_dir / f"{net}_jit_trace-pnnx.pt",
-                                          out / f"{net}_jit_trace-pnnx.ncnn.param",
-                                          out / f"{net}_jit_trace-pnnx.ncnn.bin", arch or "", features,
-                                          **_torch_setup(out, arch, traced_dir, net),
-                                          traced=getattr(shared, net, None))
+                    torch_side[net] = torch_reference(net, traced_dir / f"{net}_jit_trace-pnnx.pt", features,
+                                                      **_torch_setup(out, arch, traced_dir, net),
+                                                      traced=getattr(shared, net, None))
                 except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
-                    report["ok"] = False
-                    msg = f"-[✗] {net}: numeric check failed: {exc}"
-                    report["numeric"].append({"net": net, "error": str(exc), "ok": False})
-                    print_fn(msg)
-                    continue
-                for r in results:
-                    print_fn(r.line())
-                    report["numeric"].append(asdict(r))
-                    report["ok"] &= r.ok
-        timings["numeric"] = round(time.perf_counter() - t0, 3)
+                    errors[net] = str(exc)
+            pending_numeric = _start_numeric(out, torch_side) if torch_side else None
+        timings["numeric (torch)"] = round(time.perf_counter() - t0, 3)
     if run_decode:
         from core.validation.agreement import NO_WAV, prepare
         t0 = time.perf_counter()
         prepare(out, arch, traced_dir, [str(w) for w in wavs] or [NO_WAV], TAIL_PADDING_SECONDS)
         timings["torch streaming decode"] = round(time.perf_counter() - t0, 3)
+    if numeric and traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists():
+        ncnn_side = _finish_numeric(pending_numeric, timings) if pending_numeric else {}
+        for net in NETS:
+            got = errors.get(net) or ncnn_side.get(net) or "the ncnn child gave no result"
+            if isinstance(got, str):
+                report["ok"] = False
+                report["numeric"].append({"net": net, "error": got, "ok": False})
+                print_fn(f"-[✗] {net}: numeric check failed: {got}")
+                continue
+            for r in got:
+                print_fn(NumericResult(**r).line())
+                report["numeric"].append(r)
+                report["ok"] &= r["ok"]
+    if run_decode:
         report_decode(_collect(("decode", str(out), False), decode, out, wavs, references, timings=timings,
                                name="sherpa-ncnn fp16 decode"), report, print_fn)
         t0 = time.perf_counter()
