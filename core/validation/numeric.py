@@ -9,13 +9,56 @@ in ncnn, and a crash in ncnn fails only the child. The npz holds ``NET/CHUNK/in/
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 NETS = ("encoder", "decoder", "joiner")
 TIMEOUT_SECONDS = 300
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # relative to max(1, |reference|max)
+
+
+@dataclass
+class NumericResult:
+    net: str
+    output: str
+    shape: list[int]
+    max_abs: float
+    mean_abs: float
+    tolerance: float
+    ok: bool
+    note: str = ""
+
+    def line(self) -> str:
+        mark = "✓" if self.ok else "✗"
+        shape = "(" + ", ".join(map(str, self.shape)) + ")"
+        rel = "≤" if self.ok else ">"
+        note = f" {self.note}" if self.note else ""
+        return f"-[{mark}] {self.net} {self.output}{note} {shape}: max abs diff {self.max_abs:.1e} {rel} {self.tolerance:.0e}"
+
+
+def drop_batch_axis(arr):
+    """Remove icefall's batch axis the way sherpa-ncnn lays the blob out.
+
+    icefall puts the batch axis of states in the middle ((L, 1, D), (L, C, 1, A),
+    (L, 1, D, K-1)) and of features, chunks and caches first ((1, T, 80),
+    (1, D, K-1)); the innermost size-1 axis among the first three is it.
+    """
+    if arr.ndim < 2:
+        return arr
+    for axis in range(min(arr.ndim - 1, 2), -1, -1):
+        if arr.shape[axis] == 1:
+            return arr.reshape(arr.shape[:axis] + arr.shape[axis + 1:])
+    return arr
+
+
+def _precision(bin_path: Path, param_path: Path) -> str:
+    """fp16 when the weights were stored as fp16 (pnnx's default)."""
+    with open(bin_path, "rb") as fh:
+        head = fh.read(4)
+    return "fp16" if head == b"\x47\x6b\x30\x01" else "fp32"
 
 
 def compare_chunks(net: str, param: Path, binary: Path, chunks: list[tuple[list, list]], threads: int = 1) -> list:
@@ -24,7 +67,6 @@ def compare_chunks(net: str, param: Path, binary: Path, chunks: list[tuple[list,
     import numpy as np
 
     from core.ncnn.net import Keeper, register_meta_layer
-    from core.validation.validate import TOLERANCE, NumericResult, _precision, drop_batch_axis
     keep = Keeper()
     ncnn_net = keep.keep(ncnn.Net())
     ncnn_net.opt.num_threads = threads
@@ -101,9 +143,15 @@ def compare_in_child(out: Path, npz: Path) -> dict[str, list | str]:
     found = [line[len("result: "):] for line in proc.stdout.splitlines() if line.startswith("result: ")]
     if found:
         return json.loads(found[-1])
-    from core.validation.validate import explain_exit
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or [""]
-    what = explain_exit(proc.returncode, tail, True).replace("sherpa-ncnn", "python ncnn")
+    rc = proc.returncode
+    if rc < 0:
+        try:
+            what = f"python ncnn was killed by {signal.Signals(-rc).name} in the numeric check's child"
+        except ValueError:
+            what = f"python ncnn was killed by signal {-rc} in the numeric check's child"
+    else:
+        what = f"the numeric check's child exited with code {rc}"
     return {net: f"{what} ({tail[0]})" if tail[0] else what for net in NETS}
 
 

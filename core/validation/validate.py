@@ -13,29 +13,11 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core.validation.numeric import TOLERANCE, NumericResult, _precision, drop_batch_axis  # noqa: F401 (re-exported)
+
 NETS = ("encoder", "decoder", "joiner")
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}  # relative to max(1, |reference|max)
 TAIL_PADDING_SECONDS = 0.5
 DECODE_TIMEOUT_SECONDS = 300
-
-
-@dataclass
-class NumericResult:
-    net: str
-    output: str
-    shape: list[int]
-    max_abs: float
-    mean_abs: float
-    tolerance: float
-    ok: bool
-    note: str = ""
-
-    def line(self) -> str:
-        mark = "✓" if self.ok else "✗"
-        shape = "(" + ", ".join(map(str, self.shape)) + ")"
-        rel = "≤" if self.ok else ">"
-        note = f" {self.note}" if self.note else ""
-        return f"-[{mark}] {self.net} {self.output}{note} {shape}: max abs diff {self.max_abs:.1e} {rel} {self.tolerance:.0e}"
 
 
 @dataclass
@@ -49,28 +31,6 @@ class DecodeResult:
 
 
 # -- numeric -----------------------------------------------------------------
-
-def drop_batch_axis(arr):
-    """Remove icefall's batch axis the way sherpa-ncnn lays the blob out.
-
-    icefall puts the batch axis of states in the middle ((L, 1, D), (L, C, 1, A),
-    (L, 1, D, K-1)) and of features, chunks and caches first ((1, T, 80),
-    (1, D, K-1)); the innermost size-1 axis among the first three is it.
-    """
-    if arr.ndim < 2:
-        return arr
-    for axis in range(min(arr.ndim - 1, 2), -1, -1):
-        if arr.shape[axis] == 1:
-            return arr.reshape(arr.shape[:axis] + arr.shape[axis + 1:])
-    return arr
-
-
-def _precision(bin_path: Path, param_path: Path) -> str:
-    """fp16 when the weights were stored as fp16 (pnnx's default)."""
-    with open(bin_path, "rb") as fh:
-        head = fh.read(4)
-    return "fp16" if head == b"\x47\x6b\x30\x01" else "fp32"
-
 
 def compare_net(net: str, pt: Path, param: Path, binary: Path, arch: str, features=None, seed: int = 0,
                 threads: int = 1, shape_files: list[Path] | None = None, metadata_specs=None,
