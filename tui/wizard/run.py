@@ -98,8 +98,9 @@ class RunScreen(Screen):
     # -- drawing ---------------------------------------------------------------
     def step_prompt(self, s) -> Text:
         icon, style = ICONS.get(s.status, ("?", ""))
-        t = Text(f"{icon} ", style=style)
-        t.append(f"{s.index:>2} {s.id:<14}")
+        t = Text(f"{icon} ", style=style, no_wrap=True, overflow="ellipsis")  # one line each, even at 80x24
+        name = s.id if len(s.id) <= 14 else s.id[:13] + "…"
+        t.append(f"{s.index:>2} {name:<14}")
         elapsed = s.elapsed()
         if self.app.show_timings and elapsed is not None and s.status != "skipped":
             t.append(f"{elapsed:5.1f}s")  # the option's own colours: readable highlighted or not
@@ -174,8 +175,22 @@ class RunScreen(Screen):
             what = ""
         label.update(Text(f"{running.index}. {running.title}: {running.note or 'running'} {what}".rstrip()))
 
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """The footer shows only the keys that do something now (it is cut at 80 columns otherwise)."""
+        model = self.model
+        if model is None:
+            return True
+        running = model.status == "running"
+        when = {"cancel": running, "resume": not running and model.status != "ok",
+                "fix": not running and model.failed is not None, "summary": model.status == "ok",
+                "app.new_run": not running, "new_run": not running}
+        return when.get(action, True)
+
     def draw_status(self) -> None:
         model = self.model
+        if getattr(self, "_bindings_for", None) != model.status:
+            self._bindings_for = model.status
+            self.refresh_bindings()
         status = self.query_one("#run-status", Static)
         running = model.status == "running"
         self.query_one("#cancel", Button).disabled = not running
@@ -260,7 +275,9 @@ class RunScreen(Screen):
             return
         while not isinstance(self.app.screen, target):
             self.app.pop_screen()
-        self.app.screen.refresh_state()
+        self.app.screen.refresh_state()  # checks again: the file may have been fixed on disk meanwhile
+        if target is FilesScreen and "python" in (failed.hint or ""):
+            self.app.screen.query_one("#f-python").focus()  # the field the hint is about
 
     def action_log_path(self) -> None:
         if self.model is None or self.shown_step is None:

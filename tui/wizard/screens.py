@@ -86,7 +86,8 @@ class StartScreen(Screen):
         path = self.query_one("#toml", Input).value.strip()
         if not path:
             self.query_one("#toml", Input).focus()
-            self.show_open_error("type the path of a wizard.toml, then Enter")
+            self.query_one("#open-error", Static).update("type the path of a wizard.toml, then Enter")
+            self.notify("type the path of a wizard.toml, then Enter")
             return
         self.show_open_error(self.app.open_config(path))
 
@@ -136,6 +137,8 @@ class FilesScreen(FormScreen):
         self.results: dict[str, tuple[tuple, logic.FieldCheck]] = {}  # field -> (signature, result)
         self.next_wanted = False
         super().on_mount()
+        # focusing the first field scrolls it to the top edge, its label above out of sight: show the top
+        self.call_after_refresh(lambda: self.query_one(".body").scroll_home(animate=False))
 
     def action_detect(self) -> None:
         self.save()
@@ -153,6 +156,8 @@ class FilesScreen(FormScreen):
         if not self.is_attached:
             return
         self.query_one("#detect-result", Static).update(Text(result.message))
+        self.notify(result.message, title="detect from checkpoint", severity="information" if result.ok else "error",
+                    timeout=10)  # the result's line is below the fields, off a small screen
         if result.ok:
             self.app.config.arch = result.arch
             self.app.config.hyperparameters = dict(result.hyperparameters)
