@@ -403,10 +403,13 @@ def _conv_emformer_rules(v: Values) -> list[Problem]:
     if v["cnn_module_kernel"] % 2 == 0:
         problems.append(Problem("error", ("--cnn-module-kernel",),
                                 f"--cnn-module-kernel must be odd; got {v['cnn_module_kernel']}"))
-    if v["memory_size"] == 0:
-        problems.append(Problem("warning", ("--memory-size",),
-                                "--memory-size is 0 (icefall's default); the published ConvEmformer models use 32. "
-                                "It must match the value the model was trained with"))
+    if v["memory_size"] == 0:  # seen with icefall's real code: emformer2.py's memory-less path
+        problems.append(Problem("error", ("--memory-size",),
+                                "--memory-size is 0 (icefall's training default): without a memory bank icefall's "
+                                "Emformer builds torch.empty(0), which pnnx cannot convert and sherpa-ncnn cannot "
+                                "feed (a memory state of 0 rows). Give the value the model was trained with (the "
+                                "published ConvEmformer models use 32); a model trained with 0 cannot run in "
+                                "sherpa-ncnn"))
     return problems + _context_size_warning(v)
 
 
