@@ -60,6 +60,13 @@ async def go_to(pilot, screen_type, presses: int = 8) -> None:
     assert isinstance(pilot.app.screen, screen_type), pilot.app.screen
 
 
+async def audio_checked(pilot) -> None:
+    """The quantization screen reads the calibration audio in a worker: wait for its verdict."""
+    await pilot.pause()
+    await wait_for(pilot, lambda: not pilot.app.screen.pending(), timeout=30)
+    await pilot.pause()
+
+
 def demo_arch_button(arch: str) -> str:
     return f"#arch-{arch}"
 
@@ -192,14 +199,14 @@ async def test_int8_choice_checks_the_calibration_audio(tmp_path):
         screen = app.screen
         assert screen.query_one("#q-fp16").value and screen.query_one("#cal-wavs").disabled
         screen.query_one("#q-int8").value = True
-        await pilot.pause()
+        await audio_checked(pilot)
         assert not screen.query_one("#cal-wavs").disabled
         assert "3 usable wav(s)" in text(app, "#cal-check") and not screen.query_one("#next").disabled
         screen.query_one("#cal-wavs").value = str(tmp_path / "missing.wav")
-        await pilot.pause()
+        await audio_checked(pilot)
         assert "missing.wav" in text(app, "#cal-check") and screen.query_one("#next").disabled
         screen.query_one("#cal-wavs").value = str(demo_recipe("lstm").test_wavs[0].parent)  # a folder
-        await pilot.pause()
+        await audio_checked(pilot)
         assert "3 usable wav(s)" in text(app, "#cal-check")
         await pilot.click("#next")
         await pilot.pause()
@@ -512,7 +519,7 @@ async def test_quantization_screen_offers_the_external_tools_when_found(tmp_path
         backend = screen.query_one("#int8-backend")
         assert backend.disabled and backend.value == "builtin"  # nothing to choose before int8 is chosen
         screen.query_one("#q-int8").value = True
-        await pilot.pause()
+        await audio_checked(pilot)
         assert not backend.disabled
         backend.value = "external"
         await pilot.click("#next")
@@ -585,10 +592,10 @@ async def test_calibration_audio_at_another_rate_needs_the_resample_tick(tmp_pat
         screen = app.screen
         screen.query_one("#q-int8").value = True
         screen.query_one("#cal-wavs").value = str(odd)
-        await pilot.pause()
+        await audio_checked(pilot)
         assert "44100 Hz" in text(app, "#cal-check") and screen.query_one("#next").disabled
         screen.query_one("#resample").value = True
-        await pilot.pause()
+        await audio_checked(pilot)
         assert "resampled to 16 kHz when the run starts" in text(app, "#cal-check")
         assert not screen.query_one("#next").disabled
         await pilot.click("#next")

@@ -42,16 +42,57 @@ class QuantScreen(StepScreen):
     def _int8(self) -> bool:
         return self.query_one("#q-int8", RadioButton).value
 
+    checked: tuple = ()  # (what the check depends on, ok, lines)
+    next_wanted = False
+
+    def check_key(self) -> tuple:
+        config = self.app.config
+        text = self.query_one("#cal-wavs", Input).value
+        return (text, config.calibration.resample, config.arch, tuple(sorted(config.hyperparameter_flags().items())),
+                checks.signature(text.strip()) if " " not in text.strip() else ())
+
+    def pending(self) -> bool:
+        return self._int8() and (not self.checked or self.checked[0] != self.check_key())
+
     def refresh_state(self) -> None:
+        """The audio is read in a worker (every wav of a calibration folder: seconds), the rest here."""
         self.app.config.calibration.resample = self.query_one("#resample", Checkbox).value
-        wavs = logic.calibration_wavs(self.query_one("#cal-wavs", Input).value)
-        ok, lines = logic.calibration_check(wavs, self.app.config) if self._int8() else (True, [])
-        self.query_one("#cal-wavs", Input).disabled = not self._int8()
-        self.query_one("#int8-backend", Select).disabled = not self._int8()
-        self.query_one("#resample", Checkbox).disabled = not self._int8()
-        self.query_one("#cal-check", Static).update(Text("\n".join(lines) if self._int8()
-                                                         else "int8 not chosen: only the fp16 model is made"))
+        int8 = self._int8()
+        self.query_one("#cal-wavs", Input).disabled = not int8
+        self.query_one("#int8-backend", Select).disabled = not int8
+        self.query_one("#resample", Checkbox).disabled = not int8
+        if not int8:
+            ok, text = True, "int8 not chosen: only the fp16 model is made"
+        elif self.pending():
+            ok, text = False, "… reading the calibration audio"
+            self.check_audio_in_thread(self.check_key(), self.query_one("#cal-wavs", Input).value)
+        else:
+            ok, text = self.checked[1], "\n".join(self.checked[2])
+        self.query_one("#cal-check", Static).update(Text(text))
         self.query_one("#next", Button).disabled = not ok
+
+    @work(thread=True, exclusive=True, group="calibration-audio", exit_on_error=False)
+    def check_audio_in_thread(self, key: tuple, text: str) -> None:
+        ok, lines = logic.calibration_check(logic.calibration_wavs(text), self.app.config)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_audio_check, (key, ok, lines))
+
+    def show_audio_check(self, checked: tuple) -> None:
+        if not self.is_attached:
+            return
+        self.checked = checked
+        self.refresh_state()
+        if self.next_wanted and not self.pending() and self.is_current:
+            self.next_wanted = False
+            super().action_next()
+
+    def action_next(self) -> None:
+        """Enter while the audio is being read: go on as soon as it is found usable."""
+        if self.pending():
+            self.next_wanted = True
+            self.refresh_state()
+            return
+        super().action_next()
 
     @on(RadioSet.Changed)
     @on(Input.Changed, "#cal-wavs")
