@@ -865,3 +865,29 @@ def test_cli_run_ends_with_next_steps_and_the_int8_files(tmp_path):
     console = Console(record=True, width=80, soft_wrap=True)  # as stdout_console()
     _print_results(console, out, "failed")
     assert "next steps" not in console.export_text()
+
+
+async def test_slow_file_checks_never_block_typing(tmp_path, monkeypatch):
+    """A check that takes seconds (a big checkpoint, a pnnx directory) runs in a worker: keys are handled
+    meanwhile, Next waits for the verdict."""
+    import threading
+
+    from tui.wizard import checks, logic
+    release = threading.Event()
+
+    def slow(value: str) -> "logic.FieldCheck":
+        release.wait(30)
+        return logic.FieldCheck(True, "ok (slow)")
+    monkeypatch.setitem(checks.SLOW_CHECKS, "checkpoint", slow)
+    app = make_app(demo="zipformer", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        field = app.screen.query_one("#f-out")
+        field.focus()
+        field.cursor_position = len(field.value)
+        await pilot.press("x", "y")
+        assert field.value.endswith("xy")  # handled while the checkpoint check is still blocked
+        assert "checking" in text(app, "#c-checkpoint") and app.screen.query_one("#next").disabled
+        await pilot.press("enter")  # Next is remembered ...
+        assert isinstance(app.screen, FilesScreen)
+        release.set()
+        await wait_for(pilot, lambda: isinstance(app.screen, ArchScreen), timeout=30)  # ... and done after
