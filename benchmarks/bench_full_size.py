@@ -28,12 +28,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# the published ConvEmformer (2022-07-05) keeps a memory of 32 entries; the recipe's default is 0
+PUBLISHED_FLAGS = {"conv-emformer": "--memory-size 32"}
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def write_config(arch: str, tmp: Path, int8: bool) -> Path:
-    """wizard.toml for the demo recipe at the published size (no flags = the recipe's defaults)."""
+def write_config(arch: str, tmp: Path, int8: bool, flags: list[str] | None = None) -> Path:
+    """wizard.toml for the demo recipe at the published size (no flags = the recipe's defaults; ``flags``:
+    '--name value' pairs where the published model differs from the recipe's defaults)."""
     import shutil
     sys.path.insert(0, str(ROOT / "assets" / "demo"))
     from make_demo_assets import make_checkpoint
@@ -41,8 +44,9 @@ def write_config(arch: str, tmp: Path, int8: bool) -> Path:
     tokens = tmp / "tokens.txt"
     shutil.copy(demo_recipe(arch).bpe_model.with_name("tokens.txt"), tokens)
     config = demo_config(arch)
-    config.files.checkpoint = str(make_checkpoint(arch, [], tokens, tmp / "pretrained.pt"))
-    config.hyperparameters = {}
+    flags = flags or []
+    config.files.checkpoint = str(make_checkpoint(arch, flags, tokens, tmp / "pretrained.pt"))
+    config.hyperparameters = {flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)}
     config.output.int8 = int8
     config.save(tmp / "wizard.toml")
     return tmp / "wizard.toml"
@@ -76,11 +80,15 @@ def main() -> int:
     p.add_argument("--int8", action="store_true")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", type=Path, help="keep the run directory here")
+    p.add_argument("--flags", default=None,
+                   help="model flags where the published model differs from the recipe's defaults (default: "
+                        f"{PUBLISHED_FLAGS})")
     a = p.parse_args()
+    flags = (a.flags if a.flags is not None else PUBLISHED_FLAGS.get(a.arch, "")).split()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        config = write_config(a.arch, tmp, a.int8)
+        config = write_config(a.arch, tmp, a.int8, flags)
         out = a.keep or tmp / "run"
         wall, manifest = run_pipeline(config, out)
         steps = {}
