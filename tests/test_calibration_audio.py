@@ -57,11 +57,13 @@ def test_with_resample_a_step_makes_16k_copies_and_calibration_reads_them(tmp_pa
     assert any(str(odd) in w and "resampled to 16 kHz" in w for w in run.warnings)
 
 
-def test_a_resampled_file_shorter_than_a_chunk_is_still_refused(tmp_path):
+def test_a_resampled_file_shorter_than_a_chunk_is_skipped_or_refused_when_alone(tmp_path):
     tiny = tmp_path / "tiny.wav"
     tiny.write_bytes(float_wav_bytes(np.zeros(400, np.float32), 8000))  # 0.05 s: less than 9 frames
+    planned = build_plan(config_with(tmp_path, [tiny, WAVS[0]], resample=True))  # another file is usable: skipped
+    assert any("tiny.wav: shorter than one chunk" in w and "skipped" in w for w in planned.warnings)
     with pytest.raises(PlanError, match="tiny.wav: shorter than one chunk"):
-        build_plan(config_with(tmp_path, [tiny, WAVS[0]], resample=True))
+        build_plan(config_with(tmp_path, [tiny], resample=True))
 
 
 @pytest.mark.slow
@@ -78,3 +80,13 @@ def test_int8_demo_calibrated_on_44k_audio(tmp_path, capsys):
     validation = json.loads((out / "validation.json").read_text())
     assert validation["ok"] and validation["decode_int8"]["ok"]
     assert odd.read_bytes()[:4] == b"RIFF"  # the user's file is only read
+
+
+def test_a_short_calibration_wav_beside_usable_ones_is_skipped_not_refused(tmp_path):
+    """The icefall matrix: a 1.0 s wav with a 96-frame chunk refused whole int8 runs although others were usable."""
+    short = tmp_path / "short.wav"
+    short.write_bytes(float_wav_bytes(np.zeros(800, np.float32), 16000))  # 0.05 s
+    planned = build_plan(config_with(tmp_path, [short, WAVS[0]], resample=False))
+    assert any("short.wav" in w and "skipped" in w for w in planned.warnings)
+    with pytest.raises(PlanError, match="none of the files can be used"):
+        build_plan(config_with(tmp_path, [short], resample=False))

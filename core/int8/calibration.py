@@ -50,6 +50,8 @@ class ModelFiles:
 class WavCheck:
     usable: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one sentence per file that will not be used
+    short: list[str] = field(default_factory=list)  # files shorter than one chunk: skipped, harmless if others remain
+    notes: list[str] = field(default_factory=list)  # usable files with something to say (extra channels)
 
 
 @dataclass
@@ -89,10 +91,12 @@ def check_wavs(wavs: list[Path], segment_frames: int) -> WavCheck:
             check.problems.append(f"{wav}: {w.sample_rate} Hz; calibration needs 16 kHz audio (resample it first)")
         elif w.channels != 1:
             check.usable.append(Path(wav))
-            check.problems.append(f"{wav}: {w.channels} channels; only the first is used (as sherpa-ncnn does)")
+            check.notes.append(f"{wav}: {w.channels} channels; only the first is used (as sherpa-ncnn does)")
+            check.problems.append(check.notes[-1])
         elif w.seconds < min_seconds:
-            check.problems.append(f"{wav}: {w.seconds:.2f} s is shorter than one chunk ({min_seconds:.2f} s); "
-                                  "it would contribute nothing")
+            check.short.append(f"{wav}: {w.seconds:.2f} s is shorter than one chunk ({min_seconds:.2f} s); "
+                               "it would contribute nothing")
+            check.problems.append(check.short[-1])
         else:
             check.usable.append(Path(wav))
     return check

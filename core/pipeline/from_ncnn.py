@@ -301,8 +301,10 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
     backend = None
     if int8 is not None:
         from core.pipeline.int8_external import choose_backend
-        from core.pipeline.int8_steps import _check_calibration_wavs
-        problems += _check_calibration_wavs(int8, resolved)
+        from core.pipeline.int8_steps import check_calibration_wavs
+        cal_problems, cal_warnings = check_calibration_wavs(int8, resolved)
+        problems += cal_problems
+        warnings += cal_warnings
         backend = choose_backend(int8)
         problems += backend.problems
         warnings += [f"int8: {n}" for n in backend.notes]

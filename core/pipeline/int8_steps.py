@@ -177,13 +177,16 @@ def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: l
     return steps + make_int8_steps(layout, audio.wavs, backend, files)
 
 
-def _check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> list[str]:
-    """int8 needs calibration audio: every file named before anything runs (not 16 kHz, unreadable, too short)."""
+def check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> tuple[list[str], list[str]]:
+    """int8 needs calibration audio: (problems, warnings), every file named before anything runs.
+
+    Unreadable files and other sample rates (unless resampling) are problems; a file shorter than one chunk is
+    skipped with a warning while other files remain usable, and a problem only when nothing else is."""
     if not config.calibration.wavs:
         return ["calibration.wavs: int8 needs calibration audio (16 kHz wavs like the ones the model will hear); "
-                "list some in [calibration] wavs"]
+                "list some in [calibration] wavs"], []
     if not resolved.ok:
-        return []
+        return [], []
     from core.common.audio import SAMPLE_RATE, AudioError, read_wav
     from core.int8.calibration import check_wavs
     segment, _ = resolved.arch.segment_offset(resolved.values)
@@ -198,12 +201,15 @@ def _check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> l
             if wave.sample_rate != SAMPLE_RATE:
                 other_rate.append(w)
     check = check_wavs([w for w in wavs if w not in other_rate], segment)
-    problems = [f"calibration.wavs: {p}" for p in check.problems if "channels" not in p]
-    if any(" Hz; " in p for p in check.problems):
+    hard = [p for p in check.problems if p not in check.short and p not in check.notes]
+    problems = [f"calibration.wavs: {p}" for p in hard]
+    if any(" Hz; " in p for p in hard):
         problems.append("calibration.wavs: or set calibration.resample = true to resample them to 16 kHz")
-    short = [w for w in other_rate if read_wav(w).seconds < (segment + 1) * 0.01]
-    problems += [f"calibration.wavs: {w}: shorter than one chunk ({(segment + 1) * 0.01:.2f} s); it would "
-                 "contribute nothing" for w in short]
-    if not check.usable and len(short) == len(other_rate):
-        problems.append("calibration.wavs: none of the files can be used")
-    return problems
+    short_resampled = [w for w in other_rate if read_wav(w).seconds < (segment + 1) * 0.01]
+    short = check.short + [f"{w}: shorter than one chunk ({(segment + 1) * 0.01:.2f} s); it would contribute "
+                           "nothing" for w in short_resampled]
+    usable = len(check.usable) + len(other_rate) - len(short_resampled)
+    if usable:
+        return problems, [f"calibration.wavs: {s}; skipped" for s in short]
+    return problems + [f"calibration.wavs: {s}" for s in short] + ["calibration.wavs: none of the files can be "
+                                                                   "used"], []

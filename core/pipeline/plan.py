@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.model.architectures import ResolvedValues, get_arch, resolve
 from core.pipeline.config import WizardConfig
-from core.pipeline.int8_steps import _check_calibration_wavs, calibration_steps
+from core.pipeline.int8_steps import check_calibration_wavs, calibration_steps
 from core.pipeline.layout import NETS, Layout, PlanError, _check_out_dir, _versions
 from core.pipeline.runner import Plan, Step
 from core.pipeline.steps import make_finalize_encoder, make_prepare, make_summary, make_tokens
@@ -168,7 +168,9 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
 
     int8_backend = None
     if config.output.int8:
-        problems += _check_calibration_wavs(config, resolved)
+        cal_problems, cal_warnings = check_calibration_wavs(config, resolved)
+        problems += cal_problems
+        warnings += cal_warnings
         from core.pipeline.int8_external import choose_backend
         int8_backend = choose_backend(config)
         problems += int8_backend.problems
