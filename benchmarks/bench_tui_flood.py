@@ -98,9 +98,14 @@ async def bench(lines: int, size: tuple[int, int]) -> dict:
             done.set()
             await watcher
             await pilot.pause(0.1)
-            on_disk = sum(1 for _ in open(out / "logs" / "01-flood.log", encoding="utf-8"))
+            on_disk = (out / "logs" / "01-flood.log").read_text(encoding="utf-8").count("\n")
             return {"status": status, "ran": ran, "lags": lags, "latencies": latencies, "last_at_end": last_at_end,
                     "last_after": last_after, "on_disk": on_disk, "kept": len(model.steps[0].lines)}
+
+
+def index(line: str) -> str:
+    """The line number a flood line carries ("-" for another line)."""
+    return line.split(" flood line ")[-1].split(" ")[0] if " flood line " in line else "-"
 
 
 def main() -> int:
@@ -113,7 +118,6 @@ def main() -> int:
     lags, lat = r["lags"], r["latencies"]
     worst_lag = max(lags) if lags else float("nan")
     worst_key = max(lat) * 1000 if lat else float("nan")
-    index = lambda line: line.split(" flood line ")[-1].split(" ")[0] if " flood line " in line else "-"  # noqa: E731
     print(f"child: {args.lines:,} lines through a real process, step {r['status']} in {r['ran']:.2f} s "
           f"({args.lines / r['ran']:,.0f} lines/s); {r['on_disk']:,} lines in the step log on disk")
     print(f"pane lag (age of its last line, sampled every 50 ms, {len(lags)} samples): median "

@@ -875,7 +875,7 @@ async def test_slow_file_checks_never_block_typing(tmp_path, monkeypatch):
     from tui.wizard import checks, logic
     release = threading.Event()
 
-    def slow(value: str) -> "logic.FieldCheck":
+    def slow(value: str) -> logic.FieldCheck:
         release.wait(30)
         return logic.FieldCheck(True, "ok (slow)")
     monkeypatch.setitem(checks.SLOW_CHECKS, "checkpoint", slow)

@@ -25,7 +25,11 @@ def check_checkpoint(value: str) -> FieldCheck:
     check = logic.check_file(value, "the checkpoint (pretrained.pt / epoch-N.pt)")
     if not check.ok:
         return check
-    from core.model.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
+    from core.model.checkpoint import (
+        CheckpointError,
+        UnsafeCheckpointError,
+        load_checkpoint,
+    )
     try:
         load_checkpoint(Path(value.strip()).expanduser())
     except UnsafeCheckpointError as exc:
