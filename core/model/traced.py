@@ -191,6 +191,7 @@ def load(path: str | Path, shape_files: list[Path] | None = None, metadata_specs
         raise TracedError(f"{path}: its forward signature cannot be read ({exc})") from None
     slots = [_slot(a, str(path)) for a in arguments]
     traced = Traced(path, module, slots)
+    del module  # _restore may swap it for a reload: one copy of the weights at a time
     if all(s.kind in ("tensor", "const") for s in slots):
         _restore(traced)
     if not traced.specs:
@@ -209,10 +210,13 @@ def load(path: str | Path, shape_files: list[Path] | None = None, metadata_specs
 def _restore(traced: Traced) -> None:
     """Shapes and dtypes recorded at trace time (only possible when every argument is a Tensor)."""
     import torch
+    traced.module = None  # the first load goes before the second (a second copy of the weights doubled the peak)
     try:
         m = torch.jit.load(str(traced.path), map_location="cpu", _restore_shapes=True).eval()
     except Exception:  # noqa: BLE001 - older torch, or a trace without recorded shapes
+        traced.module = torch.jit.load(str(traced.path), map_location="cpu").eval()
         return
+    traced.module = m  # the same module, with the recorded shapes
     specs = []
     values = list(m.graph.inputs())[1:]
     for slot, value in zip(traced.slots, values):
