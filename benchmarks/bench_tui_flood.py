@@ -2,7 +2,7 @@
 
 Not a test. Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_tui_flood.py [--lines 150000] [--size 80x24]
+    .venv/bin/python benchmarks/bench_tui_flood.py [--lines 150000] [--size 80x24] [--seconds 0]
 
 Unlike bench_tui_logs.py (synthetic events), the lines here travel the whole way a
 step's output does: a one-step plan whose step is ``python -c`` printing
@@ -41,7 +41,10 @@ from tui.wizard.run import RunScreen, StepLog  # noqa: E402
 
 CHILD = ("import sys, time\n"
          "w = sys.stdout.write\n"
+         "t0 = time.monotonic()\n"
          "for i in range({n}):\n"
+         "    if {seconds} and i % 1000 == 0:\n"
+         "        time.sleep(max(0.0, t0 + {seconds} * i / {n} - time.monotonic()))\n"
          "    w(f'{{time.monotonic():.6f}} flood line {{i}} pass_level3: inline module operand shape [1,39,80]f32\\n')\n")
 
 
@@ -50,11 +53,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-async def bench(lines: int, size: tuple[int, int]) -> dict:
+async def bench(lines: int, size: tuple[int, int], seconds: float = 0.0) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         (out / "logs").mkdir(parents=True)
-        step = Step("flood", "Flood the log", argv=[sys.executable, "-c", CHILD.format(n=lines)])
+        step = Step("flood", "Flood the log", argv=[sys.executable, "-c", CHILD.format(n=lines, seconds=seconds)])
         plan = Plan([step], out)
         app = WizardApp()
         async with app.run_test(size=size) as pilot:
@@ -112,9 +115,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=150_000)
     parser.add_argument("--size", default="80x24")
+    parser.add_argument("--seconds", type=float, default=0.0,
+                        help="spread the lines over this long (0: as fast as the child can print)")
     args = parser.parse_args()
     w, h = (int(x) for x in args.size.split("x"))
-    r = asyncio.run(bench(args.lines, (w, h)))
+    r = asyncio.run(bench(args.lines, (w, h), args.seconds))
     lags, lat = r["lags"], r["latencies"]
     worst_lag = max(lags) if lags else float("nan")
     worst_key = max(lat) * 1000 if lat else float("nan")
