@@ -120,6 +120,7 @@ for item in cfg["inputs"]:
     r.input_finished()
     print("RESULT " + json.dumps({"wav": item["wav"], "text": r.text, "tokens": [int(t) for t in r.tokens],
                                   "timestamps": [float(t) for t in r.timestamps]}), flush=True)
+    del r  # the next file's recognizer must not load beside this one (two copies of the model: twice the peak)
 """
 
 
