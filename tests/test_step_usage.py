@@ -57,3 +57,15 @@ def test_slowest_step_line(tmp_path):
     assert cost_lines(tmp_path) == ["slowest step: export 8.0 s of 10.0 s (80%, CPU 9.5 s)",
                                     "peak memory: 2000 MB (export)"]
     assert cost_lines(tmp_path / "missing") == []
+
+
+def test_without_a_usage_record_the_step_still_ends_as_it_did(tmp_path):
+    import os
+    from core.pipeline.usage import wrap_argv
+    import subprocess
+    record = tmp_path / "no-such-dir" / "usage.json"  # cannot be written
+    ok = subprocess.run(wrap_argv([PY, "-c", "print('hi')"], None, record), capture_output=True, text=True)
+    seg = subprocess.run(wrap_argv([PY, "-c", "import os; os.kill(os.getpid(), 11)"], None, record))
+    three = subprocess.run(wrap_argv([PY, "-c", "raise SystemExit(3)"], None, record))
+    assert (ok.returncode, ok.stdout, seg.returncode, three.returncode) == (0, "hi\n", -11, 3)
+    assert not os.path.exists(record)

@@ -35,11 +35,17 @@ while True:
     except InterruptedError:
         continue
 rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-tmp = out + ".tmp"
-with open(tmp, "w") as fh:
-    json.dump({"returncode": rc, "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
-               "peak_mb": round(ru.ru_maxrss / 1024, 1)}, fh)
-os.replace(tmp, out)
+try:
+    tmp = out + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"returncode": rc, "cpu_seconds": round(ru.ru_utime + ru.ru_stime, 3),
+                   "peak_mb": round(ru.ru_maxrss / 1024, 1)}, fh)
+    os.replace(tmp, out)
+except OSError:  # no record (a full disk): end the way the step ended, so the runner still judges it right
+    if rc < 0:
+        signal.signal(-rc, signal.SIG_DFL)
+        os.kill(os.getpid(), -rc)
+    sys.exit(rc)
 sys.exit(0)
 """
 
