@@ -845,6 +845,34 @@ async def test_a_misconverted_encoder_blocks_at_files_until_its_traced_encoder_i
         assert not screen.query_one("#next").disabled, text(app, "#c-ncnn-dir")
 
 
+@pytest.mark.skipif(not (REAL / "conv-emformer").is_dir(), reason="the shared icefall fixtures are not here")
+async def test_the_traced_modules_field_unblocks_a_misconverted_encoder_and_reaches_the_plan(tmp_path):
+    from core.pipeline.from_ncnn import build_from_ncnn_config
+    from tui.wizard.ncnn import NcnnDirScreen
+    kit = REAL.parent / "icefall-kit" / "conv-emformer-4layer" / "traced"
+    app = make_app(out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, NcnnDirScreen)
+        screen.query_one("#ncnn-dir").value = str(REAL / "conv-emformer")
+        await wait_for(pilot, lambda: not screen.pending(), timeout=60)
+        await pilot.pause()
+        assert screen.query_one("#next").disabled and "traced modules" in text(app, "#c-ncnn-dir")
+        screen.query_one("#ncnn-traced").value = str(tmp_path / "nowhere")
+        await pilot.pause()
+        assert "not a folder" in text(app, "#c-ncnn-traced")
+        screen.query_one("#ncnn-traced").value = str(kit)
+        await wait_for(pilot, lambda: not screen.pending(), timeout=60)
+        await pilot.pause()
+        assert not screen.query_one("#next").disabled, text(app, "#c-ncnn-dir")
+        screen.save()
+        assert app.config.files.traced_dir == str(kit.resolve())
+    run = build_from_ncnn_config(app.config, check_out_dir=False)
+    assert run.traced_dir == kit.resolve()
+
+
 def test_cli_run_ends_with_next_steps_and_the_int8_files(tmp_path):
     from rich.console import Console
 

@@ -43,6 +43,7 @@ class FilesConfig:
     lang: str = ""  # for recipes whose export takes --lang DIR (icefall's CSJ): the lang directory ...
     lang_type: str = ""  # ... and its --lang-type ("char" or "bpe"; default: DIR/lang_type)
     from_ncnn: str = ""  # instead of all the above: a directory of existing pnnx output (only read)
+    traced_dir: str = ""  # with from_ncnn: where icefall's traced *_jit_trace-pnnx.pt are, when not beside the files
 
 
 @dataclass
@@ -220,7 +221,8 @@ def _convert(tp, value, source: str, key: str):
 
 def _resolve_paths(config: WizardConfig, base: Path) -> None:
     f = config.files
-    for name in ("recipe", "icefall_root", "checkpoint", "exp_dir", "tokens", "bpe_model", "from_ncnn", "lang"):
+    for name in ("recipe", "icefall_root", "checkpoint", "exp_dir", "tokens", "bpe_model", "from_ncnn", "lang",
+                 "traced_dir"):
         value = getattr(f, name)
         if value and not Path(value).is_absolute():
             setattr(f, name, str((base / value).resolve()))

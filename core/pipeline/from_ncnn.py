@@ -353,6 +353,7 @@ def build_from_ncnn_config(config, *, out_dir=None, check_out_dir: bool = True) 
     """The same plan from a WizardConfig whose ``files.from_ncnn`` names the directory (wizard and --config)."""
     run = build_from_ncnn_plan(config.files.from_ncnn, config.arch, config.hyperparameter_flags(),
                                out_dir=out_dir or config.output.dir, wavs=config.validation.wavs,
+                               traced_dir=config.files.traced_dir or None,
                                check_out_dir=check_out_dir, int8=config if config.output.int8 else None)
     run.config = config
     return run

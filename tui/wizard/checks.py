@@ -94,7 +94,7 @@ def header_change(config, out_dir: Path) -> str:
     return logic.header_change(Path(out_dir) if same else Path(out_dir) / "(another model)")
 
 
-def misconverted_without_trace(source: str) -> str:
+def misconverted_without_trace(source: str, traced_dir: str = "") -> str:
     """Why the ncnn-files path cannot go on ("" when it can): pnnx mis-converted the encoder (its own graph
     shows the shape bug) and there is no traced encoder beside the files to convert it again."""
     from core.pipeline.from_ncnn import TRACED_SUBDIRS, locate_source
@@ -103,8 +103,10 @@ def misconverted_without_trace(source: str) -> str:
     src = Path(source).expanduser().resolve()
     files = locate_source(src)
     bad = shape_mismatches(files.pnnx_graph) if files.pnnx_graph else []
-    if not bad or files.traced_dir is not None:
+    given = Path(traced_dir).expanduser() if traced_dir.strip() else None
+    if not bad or files.traced_dir is not None or (given is not None and (given / pt_name("encoder")).is_file()):
         return ""
     where = ", ".join(str(src / d) if d else str(src) for d in TRACED_SUBDIRS)
     return (f"pnnx mis-converted this encoder ({bad[0]}); put the traced {pt_name('encoder')} (icefall's "
-            f"export-for-ncnn.py output) in one of {where} and the wizard converts it again")
+            f"export-for-ncnn.py output) in one of {where}, or give its folder under 'traced modules', and the "
+            "wizard converts it again")

@@ -498,6 +498,19 @@ def guess_arch(param: Path) -> str | None:
     return None if model is None else guess(model)[0]
 
 
+def check_traced_dir(value: str) -> FieldCheck:
+    """The optional traced-modules folder of the ncnn-files path: empty, or a folder with the traced encoder."""
+    from core.pipeline.layout import pt_name
+    if not value.strip():
+        return FieldCheck(True, "optional")
+    d = Path(value).expanduser()
+    if not d.is_dir():
+        return FieldCheck(False, f"{d} is not a folder")
+    if not (d / pt_name("encoder")).is_file():
+        return FieldCheck(False, f"no {pt_name('encoder')} in {d} (icefall's export-for-ncnn.py writes it to exp/)")
+    return FieldCheck(True, f"traced modules found ({pt_name('encoder')})")
+
+
 def ncnn_encoder_param(value: str) -> Path:
     """The encoder's ncnn param in the directory, whichever of pnnx's naming schemes wrote it."""
     from core.pipeline.from_ncnn import locate_source

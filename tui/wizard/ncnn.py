@@ -38,6 +38,10 @@ class NcnnDirScreen(FormScreen):
         yield Input(config.files.from_ncnn, id="ncnn-dir", suggester=PathSuggester())
         yield FieldCheckView("", id="c-ncnn-dir", classes="check")
         yield Static("", id="ncnn-found", classes="muted")
+        yield Label("traced modules (optional): the folder with icefall's *_jit_trace-pnnx.pt, when not beside the "
+                    "files (needed to convert an encoder pnnx mis-converted again)", classes="field-label")
+        yield Input(config.files.traced_dir, id="ncnn-traced", suggester=PathSuggester())
+        yield FieldCheckView("", id="c-ncnn-traced", classes="check")
         yield Label("output directory", classes="field-label")
         yield Input(config.output.dir, id="ncnn-out", suggester=PathSuggester())
         yield FieldCheckView("", id="c-ncnn-out", classes="check")
@@ -47,8 +51,13 @@ class NcnnDirScreen(FormScreen):
     checked: tuple = ()  # (signature of the directory, its FieldCheck, what was found, blocking reason)
     next_wanted = False
 
+    def _key(self) -> tuple:
+        """What the worker's verdict depends on: the directory and the traced-modules folder."""
+        traced = self.query_one("#ncnn-traced", Input).value
+        return checks.signature(self.query_one("#ncnn-dir", Input).value), checks.signature(traced)
+
     def pending(self) -> bool:
-        return not self.checked or self.checked[0] != checks.signature(self.query_one("#ncnn-dir", Input).value)
+        return not self.checked or self.checked[0] != self._key()
 
     def refresh_state(self) -> None:
         """The output directory is checked here; the pnnx directory (seconds for a large encoder) in a worker."""
@@ -60,22 +69,24 @@ class NcnnDirScreen(FormScreen):
             if out == src or src in out.parents:
                 out_check = logic.FieldCheck(False, f"{out} is inside the input directory; choose one outside it")
         self.query_one("#c-ncnn-out", FieldCheckView).show(out_check)
+        traced_check = logic.check_traced_dir(self.query_one("#ncnn-traced", Input).value)
+        self.query_one("#c-ncnn-traced", FieldCheckView).show(traced_check)
         if self.pending():
             self.query_one("#c-ncnn-dir", FieldCheckView).update("… checking")
             self.query_one("#ncnn-found", Static).update("looking at the encoder ...")
             self.query_one("#next").disabled = True
-            self.describe_in_thread(source)
+            self.describe_in_thread(source, self.query_one("#ncnn-traced", Input).value)
             return
         _sig, dir_check, lines, blocked = self.checked
         self.query_one("#c-ncnn-dir", FieldCheckView).show(logic.FieldCheck(False, blocked) if blocked else dir_check)
         self.query_one("#ncnn-found", Static).update(Text("\n".join(lines)))
-        self.query_one("#next").disabled = not (dir_check.ok and out_check.ok and not blocked)
+        self.query_one("#next").disabled = not (dir_check.ok and out_check.ok and traced_check.ok and not blocked)
 
     @work(thread=True, exclusive=True, group="describe", exit_on_error=False)
-    def describe_in_thread(self, source: str) -> None:
+    def describe_in_thread(self, source: str, traced: str = "") -> None:
         """Checking the directory, parsing and planning the rewrite of a large encoder take seconds: off the UI
         thread. A mis-converted encoder with no traced encoder to convert again blocks here, not at Review."""
-        signature = checks.signature(source)
+        signature = checks.signature(source), checks.signature(traced)
         dir_check = logic.check_ncnn_dir(source)
         arch, detected, lines, blocked = None, None, [], ""
         if dir_check.ok:
@@ -84,13 +95,13 @@ class NcnnDirScreen(FormScreen):
             lines = logic.describe_ncnn_dir(source, arch, detected)
             if arch:
                 lines.insert(0, f"✓ looks like a {arch} encoder (preselected on the next step)")
-            blocked = checks.misconverted_without_trace(source)
+            blocked = checks.misconverted_without_trace(source, traced)
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self.show_found, source, (signature, dir_check, lines, blocked), arch, detected)
 
     def show_found(self, source: str, checked: tuple, arch: str | None,
                    detected: "logic.DetectedModel | None" = None) -> None:
-        if not self.is_attached or self.query_one("#ncnn-dir", Input).value != source:
+        if not self.is_attached or self.query_one("#ncnn-dir", Input).value != source or checked[0] != self._key():
             return
         self.checked = checked
         self.guessed = arch
@@ -128,6 +139,8 @@ class NcnnDirScreen(FormScreen):
                 self.app.detected = self.detected
                 config.hyperparameters = dict(self.detected.hyperparameters)
         config.files.from_ncnn = resolved_source
+        traced = self.query_one("#ncnn-traced", Input).value.strip()
+        config.files.traced_dir = str(Path(traced).expanduser().resolve()) if traced else ""
         config.output.dir = self.query_one("#ncnn-out", Input).value.strip()
         config.validation.wavs = [str(w) for w in logic.calibration_wavs(self.query_one("#ncnn-wavs", Input).value)]
 
