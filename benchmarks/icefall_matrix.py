@@ -551,9 +551,10 @@ def main(argv: list[str]) -> int:
     if args.table:
         rows = load_results(results_path)
         if args.refresh:  # read each run's OUT again with this version of the summary
-            by_id = {c.id: c for c in configs}
             for i, r in enumerate(rows):
-                cfg, out = by_id.get(r["id"]), Path(r.get("out") or "")
+                out = Path(r.get("out") or "")
+                saved = _json(out.parent / "config.json") if r.get("out") else None  # any seed's config
+                cfg = MatrixConfig(**saved) if saved else None
                 if cfg is not None and r.get("out") and r.get("exit_code") is not None and \
                         (out.is_dir() or (out.parent / "console.log").exists()):
                     console = (out.parent / "console.log").read_text(errors="replace") \
