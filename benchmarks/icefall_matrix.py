@@ -522,11 +522,13 @@ def main(argv: list[str]) -> int:
                         "./icefall-matrix)")
     p.add_argument("--kit", type=Path, default=REPO.parent / "shared" / "fixtures" / "icefall-kit",
                    help="folder whose */bpe.model and */tokens.txt are used (vocab 50)")
-    p.add_argument("--wizard", type=Path, default=REPO / ".venv" / "bin" / "sherpa-ncnn-wizard")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--zipformer", type=int, default=12)
-    p.add_argument("--conv-emformer", type=int, default=9)
-    p.add_argument("--lstm", type=int, default=9)
+    p.add_argument("--wizard", type=Path, default=REPO / ".venv" / "bin" / "sherpa-ncnn-wizard",
+                   help="the sherpa-ncnn-wizard to test (default: this checkout's .venv)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"sampling seed (default {DEFAULT_SEED}; other seeds tag their ids, e.g. s12-zip00)")
+    p.add_argument("--zipformer", type=int, default=12, help="how many Zipformer configurations (edge cases first)")
+    p.add_argument("--conv-emformer", type=int, default=9, help="how many ConvEmformer configurations")
+    p.add_argument("--lstm", type=int, default=9, help="how many LSTM configurations")
     p.add_argument("--int8-every", type=int, default=3, help="every N-th config of an arch also runs --int8")
     p.add_argument("--only", nargs="*", default=None, help="config ids to run (see --list)")
     p.add_argument("--skip-done", action="store_true", help="skip ids already in results.jsonl")
