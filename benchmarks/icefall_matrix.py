@@ -356,6 +356,16 @@ def classify_validation(report: dict, checks: dict) -> tuple[list[str], list[str
     return fp16_bad, int8_bad
 
 
+def _same_run(row: dict, console: Path) -> bool:
+    """Whether the files under the config's dir are still the run this row describes (a later run, maybe
+    recorded in another results file, rewrites them): its console.log is no newer than the row."""
+    try:
+        when = time.mktime(time.strptime(row.get("when", ""), "%Y-%m-%d %H:%M:%S"))
+        return console.stat().st_mtime <= when + 5
+    except (OSError, ValueError, OverflowError):
+        return False
+
+
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -558,7 +568,7 @@ def main(argv: list[str]) -> int:
                 saved = _json(out.parent / "config.json") if r.get("out") else None  # any seed's config
                 cfg = MatrixConfig(**saved) if saved else None
                 if cfg is not None and r.get("out") and r.get("exit_code") is not None and \
-                        (out.is_dir() or (out.parent / "console.log").exists()):
+                        _same_run(r, out.parent / "console.log"):
                     console = (out.parent / "console.log").read_text(errors="replace") \
                         if (out.parent / "console.log").exists() else ""
                     fresh = asdict(summarise(cfg, out, r["exit_code"], console, r["seconds"]))
