@@ -217,8 +217,14 @@ def make_checkpoint(cfg: MatrixConfig, icefall: Path, python: str, bpe: Path, cd
     return True, ""
 
 
+def _seconds(wav: Path) -> float:
+    import wave
+    with wave.open(str(wav)) as w:
+        return w.getnframes() / w.getframerate()
+
+
 def write_wizard_toml(cfg: MatrixConfig, icefall: Path, python: str, kit_lang: Path, wavs: list[Path],
-                      cdir: Path) -> Path:
+                      cdir: Path, min_cal_seconds: float = 0.0) -> Path:
     """The wizard.toml of README's `run` section (absolute paths: it lives in the scratch work dir)."""
     def q(s) -> str:
         return json.dumps(str(s))
@@ -226,10 +232,12 @@ def write_wizard_toml(cfg: MatrixConfig, icefall: Path, python: str, kit_lang: P
     tok = (f"bpe_model = {q(kit_lang / 'bpe.model')}" if cfg.tokens_from == "bpe_model"
            else f"tokens = {q(kit_lang / 'tokens.txt')}")
     wav_list = "[" + ", ".join(q(w) for w in wavs) + "]"
+    cal = [w for w in wavs if _seconds(w) >= min_cal_seconds]
+    cal_list = "[" + ", ".join(q(w) for w in cal) + "]"
     text = (f"arch = {q(cfg.arch)}\n\n[hyperparameters]\n{hp}\n\n[files]\n"
             f"recipe = {q(icefall / RECIPES[cfg.arch])}\ncheckpoint = {q(cdir / 'exp' / 'pretrained.pt')}\n"
             f"{tok}\npython = {q(python)}\n\n[output]\ndir = {q(cdir / 'out')}\nint8 = {str(cfg.int8).lower()}\n\n"
-            f"[calibration]\nwavs = {wav_list}\n\n[validation]\nwavs = {wav_list}\n")
+            f"[calibration]\nwavs = {cal_list}\n\n[validation]\nwavs = {wav_list}\n")
     path = cdir / "wizard.toml"
     path.write_text(text)
     return path
@@ -250,6 +258,13 @@ def summarise(cfg: MatrixConfig, out: Path, rc: int | None, console: str, second
                  seconds=round(seconds, 1), exit_code=rc, why=cfg.why, out=str(out),
                  when=time.strftime("%Y-%m-%d %H:%M:%S"))
     manifest = _json(out / "manifest.json")
+    if manifest is None and "The run cannot start" in console:  # refused at plan time (exit 2), nothing ran
+        res.step = "plan (refused)"
+        res.fp16 = "REFUSED"
+        res.int8_result = "REFUSED" if cfg.int8 else "-"
+        res.error = next((ln.strip() for ln in console.splitlines() if "✗" in ln), first_error_line(
+            console.splitlines()))[:300]
+        return res
     if manifest is None:  # the tool itself died: the last step log it opened names the step
         logs = sorted((out / "logs").glob("[0-9][0-9]-*.log"))
         step = logs[-1].stem[3:] if logs else ""
@@ -341,6 +356,16 @@ def classify_validation(report: dict, checks: dict) -> tuple[list[str], list[str
     return fp16_bad, int8_bad
 
 
+def _same_run(row: dict, console: Path) -> bool:
+    """Whether the files under the config's dir are still the run this row describes (a later run, maybe
+    recorded in another results file, rewrites them): its console.log is no newer than the row."""
+    try:
+        when = time.mktime(time.strptime(row.get("when", ""), "%Y-%m-%d %H:%M:%S"))
+        return console.stat().st_mtime <= when + 5
+    except (OSError, ValueError, OverflowError):
+        return False
+
+
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -360,7 +385,7 @@ def run_one(cfg: MatrixConfig, args, kit_lang: Path, wavs: list[Path]) -> Result
                       why=cfg.why, when=time.strftime("%Y-%m-%d %H:%M:%S"))
     if args.prepare_only:
         return None  # type: ignore[return-value]
-    toml = write_wizard_toml(cfg, args.icefall, args.python, kit_lang, wavs, cdir)
+    toml = write_wizard_toml(cfg, args.icefall, args.python, kit_lang, wavs, cdir, args.min_calibration_seconds)
     out = cdir / "out"
     shutil.rmtree(out, ignore_errors=True)
     argv = ["nice", "-n", "19", str(args.wizard), "run", "--config", str(toml), "--out", str(out)]
@@ -507,15 +532,20 @@ def main(argv: list[str]) -> int:
                         "./icefall-matrix)")
     p.add_argument("--kit", type=Path, default=REPO.parent / "shared" / "fixtures" / "icefall-kit",
                    help="folder whose */bpe.model and */tokens.txt are used (vocab 50)")
-    p.add_argument("--wizard", type=Path, default=REPO / ".venv" / "bin" / "sherpa-ncnn-wizard")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--zipformer", type=int, default=12)
-    p.add_argument("--conv-emformer", type=int, default=9)
-    p.add_argument("--lstm", type=int, default=9)
+    p.add_argument("--wizard", type=Path, default=REPO / ".venv" / "bin" / "sherpa-ncnn-wizard",
+                   help="the sherpa-ncnn-wizard to test (default: this checkout's .venv)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"sampling seed (default {DEFAULT_SEED}; other seeds tag their ids, e.g. s12-zip00)")
+    p.add_argument("--zipformer", type=int, default=12, help="how many Zipformer configurations (edge cases first)")
+    p.add_argument("--conv-emformer", type=int, default=9, help="how many ConvEmformer configurations")
+    p.add_argument("--lstm", type=int, default=9, help="how many LSTM configurations")
     p.add_argument("--int8-every", type=int, default=3, help="every N-th config of an arch also runs --int8")
     p.add_argument("--only", nargs="*", default=None, help="config ids to run (see --list)")
     p.add_argument("--skip-done", action="store_true", help="skip ids already in results.jsonl")
     p.add_argument("--results", type=Path, default=None, help="JSON lines file (default WORK/results.jsonl)")
+    p.add_argument("--min-calibration-seconds", type=float, default=0.0,
+                   help="calibrate only on the demo wavs at least this long (the wizard refuses a run when one "
+                        "calibration wav is shorter than a chunk; 2-noise.wav is 1.0 s)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per run")
     p.add_argument("--list", action="store_true", help="print the sampled configurations and exit")
     p.add_argument("--prepare-only", action="store_true", help="make the checkpoints only")
@@ -533,10 +563,12 @@ def main(argv: list[str]) -> int:
     if args.table:
         rows = load_results(results_path)
         if args.refresh:  # read each run's OUT again with this version of the summary
-            by_id = {c.id: c for c in configs}
             for i, r in enumerate(rows):
-                cfg, out = by_id.get(r["id"]), Path(r.get("out") or "")
-                if cfg is not None and r.get("out") and out.is_dir() and r.get("exit_code") is not None:
+                out = Path(r.get("out") or "")
+                saved = _json(out.parent / "config.json") if r.get("out") else None  # any seed's config
+                cfg = MatrixConfig(**saved) if saved else None
+                if cfg is not None and r.get("out") and r.get("exit_code") is not None and \
+                        _same_run(r, out.parent / "console.log"):
                     console = (out.parent / "console.log").read_text(errors="replace") \
                         if (out.parent / "console.log").exists() else ""
                     fresh = asdict(summarise(cfg, out, r["exit_code"], console, r["seconds"]))
