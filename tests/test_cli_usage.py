@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
+
+import pytest
 
 from conftest import SHARED_FIXTURES, fixture_flags
 
@@ -44,3 +47,22 @@ def test_validate_takes_relative_wavs_from_the_users_directory(tmp_path, cli, mo
     class Args:
         wav, traced_dir, arch = ["m/tokens.txt"], None, None  # any existing file: only the lookup is tested
     assert _usage_problems(Args, d) == []
+
+
+def test_validate_on_a_read_only_model_dir_reports_elsewhere(tmp_path, cli, monkeypatch):
+    import os
+
+    import core.validation.launch as launch
+    d = _model_with_metadata(tmp_path, cli)
+    seen = {}
+
+    def fake_run(out, traced, wavs, json_out, *, arch=None, capture=False):
+        seen["json_out"] = json_out
+        return launch.ValidationRun(0, "", json_out)
+    monkeypatch.setattr(launch, "run_validation", fake_run)
+    import tui.cli.validate as command
+    real_access = os.access
+    # root ignores permission bits, so the directory is made read-only as the command sees it
+    monkeypatch.setattr(command.os, "access", lambda p, m: False if Path(p) == d and m == os.W_OK else real_access(p, m))
+    code, _, err = cli("validate", d)
+    assert code == 0 and "read-only" in err and d not in seen["json_out"].parents
