@@ -45,9 +45,9 @@ case "$cmd" in
     ;;
   test)
     setup dev
-    # every core by default (pytest-xdist); pass -n 0 (or any -n) to choose
+    # every core by default (pytest-xdist; tests sharing fixed paths stay on one worker); pass -n to choose
     case " $* " in *" -n "*|*" -n"[0-9]*|*" -p no:xdist "*) exec "$venv/bin/python" -m pytest "$@" ;; esac
-    exec "$venv/bin/python" -m pytest -n auto "$@"
+    exec "$venv/bin/python" -m pytest -n auto --dist loadgroup "$@"
     ;;
   run)
     setup main

@@ -21,6 +21,9 @@ from core.pipeline.events import LogLines, Progress, RunFinished, StepFinished, 
 from tui.wizard.app import RunModel, WizardApp
 from tui.wizard.run import RunScreen, SummaryScreen
 
+# one worker for the whole module: the fixed paths under /tmp are shared (./dev.sh runs --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("tui-snapshots")
+
 SIZE = (100, 32)
 OUT = Path("/tmp/sherpa-ncnn-wizard-snapshot")
 
