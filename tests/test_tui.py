@@ -228,11 +228,30 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def blocking_recipe(tmp_path: Path) -> WizardConfig:
+    """The demo LSTM recipe whose export waits (for a file that never comes) until it is cancelled: a cancel test
+    must not race a fast export."""
+    import shutil
+
+    from core.pipeline.demo import DEMO_ROOT
+    icefall = tmp_path / "icefall-copy"
+    shutil.copytree(DEMO_ROOT / "icefall", icefall)
+    script = icefall / "egs" / "librispeech" / "ASR" / "lstm_transducer_stateless2" / "export-for-ncnn.py"
+    text = script.read_text()
+    marker = "\nimport "
+    at = text.index(marker)
+    script.write_text(text[:at] + "\nimport os as _os, time as _time\nprint('export waiting', flush=True)\n"
+                      f"while not _os.path.exists({str(tmp_path / 'never')!r}):\n    _time.sleep(0.05)\n"
+                      + text[at:])
+    config = demo_config("lstm")
+    config.files.recipe = str(script.parent)
+    config.output.dir = str(tmp_path / "out")
+    return config
+
+
 @pytest.mark.slow
 async def test_cancel_mid_run_leaves_the_step_cancelled_and_no_process(tmp_path):
-    config = demo_config("lstm")
-    config.output.dir = str(tmp_path / "out")
-    app = WizardApp(config=config)
+    app = WizardApp(config=blocking_recipe(tmp_path))
     async with app.run_test(size=SIZE) as pilot:
         await review_ready(pilot)
         await pilot.press("ctrl+r")
