@@ -204,3 +204,10 @@ def test_validate_explains_a_model_without_metadata(demo_runs, tmp_path, cli_jso
     assert code == 1 and report["ok"] is False
     error = report["decode"]["error"]
     assert "segmentation fault while loading the model" in error and "SherpaMetaData" in error
+
+
+def test_the_validate_step_says_what_it_does_before_loading_torch(demo_runs):
+    """The log pane is not empty for the seconds torch and the traced modules take to load."""
+    code, out = demo_runs["lstm"]
+    log = next((out / "logs").glob("*-validate.log")).read_text().splitlines()
+    assert log[0].startswith("$ ") and log[1].startswith("validating ") and "loading torch" in log[1]

@@ -466,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     refs = dict(r.split("=", 1) for r in a.reference if "=" in r)
     say = lambda s: print(s, flush=True)  # noqa: E731
+    # the log pane's first line at once: loading torch and the traced modules takes seconds before any result
+    say(f"validating {a.out}: sherpa-ncnn decodes start in child processes; loading torch and the traced modules ...")
     pool = start_children(a.out, a.wav, refs, a.int8, a.fp32_dir or a.out / "work" / "fp32", not a.no_decode)
     report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
     if a.int8:
