@@ -179,3 +179,29 @@ class FieldReason(Static):
 
 class MetaTable(DataTable):
     """SherpaMetaData key → value → which flag it came from."""
+
+
+class WaitsForChecks:
+    """Enter (Next) while a background check still runs: go on as soon as the checks are in and fine.
+
+    A screen mixes this in before its Screen class, says in ``pending()`` whether a check is still running, and
+    calls ``checks_arrived()`` (instead of refresh_state) when a worker's result is shown."""
+
+    next_wanted = False
+
+    def pending(self):  # pragma: no cover - every screen using this defines it
+        raise NotImplementedError
+
+    def checks_arrived(self) -> None:
+        self.refresh_state()
+        if self.next_wanted and not self.pending():
+            self.next_wanted = False
+            if self.is_current:
+                super().action_next()
+
+    def action_next(self) -> None:
+        if self.pending():
+            self.next_wanted = True
+            self.refresh_state()
+            return
+        super().action_next()

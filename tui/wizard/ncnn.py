@@ -20,11 +20,11 @@ from textual.widgets import Input, Label, Static
 from textual.worker import get_current_worker
 
 from tui.wizard import checks, logic
-from tui.wizard.base import FieldCheckView, FormScreen, PathSuggester
+from tui.wizard.base import FieldCheckView, FormScreen, PathSuggester, WaitsForChecks
 from tui.wizard.screens import ArchScreen, HyperScreen
 
 
-class NcnnDirScreen(FormScreen):
+class NcnnDirScreen(WaitsForChecks, FormScreen):
     STEP = "Files"
     AUTO_FOCUS = "#ncnn-dir"
 
@@ -49,7 +49,6 @@ class NcnnDirScreen(FormScreen):
         yield Input(" ".join(config.validation.wavs), id="ncnn-wavs")
 
     checked: tuple = ()  # (signature of the directory, its FieldCheck, what was found, blocking reason)
-    next_wanted = False
 
     def _key(self) -> tuple:
         """What the worker's verdict depends on: the directory and the traced-modules folder."""
@@ -107,18 +106,7 @@ class NcnnDirScreen(FormScreen):
         self.guessed = arch
         self.detected = detected
         self.detected_for = source
-        self.refresh_state()
-        if self.next_wanted and self.is_current:
-            self.next_wanted = False
-            super().action_next()
-
-    def action_next(self) -> None:
-        """Enter while the directory is being checked: go on as soon as it is found fine."""
-        if self.pending():
-            self.next_wanted = True
-            self.refresh_state()
-            return
-        super().action_next()
+        self.checks_arrived()
 
     guessed: str | None = None
     detected: "logic.DetectedModel | None" = None

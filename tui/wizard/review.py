@@ -17,10 +17,10 @@ from core.model.metadata import build_metadata
 from core.pipeline.layout import PlanError
 from core.pipeline.plan import describe_plan, render_script
 from tui.wizard import checks, logic
-from tui.wizard.base import MetaTable, StepScreen
+from tui.wizard.base import MetaTable, StepScreen, WaitsForChecks
 
 
-class QuantScreen(StepScreen):
+class QuantScreen(WaitsForChecks, StepScreen):
     STEP = "Quantization"
 
     def body(self) -> ComposeResult:
@@ -43,7 +43,6 @@ class QuantScreen(StepScreen):
         return self.query_one("#q-int8", RadioButton).value
 
     checked: tuple = ()  # (what the check depends on, ok, lines)
-    next_wanted = False
 
     def check_key(self) -> tuple:
         config = self.app.config
@@ -81,18 +80,7 @@ class QuantScreen(StepScreen):
         if not self.is_attached:
             return
         self.checked = checked
-        self.refresh_state()
-        if self.next_wanted and not self.pending() and self.is_current:
-            self.next_wanted = False
-            super().action_next()
-
-    def action_next(self) -> None:
-        """Enter while the audio is being read: go on as soon as it is found usable."""
-        if self.pending():
-            self.next_wanted = True
-            self.refresh_state()
-            return
-        super().action_next()
+        self.checks_arrived()
 
     @on(RadioSet.Changed)
     @on(Input.Changed, "#cal-wavs")

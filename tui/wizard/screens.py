@@ -19,7 +19,7 @@ from textual.worker import get_current_worker
 from core.model.architectures import ARCHITECTURES, get_arch
 from tui.wizard import checks, logic
 from tui.wizard.base import (Body, FieldCheckView, FieldReason, FormScreen, PathSuggester, StepBar, StepScreen,
-                              meta_key_label)
+                              WaitsForChecks, meta_key_label)
 from tui.wizard.review import QuantScreen
 
 # -- 1. start ------------------------------------------------------------------------
@@ -114,7 +114,7 @@ class StartScreen(Screen):
 # -- 2. model files ---------------------------------------------------------------------
 
 
-class FilesScreen(FormScreen):
+class FilesScreen(WaitsForChecks, FormScreen):
     STEP = "Files"
 
     def body(self) -> ComposeResult:
@@ -207,19 +207,7 @@ class FilesScreen(FormScreen):
         if not self.is_attached:
             return
         self.results.update(found)
-        self.refresh_state()
-        if self.next_wanted and not self.pending():
-            self.next_wanted = False
-            if self.is_current:
-                super().action_next()
-
-    def action_next(self) -> None:
-        """Enter while a check still runs: go on as soon as it says the files are fine."""
-        if self.pending():
-            self.next_wanted = True
-            self.refresh_state()
-            return
-        super().action_next()
+        self.checks_arrived()
 
     def save(self) -> None:
         logic.apply_file_values(self.app.config, self.values())
