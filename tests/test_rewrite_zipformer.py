@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from core.ncnn.param import load_param, parse_param
-from core.validation.reference import to_mat
+from core.ncnn.net import as_mat
 from core.rewrite.driver import RewriteError, apply_rewrites, plan_file, plan_rewrites
 
 ncnn = pytest.importorskip("ncnn")
@@ -50,7 +50,7 @@ def _run(param: Path, feeds: dict[str, np.ndarray], outs: list[str]) -> dict[str
     ex.set_light_mode(False)  # several blobs of one forward are read back, intermediate ones included
     mats = []
     for name, arr in feeds.items():
-        mats.append(to_mat(np.asarray(arr, dtype=np.float32)))
+        mats.append(as_mat(np.asarray(arr, dtype=np.float32)))
         ex.input(name, mats[-1])
     got = {}
     for name in outs:

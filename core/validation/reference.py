@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.ncnn.net import Keeper, register_meta_layer
+from core.ncnn.net import Keeper, as_mat, register_meta_layer
 from core.validation.validate import TOLERANCE, NumericResult, _precision, drop_batch_axis
 
 
@@ -47,30 +47,12 @@ def _net(param: Path, binary: Path, keep: Keeper, register=None):
     return net
 
 
-def to_mat(arr):
-    """A Mat that owns a copy of ``arr`` (float32, or int32 bits for token ids).
-
-    ``ncnn.Mat(numpy_array)`` of python-ncnn 1.0.20261020 crashed here when a 1-element
-    array fed a graph (the LSTM lengths input), so the Mat is allocated by ncnn and filled.
-    """
-    import ncnn
-    import numpy as np
-    a = np.ascontiguousarray(arr)
-    mat = ncnn.Mat(*a.shape[::-1]) if a.ndim else ncnn.Mat(1)
-    view = np.asarray(mat)
-    if a.dtype == np.int32:
-        view.view(np.int32)[...] = a.reshape(view.shape)
-    else:
-        view[...] = a.astype(np.float32).reshape(view.shape)
-    return mat
-
-
 def _run(net, feeds: dict, outs: list[str]):
     import numpy as np
     ex = net.create_extractor()
     mats = []  # kept alive until the extractor is done
     for name, arr in feeds.items():
-        mats.append(to_mat(arr))
+        mats.append(as_mat(arr))
         ex.input(name, mats[-1])
     result = {}
     for name in outs:
