@@ -222,13 +222,12 @@ def _naive_stats(files, wav):
     from core.common.audio import fbank, read_wav
     from core.int8.calibrate import BlobStats
     from core.int8.calibration import BLANK_IDS, CONTEXT_SIZE, _ModelRunner, _run_decoder
-    from core.model.states import _initial_states
     r = _ModelRunner(files)
     enc = {b: BlobStats() for b in set(r.enc_bottoms.values())}
     join = {b: BlobStats() for b in set(r.join_bottoms.values())}
     w = read_wav(wav)
     feats = fbank(w.samples, w.sample_rate)
-    states, context = _initial_states(r.arch, r.meta), [0] * CONTEXT_SIZE
+    states, context = r.arch.initial_states(r.meta), [0] * CONTEXT_SIZE
     dec = _run_decoder(r.nets["decoder"], context)
     pos = 0
     while pos + r.segment <= len(feats):

@@ -27,7 +27,6 @@ from core.common.audio import SAMPLE_RATE, AudioError, fbank, read_wav
 from core.int8.calibrate import QUANTIZABLE, BlobStats, CalibrationError, ScaleTable, activation_scale, weight_scales
 from core.model.architectures import BY_MODEL_TYPE, ArchSpec
 from core.model.metadata import read_metadata
-from core.model.states import _initial_states
 from core.ncnn.net import Keeper, as_mat, register_meta_layer
 from core.ncnn.param import load_param
 
@@ -166,13 +165,12 @@ class Streamer:
         self.encoder, self.decoder, self.joiner = encoder, decoder, joiner
         self.arch, self.meta = arch, meta
         self.segment, self.offset = arch.segment_offset(arch.values_from_metadata(meta))
-        n_states = len(_initial_states(arch, meta))
-        self.state_map = [(2, 2), (3, 3)] if arch.name == "lstm" else [(k, k) for k in range(1, n_states + 1)]
+        self.state_map = arch.state_map(len(arch.initial_states(meta)))
 
     def run(self, feats: np.ndarray, on_chunk=None, on_frame=None, enc_blobs: list[str] = (),
             join_blobs: list[str] = (), name: str = "the input") -> tuple[int, int, float]:
         """Stream ``feats``; return (chunks, frames, seconds inside the ncnn forward passes, hooks excluded)."""
-        states = _initial_states(self.arch, self.meta)
+        states = self.arch.initial_states(self.meta)
         context = [0] * CONTEXT_SIZE
         decoder_out = _run_decoder(self.decoder, context)
         chunks = frames = 0

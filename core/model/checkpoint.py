@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.model.architectures import ARCHITECTURES, ArchSpec, Value, get_arch
+from core.model.state_dict import CheckpointError, decoder_joiner_values
 
 WEIGHTS = "weights"
 TRAINING = "training params"
@@ -29,10 +30,6 @@ _NON_PARAM_KEYS = {"model", "model_avg", "optimizer", "scheduler", "grad_scaler"
 ZIPFORMER2_HINT = ("this is a Zipformer2 checkpoint (icefall's egs/*/ASR/zipformer recipe): it has no ncnn export "
                    "in icefall and sherpa-ncnn cannot run it; export it with the recipe's export-onnx-streaming.py "
                    "and use sherpa-onnx (https://k2-fsa.github.io/sherpa/onnx/)")
-
-
-class CheckpointError(Exception):
-    """The checkpoint cannot be used; the message says why."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -177,109 +174,14 @@ def detect_arch(state: Mapping[str, Any]) -> ArchSpec:
     keys = list(state)
     if any(".self_attn_weights." in k or ".nonlin_attention." in k for k in keys):
         raise UnsupportedArchitectureError(ZIPFORMER2_HINT)
-    if any(k.startswith("encoder.encoders.") and ".self_attn.in_proj2." in k for k in keys) \
-            or "encoder.downsample_output.query" in state:
-        return get_arch("zipformer")
-    if any(k.startswith("encoder.encoder.emformer_layers.") for k in keys):
-        return get_arch("conv-emformer")
-    if any(re.match(r"encoder\.encoder\.layers\.\d+\.lstm\.weight_ih_l0$", k) for k in keys):
-        return get_arch("lstm")
+    for spec in ARCHITECTURES.values():
+        if spec.owns_weights(state):
+            return spec
     sample = ", ".join(keys[:4]) or "none"
     raise UnsupportedArchitectureError(
         f"not a streaming Zipformer v1, ConvEmformer or LSTM transducer (no key matches; first keys: {sample}). "
         "sherpa-ncnn runs only icefall's pruned_transducer_stateless7_streaming, "
         "conv_emformer_transducer_stateless2 and lstm_transducer_stateless2/3 models")
-
-
-def _indices(state, pattern: str) -> list[int]:
-    rx = re.compile(pattern)
-    return sorted({int(m.group(1)) for k in state for m in [rx.match(k)] if m})
-
-
-def _shape(state, key) -> tuple[int, ...] | None:
-    v = state.get(key)
-    return tuple(int(x) for x in v.shape) if v is not None else None
-
-
-def _common(state) -> dict[str, Value]:
-    """Decoder and joiner (shared by the three recipes)."""
-    out: dict[str, Value] = {}
-    emb = _shape(state, "decoder.embedding.weight")
-    if emb:
-        out["vocab_size"], out["decoder_dim"] = emb[0], emb[1]
-    conv = _shape(state, "decoder.conv.weight")
-    out["context_size"] = conv[2] if conv and len(conv) == 3 else 1
-    out_linear = _shape(state, "joiner.output_linear.weight")
-    if out_linear:
-        out["joiner_out"] = out_linear[0]
-    enc_proj = _shape(state, "joiner.encoder_proj.weight")
-    if enc_proj:
-        out["joiner_dim"] = enc_proj[0]
-        out["encoder_out_dim"] = enc_proj[1]
-    return out
-
-
-def _zipformer_values(state) -> dict[str, Value]:
-    stacks = _indices(state, r"encoder\.encoders\.(\d+)\.")
-    if not stacks or stacks != list(range(len(stacks))):
-        raise CheckpointError(f"Zipformer stacks are not numbered 0..N-1 (found {stacks})")
-    layers, ff, dims, att, heads, kernels, ds = [], [], [], [], [], [], []
-    for i in stacks:
-        up = _shape(state, f"encoder.encoders.{i}.upsample.bias")
-        ds.append(up[0] if up else 1)
-        prefix = f"encoder.encoders.{i}." if not up else f"encoder.encoders.{i}.encoder."
-        js = _indices(state, re.escape(prefix) + r"layers\.(\d+)\.")
-        if not js:
-            raise CheckpointError(f"Zipformer stack {i} has no layers under {prefix}layers.*")
-        layers.append(len(js))
-        p = prefix + "layers.0."
-        ffw = _shape(state, p + "feed_forward1.in_proj.weight")
-        in2 = _shape(state, p + "self_attn.in_proj2.weight")
-        pos = _shape(state, p + "self_attn.linear_pos.weight")
-        dw = _shape(state, p + "conv_module1.depthwise_conv.weight")
-        if not (ffw and in2 and pos and dw):
-            raise CheckpointError(f"Zipformer stack {i}: expected {p}feed_forward1.in_proj.weight, "
-                                  "self_attn.in_proj2.weight, self_attn.linear_pos.weight and "
-                                  "conv_module1.depthwise_conv.weight")
-        ff.append(ffw[0])
-        dims.append(ffw[1])
-        att.append(2 * in2[0])
-        heads.append(pos[0] // 4)  # pos_dim is fixed at 4
-        kernels.append(dw[2])
-    out: dict[str, Value] = {
-        "num_encoder_layers": tuple(layers), "feedforward_dims": tuple(ff), "nhead": tuple(heads),
-        "encoder_dims": tuple(dims), "attention_dims": tuple(att), "zipformer_downsampling_factors": tuple(ds),
-        "cnn_module_kernels": tuple(kernels),
-    }
-    common = _common(state)
-    out.update({k: common[k] for k in ("decoder_dim", "joiner_dim", "context_size") if k in common})
-    return out
-
-
-def _conv_emformer_values(state) -> dict[str, Value]:
-    layers = _indices(state, r"encoder\.encoder\.emformer_layers\.(\d+)\.")
-    p = "encoder.encoder.emformer_layers.0."
-    q = _shape(state, p + "attention.emb_to_query.weight")
-    ffw = _shape(state, p + "feed_forward.0.weight")
-    dw = _shape(state, p + "conv_module.depthwise_conv.weight")
-    if not (q and ffw and dw):
-        raise CheckpointError(f"ConvEmformer: expected {p}attention.emb_to_query.weight, feed_forward.0.weight "
-                              "and conv_module.depthwise_conv.weight")
-    out: dict[str, Value] = {"num_encoder_layers": len(layers), "encoder_dim": q[1], "dim_feedforward": ffw[0],
-                             "cnn_module_kernel": dw[2]}
-    out["context_size"] = _common(state)["context_size"]
-    return out
-
-
-def _lstm_values(state) -> dict[str, Value]:
-    layers = _indices(state, r"encoder\.encoder\.layers\.(\d+)\.lstm\.weight_ih_l0$")
-    ih = _shape(state, "encoder.encoder.layers.0.lstm.weight_ih_l0")
-    out: dict[str, Value] = {"num_encoder_layers": len(layers), "encoder_dim": ih[1], "rnn_hidden_size": ih[0] // 4}
-    out["context_size"] = _common(state)["context_size"]
-    return out
-
-
-_VALUE_RULES = {"zipformer": _zipformer_values, "conv-emformer": _conv_emformer_values, "lstm": _lstm_values}
 
 
 # -- detection --------------------------------------------------------------------------------------------
@@ -384,12 +286,12 @@ def detect_from_state(state: Mapping[str, Any], params: Mapping[str, Any] | None
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     params = dict(params or {})
     spec = detect_arch(state)
-    from_weights = _VALUE_RULES[spec.name](state)
-    common = _common(state)
+    from_weights = spec.values_from_weights(state)
+    common = decoder_joiner_values(state)
     values: dict[str, DetectedValue] = {}
     disagreements: list[str] = []
     warnings: list[str] = []
-    n_stacks = len(from_weights["num_encoder_layers"]) if spec.name == "zipformer" else 0
+    n_stacks = len(v) if isinstance(v := from_weights.get("num_encoder_layers"), tuple) else 0
     for hp in spec.hyperparams:
         w = from_weights.get(hp.name)
         t = _parse_param(hp, params[hp.name]) if hp.name in params else None
@@ -420,26 +322,7 @@ def detect_from_state(state: Mapping[str, Any], params: Mapping[str, Any] | None
             extras[key] = common[key]
     if "vocab_size" in common:
         extras["vocab_size"] = common["vocab_size"]
-    if spec.name == "lstm":
-        extras["dim_feedforward"] = _shape(state, "encoder.encoder.layers.0.feed_forward.0.weight")[0] \
-            if _shape(state, "encoder.encoder.layers.0.feed_forward.0.weight") else None
-        extras["proj_size"] = (_shape(state, "encoder.encoder.layers.0.lstm.weight_hr_l0") or (0,))[0]
-        extras["giga_heads"] = any(k.startswith("decoder_giga.") for k in state)
-        if extras["giga_heads"]:
-            warnings.append("the checkpoint has lstm_transducer_stateless2's giga heads (decoder_giga.*): "
-                            "export with --avg 1 --use-averaged-model 0 (the strict loads of the other paths fail "
-                            "on the extra keys)")
-    if spec.name in ("conv-emformer", "lstm"):
-        for key, fixed in (("decoder_dim", 512), ("joiner_dim", 512)):
-            if key in extras and extras[key] != fixed:
-                warnings.append(f"{key} is {extras[key]}, but icefall's {spec.recipe.rsplit('/', 1)[-1]} "
-                                f"export fixes it at {fixed} (get_params); the export needs an edited recipe")
-    if spec.name == "zipformer" and params and not {"decode_chunk_len", "short_chunk_size", "num_left_chunks"} & set(params):
-        # the streaming and non-streaming Zipformer v1 have the same weight names: only the training params tell
-        warnings.append("the training params have no decode_chunk_len / short_chunk_size / num_left_chunks: it was "
-                        "trained by a non-streaming recipe (pruned_transducer_stateless7?) and never saw chunked "
-                        "attention; exported as streaming it will recognise poorly. Use a "
-                        "pruned_transducer_stateless7_streaming model")
+    warnings += spec.detection_notes(state, params, extras)
     if "blank_id" in params and params["blank_id"] not in (0, "0"):
         warnings.append(f"the training params say blank_id {params['blank_id']}; sherpa-ncnn hard-codes blank = 0")
     if "vocab_size" in params and "vocab_size" in common:

@@ -107,56 +107,6 @@ def _parse_given(spec: ArchSpec, given: Mapping[str, object]) -> tuple[dict[str,
     return values, problems
 
 
-def _derive(spec: ArchSpec, values: dict[str, Value], sources: dict[str, str], reading: GraphReading) -> list[str]:
-    """Values the graph fixes once a given flag settles a split (e.g. given factors -> num-left-chunks)."""
-    notes = []
-    if spec.name == "zipformer":
-        left = reading.notes.get("left_context")
-        dcl = values.get("decode_chunk_len") if sources.get("decode_chunk_len") == GRAPH else None
-        ds = values.get("zipformer_downsampling_factors")
-        if left and dcl and ds and sources.get("zipformer_downsampling_factors") == "given" \
-                and "num_left_chunks" not in reading.values and len(ds) == len(left):
-            products = {c * d for c, d in zip(left, ds)}
-            if len(products) == 1 and next(iter(products)) % (dcl // 2) == 0:
-                values["num_left_chunks"] = next(iter(products)) // (dcl // 2)
-                sources["num_left_chunks"] = GRAPH
-                reading.where["num_left_chunks"] = (f"left context of each stack {left} with the given "
-                                                    f"--zipformer-downsampling-factors")
-            else:
-                notes.append(f"--zipformer-downsampling-factors {spec.param('zipformer_downsampling_factors').format(ds)}"
-                             f" does not fit the graph's left context per stack {left} (left context x factor must be "
-                             f"the same for every stack)")
-    if spec.name == "conv-emformer":
-        total = reading.notes.get("chunk_plus_right")
-        if total is not None and "chunk_length" not in reading.values:
-            chunk, right = values.get("chunk_length"), values.get("right_context_length")
-            cs, rs = sources.get("chunk_length"), sources.get("right_context_length")
-            if cs == "given" and rs != "given":
-                values["right_context_length"], sources["right_context_length"] = total - chunk, GRAPH
-                reading.where["right_context_length"] = f"{reading.notes['chunk_where']}, with the given --chunk-length"
-            elif rs == "given" and cs != "given":
-                values["chunk_length"], sources["chunk_length"] = total - right, GRAPH
-                reading.where["chunk_length"] = f"{reading.notes['chunk_where']}, with the given --right-context-length"
-            elif cs == "given" and rs == "given" and chunk + right != total:
-                notes.append(f"--chunk-length {chunk} + --right-context-length {right} = {chunk + right}, but "
-                             f"{reading.notes['chunk_where']}")
-    return notes
-
-
-def _size_defaults(spec: ArchSpec, values: dict[str, Value], sources: dict[str, str]) -> None:
-    """Per-stack defaults of flags the metadata does not use, sized to the graph's stacks (one per stack)."""
-    if spec.name != "zipformer" or not isinstance(values.get("num_encoder_layers"), tuple):
-        return
-    n = len(values["num_encoder_layers"])
-    for hp in spec.hyperparams:
-        if sources.get(hp.name) == "default" and hp.kind == "int_list" and len(values[hp.name]) != n:
-            first = values[hp.name][0]
-            values[hp.name] = tuple([first] * n)
-    if sources.get("encoder_unmasked_dims") == "default" and isinstance(values.get("encoder_dims"), tuple):
-        values["encoder_unmasked_dims"] = tuple(min(u, d) for u, d in zip(values["encoder_unmasked_dims"],
-                                                                          values["encoder_dims"]))
-
-
 def reconcile(spec: ArchSpec, given: Mapping[str, object], reading: GraphReading) -> ResolvedValues:
     """The hyperparameters to write: the graph's where it shows them, else given, else refused/defaulted.
 
@@ -182,7 +132,7 @@ def reconcile(spec: ArchSpec, given: Mapping[str, object], reading: GraphReading
             values[hp.name], sources[hp.name] = mine, "given"
         else:
             values[hp.name], sources[hp.name] = hp.parse(hp.default), "default"
-    for msg in _derive(spec, values, sources, reading):
+    for msg in spec.derive_from_graph(values, sources, reading, GRAPH):
         problems.append(Problem("error", (), msg))
     for hp in spec.hyperparams:
         if hp.meta_key is not None and sources[hp.name] == "default":
@@ -190,7 +140,7 @@ def reconcile(spec: ArchSpec, given: Mapping[str, object], reading: GraphReading
                                     f"{hp.flag}: the encoder's graph files ({reading.file_names}) do not show it and "
                                     f"it was not given; give {hp.flag} (the value the model was exported with, "
                                     f"icefall's default is {hp.default}) or {SUPPLY_HINT}"))
-    _size_defaults(spec, values, sources)
+    spec.size_defaults(values, sources)
     if not problems:
         problems = [_soften(spec, p, sources) for p in spec.rules(values)]
     return ResolvedValues(spec, values, sources, problems)
@@ -221,18 +171,5 @@ def graph_mismatches(spec: ArchSpec, values: Mapping[str, Value], reading: Graph
         if values[hp.name] != reading.values[hp.name]:
             out.append(f"{hp.flag} is {hp.format(values[hp.name])} but the encoder's graph has "
                        f"{hp.format(reading.values[hp.name])} ({reading.where[hp.name]})")
-    total = reading.notes.get("chunk_plus_right")
-    if spec.name == "conv-emformer" and total is not None and "chunk_length" not in reading.values:
-        chunk, right = values.get("chunk_length"), values.get("right_context_length")
-        if isinstance(chunk, int) and isinstance(right, int) and chunk + right != total:
-            out.append(f"--chunk-length {chunk} + --right-context-length {right} = {chunk + right}, but "
-                       f"{reading.notes['chunk_where']}")
-    left, dcl = reading.notes.get("left_context"), values.get("decode_chunk_len")
-    ds, nlc = values.get("zipformer_downsampling_factors"), values.get("num_left_chunks")
-    if spec.name == "zipformer" and left and isinstance(dcl, int) and isinstance(ds, tuple) and isinstance(nlc, int) \
-            and "num_left_chunks" not in reading.values and len(ds) == len(left):
-        want = tuple(dcl // 2 * nlc // d for d in ds)
-        if want != tuple(left):
-            out.append(f"--decode-chunk-len {dcl} / 2 x --num-left-chunks {nlc} / --zipformer-downsampling-factors "
-                       f"gives left contexts {want}, but the encoder's graph has {tuple(left)} (cached_key rows)")
+    out += spec.graph_contradictions(values, reading)
     return out

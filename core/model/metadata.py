@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.common.atomic import WriteError, atomic_write_bytes, backup_once
-from core.model.architectures import ArchSpec, MetaEntry, ResolvedValues
+from core.model.architectures import ResolvedValues
+from core.model.spec import ArchSpec, MetaEntry
 from core.ncnn.param import Layer, ParamFile, format_layer_line, insert_line, replace_header
 from core.ncnn.runtime_layers import runtime_problem
 

@@ -277,39 +277,15 @@ def _set_list_width(traced: Traced, total: int) -> None:
 def specs_from_metadata(arch: str, meta: dict, lengths_dtype: str = "int64") -> list[InputSpec]:
     """The encoder inputs sherpa-ncnn builds for this metadata (zero states), in torch layout with the batch axis.
 
-    Mirrors how sherpa-ncnn sizes its initial states from SherpaMetaData (reference §2.2-2.4).
+    Mirrors how sherpa-ncnn sizes its initial states from SherpaMetaData (reference §2.2-2.4); the
+    architecture's module knows the shapes.
     """
-    f32 = "float32"
-    if arch == "zipformer":
-        arrays = [_array(meta, k) for k in (16, 17, 18, 19, 20)]  # -23316..-23320 in the text form
-        layers, dims, att, ds, kernels = arrays
-        chunk, left_chunks, pad = int(meta[1]), int(meta[2]), int(meta[3])
-        left = chunk // 2 * left_chunks
-        specs = [InputSpec((1, chunk + pad, 80), f32)]
-        n = range(len(layers))
-        specs += [InputSpec((layers[i], 1), f32) for i in n]
-        specs += [InputSpec((layers[i], 1, dims[i]), f32) for i in n]
-        specs += [InputSpec((layers[i], left // ds[i], 1, att[i]), f32) for i in n]
-        specs += [InputSpec((layers[i], left // ds[i], 1, att[i] // 2), f32) for i in n] * 2
-        specs += [InputSpec((layers[i], 1, dims[i], kernels[i] - 1), f32) for i in n] * 2
-        return specs
-    if arch == "conv-emformer":
-        layers, memory, kernel, left, chunk, right, dim = (int(meta[k]) for k in range(1, 8))
-        specs = [InputSpec((1, chunk + right + 11, 80), f32)]
-        for _ in range(layers):
-            specs += [InputSpec((memory, 1, dim), f32), InputSpec((left, 1, dim), f32),
-                      InputSpec((left, 1, dim), f32), InputSpec((1, dim, kernel - 1), f32)]
-        return specs
-    if arch == "lstm":
-        layers, dim, hidden = int(meta[1]), int(meta[2]), int(meta[3])
-        return [InputSpec((1, 9, 80), f32), InputSpec((1,), lengths_dtype), InputSpec((layers, 1, dim), f32),
-                InputSpec((layers, 1, hidden), f32)]
-    return []
-
-
-def _array(meta: dict, key: int) -> list[int]:
-    raw = meta[key] if key in meta else meta[-23300 - key]
-    return [int(x) for x in raw] if isinstance(raw, (tuple, list)) else [int(raw)]
+    from core.model.architectures import get_arch
+    try:
+        spec = get_arch(arch)
+    except KeyError:
+        return []
+    return [InputSpec(shape, dtype) for shape, dtype in spec.torch_input_shapes(meta, lengths_dtype)]
 
 
 def shape_files_near(pt: Path, *more_dirs: Path) -> list[Path]:

@@ -31,17 +31,11 @@ class AgreementError(Exception):
 
 def stream_geometry(arch: str, meta: dict) -> tuple[int, int]:
     """(Segment, Offset) in feature frames, computed from the metadata as sherpa-ncnn computes them."""
-    def key(k: int) -> int:
-        v = meta.get(k, 0)
-        return int(v) if not isinstance(v, tuple) else 0
-    if arch == "zipformer":
-        segment, offset = key(1) + key(3), key(1)
-    elif arch == "conv-emformer":
-        segment, offset = key(5) + key(6) + 2 * 4 + 3, key(5)
-    elif arch == "lstm":
-        segment, offset = 9, 4
-    else:
-        raise AgreementError(f"no streaming rule for architecture {arch!r}")
+    from core.model.architectures import get_arch
+    try:
+        segment, offset = get_arch(arch).runtime_geometry(meta)
+    except KeyError:
+        raise AgreementError(f"no streaming rule for architecture {arch!r}") from None
     if offset <= 0:
         raise AgreementError(f"the metadata gives a chunk of {offset} frames (sherpa-ncnn would never advance); "
                              "fix the chunk-length metadata key")

@@ -95,10 +95,9 @@ def feeds_for(param: Path, model=None) -> dict:
     meta = read_metadata(model)
     if meta and meta.get(0) in (1, 2, 3):
         from core.model.architectures import BY_MODEL_TYPE
-        from core.model.states import _initial_states
         arch = BY_MODEL_TYPE[meta[0]]
         segment, _ = arch.segment_offset(arch.values_from_metadata(meta))
-        states = _initial_states(arch, meta)
+        states = arch.initial_states(meta)
         feeds = {"in0": rng.standard_normal((segment, 80)).astype(np.float32)}
         feeds.update({f"in{k}": s for k, s in enumerate(states, start=1)})
         return {k: v for k, v in feeds.items() if k in inputs}

@@ -258,51 +258,10 @@ def runtime_finding(model: ParamFile, f: str, *, encoder: bool) -> Finding:
 
 
 def _check_keys(arch: ArchSpec, meta: dict, f: str, line: int, report: DoctorReport) -> bool:
-    """Per-architecture key checks; False when the graph checks cannot run."""
-    def err(msg):
-        report.findings.append(Finding("error", f, msg, line))
-
-    def has_int(k):
-        return isinstance(meta.get(k), int) and meta[k] > 0
-
-    if arch.name == "zipformer":
-        version = meta.get(15)
-        if not isinstance(version, int) or version < 1:
-            err("key 15 (model version) is missing or < 1: sherpa-ncnn >= 2.0 prints 'You are using a too old "
-                "version of Zipformer' and calls exit(-1). Add 15=1")
-        if not has_int(1):
-            err("key 1 (--decode-chunk-len) is missing or 0: the decode loop never advances (endless loop)")
-        elif meta[1] % 2:
-            err(f"key 1 (--decode-chunk-len) = {meta[1]} must be even")
-        if not has_int(2):
-            err("key 2 (--num-left-chunks) is missing or 0")
-        if meta.get(3) != 7:
-            report.findings.append(Finding("warning", f, f"key 3 (pad length) is {meta.get(3, 'missing')}, icefall's "
-                                                         "export traces with 7; the chunk sherpa-ncnn feeds will not "
-                                                         "match the traced length", line))
-        arrays = {k: meta.get(k) for k in range(16, 21)}
-        missing = [k for k, v in arrays.items() if not isinstance(v, tuple)]
-        if missing:
-            err(f"array keys {', '.join(str(-23300 - k) for k in missing)} are missing; sherpa-ncnn needs all five "
-                "per-stack arrays (-23316..-23320)")
-            return False
-        lengths = {len(v) for v in arrays.values()}
-        if len(lengths) != 1:
-            err("the per-stack arrays -23316..-23320 have different lengths "
-                f"({', '.join(f'{-23300 - k}: {len(v)}' for k, v in arrays.items())}); sherpa-ncnn reads out of bounds")
-            return False
-        return True
-    if arch.name == "conv-emformer":
-        for k, what in ((1, "--num-encoder-layers"), (5, "--chunk-length"), (7, "--encoder-dim"),
-                        (3, "--cnn-module-kernel"), (4, "--left-context-length / 4")):
-            if not has_int(k):
-                extra = ": the decode loop never advances (endless loop)" if k == 5 else ""
-                err(f"key {k} ({what}) is missing or 0{extra}")
-        return has_int(1)
-    for k, what in ((1, "--num-encoder-layers"), (2, "--encoder-dim"), (3, "--rnn-hidden-size")):
-        if not has_int(k):
-            err(f"key {k} ({what}) is missing or 0; the LSTM states get the wrong shape")
-    return True
+    """The architecture's own key checks, as findings on the metadata line; False when the graph checks cannot run."""
+    return arch.check_metadata_keys(
+        meta, lambda msg: report.findings.append(Finding("error", f, msg, line)),
+        lambda msg: report.findings.append(Finding("warning", f, msg, line)))
 
 
 def _guess_arch(model: ParamFile) -> ArchSpec | None:
