@@ -16,102 +16,46 @@ stacked per-layer states. Every rewrite here uses plain ncnn layers the runtime 
 - ``state-output-layout`` (the Reshape or ``Concat stack_N`` writing a state output): the stacked state
   gets the layout sherpa-ncnn feeds back (zipformer-model.cc: cached_len (w=1, h=L), cached_avg
   (w=C, h=1, c=L) as RunEncoder reshapes them, the others as the matching input).
+- ``batch-unsqueeze`` (an ``ExpandDims`` pnnx wrote for an unsqueeze of the batch axis): a Reshape that
+  keeps the blob's rank (the identity in pnnx's batch-dropped layout).
+
+The first three are layer rules (one per layer type the runtime lacks, each rewriting every layer of its
+type at once), the last three whole-graph rules that run only on a Zipformer graph; the order is the
+registry's (core/rewrite/registry.py).
 """
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-from core.ncnn.param import Layer, ParamFile, format_layer_line, parse_param, replace_header
+from core.ncnn.param import Layer, ParamFile
 from core.pnnx.graph import _in_shape, _ints, pnnx_input_shapes, state_layout
+from core.rewrite.graph import (
+    Builder,
+    consumers,
+    crop,
+    line,
+    mislowered_unbinds,
+    ops_of,
+    pnnx_ops,
+    producers,
+    reshape,
+)
+from core.rewrite.rule import Edit, Refuse, RuleContext, RuleResult
+
+NOT_ZIPFORMER = "not a Zipformer graph (state inputs are not 7 per encoder stack, or no Concat stack_N)"
 
 
-class Refuse(Exception):
-    """The pattern is not the one a rewrite recognises (the message says why)."""
-
-
-def _readers(model) -> dict[str, list[Layer]]:
-    """blob -> the layers that read it."""
-    readers: dict[str, list[Layer]] = {}
-    for layer in model.layers:
-        for x in layer.bottoms:
-            readers.setdefault(x, []).append(layer)
-    return readers
-
-
-# -- pnnx's graph --------------------------------------------------------------------
-
-
-# -- building layer lines ---------------------------------------------------------------
-
-class Builder:
-    """Collects replacement lines for a param file and keeps blob names unique."""
-
-    def __init__(self, model: ParamFile):
-        self.model = model
-        self.lines: list[str | None] = list(model.lines)
-        self.taken = set(model.blob_names) | {layer.name for layer in model.layers}
-
-    def fresh(self, stem: str) -> str:
-        n = 0
-        while f"{stem}_z{n}" in self.taken:
-            n += 1
-        name = f"{stem}_z{n}"
-        self.taken.add(name)
-        return name
-
-    def eol(self, layer: Layer) -> str:
-        line = self.lines[layer.line - 1] or "\n"
-        return line[len(line.rstrip("\r\n")):] or "\n"
-
-    def replace(self, layer: Layer, new_lines: list[str]) -> None:
-        eol = self.eol(layer)
-        self.lines[layer.line - 1] = "".join(x + eol for x in new_lines)
-
-    def text(self) -> str:
-        body = "".join(x for x in self.lines if x is not None)
-        result = parse_param(body, self.model.source)
-        model = result.model
-        if model is None:
-            raise Refuse(f"the rewrite produced an unreadable file ({result.describe()})")
-        n_layers = len(model.layers)
-        lines = replace_header(list(model.lines), model.header_line, n_layers, model.counted_blobs())
-        return "".join(lines)
-
-
-def _line(type_: str, name: str, bottoms, tops, params=()) -> str:
-    return format_layer_line(type_, name, list(bottoms), list(tops), list(params))
-
-
-def _crop(name: str, bottom: str, top: str, start: int, end: int, axis: int) -> str:
-    return _line("Crop", name, [bottom], [top], [f"-23309=1,{start}", f"-23310=1,{end}", f"-23311=1,{axis}"])
-
-
-def _reshape(name: str, bottom: str, top: str, dims: tuple[int, ...]) -> str:
-    """Reshape to ncnn dims given outermost first ((c, h, w) -> 0=w 1=h 2=c)."""
-    if not 1 <= len(dims) <= 3:
-        raise Refuse(f"a reshape to {len(dims)} axes is not supported")
-    params = [f"{k}={v}" for k, v in enumerate(reversed(dims))]
-    return _line("Reshape", name, [bottom], [top], params)
-
-
-def _ops_of(pnnx_ops: list[dict], type_: str) -> list[dict]:
-    return [o for o in pnnx_ops if o["type"] == type_]
-
-
-def _pnnx(pnnx_attrs: dict) -> list[dict]:
-    ops = pnnx_attrs.get("@ops") or []
-    if not ops:
-        raise Refuse("pnnx's own graph (*.pnnx.param) is needed for the sizes and was not available")
-    return ops
+def _changed(b: Builder, changes: list) -> RuleResult:
+    """The one result shape: every changed layer with its sentence, and the whole new file."""
+    edits = [Edit(layer.name, layer.type, what) for layer, what in changes]
+    return RuleResult.changed(edits, param_text=b.text())
 
 
 # -- cumsum ----------------------------------------------------------------------------
 
-def rewrite_cumsum(model: ParamFile, _target: Layer, pnnx_attrs: dict):
+def cumsum_scan(ctx: RuleContext) -> RuleResult:
     """Every ``CumulativeSum`` -> a log-depth scan of Split/Crop/BinaryOp/Concat."""
+    model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
     layers = model.layers_of_type("CumulativeSum")
-    torch_ops = _ops_of(_pnnx(pnnx_attrs), "torch.cumsum")
+    torch_ops = ops_of(pnnx_ops(pnnx_attrs), "torch.cumsum")
     if len(torch_ops) != len(layers):
         raise Refuse(f"the ncnn graph has {len(layers)} CumulativeSum but pnnx's graph {len(torch_ops)} torch.cumsum")
     b = Builder(model)
@@ -135,25 +79,27 @@ def rewrite_cumsum(model: ParamFile, _target: Layer, pnnx_attrs: dict):
             head, zero, tail, shifted = (b.fresh(f"{layer.name}_s{s}") for _ in range(4))
             nxt = layer.tops[0] if s * 2 >= t else b.fresh(f"{layer.name}_s{s}")
             p = f"{layer.name}_s{s}"
-            out += [_line("Split", f"{p}_split", [cur], [c1, c2, c3]),
-                    _crop(f"{p}_head", c1, head, 0, s, axis),
-                    _line("BinaryOp", f"{p}_zero", [head], [zero], ["0=2", "1=1", "2=0.0"]),
-                    _crop(f"{p}_tail", c2, tail, 0, t - s, axis),
-                    _line("Concat", f"{p}_shift", [zero, tail], [shifted], [f"0={axis}"]),
-                    _line("BinaryOp", f"{p}_add", [c3, shifted], [nxt], ["0=0"])]
+            out += [line("Split", f"{p}_split", [cur], [c1, c2, c3]),
+                    crop(f"{p}_head", c1, head, 0, s, axis),
+                    line("BinaryOp", f"{p}_zero", [head], [zero], ["0=2", "1=1", "2=0.0"]),
+                    crop(f"{p}_tail", c2, tail, 0, t - s, axis),
+                    line("Concat", f"{p}_shift", [zero, tail], [shifted], [f"0={axis}"]),
+                    line("BinaryOp", f"{p}_add", [c3, shifted], [nxt], ["0=0"])]
             cur, s, steps = nxt, s * 2, steps + 1
         if t <= 1:  # a cumsum over one element is the identity
-            out = [_line("BinaryOp", f"{layer.name}_id", [cur], [layer.tops[0]], ["0=0", "1=1", "2=0.0"])]
+            out = [line("BinaryOp", f"{layer.name}_id", [cur], [layer.tops[0]], ["0=0", "1=1", "2=0.0"])]
         b.replace(layer, out)
         changes.append((layer, f"cumsum over ncnn axis {axis} of length {t} (pnnx {op['name']}) became a "
                                f"{steps}-step doubling scan of Crop/Concat/BinaryOp adds: same sums, plain layers"))
-    return b.text(), changes
+    return _changed(b, changes)
 
 
 # -- as_strided (relative-position shift) ------------------------------------------------------
 
-def rewrite_as_strided(model: ParamFile, _target: Layer, pnnx_attrs: dict):
-    ops = {o["name"]: o for o in _ops_of(_pnnx(pnnx_attrs), "torch.as_strided")}
+def rel_shift(ctx: RuleContext) -> RuleResult:
+    """Every ``torch.as_strided`` (the relative-position shift) -> Reshape, Crop, Reshape, Crop."""
+    model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
+    ops = {o["name"]: o for o in ops_of(pnnx_ops(pnnx_attrs), "torch.as_strided")}
     b = Builder(model)
     changes = []
     for layer in model.layers_of_type("torch.as_strided"):
@@ -188,14 +134,14 @@ def rewrite_as_strided(model: ParamFile, _target: Layer, pnnx_attrs: dict):
                          "row shift")
         flat, window, grid = (b.fresh(layer.name) for _ in range(3))
         p = layer.name
-        b.replace(layer, [_reshape(f"{p}_flat", layer.bottoms[0], flat, (heads, rows * width)),
-                          _crop(f"{p}_window", flat, window, off, off + n_rows * s, 1),
-                          _reshape(f"{p}_rows", window, grid, (heads, n_rows, s)),
-                          _crop(f"{p}_cols", grid, layer.tops[0], 0, n_cols, 2)])
+        b.replace(layer, [reshape(f"{p}_flat", layer.bottoms[0], flat, (heads, rows * width)),
+                          crop(f"{p}_window", flat, window, off, off + n_rows * s, 1),
+                          reshape(f"{p}_rows", window, grid, (heads, n_rows, s)),
+                          crop(f"{p}_cols", grid, layer.tops[0], 0, n_cols, 2)])
         changes.append((layer, f"as_strided size {size} stride {stride} offset {off} ({source}) on {shape} became "
                                f"Reshape -> Crop [{off},{off + n_rows * s}) -> Reshape ({n_rows},{s}) -> Crop "
                                f"columns [0,{n_cols}): the same elements"))
-    return b.text(), changes
+    return _changed(b, changes)
 
 
 # -- Tile ----------------------------------------------------------------------------------
@@ -207,20 +153,21 @@ def _drop_axis(shape, axis):
     return tuple(shape[:axis]) + tuple(shape[axis + 1:])
 
 
-def rewrite_tile(model: ParamFile, _target: Layer, pnnx_attrs: dict):
+def tile_concat(ctx: RuleContext) -> RuleResult:
     """Every ``Tile`` -> Reshape to the layout pnnx meant + Split into k copies + Concat along the repeated axis.
 
     The shapes come from pnnx's op (Tensor.expand/repeat, matched in order): the torch input and output
     with the batch axis (a size-1 axis of both that leaves as many axes as the repeats array) removed. A
     MemoryData added right after (the upsampling bias) is given the same batch-dropped layout.
     """
+    model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
     layers = model.layers_of_type("Tile")
-    ops = [o for o in _pnnx(pnnx_attrs) if o["type"] in _TILE_OPS]
+    ops = [o for o in pnnx_ops(pnnx_attrs) if o["type"] in _TILE_OPS]
     if len(ops) != len(layers):
         raise Refuse(f"the ncnn graph has {len(layers)} Tile but pnnx's graph {len(ops)} expand/repeat ops")
-    mems = {o["name"]: o for o in _pnnx(pnnx_attrs) if o["type"] == "pnnx.Attribute"}
-    readers = _readers(model)
-    producers = {t: layer for layer in model.layers for t in layer.tops}
+    mems = {o["name"]: o for o in pnnx_ops(pnnx_attrs) if o["type"] == "pnnx.Attribute"}
+    readers = consumers(model)
+    made_by = producers(model)
     b = Builder(model)
     changes = []
     for layer, op in zip(layers, ops):
@@ -243,15 +190,15 @@ def rewrite_tile(model: ParamFile, _target: Layer, pnnx_attrs: dict):
         axis, k = moved[0], reps[moved[0]]
         shaped = b.fresh(layer.name)
         copies = [b.fresh(layer.name) for _ in range(k)]
-        b.replace(layer, [_reshape(f"{layer.name}_layout", layer.bottoms[0], shaped, n_in),
-                          _line("Split", f"{layer.name}_copies", [shaped], copies),
-                          _line("Concat", f"{layer.name}_concat", copies, layer.tops, [f"0={axis}"])])
+        b.replace(layer, [reshape(f"{layer.name}_layout", layer.bottoms[0], shaped, n_in),
+                          line("Split", f"{layer.name}_copies", [shaped], copies),
+                          line("Concat", f"{layer.name}_concat", copies, layer.tops, [f"0={axis}"])])
         what = (f"Tile repeats {reps} (pnnx {op['name']}: {src} -> {dst}) became a Reshape to {n_in}, {k} copies "
                 f"(Split) and a Concat along ncnn axis {axis} -> {n_out}")
         for user in readers.get(layer.tops[0], []):
             if user.type != "BinaryOp" or len(user.bottoms) != 2:
                 continue
-            other = producers.get(user.bottoms[1] if user.bottoms[0] == layer.tops[0] else user.bottoms[0])
+            other = made_by.get(user.bottoms[1] if user.bottoms[0] == layer.tops[0] else user.bottoms[0])
             mem = mems.get(other.name) if other is not None and other.type == "MemoryData" else None
             shape = mem["shapes"].get(mem["outputs"][0]) if mem and mem["outputs"] else None
             if shape is None or len(shape) >= len(dst):
@@ -264,30 +211,26 @@ def rewrite_tile(model: ParamFile, _target: Layer, pnnx_attrs: dict):
             params = [f"{i}={v}" for i, v in enumerate(reversed(dims))]
             current = sorted(((p.id, p.value) for p in other.params))
             if current != sorted(enumerate(reversed(dims))):
-                b.replace(other, [_line("MemoryData", other.name, [], other.tops, params)])
+                b.replace(other, [line("MemoryData", other.name, [], other.tops, params)])
                 what += f"; the constant {other.name!r} {shape} it is added to gets the same layout {dims}"
         changes.append((layer, what))
-    return b.text(), changes
+    return _changed(b, changes)
 
 
 # -- unbind / stack of the per-layer states ----------------------------------------------------------
 
-def mislowered_unbinds(model: ParamFile) -> list[Layer]:
-    """Slices pnnx wrote without axis or sizes: its unbind of a state input along the layer axis
-    ('unbind along batch axis 0 is not supported'). A stack of one layer gives a Slice with ONE output,
-    which ncnn's Slice cannot run either (it reads its missing slices array): matched the same way."""
-    return [layer for layer in model.layers if layer.type == "Slice" and not layer.params and layer.tops]
-
-
-def rewrite_unbinds(model: ParamFile, pnnx_attrs: dict):
+def unbind_states(ctx: RuleContext) -> RuleResult:
     """Parameterless Slices on state inputs -> Slice along the layer axis + Reshape dropping it."""
+    model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
+    if not is_zipformer(model):
+        return RuleResult.no_match(NOT_ZIPFORMER)
     bad = mislowered_unbinds(model)
     if not bad:
-        return None, []
+        return RuleResult.no_match("no parameterless Slice")
     if not pnnx_attrs.get("@ops"):
         raise Refuse(f"layer {bad[0].name!r} (Slice) at line {bad[0].line} and {len(bad) - 1} more: a Slice without "
                      "parameters; pnnx's own graph (*.pnnx.param) is needed for the state shapes and was not available")
-    shapes = pnnx_input_shapes(_pnnx(pnnx_attrs))
+    shapes = pnnx_input_shapes(pnnx_ops(pnnx_attrs))
     inputs = set(model.input_names)
     b = Builder(model)
     changes = []
@@ -305,7 +248,7 @@ def rewrite_unbinds(model: ParamFile, pnnx_attrs: dict):
             _one_layer_unbind(layer, src, shape, piece, model, b, changes)
             continue
         if not piece:  # (layers, 1) -> layers pieces of one element each, already 1-D
-            b.replace(layer, [_line("Slice", layer.name, layer.bottoms, layer.tops, params)])
+            b.replace(layer, [line("Slice", layer.name, layer.bottoms, layer.tops, params)])
             fixed = _scalar_unsqueezes(model, layer.tops, b)
             what = "1-D pieces of one element"
             if fixed:
@@ -313,26 +256,26 @@ def rewrite_unbinds(model: ParamFile, pnnx_attrs: dict):
                          f"({', '.join(fixed)}) keep the one element as 1-D (Reshape 0=1)")
         else:
             raw = [b.fresh(layer.name) for _ in range(n)]
-            lines = [_line("Slice", layer.name, layer.bottoms, raw, params)]
-            lines += [_reshape(f"{layer.name}_drop{i}", r, t, piece) for i, (r, t) in enumerate(zip(raw, layer.tops))]
+            lines = [line("Slice", layer.name, layer.bottoms, raw, params)]
+            lines += [reshape(f"{layer.name}_drop{i}", r, t, piece) for i, (r, t) in enumerate(zip(raw, layer.tops))]
             b.replace(layer, lines)
             what = f"each reshaped to {piece}"
         changes.append((layer, f"unbind of {src} {shape} (no axis in the ncnn param) became a Slice into {n} along the "
                                f"layer axis, {what}"))
-    return b.text(), changes
+    return _changed(b, changes)
 
 
 def _one_layer_unbind(layer: Layer, src: str, shape, piece, model: ParamFile, b: Builder, changes: list) -> None:
     """unbind of a (1, 1, ...) state: the one piece is the whole input without the layer axis (a Reshape)."""
     if not piece:  # (1, 1): one element, already 1-D; unsqueezes of it keep it 1-D
-        b.replace(layer, [_reshape(layer.name, src, layer.tops[0], (1,))])
+        b.replace(layer, [reshape(layer.name, src, layer.tops[0], (1,))])
         fixed = _scalar_unsqueezes(model, layer.tops, b)
         what = "a Reshape to one element"
         if fixed:
             what += (f"; pnnx lowered it as a rank-0 scalar, so the {len(fixed)} ExpandDims on it "
                      f"({', '.join(fixed)}) keep the one element as 1-D (Reshape 0=1)")
     else:
-        b.replace(layer, [_reshape(layer.name, src, layer.tops[0], piece)])
+        b.replace(layer, [reshape(layer.name, src, layer.tops[0], piece)])
         what = f"a Reshape to {piece}"
     changes.append((layer, f"unbind of {src} {shape} (a one-layer stack; the one-output Slice had no axis or "
                            f"slices in the ncnn param, which ncnn's Slice cannot run) became {what}"))
@@ -351,23 +294,26 @@ def _scalar_unsqueezes(model: ParamFile, blobs, b: Builder) -> list[str]:
             if user.type == "Split":
                 todo.extend(user.tops)
             elif user.type == "ExpandDims" and len(user.bottoms) == 1 and len(user.tops) == 1:
-                b.replace(user, [_line("Reshape", user.name, user.bottoms, user.tops, ["0=1"])])
+                b.replace(user, [line("Reshape", user.name, user.bottoms, user.tops, ["0=1"])])
                 fixed.append(user.name)
     return fixed
 
 
-def rewrite_batch_unsqueezes(model: ParamFile, pnnx_attrs: dict):
-    """``ExpandDims`` that pnnx emitted for an unsqueeze *of the batch axis* ((T, C) -> (T, 1, C)): identity.
+def batch_unsqueeze(ctx: RuleContext) -> RuleResult:
+    """``ExpandDims`` that pnnx emitted for an unsqueeze of the batch axis ((T, C) -> (T, 1, C)): identity.
 
     pnnx logs 'unsqueeze batch dim 1 is not supported yet!' and still writes ``ExpandDims -23303=1,1``, which
     makes the (T, C) blob 3-D; in pnnx's batch-dropped layout the result is (T, C) again. The ncnn layers
     named ``unsqueeze_N`` are pnnx's ``torch.unsqueeze`` ops in the same order (the counts must agree).
     """
-    ops = _ops_of(_pnnx(pnnx_attrs), "torch.unsqueeze")
+    model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
+    if not is_zipformer(model):
+        return RuleResult.no_match(NOT_ZIPFORMER)
+    ops = ops_of(pnnx_ops(pnnx_attrs), "torch.unsqueeze")
     layers = [layer for layer in model.layers if layer.name.startswith("unsqueeze_")]
     if len(ops) != len(layers):
-        return None, []
-    readers = _readers(model)
+        return RuleResult.no_match(f"{len(layers)} unsqueeze_N layers but {len(ops)} torch.unsqueeze in pnnx's graph")
+    readers = consumers(model)
     b = Builder(model)
     changes = []
     for layer, op in zip(layers, ops):
@@ -381,17 +327,17 @@ def rewrite_batch_unsqueezes(model: ParamFile, pnnx_attrs: dict):
         if (src is None or dst is None or dim != (1,) or len(src) != 2 or src[0] <= 1 or dst != (src[0], 1, src[1])
                 or list(axes or []) != [1]):
             continue
-        b.replace(layer, [_reshape(layer.name, layer.bottoms[0], layer.tops[0], src)])
+        b.replace(layer, [reshape(layer.name, layer.bottoms[0], layer.tops[0], src)])
         changes.append((layer, f"unsqueeze(1) of {src} adds the batch axis (pnnx {op['name']}: 'unsqueeze batch "
                                f"dim 1 is not supported'); the blob stays {src} (Reshape) instead of becoming 3-D"))
     if not changes:
-        return None, []
-    return b.text(), changes
+        return RuleResult.no_match("no ExpandDims adds the batch axis")
+    return _changed(b, changes)
 
 
 def _state_targets(model: ParamFile, pnnx_attrs: dict) -> dict[str, tuple[int, ...]]:
     """out_k -> the ncnn layout (outermost first) sherpa-ncnn needs for state output k."""
-    shapes = pnnx_input_shapes(_pnnx(pnnx_attrs))
+    shapes = pnnx_input_shapes(pnnx_ops(pnnx_attrs))
     n_states = len(model.input_names) - 1
     if n_states <= 0 or n_states % 7:
         raise Refuse(f"{n_states} state inputs is not 7 per encoder stack")
@@ -418,37 +364,38 @@ def _dims_of(layer: Layer) -> tuple[int, ...] | None:
     return tuple(layer.get(k) for k in reversed(keys))
 
 
-def rewrite_state_outputs(model: ParamFile, pnnx_attrs: dict):
+def state_output_layout(ctx: RuleContext) -> RuleResult:
+    """The stacked state outputs -> the layout sherpa-ncnn feeds back (a Reshape after the stack)."""
+    model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
+    if not is_zipformer(model):
+        return RuleResult.no_match(NOT_ZIPFORMER)
     targets = _state_targets(model, pnnx_attrs)
-    producers = {t: layer for layer in model.layers for t in layer.tops}
+    made_by = producers(model)
     b = Builder(model)
     changes = []
     for out, dims in targets.items():
-        layer = producers.get(out)
+        layer = made_by.get(out)
         if layer is None:
             continue
         if layer.type == "Reshape":
-            src = producers.get(layer.bottoms[0])
+            src = made_by.get(layer.bottoms[0])
             if src is None or src.type != "Concat" or not src.name.startswith("stack_"):
                 continue
             if _dims_of(layer) == dims:
                 continue
-            b.replace(layer, [_reshape(layer.name, layer.bottoms[0], out, dims)])
+            b.replace(layer, [reshape(layer.name, layer.bottoms[0], out, dims)])
             changes.append((layer, f"the stacked state {out} is reshaped to {dims} (outermost first), the layout "
                                    "sherpa-ncnn feeds back, instead of pnnx's "
                                    f"{' '.join(p.text for p in layer.params)}"))
         elif layer.type == "Concat" and layer.name.startswith("stack_") and layer.get(0, 0) == 0:
             flat = b.fresh(layer.name)
-            b.replace(layer, [_line("Concat", layer.name, layer.bottoms, [flat], [p.text for p in layer.params]),
-                              _reshape(f"{layer.name}_layout", flat, out, dims)])
+            b.replace(layer, [line("Concat", layer.name, layer.bottoms, [flat], [p.text for p in layer.params]),
+                              reshape(f"{layer.name}_layout", flat, out, dims)])
             changes.append((layer, f"the stacked state {out} (a Concat along axis 0: the pieces in order) gets a "
                                    f"Reshape to {dims}, the layout sherpa-ncnn feeds back"))
     if not changes:
-        return None, []
-    return b.text(), changes
-
-
-RULES = {"CumulativeSum": rewrite_cumsum, "torch.as_strided": rewrite_as_strided, "Tile": rewrite_tile}
+        return RuleResult.no_match("every stacked state output already has the layout sherpa-ncnn feeds back")
+    return _changed(b, changes)
 
 
 def is_zipformer(model: ParamFile) -> bool:
@@ -456,40 +403,3 @@ def is_zipformer(model: ParamFile) -> bool:
     return n > 0 and n % 7 == 0 and any(layer.name.startswith("stack_") for layer in model.layers_of_type("Concat"))
 
 
-def fix_integer_constants(param_bytes: bytes, bin_data: bytes, pnnx_ops: list[dict]):
-    """MemoryData that pnnx wrote from an integer tensor (``@data=(16,1)i64``) holds int32 bit patterns that
-    ncnn reads as floats (1 -> 1.4e-45, so the pooling's 1/(1+t) becomes inf); write them as float32.
-
-    Returns (new .bin or None, [(layer name, what)]). Values already written as floats are left alone, so
-    planning the result again finds nothing to do.
-    """
-    import tempfile
-
-    import numpy as np
-
-    from core.ncnn.child import record_loads_in_child
-
-    integer = {o["name"]: o["attrs"]["@data"] for o in pnnx_ops
-               if o["type"] == "pnnx.Attribute" and re.search(r"\)(i64|i32|i16|i8|u8)$", o["attrs"].get("@data", ""))}
-    if not integer:
-        return None, []
-    with tempfile.TemporaryDirectory(prefix="integer-constants-") as tmp:  # ncnn reads them in a child process
-        (Path(tmp) / "g.param").write_bytes(param_bytes)
-        (Path(tmp) / "g.bin").write_bytes(bin_data)
-        loads, _ = record_loads_in_child(Path(tmp) / "g.param", Path(tmp) / "g.bin")
-    out = bytearray(bin_data)
-    changes = []
-    for entry in loads:
-        if entry.type != "MemoryData" or entry.name not in integer or len(entry.loads) != 1:
-            continue
-        ld = entry.loads[0]
-        if ld.type != 1 or ld.end - ld.start != 4 * ld.w:
-            continue
-        ints = np.frombuffer(bin_data[ld.start:ld.end], dtype="<i4")
-        if not ints.any() or np.abs(ints).max() >= 1 << 24:
-            continue  # zeros, or already floats
-        out[ld.start:ld.end] = ints.astype("<f4").tobytes()
-        changes.append((entry.name, f"pnnx wrote the {integer[entry.name]} constant as int32 bits, which ncnn reads "
-                                    f"as tiny floats; its {ld.w} values ({int(ints.min())}..{int(ints.max())}) are "
-                                    "now written as float32 in the .bin"))
-    return (bytes(out) if changes else None), changes

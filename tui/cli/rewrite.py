@@ -6,9 +6,25 @@ import argparse
 from core.model.architectures import ARCHITECTURES
 
 
+class _ListsRules(argparse.HelpFormatter):
+    """Lists the rewrite registry's rules under the help; the registry is imported only when help is printed."""
+
+    def add_text(self, text):
+        if text is not _RULES:
+            return super().add_text(text)
+        from core.rewrite.registry import listing
+        self.start_section("rewrites, in the order they run (name (phase; architectures): what it does)")
+        for line in listing():
+            super().add_text(line)
+        self.end_section()
+
+
+_RULES = "rewrite rules"  # the epilog's placeholder, filled from the registry by _ListsRules
+
+
 def add_rewrite_parser(sub) -> None:
     p = sub.add_parser(
-        "rewrite", allow_abbrev=False,
+        "rewrite", allow_abbrev=False, formatter_class=_ListsRules, epilog=_RULES,
         help="preview (and with --apply write) rewrites of layers sherpa-ncnn's runtime lacks",
         description="Replace layers the pnnx wheel leaves in icefall encoders that sherpa-ncnn cannot run "
                     "(e.g. LSTM's Tensor.to on the lengths output, its traced time length) with equivalent "
