@@ -791,9 +791,11 @@ def test_failure_panel_puts_hint_and_action_before_the_log(tmp_path):
 
 
 def test_plan_problems_speak_of_the_wizard_not_the_cli(tmp_path):
+    from core.common.problems import Problem, ProblemKind
     from tui.wizard import checks
-    text_ = checks.in_wizard_words("--decode-chunk-len 32 but the checkpoint says 64 (fix it, or set "
-                                   "files.ignore_checkpoint_mismatch / --ignore-checkpoint-mismatch to run anyway)")
+    text_ = checks.in_wizard_words(Problem(  # as core.pipeline.plan.check_checkpoint words a mismatch
+        ProblemKind.CHECKPOINT_MISMATCH, "--decode-chunk-len 32 but the checkpoint says 64", key="hyperparameters",
+        how=" (fix it, or set files.ignore_checkpoint_mismatch / --ignore-checkpoint-mismatch to run anyway)"))
     assert "Run anyway" in text_ and "--ignore" not in text_ and "files.ignore" not in text_
 
 

@@ -5,6 +5,8 @@ import os
 import re
 from pathlib import Path
 
+from core.common.problems import Problem, ProblemKind
+
 HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in (
     (r"No module named 'k2'|No module named 'lhotse'|No module named 'icefall'",
      "the export needs icefall's Python environment: set python = \"/path/to/icefall-venv/bin/python\" "
@@ -12,8 +14,8 @@ HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in
     (r"No module named '(\w+)'",
      "the export's Python lacks a module; run the export with the interpreter of your icefall environment"),
     (r"size mismatch for|Missing key\(s\) in state_dict|Unexpected key\(s\) in state_dict",
-     "the hyperparameters don't match the checkpoint: compare your flags with the ones the model was trained "
-     "with (sherpa-ncnn-wizard detect CHECKPOINT reads them from the weights)"),
+     Problem(ProblemKind.HYPERPARAMETERS, "the hyperparameters don't match the checkpoint: compare your flags with "
+             "the ones the model was trained with (sherpa-ncnn-wizard detect CHECKPOINT reads them from the weights)")),
     (r"layer SherpaMetaData not exists or registered",
      "ncnn2table cannot create SherpaMetaData: fed a param that carries it, it writes an empty table and still "
      "prints success. The wizard never feeds it one; if your table tool runs ncnn2table, give it the param "

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.common.problems import ProblemError
+
 QUANTIZABLE = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
 NUM_BINS = 2048
 TARGET_BINS = 128
@@ -40,8 +42,9 @@ FINE_FACTOR = 8  # internal bins per output bin, so re-binning to [0, absmax] st
 HISTOGRAM_MODES = ("one-pass", "two-pass")
 
 
-class CalibrationError(Exception):
-    """Calibration cannot produce a usable table; the message names the layer or file."""
+class CalibrationError(ProblemError):
+    """Calibration cannot produce a usable table; the message names the layer or file, the kind says whether the
+    input is at fault (BAD_INPUT) or the tool failed (FAILED, the default)."""
 
 
 class BlobStats:

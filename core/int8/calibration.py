@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from core.common.audio import SAMPLE_RATE, AudioError, fbank, read_wav
+from core.common.problems import Problem, ProblemKind
 from core.int8.calibrate import QUANTIZABLE, BlobStats, CalibrationError, ScaleTable, activation_scale, weight_scales
 from core.model.architectures import BY_MODEL_TYPE, ArchSpec
 from core.model.metadata import read_metadata
@@ -87,7 +88,8 @@ def check_wavs(wavs: list[Path], segment_frames: int) -> WavCheck:
             check.problems.append(str(exc))
             continue
         if w.sample_rate != SAMPLE_RATE:
-            check.problems.append(f"{wav}: {w.sample_rate} Hz; calibration needs 16 kHz audio (resample it first)")
+            check.problems.append(Problem(ProblemKind.SAMPLE_RATE, f"{w.sample_rate} Hz", key=str(wav),
+                                          how="; calibration needs 16 kHz audio (resample it first)"))
         elif w.channels != 1:
             check.usable.append(Path(wav))
             check.notes.append(f"{wav}: {w.channels} channels; only the first is used (as sherpa-ncnn does)")
@@ -231,7 +233,8 @@ class _ModelRunner:
         self.meta = read_metadata(parsed.model) if parsed.model else None
         if not self.meta or self.meta.get(0) not in BY_MODEL_TYPE:
             raise CalibrationError(f"{files.encoder_param}: no SherpaMetaData; add it first "
-                                   "(sherpa-ncnn-wizard meta ... --apply): calibration needs the chunk sizes")
+                                   "(sherpa-ncnn-wizard meta ... --apply): calibration needs the chunk sizes",
+                                   ProblemKind.BAD_INPUT)
         self.arch = BY_MODEL_TYPE[self.meta[0]]
         self.segment, self.offset = self.arch.segment_offset(self.arch.values_from_metadata(self.meta))
         self.keeper = Keeper()
@@ -333,7 +336,8 @@ def calibrate(files: ModelFiles, wavs: list[Path],
     runner = _ModelRunner(files)
     check = check_wavs(wavs, runner.segment)
     if not check.usable:
-        raise CalibrationError("no usable calibration audio: " + ("; ".join(check.problems) or "the list is empty"))
+        raise CalibrationError("no usable calibration audio: " + ("; ".join(check.problems) or "the list is empty"),
+                               ProblemKind.BAD_INPUT)
     total = len(check.usable)
     model_key = _model_key(files) if cache_dir else ""
     results: dict[str, FileStats] = {}

@@ -16,6 +16,19 @@ class CalibrationCrashed(CalibrationError):
     """ncnn crashed during calibration or quantization; the message names the step, the file and the layer."""
 
 
+KIND_LINE = "problem-kind: "  # the line before a child's "error: ..." giving its ProblemKind
+
+
+def _reported_kind(lines: list[str]):
+    """The ProblemKind the child reported before its error line (FAILED when it said none)."""
+    from core.common.problems import ProblemKind
+    values = [line[len(KIND_LINE):].strip() for line in lines if line.startswith(KIND_LINE)]
+    try:
+        return ProblemKind(values[-1]) if values else ProblemKind.FAILED
+    except ValueError:
+        return ProblemKind.FAILED
+
+
 def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int, str], None] | None = None,
                        cancelled: Callable[[], bool] | None = None, cache_dir: Path | None = None,
                        tables: tuple[Path, Path] | None = None, on_line: Callable[[str], None] | None = None,
@@ -40,6 +53,8 @@ def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int,
                 on_progress(int(m.group(1)), int(m.group(2)), m.group(3))
         elif text.startswith("result: "):
             summary.update(json.loads(text[len("result: "):]))
+        elif text.startswith(KIND_LINE):
+            pass  # read from the lines when the child reports an error
         elif on_line is not None:
             on_line(text)
 
@@ -53,7 +68,7 @@ def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int,
             args += ["--cache-dir", str(cache_dir)]
         rc, lines = run_child(args, on_line=line, cancelled=cancelled, module=CHILD)
         if rc == EXIT_ERROR:
-            raise CalibrationError(error_line(lines) or "calibration failed")
+            raise CalibrationError(error_line(lines) or "calibration failed", _reported_kind(lines))
         if rc != 0:
             say = on_line or (lambda _s: None)
             say(f"ncnn ended the calibration child ({exit_text(rc)}); running the model layer by layer in child "
@@ -101,6 +116,7 @@ def child_calibrate(a) -> int:
         result = calibrate(files, list(map(Path, a.wav)), on_progress=lambda i, n, note: say(f"progress: {i}/{n} {note}"),
                            cache_dir=Path(a.cache_dir) if a.cache_dir else None)
     except CalibrationError as exc:
+        say(f"{KIND_LINE}{exc.kind.value}")  # the kind crosses the process boundary on its own line
         say(f"error: {exc}")
         return EXIT_ERROR
     atomic_write_bytes(Path(a.tables[0]), result.encoder.text().encode())

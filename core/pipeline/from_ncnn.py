@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.common.problems import Problem, ProblemKind
 from core.model.architectures import ResolvedValues, get_arch
 from core.model.graph_hparams import GraphReading, read_graph, reconcile
 from core.model.metadata import runtime_layer_check
@@ -64,11 +65,18 @@ def _near_misses(folder: Path, net: str, suffix: str) -> list[str]:
             and not (suffix == ".param" and n.endswith(".pnnx.param"))]  # pnnx's graph is not an ncnn param
 
 
+FROM_NCNN = "--from-ncnn"  # the key of the problems with DIR
+
+
+def _bad(fact: str) -> Problem:
+    return Problem(ProblemKind.BAD_INPUT, fact, key=FROM_NCNN)
+
+
 def locate_source(src: Path) -> SourceFiles:
     """Find the ncnn files, pnnx's graph and the traced encoder; name what was looked for and found instead."""
     files = SourceFiles(src)
     if not src.is_dir():
-        files.problems.append(f"--from-ncnn: {src} is not a directory")
+        files.problems.append(_bad(f"{src} is not a directory"))
         return files
     for net in NETS:
         for ext in ("param", "bin"):
@@ -79,7 +87,7 @@ def locate_source(src: Path) -> SourceFiles:
                 continue
             near = [n for n in _near_misses(src, net, f".{ext}") if n not in names]
             found = f"; found instead: {', '.join(near)}" if near else ""
-            files.problems.append(f"--from-ncnn: {names[0]} not found in {src} (also looked for {names[1]}){found}")
+            files.problems.append(_bad(f"{names[0]} not found in {src} (also looked for {names[1]}){found}"))
     subdirs = [src / d for d in TRACED_SUBDIRS]
     for folder in subdirs:
         hit = next((folder / n for n in PNNX_GRAPH_NAMES if (folder / n).is_file()), None)
@@ -123,7 +131,7 @@ class FromNcnnRun:
         return self.plan.out_dir
 
 
-def source_problems(src: Path, files: SourceFiles | None = None) -> list[str]:
+def source_problems(src: Path, files: SourceFiles | None = None) -> list[Problem]:
     """What makes DIR unusable as pnnx output (missing files, git-lfs pointers, unparsable params)."""
     files = files or locate_source(src)
     problems = list(files.problems)
@@ -133,16 +141,15 @@ def source_problems(src: Path, files: SourceFiles | None = None) -> list[str]:
         if ext == "bin":
             with open(p, "rb") as fh:
                 if fh.read(len(LFS_POINTER)) == LFS_POINTER:
-                    problems.append(f"--from-ncnn: {p.name} is a git-lfs pointer, not the weights; run "
-                                    "'git lfs pull' first")
+                    problems.append(_bad(f"{p.name} is a git-lfs pointer, not the weights; run 'git lfs pull' first"))
         else:
             parsed = load_param(p)
             if not parsed.ok:
-                problems.append(f"--from-ncnn: {parsed.describe()}")
+                problems.append(_bad(parsed.describe()))
     if not (src / "tokens.txt").is_file():
         near = _near_misses(src, "tokens", ".txt")
-        problems.append(f"--from-ncnn: tokens.txt not found in {src}" + (f"; found instead: {', '.join(near)}"
-                                                                         if near else ""))
+        problems.append(_bad(f"tokens.txt not found in {src}" + (f"; found instead: {', '.join(near)}"
+                                                                 if near else "")))
     return problems
 
 
@@ -278,7 +285,7 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
                                                                for hp in spec.hyperparams)))]) + problems
     if wavs:
         from core.pipeline.plan_checks import validation_wav_problems
-        problems += [p.replace("validation.wavs:", "--wav:") for p in validation_wav_problems([str(w) for w in wavs])]
+        problems += validation_wav_problems([str(w) for w in wavs], key="--wav")
     warnings = [p.message for p in resolved.warnings] + reading.warnings + warnings
     reconvert = None
     graph = files.pnnx_graph
@@ -293,8 +300,9 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
             warnings.append(describe(graph, bad) + f"; the traced encoder {reconvert[0]} is converted again (pnnx, "
                             "then the fallback pnnx on a copy without traced input shapes if it is still wrong)")
         elif bad:
-            problems.append(f"--from-ncnn: {describe(graph, bad)}; give the traced encoder (--traced-dir D with "
-                            f"{pt_name('encoder')}) and the wizard converts it again, or {CONVERT_HINT}")
+            problems.append(Problem(ProblemKind.NEEDS_TRACED, describe(graph, bad), key=FROM_NCNN,
+                                    how=f"; give the traced encoder (--traced-dir D with {pt_name('encoder')}) and the "
+                                        f"wizard converts it again, or {CONVERT_HINT}"))
     if ref is None and traced is None:
         warnings.append("no reference outputs (*-reference.npz) or traced *.pt files: only the decode in "
                         "sherpa-ncnn is checked, not the numbers")

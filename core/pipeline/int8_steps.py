@@ -188,6 +188,7 @@ def check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> tu
     if not resolved.ok:
         return [], []
     from core.common.audio import SAMPLE_RATE, AudioError, read_wav
+    from core.common.problems import ProblemKind, kind_of
     from core.int8.calibration import check_wavs
     segment, _ = resolved.arch.segment_offset(resolved.values)
     wavs = [Path(w) for w in config.calibration.wavs]
@@ -203,7 +204,7 @@ def check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> tu
     check = check_wavs([w for w in wavs if w not in other_rate], segment)
     hard = [p for p in check.problems if p not in check.short and p not in check.notes]
     problems = [f"calibration.wavs: {p}" for p in hard]
-    if any(" Hz; " in p for p in hard):
+    if any(kind_of(p) is ProblemKind.SAMPLE_RATE for p in hard):
         problems.append("calibration.wavs: or set calibration.resample = true to resample them to 16 kHz")
     short_resampled = [w for w in other_rate if read_wav(w).seconds < (segment + 1) * 0.01]
     short = check.short + [f"{w}: shorter than one chunk ({(segment + 1) * 0.01:.2f} s); it would contribute "

@@ -232,6 +232,7 @@ def check_checkpoint(config: WizardConfig, ckpt, tokens: Path | None, *, bpe: Pa
     is set.
     """
     from core.model.checkpoint import CheckpointError, UnsupportedArchitectureError, check_against, check_tokens, detect
+    from core.common.problems import Problem, ProblemKind
     from core.pipeline.plan_checks import vocab_problems
     try:
         detection = detect(ckpt)
@@ -248,11 +249,12 @@ def check_checkpoint(config: WizardConfig, ckpt, tokens: Path | None, *, bpe: Pa
     if detection.arch.name != "zipformer" and (script is not None or config.files.recipe):
         code_dir = script.resolve().parent if script is not None and script.is_file() else None
         for msg in _fixed_dim_warnings(code_dir or Path(config.files.recipe).expanduser(), detection):
-            (warnings if ignore else problems).append(msg + ("" if ignore else how))
+            (warnings if ignore else problems).append(msg if ignore else msg.with_how(how))
     for m in check_against(config, detection):
-        text = f"{'arch' if m.flag == 'arch' else 'hyperparameters'}: {m.message}"
+        text = Problem(ProblemKind.CHECKPOINT_MISMATCH, m.message,
+                       key="arch" if m.flag == "arch" else "hyperparameters")
         if m.severity == "error" and not ignore:
-            problems.append(text + how)
+            problems.append(text.with_how(how))
         else:
             warnings.append(text)
     if tokens is not None and tokens.is_file():

@@ -1,13 +1,16 @@
 """Checks made at plan time for what would otherwise fail late: in icefall's export, in sherpa-ncnn, or in validation.
 
 Each check returns ``(problems, warnings)`` whose sentences start with the config key they are about, so the CLI
-and the wizard can show them as they are. Nothing here runs icefall, and no checkpoint is unpickled unsafely.
+and the wizard can show them as they are; a problem another module acts on is a core.common.problems.Problem
+(its kind, not its words, drives what happens). Nothing here runs icefall, and no checkpoint is unpickled unsafely.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core.common.problems import Problem, ProblemKind
 
 TRUST_HOW = ("if you trust where the file comes from: --trust-checkpoint (run), files.trust_checkpoint = true "
              "(wizard.toml), or tick 'trust this checkpoint' in the wizard's review")
@@ -158,7 +161,7 @@ def context_size_problems(resolved, detection) -> list[str]:
     return out
 
 
-def fixed_dim_messages(folder: Path, detection) -> list[str]:
+def fixed_dim_messages(folder: Path, detection) -> list[Problem]:
     """ConvEmformer/LSTM recipes fix decoder_dim/joiner_dim (and LSTM dim_feedforward) in get_params.
 
     ``folder`` is where the export's code runs from: the folder of the export script's real file (e.g.
@@ -179,19 +182,22 @@ def fixed_dim_messages(folder: Path, detection) -> list[str]:
             m = re.search(rf"[\"']{key}[\"']\s*:\s*(\d+)", text)
             if m:
                 if have is not None and int(m.group(1)) != have:
-                    out.append(f"files.checkpoint: the checkpoint's {key} is {have}, but the recipe's get_params fixes "
-                               f"it at {m.group(1)} ({folder / name}, the code icefall's export runs); the export will "
-                               f"fail with a size mismatch: edit it to {have} there")
+                    out.append(Problem(ProblemKind.CHECKPOINT_MISMATCH,
+                                       f"the checkpoint's {key} is {have}, but the recipe's get_params fixes "
+                                       f"it at {m.group(1)} ({folder / name}, the code icefall's export runs); the "
+                                       f"export will fail with a size mismatch: edit it to {have} there",
+                                       key="files.checkpoint"))
                 break
     return out
 
 
-def validation_wav_problems(wavs: list[str]) -> list[str]:
-    """Validation decodes every wav in sherpa-ncnn at 16 kHz: name each file that cannot be used before anything runs."""
+def validation_wav_problems(wavs: list[str], key: str = "validation.wavs") -> list[Problem]:
+    """Validation decodes every wav in sherpa-ncnn at 16 kHz: name each file that cannot be used before anything runs.
+    ``key``: what the sentences are about (the config key, or the flag that gave the wavs)."""
     from core.common.audio import wav_problem
     out = []
     for wav in wavs:
         problem = wav_problem(Path(wav), "validation")
         if problem:
-            out.append(f"validation.wavs: {problem}")
+            out.append(Problem(ProblemKind.BAD_INPUT, problem, key=key))
     return out

@@ -16,6 +16,12 @@ def _wavs(args) -> list[Path]:
     return wavs
 
 
+def calibration_exit_code(exc) -> int:
+    """The input's fault (no usable audio, no SherpaMetaData) is EXIT_BAD_INPUT, anything else EXIT_FAILED."""
+    from core.common.problems import ProblemKind, kind_of
+    return EXIT_BAD_INPUT if kind_of(exc) is ProblemKind.BAD_INPUT else EXIT_FAILED
+
+
 def run_calibrate(args) -> int:
     from core.int8.calibrate import CalibrationError
     from core.int8.calibration import ModelFiles
@@ -49,8 +55,7 @@ def run_calibrate(args) -> int:
             emit_json({"ok": False, "error": str(exc)})
         else:
             stderr_console().print(Text("error: ", style="bold red") + Text(str(exc)))
-        return EXIT_BAD_INPUT if "no usable calibration audio" in str(exc) or "SherpaMetaData" in str(exc) \
-            else EXIT_FAILED
+        return calibration_exit_code(exc)
     from core.common.atomic import WriteError, atomic_write_bytes
     try:
         out.mkdir(parents=True, exist_ok=True)

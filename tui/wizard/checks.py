@@ -4,8 +4,9 @@ instant and a file fixed on disk (fix and resume) is checked again."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+
+from core.common.problems import Problem, ProblemKind, kind_of
 
 from tui.wizard import logic
 from tui.wizard.logic import FieldCheck
@@ -67,14 +68,27 @@ def file_checks() -> tuple:
     return tuple((key, label, SLOW_CHECKS.get(key, check)) for key, label, check in logic.FILE_FIELDS)
 
 
-_MISMATCH_HOW = re.compile(r"\s*\(fix it, or set files\.ignore_checkpoint_mismatch[^)]*\)")
+def _wizard_how(kind: ProblemKind) -> str | None:
+    """The wizard's way out for a kind of plan problem (its buttons and fields, not the CLI's flags), or None."""
+    if kind is ProblemKind.CHECKPOINT_MISMATCH:
+        return " (fix it on Hyperparameters, or press \"Run anyway\" below)"
+    if kind is ProblemKind.NEEDS_TRACED:
+        from core.pipeline.layout import pt_name
+        from core.pnnx.graph import CONVERT_HINT
+        return (f"; give the traced modules (the \"traced modules\" field on Files, with {pt_name('encoder')}) and the "
+                f"wizard converts it again, or {CONVERT_HINT}")
+    return None
 
 
 def in_wizard_words(problem: str) -> str:
-    """A plan problem with the CLI/TOML way out replaced by what the wizard offers."""
-    problem = _MISMATCH_HOW.sub(" (fix it on Hyperparameters, or press \"Run anyway\" below)", problem)
-    return problem.replace("give the traced encoder (--traced-dir D with", "give the traced modules (the "
-                           "\"traced modules\" field on Files, with")
+    """A plan problem with the CLI/TOML way out replaced by what the wizard offers (chosen by the problem's kind)."""
+    how = _wizard_how(kind_of(problem)) if isinstance(problem, Problem) and problem.how else None
+    return problem if how is None else problem.with_how(how)
+
+
+def offers_run_anyway(problems: list[str]) -> bool:
+    """Review's "Run anyway" button: some problem is a checkpoint mismatch the user may override."""
+    return any(kind_of(p) is ProblemKind.CHECKPOINT_MISMATCH for p in problems)
 
 
 def header_change(config, out_dir: Path) -> str:

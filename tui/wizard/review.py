@@ -190,7 +190,7 @@ class ReviewScreen(StepScreen):
         trust.display = bool(untrusted) or self.app.config.files.trust_checkpoint
         with trust.prevent(Checkbox.Changed):
             trust.value = self.app.config.files.trust_checkpoint
-        mismatch = any("ignore_checkpoint_mismatch" in p for p in problems)
+        mismatch = checks.offers_run_anyway(problems)
         self.query_one("#ignore-mismatch", Button).display = planned is None and mismatch
         if planned is None:
             self.plan_state = "error"
