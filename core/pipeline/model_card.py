@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.validation.report import ValidationReport, read_validation
+
 NETS = ("encoder", "decoder", "joiner")
 
 
@@ -102,36 +104,35 @@ def _sizes(out: Path, int8: bool) -> list[str]:
     return rows
 
 
-def _validation(v: dict | None) -> list[str]:
-    if not v:
+def _validation(v: ValidationReport) -> list[str]:
+    if v.problem:
+        return ["validation.json could not be read (run validation again)."]
+    if not v.raw:
         return ["No validation was run."]
     lines = []
-    numeric = v.get("numeric") or []
-    if numeric:
-        worst = max((r for r in numeric if "max_abs" in r), key=lambda r: r["max_abs"] / r["tolerance"], default=None)
-        ok = all(r.get("ok") for r in numeric)
-        lines.append(f"- torch vs ncnn: {len(numeric)} comparisons, {'all within tolerance' if ok else 'SOME FAILED'}"
-                     + (f" (worst: {worst['net']} {worst.get('output', '')}: max abs diff {worst['max_abs']:.2e}, "
-                        f"tolerance {worst['tolerance']:.0e})" if worst else ""))
-    agreement = v.get("agreement") or []
-    for model in dict.fromkeys(a.get("model", "fp16") for a in agreement):
-        runs = [a for a in agreement if a.get("model", "fp16") == model]
-        same = sum(1 for a in runs if a.get("match"))
+    if v.numeric:
+        worst = max((r for r in v.numeric if r.max_abs is not None), key=lambda r: r.max_abs / r.tolerance,
+                    default=None)
+        ok = all(r.ok for r in v.numeric)
+        lines.append(f"- torch vs ncnn: {len(v.numeric)} comparisons, {'all within tolerance' if ok else 'SOME FAILED'}"
+                     + (f" (worst: {worst.net} {worst.output}: max abs diff {worst.max_abs:.2e}, "
+                        f"tolerance {worst.tolerance:.0e})" if worst else ""))
+    for model in dict.fromkeys(a.model for a in v.agreement):
+        runs = [a for a in v.agreement if a.model == model]
+        same = sum(1 for a in runs if a.match)
         lines.append(f"- torch vs sherpa-ncnn {model} tokens: {same}/{len(runs)} decodes identical"
                      + (" (int8 is expected to differ a little)" if model == "int8" and same < len(runs) else ""))
-    for key in ("decode", "decode_int8"):
-        d = v.get(key)
-        if not d:
+    for d in (v.decode, v.decode_int8):
+        if d is None:
             continue
-        if not d.get("ok"):
-            lines.append(f"- sherpa-ncnn {d.get('model', key)}: FAILED: {d.get('error')}")
+        if not d.ok:
+            lines.append(f"- sherpa-ncnn {d.model}: FAILED: {d.error or None}")
             continue
-        for item in d.get("results", []):
-            wer = f" (WER {item['wer']:.1%} vs {item['reference']!r})" if "wer" in item else ""
-            lines.append(f"- sherpa-ncnn {d.get('model')}: `{Path(item['wav']).name}` -> {item['text']!r}{wer}")
-    for s in v.get("int8_similarity") or []:
-        lines.append(f"- int8 vs fp32 {s['net']} {s['output']}: cosine mean {s['mean_cosine']:.4f}, worst "
-                     f"{s['min_cosine']:.4f}")
+        for t in d.results:
+            wer = f" (WER {t.wer:.1%} vs {t.reference!r})" if t.wer is not None else ""
+            lines.append(f"- sherpa-ncnn {d.model}: `{t.name}` -> {t.text!r}{wer}")
+    for s in v.int8_cosine:
+        lines.append(f"- int8 vs fp32 {s.net} {s.output}: cosine mean {s.mean:.4f}, worst {s.worst:.4f}")
     return lines or ["validation.json holds no figures."]
 
 
@@ -214,7 +215,7 @@ def _usage(name: str, int8: bool) -> list[str]:
 def render_card(out: Path, info: CardInfo) -> str:
     out = Path(out)
     meta = metadata_line(out)
-    validation = _json(out / "validation.json")
+    validation = read_validation(out)
     speed = _json(out / "speed.json")
     layers = _json(out / "int8-layers.json") if info.int8 else None
     dataset = _json(out / "dataset-wer.json")

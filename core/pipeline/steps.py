@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.common.atomic import atomic_write_bytes
 from core.common.formatting import human
+from core.common.problems import Problem, ProblemKind
 from core.model.metadata import build_metadata, plan_metadata
 from core.model.tokens import read_tokens
 from core.ncnn.param import load_param
@@ -108,8 +109,9 @@ def make_finalize_encoder(layout, spec, resolved, raw_param: Path | None = None,
             ctx.log("graph check: neither pnnx's graph nor a traced encoder shows the hyperparameters here; "
                     "the values are not checked against the graph")
         if wrong:
-            raise StepError("; ".join(wrong), hint="the hyperparameters don't match the encoder graph pnnx "
-                                                  "wrote; use the flags the model was exported with")
+            raise StepError("; ".join(wrong), hint=Problem(ProblemKind.HYPERPARAMETERS, "the hyperparameters don't "
+                                                           "match the encoder graph pnnx wrote; use the flags the "
+                                                           "model was exported with"))
 
     def run(ctx: StepContext) -> None:
         parsed = load_param(raw_param)
@@ -123,8 +125,8 @@ def make_finalize_encoder(layout, spec, resolved, raw_param: Path | None = None,
         failed_runtime = [c for c in plan.checks if c.name == "runtime-layers" and not c.ok]
         if plan.errors:
             raise StepError("; ".join(plan.errors),
-                            hint="the hyperparameters do not describe this encoder graph; use the flags the model "
-                                 "was trained with")
+                            hint=Problem(ProblemKind.HYPERPARAMETERS, "the hyperparameters do not describe this "
+                                         "encoder graph; use the flags the model was trained with"))
         if failed_runtime:
             raise StepError(failed_runtime[0].message,
                             hint="this pnnx left layers that sherpa-ncnn's runtime lacks; see sherpa-ncnn-wizard "
@@ -177,10 +179,11 @@ def make_summary(layout, checkpoint: Path | None) -> Step:
         for r in rows:
             ctx.log(f"{r['model']:<12}{human(r['pt']):>12}{human(r['fp16']):>12}{human(r['fp32']):>12}"
                     f"{human(r['int8']):>12}")
-        validation = None
-        vfile = layout.out / "validation.json"
-        if vfile.exists():
-            validation = json.loads(vfile.read_text())
+        from core.validation.report import read_validation
+        report = read_validation(layout.out)
+        if report.problem:
+            ctx.log(f"validation results not included: {report.problem}")
+        validation = report.raw if report.readable else None
         files = sorted(str(p.relative_to(layout.out)) for p in layout.out.iterdir() if p.is_file())
         checks_file = layout.work / "metadata-checks.json"
         metadata_checks = json.loads(checks_file.read_text()) if checks_file.exists() else None

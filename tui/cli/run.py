@@ -260,39 +260,14 @@ def _print_results(out: Console, out_dir: Path, status: str) -> None:
         out.print(table)
         from tui.cli.ship import print_ship_results
         print_ship_results(out, summary)
-    vfile = out_dir / "validation.json"
-    if vfile.exists():
-        v = json.loads(vfile.read_text())
-        for r in v.get("numeric", []):
-            ok = r.get("ok")
-            label = f"{r['net']} {r.get('output', '')} {r.get('note', '')}".strip()
-            detail = f"max abs diff {r['max_abs']:.1e} (tolerance {r['tolerance']:.0e})" if "max_abs" in r \
-                else r.get("error", "")
-            out.print(Text("[✓] " if ok else "[✗] ", style="green" if ok else "red") + Text(f"{label}: {detail}"))
-        d = v.get("decode")
-        if d:
-            if d["ok"]:
-                for item in d["results"]:
-                    wer = f"  WER {item['wer']:.1%}" if "wer" in item else ""
-                    out.print(Text("[✓] ", style="green") + Text(f"sherpa-ncnn {d['model']}: "
-                                                                  f"{Path(item['wav']).name}: {item['text']!r}{wer}"))
-            else:
-                out.print(Text("[✗] ", style="red") + Text(f"sherpa-ncnn: {d['error']}"))
-        d8 = v.get("decode_int8")
-        if d8:
-            if d8["ok"]:
-                for item in d8["results"]:
-                    out.print(Text("[✓] ", style="green") + Text(f"sherpa-ncnn int8: {Path(item['wav']).name}: "
-                                                                  f"{item['text']!r}"))
-            else:
-                out.print(Text("[✗] ", style="red") + Text(f"sherpa-ncnn int8: {d8['error']}"))
-        for s in v.get("int8_similarity", []):
-            ok = s["mean_cosine"] >= 0.99
-            out.print(Text("[✓] " if ok else "[!] ", style="green" if ok else "yellow")
-                      + Text(f"int8 {s['net']} {s['output']}: cosine mean {s['mean_cosine']:.4f} "
-                             f"(worst {s['min_cosine']:.4f}) vs fp32"))
-        for note in v.get("notes", []):
-            out.print(Text("note: ", style="yellow") + Text(note))
+    from core.validation.report import read_validation, summary_lines
+    validation = read_validation(out_dir)
+    marks = {"ok": ("[✓] ", "green"), "failed": ("[✗] ", "red"), "warning": ("[!] ", "yellow")}
+    for line in summary_lines(validation, per_wav=True):
+        mark, style = marks[line.status]
+        out.print(Text(mark, style=style) + Text(line.text))
+    for note in validation.notes:
+        out.print(Text("note: ", style="yellow") + Text(note))
     from core.pipeline.usage import cost_lines
     for line in cost_lines(out_dir):  # slowest step, peak memory (manifest.json)
         out.print(line, highlight=False, markup=False)

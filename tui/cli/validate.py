@@ -1,7 +1,6 @@
 """`sherpa-ncnn-wizard validate`: numeric and runtime checks on an existing model directory."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -53,6 +52,7 @@ def run_validate(args) -> int:
         stderr_console().print(f"note: {out} is read-only; the report goes to {json_out}")
     result = run_validation(out, traced, args.wav, json_out, arch=args.arch, capture=args.json)
     if args.json:
-        report = json.loads(json_out.read_text()) if json_out.exists() else {"ok": False, "error": result.output}
-        emit_json(report)
+        from core.validation.report import read_validation
+        report = read_validation(json_out.parent, json_out.name)
+        emit_json(report.raw if report.readable else {"ok": False, "error": report.problem or result.output})
     return EXIT_OK if result.returncode == 0 else EXIT_FAILED

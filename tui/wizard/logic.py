@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.common.formatting import human
+from core.common.problems import ProblemKind, kind_of
 from core.model.architectures import EXPORT_ONLY_FLAGS, ArchSpec, ResolvedValues, resolve
 from core.pipeline.config import WizardConfig
 from core.pipeline.layout import ncnn_name
@@ -21,7 +22,6 @@ from core.pipeline.plan import find_export_script, find_icefall_root, tokens_fla
 from core.pnnx.tools import find_pnnx
 
 NETS = ("encoder", "decoder", "joiner")
-MISMATCH_HINT = "hyperparameters don't match"
 
 
 @dataclass
@@ -257,46 +257,24 @@ def read_results(out_dir: Path) -> RunResults:
     summary = load("summary.json") or {}
     sizes = [(r["model"], human(r.get("pt")), human(r.get("fp16")), human(r.get("fp32")), human(r.get("int8")))
              for r in summary.get("sizes", [])]
-    validation = load("validation.json") or {}
-    checks = []
-    for r in validation.get("numeric", []):
-        label = f"{r['net']} {r.get('output', '')} {r.get('note', '')}".strip()
-        detail = (f"max abs diff {r['max_abs']:.1e} ≤ {r['tolerance']:.0e}" if r.get("ok") else
-                  f"max abs diff {r['max_abs']:.1e} > {r['tolerance']:.0e}") if "max_abs" in r else r.get("error", "")
-        checks.append((bool(r.get("ok")), f"{label}: {detail}"))
-    transcripts = []
-    decode_error = None
-    d = validation.get("decode")
-    if d:
-        if d.get("ok"):
-            transcripts = [(Path(item["wav"]).name, item["text"]) for item in d.get("results", [])]
-            checks.append((True, f"sherpa-ncnn ({d.get('model', 'fp16')}) loaded the model and decoded "
-                                 f"{len(transcripts)} wav(s)"))
-        else:
-            decode_error = d.get("error") or "sherpa-ncnn failed"
-            checks.append((False, f"sherpa-ncnn: {decode_error}"))
-    d8 = validation.get("decode_int8")
-    int8_texts: dict[str, str] = {}
-    if d8:
-        if d8.get("ok"):
-            int8_texts = {Path(item["wav"]).name: item["text"] for item in d8.get("results", [])}
-            checks.append((True, f"sherpa-ncnn (int8) loaded the int8 model and decoded {len(int8_texts)} wav(s)"))
-        else:
-            checks.append((False, f"sherpa-ncnn int8: {d8.get('error') or 'failed'}"))
-    for sim in validation.get("int8_similarity", []):
-        checks.append((sim["mean_cosine"] >= 0.99, f"int8 {sim['net']} {sim['output']} vs fp32: cosine mean "
-                                                   f"{sim['mean_cosine']:.4f} (worst {sim['min_cosine']:.4f})"))
-    if int8_texts:
-        transcripts = [(wav, f"fp16 {text!r}   int8 {int8_texts.get(wav, '-')!r}") for wav, text in transcripts]
+    from core.validation.report import read_validation, summary_lines
+    from core.validation.report import transcripts as decoded
+    validation = read_validation(out_dir)
+    checks = [(line.status == "ok", line.text) for line in summary_lines(validation)]
+    transcripts = [(wav, text if int8 is None else f"fp16 {text!r}   int8 {int8!r}")
+                   for wav, text, int8 in decoded(validation)]
+    d = validation.decode
+    decode_error = (d.error or "sherpa-ncnn failed") if d is not None and not d.ok else None
     files = summary.get("files") or sorted(p.name for p in out_dir.iterdir() if p.is_file()) \
         if out_dir.is_dir() else []
     return RunResults(sizes, checks, transcripts, decode_error, list(files))
 
 
 def fix_target(step: str, hint: str | None, error: str | None) -> str:
-    """Which screen "fix and resume" goes back to: "hyperparameters" for a mismatch, else "files"."""
-    text = f"{hint or ''} {error or ''}"
-    if MISMATCH_HINT in text or step == "metadata":
+    """Which screen "fix and resume" goes back to: "hyperparameters" when the failure's kind says the
+    hyperparameters are wrong (or the metadata step failed), else "files"."""
+    kinds = {kind_of(hint), kind_of(error)}
+    if kinds & {ProblemKind.HYPERPARAMETERS, ProblemKind.CHECKPOINT_MISMATCH} or step == "metadata":
         return "hyperparameters"
     return "files"
 
@@ -329,12 +307,12 @@ def calibration_check(wavs: list[Path], config) -> tuple[bool, list[str]]:
     seconds = 0.0
     for w in check.usable:
         seconds += read_wav(w).seconds
-    rate_problems = [p for p in check.problems if " Hz; " in p]
+    rate_problems = [p for p in check.problems if kind_of(p) is ProblemKind.SAMPLE_RATE]
     resample = config.calibration.resample and rate_problems
     lines = [f"{len(check.usable)} usable wav(s), {seconds:.1f} s in total, 16 kHz"]
     for p in check.problems:
         if p in rate_problems and resample:
-            lines.append("→ " + p.split("; ")[0] + ": resampled to 16 kHz when the run starts")
+            lines.append(f"→ {p.key}: {p.fact}: resampled to 16 kHz when the run starts")
         else:
             lines.append(f"✗ {p}")
     if rate_problems and not resample:
@@ -486,7 +464,7 @@ def check_ncnn_dir(value: str) -> FieldCheck:
                                  " (or pnnx's default *_jit_trace_pnnx.ncnn.*) and tokens.txt")
     problems = source_problems(Path(value).expanduser().resolve())
     if problems:
-        return FieldCheck(False, "; ".join(p.removeprefix("--from-ncnn: ") for p in problems))
+        return FieldCheck(False, "; ".join(p.detail for p in problems))  # the field is --from-ncnn
     return FieldCheck(True, "pnnx output found (it is only read: the run works on copies)")
 
 
