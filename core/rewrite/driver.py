@@ -107,6 +107,7 @@ def plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None = None, enc
 
     The rules match patterns of well-formed layers; a layer whose line lacks the inputs or outputs its type has
     (a Reshape without an input, say) is refused by name instead of tripping a rule up."""
+    rules = registry.ordered(rules)  # a broken rule set is a programming error: raised, not read as a bad graph
     try:
         return _plan_rewrites(model, pnnx_param=pnnx_param, encoder=encoder, arch=arch, rules=rules)
     except (IndexError, KeyError, TypeError, ValueError) as exc:
