@@ -46,6 +46,8 @@ class ConvEmformer(ArchSpec):
                "--right-context-length look-ahead, with --left-context-length frames of cached keys and values.")
     hyperparams = PARAMS
     aliases = ("emformer", "conv_emformer", "conv_emformer_transducer_stateless2")
+    states_per_unit, unit_name = 4, "ConvEmformer layer"
+    recipe_fixed_dims = ("decoder_dim", "joiner_dim")
 
     # -- the export and the metadata -------------------------------------------------------------
 

@@ -38,6 +38,9 @@ class Lstm(ArchSpec):
                "links to the same export script): stacked LSTMs with projection, fed 9 frames and advanced by 4.")
     hyperparams = PARAMS
     aliases = ("lstm_transducer_stateless2", "lstm_transducer_stateless3")
+    graph_layer_types = frozenset({"LSTM"})
+    runtime_fixed_geometry = (SEGMENT, OFFSET)
+    recipe_fixed_dims = ("decoder_dim", "joiner_dim", "dim_feedforward")
 
     # -- the export and the metadata -------------------------------------------------------------
 

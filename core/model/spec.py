@@ -133,6 +133,15 @@ class ArchSpec:
     summary: str
     hyperparams: tuple[HyperParam, ...]
     aliases: tuple[str, ...] = ()
+    # how an encoder graph gives the architecture away (core.model.arch_guess): layer types only it has, and
+    # its state inputs per repeated unit (None: not told by the count)
+    graph_layer_types: frozenset[str] = frozenset()
+    states_per_unit: int | None = None
+    unit_name: str = ""
+    # (segment, offset) when sherpa-ncnn's runtime fixes them whatever the metadata says (None: from the metadata)
+    runtime_fixed_geometry: tuple[int, int] | None = None
+    # dims the recipe's get_params fixes instead of taking a flag (the export fails when the weights differ)
+    recipe_fixed_dims: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<architecture {self.name}>"

@@ -69,6 +69,9 @@ class Zipformer(ArchSpec):
                "(egs/*/ASR/zipformer) has no ncnn path in sherpa-ncnn; use sherpa-onnx for it.")
     hyperparams = PARAMS
     aliases = ("zipformer-v1", "pruned_transducer_stateless7_streaming")
+    graph_layer_types = frozenset({"CumulativeSum", "torch.as_strided", "PoolingModuleNoProj", "TensorAsStrided",
+                                   "SimpleUpsample", "torch.cumsum", "Stack"})
+    states_per_unit, unit_name = 7, "Zipformer stack"
 
     # -- the export and the metadata -------------------------------------------------------------
 

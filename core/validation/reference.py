@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.model.architectures import get_arch
 from core.ncnn.net import Keeper, as_mat, register_meta_layer
 from core.validation.validate import TOLERANCE, NumericResult, _precision, drop_batch_axis
 
@@ -131,10 +132,6 @@ def compare_decoder_joiner(directory: Path, npz: Path) -> list[NumericResult]:
     return results
 
 
-# (segment, offset) in feature frames that sherpa-ncnn feeds when the runtime fixes them (lstm-model.h)
-STREAMING = {"lstm": (9, 4)}
-
-
 def compare_streaming(param: Path, binary: Path, npz: Path, arch: str, register=None) -> list[NumericResult]:
     """Feed chunk 0's features the way sherpa-ncnn does (``segment`` frames, advancing by ``offset``, states
     carried) and compare each output frame with the reference (traced on the whole chunk at once).
@@ -143,7 +140,7 @@ def compare_streaming(param: Path, binary: Path, npz: Path, arch: str, register=
     frames [offset*t, offset*t + segment), so the streamed frames must equal the whole-chunk ones.
     """
     import numpy as np
-    segment, offset = STREAMING[arch]
+    segment, offset = get_arch(arch).runtime_fixed_geometry
     ref = np.load(npz)
     tol_rel = TOLERANCE[_precision(binary, param)]
     keep = Keeper()
@@ -178,7 +175,7 @@ def compare_directory(directory: Path, reference_dir: Path, register=None, arch:
     if enc.is_file():
         results += compare_encoder(directory / "encoder_jit_trace-pnnx.ncnn.param",
                                    directory / "encoder_jit_trace-pnnx.ncnn.bin", enc, register)
-        if arch in STREAMING:
+        if get_arch(arch).runtime_fixed_geometry:
             results += compare_streaming(directory / "encoder_jit_trace-pnnx.ncnn.param",
                                          directory / "encoder_jit_trace-pnnx.ncnn.bin", enc, arch, register)
     dj = reference_dir / "decoder-joiner-reference.npz"
