@@ -248,7 +248,7 @@ def _pnnx_chunk_split(ops, frames: int) -> tuple[int, int] | None:
         if op.type not in ("torch.tensor_split", "Tensor.slice", "torch.split") or not op.inputs:
             continue
         src = op.shapes.get(op.inputs[0])
-        if not src or len(src) != 3 or src[0] != frames or src[1] != 1 or op.params.get("dim") != "0":
+        if not src or len(src) != 3 or src[0] != frames or src[1] != 1 or op.attrs.get("dim") != "0":
             continue
         outs = [op.shapes.get(o) for o in op.outputs]
         if len(outs) == 2 and all(outs) and outs[0][0] + outs[1][0] == frames:

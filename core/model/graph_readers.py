@@ -11,82 +11,23 @@ where each was read, problems, and facts later checks use (left context per stac
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+import os
 from pathlib import Path
 
 from core.model.found import Found
 from core.model.spec import ArchSpec
-
-_SHAPE = re.compile(r"#([^=\s]+)=\(([^)]*)\)(\w+)")
-
-
-# -- reading pnnx's graph ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PnnxOp:
-    type: str
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    params: dict
-    shapes: dict  # blob -> shape tuple
-    line: int
-
-
-def _dims(text: str) -> tuple[int, ...]:
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            out.append(int(part))
-        except ValueError:
-            out.append(-1)  # '?' (dynamic) dims
-    return tuple(out)
-
-
-def read_pnnx_ops(path: Path) -> list[PnnxOp]:
-    ops = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, start=1):
-            tokens = line.split()
-            if number <= 2 or len(tokens) < 4:
-                continue
-            try:
-                n_in, n_out = int(tokens[2]), int(tokens[3])
-            except ValueError:
-                continue
-            blobs = tokens[4:4 + n_in + n_out]
-            params, shapes = {}, {}
-            for tok in tokens[4 + n_in + n_out:]:
-                m = _SHAPE.fullmatch(tok)
-                if m:
-                    shapes[m.group(1)] = _dims(m.group(2))
-                elif "=" in tok and not tok.startswith(("#", "@", "$")):
-                    k, v = tok.split("=", 1)
-                    params[k] = v
-            ops.append(PnnxOp(tokens[0], tokens[1], tuple(blobs[:n_in]), tuple(blobs[n_in:]), params, shapes,
-                              number))
-    return ops
-
-
-def pnnx_input_shapes(ops: list[PnnxOp]) -> list[tuple[int, ...]]:
-    inputs = [op for op in ops if op.type == "pnnx.Input"]
-    return [op.shapes.get(op.outputs[0], ()) for op in inputs if op.outputs]
-
+from core.pnnx.graph import pnnx_input_shapes, read_pnnx_ops
 
 
 def read_pnnx_graph(spec: ArchSpec, path: Path) -> Found:
     found = Found()
     label = path.name
-    try:
-        ops = read_pnnx_ops(path)
-    except OSError as exc:
-        found.problems.append(f"{path}: cannot read ({exc})")
+    ops = read_pnnx_ops(path)
+    if not ops and not (path.is_file() and os.access(path, os.R_OK)):
+        found.problems.append(f"{path}: cannot read it")
         return found
-    shapes = pnnx_input_shapes(ops)
+    by_input = pnnx_input_shapes(ops)
+    shapes = [by_input.get(f"in{k}", ()) for k in range(sum(op.type == "pnnx.Input" for op in ops))]
     if not shapes or any(not s or min(s) < 0 for s in shapes):
         found.notes["no_shapes"] = True  # pnnx ran without input shapes: its graph shows none
         return found

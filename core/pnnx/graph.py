@@ -90,8 +90,22 @@ CONVERT_HINT = ("convert the traced *_jit_trace-pnnx.pt again: `sherpa-ncnn-wiza
 _SHAPE_RE = re.compile(r"#([^=\s]+)=\(([0-9,]*)\)")
 
 
-def read_pnnx_ops(path: str | Path | None) -> list[dict]:
-    """Every operator of pnnx's ``*.pnnx.param`` in order: type, name, inputs, outputs, attrs, shapes."""
+@dataclass(frozen=True)
+class PnnxOp:
+    """One operator line of pnnx's graph. ``shapes``: blob -> torch shape (blobs whose shape pnnx left dynamic,
+    ``?``, have none); ``attrs``: its ``key=value`` attributes (``@data`` kept for constants)."""
+
+    type: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict
+    shapes: dict
+    line: int
+
+
+def read_pnnx_ops(path: str | Path | None) -> list[PnnxOp]:
+    """Every operator of pnnx's ``*.pnnx.param`` in order ([] when absent or unreadable): the one reader of it."""
     if path is None:
         return []
     try:
@@ -99,9 +113,9 @@ def read_pnnx_ops(path: str | Path | None) -> list[dict]:
     except OSError:
         return []
     ops = []
-    for line in text.splitlines()[2:]:
+    for number, line in enumerate(text.splitlines(), start=1):
         tok = line.split()
-        if len(tok) < 4 or not tok[2].isdigit() or not tok[3].isdigit():
+        if number <= 2 or len(tok) < 4 or not tok[2].isdigit() or not tok[3].isdigit():
             continue
         n_in, n_out = int(tok[2]), int(tok[3])
         ins, outs = tok[4:4 + n_in], tok[4 + n_in:4 + n_in + n_out]
@@ -112,12 +126,16 @@ def read_pnnx_ops(path: str | Path | None) -> list[dict]:
                 shapes[m.group(1)] = tuple(int(x) for x in m.group(2).split(",") if x)
             elif t.startswith("@data="):
                 attrs["@data"] = t[len("@data="):]
-            elif "=" in t and not t.startswith(("$", "@")):
+            elif "=" in t and not t.startswith(("$", "@", "#")):
                 k, _, v = t.partition("=")
                 attrs[k] = v
-        ops.append({"type": tok[0], "name": tok[1], "inputs": ins, "outputs": outs, "attrs": attrs,
-                    "shapes": shapes})
+        ops.append(PnnxOp(tok[0], tok[1], tuple(ins), tuple(outs), attrs, shapes, number))
     return ops
+
+
+def attributes_by_name(ops: list[PnnxOp]) -> dict[str, dict[str, str]]:
+    """layer name -> its attributes (the ones the ncnn param drops), constants' data left out."""
+    return {op.name: {k: v for k, v in op.attrs.items() if not k.startswith("@")} for op in ops}
 
 
 def _ints(text: str | None) -> tuple[int, ...] | None:
@@ -130,16 +148,16 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
         return None
 
 
-def _in_shape(op: dict) -> tuple[int, ...] | None:
-    return op["shapes"].get(op["inputs"][0]) if op["inputs"] else None
+def _in_shape(op: PnnxOp) -> tuple[int, ...] | None:
+    return op.shapes.get(op.inputs[0]) if op.inputs else None
 
 
-def pnnx_input_shapes(ops: list[dict]) -> dict[str, tuple[int, ...]]:
-    """``inK`` -> torch shape of the K-th ``pnnx.Input``."""
+def pnnx_input_shapes(ops: list[PnnxOp]) -> dict[str, tuple[int, ...]]:
+    """``inK`` -> torch shape of the K-th ``pnnx.Input`` (inputs whose shape pnnx did not record are left out)."""
     out = {}
-    for k, op in enumerate(o for o in ops if o["type"] == "pnnx.Input"):
-        if op["outputs"] and op["outputs"][0] in op["shapes"]:
-            out[f"in{k}"] = op["shapes"][op["outputs"][0]]
+    for k, op in enumerate(o for o in ops if o.type == "pnnx.Input"):
+        if op.outputs and op.outputs[0] in op.shapes:
+            out[f"in{k}"] = op.shapes[op.outputs[0]]
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from core.pnnx.graph import read_pnnx_ops
+from core.pnnx.graph import PnnxOp, read_pnnx_ops
 from core.rewrite.rule import Edit, RuleContext, RuleResult
 
 _INTEGER_DATA_RE = re.compile(r"\)(i64|i32|i16|i8|u8)$")
@@ -29,7 +29,7 @@ def integer_constant(ctx: RuleContext) -> RuleResult:
     return RuleResult.changed([Edit(name, "MemoryData", what) for name, what in done], new_bin=new_bin)
 
 
-def fix_integer_constants(param_bytes: bytes, bin_data: bytes, ops: list[dict]):
+def fix_integer_constants(param_bytes: bytes, bin_data: bytes, ops: list[PnnxOp]):
     """MemoryData that pnnx wrote from an integer tensor (``@data=(16,1)i64``) holds int32 bit patterns that
     ncnn reads as floats (1 -> 1.4e-45, so the pooling's 1/(1+t) becomes inf); write them as float32.
 
@@ -42,8 +42,8 @@ def fix_integer_constants(param_bytes: bytes, bin_data: bytes, ops: list[dict]):
 
     from core.ncnn.child import record_loads_in_child
 
-    integer = {o["name"]: o["attrs"]["@data"] for o in ops
-               if o["type"] == "pnnx.Attribute" and _INTEGER_DATA_RE.search(o["attrs"].get("@data", ""))}
+    integer = {o.name: o.attrs["@data"] for o in ops
+               if o.type == "pnnx.Attribute" and _INTEGER_DATA_RE.search(o.attrs.get("@data", ""))}
     if not integer:
         return None, []
     with tempfile.TemporaryDirectory(prefix="integer-constants-") as tmp:  # ncnn reads them in a child process

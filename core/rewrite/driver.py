@@ -27,13 +27,13 @@ from core.ncnn.param import ParamFile, load_param, parse_param
 from core.ncnn.requirements import check_layers
 from core.ncnn.requirements import describe as describe_layer_problems
 from core.ncnn.runtime_layers import runtime_problem
-from core.pnnx.graph import read_pnnx_ops
+from core.pnnx.graph import attributes_by_name, read_pnnx_ops
 from core.rewrite import registry
-from core.rewrite.graph import mislowered_unbinds, read_pnnx_attributes, where
+from core.rewrite.graph import mislowered_unbinds, where
 from core.rewrite.rule import CHANGED, REFUSED, Rule, RuleContext, RuleResult
 
 __all__ = ["Change", "RewriteError", "RewritePlan", "RewriteResult", "apply_rewrites", "plan_file",
-           "plan_rewrites", "read_pnnx_attributes"]
+           "plan_rewrites"]
 
 
 class RewriteError(Exception):
@@ -159,10 +159,11 @@ def _plan_rewrites(model: ParamFile, *, pnnx_param: str | Path | None, encoder: 
     if model.errors:
         plan.errors = [str(i) for i in model.errors] + ["refusing to rewrite a file that ncnn would not load as it is"]
         return plan
-    pnnx_attrs = read_pnnx_attributes(pnnx_param)
+    ops = read_pnnx_ops(pnnx_param)
+    pnnx_attrs: dict = attributes_by_name(ops)
     if pnnx_param is None or not pnnx_attrs:
         plan.notes.append("pnnx's own graph (*.pnnx.param) was not available; operator attributes were not checked")
-    pnnx_attrs["@ops"] = read_pnnx_ops(pnnx_param)
+    pnnx_attrs["@ops"] = ops
     pnnx_path = Path(pnnx_param) if pnnx_param is not None else None
     current = model
     try:

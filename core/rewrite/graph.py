@@ -2,8 +2,6 @@
 pnnx's own graph (the sizes and attributes the ncnn param drops)."""
 from __future__ import annotations
 
-import re
-from pathlib import Path
 
 from core.ncnn.param import (
     Layer,
@@ -12,9 +10,9 @@ from core.ncnn.param import (
     parse_param,
     replace_header,
 )
+from core.pnnx.graph import PnnxOp
 from core.rewrite.rule import Refuse
 
-_PNNX_LINE_RE = re.compile(r"^(\S+)\s+(\S+)\s+\d+\s+\d+\s")
 
 
 def producers(model: ParamFile) -> dict[str, Layer]:
@@ -98,31 +96,9 @@ def mislowered_unbinds(model: ParamFile) -> list[Layer]:
     return [layer for layer in model.layers if layer.type == "Slice" and not layer.params and layer.tops]
 
 
-# -- pnnx's own graph (operator attributes the ncnn param drops) --------------------
+# -- pnnx's own graph (core.pnnx.graph reads it) --------------------
 
-def read_pnnx_attributes(path: str | Path | None) -> dict[str, dict[str, str]]:
-    """layer name -> {attribute: value} from pnnx's ``*.pnnx.param`` ({} when absent or unreadable)."""
-    if path is None:
-        return {}
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    out: dict[str, dict[str, str]] = {}
-    for text_line in text.splitlines()[2:]:
-        m = _PNNX_LINE_RE.match(text_line)
-        if not m:
-            continue
-        attrs = {}
-        for tok in text_line.split()[4:]:
-            if "=" in tok and not tok.startswith(("#", "$", "@")):
-                k, _, v = tok.partition("=")
-                attrs[k] = v
-        out[m.group(2)] = attrs
-    return out
-
-
-def pnnx_ops(pnnx_attrs: dict) -> list[dict]:
+def pnnx_ops(pnnx_attrs: dict) -> list[PnnxOp]:
     """pnnx's op list (``pnnx_attrs["@ops"]``); refuses when pnnx's graph was not available."""
     ops = pnnx_attrs.get("@ops") or []
     if not ops:
@@ -130,5 +106,5 @@ def pnnx_ops(pnnx_attrs: dict) -> list[dict]:
     return ops
 
 
-def ops_of(ops: list[dict], type_: str) -> list[dict]:
-    return [o for o in ops if o["type"] == type_]
+def ops_of(ops: list[PnnxOp], type_: str) -> list[PnnxOp]:
+    return [o for o in ops if o.type == type_]

@@ -65,9 +65,9 @@ def cumsum_scan(ctx: RuleContext) -> RuleResult:
         if len(layer.bottoms) != 1 or len(layer.tops) != 1 or not keys <= {0}:
             raise Refuse(f"{layer.name!r} is not a one-input CumulativeSum with only an axis (0=)")
         axis = layer.get(0, 0)
-        dim, shape = _ints(op["attrs"].get("dim")), _in_shape(op)
+        dim, shape = _ints(op.attrs.get("dim")), _in_shape(op)
         if not isinstance(axis, int) or axis < 0 or not dim or shape is None or not -len(shape) <= dim[0] < len(shape):
-            raise Refuse(f"{layer.name!r}: axis {axis!r} / pnnx {op['name']} dim={op['attrs'].get('dim')} "
+            raise Refuse(f"{layer.name!r}: axis {axis!r} / pnnx {op.name} dim={op.attrs.get('dim')} "
                          f"shape={shape} not understood")
         t = shape[dim[0]]
         out: list[str] = []
@@ -89,7 +89,7 @@ def cumsum_scan(ctx: RuleContext) -> RuleResult:
         if t <= 1:  # a cumsum over one element is the identity
             out = [line("BinaryOp", f"{layer.name}_id", [cur], [layer.tops[0]], ["0=0", "1=1", "2=0.0"])]
         b.replace(layer, out)
-        changes.append((layer, f"cumsum over ncnn axis {axis} of length {t} (pnnx {op['name']}) became a "
+        changes.append((layer, f"cumsum over ncnn axis {axis} of length {t} (pnnx {op.name}) became a "
                                f"{steps}-step doubling scan of Crop/Concat/BinaryOp adds: same sums, plain layers"))
     return _changed(b, changes)
 
@@ -99,7 +99,7 @@ def cumsum_scan(ctx: RuleContext) -> RuleResult:
 def rel_shift(ctx: RuleContext) -> RuleResult:
     """Every ``torch.as_strided`` (the relative-position shift) -> Reshape, Crop, Reshape, Crop."""
     model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
-    ops = {o["name"]: o for o in ops_of(pnnx_ops(pnnx_attrs), "torch.as_strided")}
+    ops = {o.name: o for o in ops_of(pnnx_ops(pnnx_attrs), "torch.as_strided")}
     b = Builder(model)
     changes = []
     for layer in model.layers_of_type("torch.as_strided"):
@@ -108,14 +108,14 @@ def rel_shift(ctx: RuleContext) -> RuleResult:
             raise Refuse(f"{layer.name!r} is not in pnnx's graph, so its size and stride are unknown")
         if len(layer.bottoms) != 1 or len(layer.tops) != 1 or layer.params:
             raise Refuse(f"{layer.name!r} is not a one-input, parameterless as_strided")
-        size, stride, shape = _ints(op["attrs"].get("size")), _ints(op["attrs"].get("stride")), _in_shape(op)
+        size, stride, shape = _ints(op.attrs.get("size")), _ints(op.attrs.get("stride")), _in_shape(op)
         if size is None or stride is None or shape is None or not len(size) == len(stride) == len(shape) == 3:
-            raise Refuse(f"{layer.name!r}: size={op['attrs'].get('size')} stride={op['attrs'].get('stride')} "
+            raise Refuse(f"{layer.name!r}: size={op.attrs.get('size')} stride={op.attrs.get('stride')} "
                          f"input {shape}: only 3-D (heads, time, positions) is recognised")
         heads, rows, width = shape
         n_heads, n_rows, n_cols = size
         s = stride[1]
-        offset_text = op["attrs"].get("storage_offset")
+        offset_text = op.attrs.get("storage_offset")
         if offset_text is not None:
             off = _ints(offset_text)
             off = off[0] if off else None
@@ -162,10 +162,10 @@ def tile_concat(ctx: RuleContext) -> RuleResult:
     """
     model, pnnx_attrs = ctx.model, ctx.pnnx_attrs
     layers = model.layers_of_type("Tile")
-    ops = [o for o in pnnx_ops(pnnx_attrs) if o["type"] in _TILE_OPS]
+    ops = [o for o in pnnx_ops(pnnx_attrs) if o.type in _TILE_OPS]
     if len(ops) != len(layers):
         raise Refuse(f"the ncnn graph has {len(layers)} Tile but pnnx's graph {len(ops)} expand/repeat ops")
-    mems = {o["name"]: o for o in pnnx_ops(pnnx_attrs) if o["type"] == "pnnx.Attribute"}
+    mems = {o.name: o for o in pnnx_ops(pnnx_attrs) if o.type == "pnnx.Attribute"}
     readers = consumers(model)
     made_by = producers(model)
     b = Builder(model)
@@ -176,9 +176,9 @@ def tile_concat(ctx: RuleContext) -> RuleResult:
         if len(layer.bottoms) != 1 or len(layer.tops) != 1 or keys != {2} or not isinstance(reps, (list, tuple)):
             raise Refuse(f"{layer.name!r} is not a one-input Tile with only a repeats array (2=)")
         reps = [int(r) for r in reps]
-        src, dst = _in_shape(op), op["shapes"].get(op["outputs"][0]) if op["outputs"] else None
+        src, dst = _in_shape(op), op.shapes.get(op.outputs[0]) if op.outputs else None
         if src is None or dst is None or len(src) != len(dst):
-            raise Refuse(f"{layer.name!r}: pnnx {op['name']} has no usable shapes")
+            raise Refuse(f"{layer.name!r}: pnnx {op.name} has no usable shapes")
         batch = [a for a in range(len(src)) if src[a] == 1 and dst[a] == 1 and len(src) - 1 == len(reps)]
         if not batch:
             raise Refuse(f"{layer.name!r}: {src} -> {dst} has no batch axis to drop for repeats {reps}")
@@ -193,14 +193,14 @@ def tile_concat(ctx: RuleContext) -> RuleResult:
         b.replace(layer, [reshape(f"{layer.name}_layout", layer.bottoms[0], shaped, n_in),
                           line("Split", f"{layer.name}_copies", [shaped], copies),
                           line("Concat", f"{layer.name}_concat", copies, layer.tops, [f"0={axis}"])])
-        what = (f"Tile repeats {reps} (pnnx {op['name']}: {src} -> {dst}) became a Reshape to {n_in}, {k} copies "
+        what = (f"Tile repeats {reps} (pnnx {op.name}: {src} -> {dst}) became a Reshape to {n_in}, {k} copies "
                 f"(Split) and a Concat along ncnn axis {axis} -> {n_out}")
         for user in readers.get(layer.tops[0], []):
             if user.type != "BinaryOp" or len(user.bottoms) != 2:
                 continue
             other = made_by.get(user.bottoms[1] if user.bottoms[0] == layer.tops[0] else user.bottoms[0])
             mem = mems.get(other.name) if other is not None and other.type == "MemoryData" else None
-            shape = mem["shapes"].get(mem["outputs"][0]) if mem and mem["outputs"] else None
+            shape = mem.shapes.get(mem.outputs[0]) if mem and mem.outputs else None
             if shape is None or len(shape) >= len(dst):
                 continue
             aligned = batch[-1] - (len(dst) - len(shape))  # the batch axis, right-aligned onto the constant
@@ -321,14 +321,14 @@ def batch_unsqueeze(ctx: RuleContext) -> RuleResult:
             continue
         if any(r.type == "Permute" for r in readers.get(layer.tops[0], [])):
             continue  # a permute moves the new axis (the encoder output (T, 1, C) -> (1, T, C)): keep it 3-D
-        src, dst = _in_shape(op), op["shapes"].get(op["outputs"][0]) if op["outputs"] else None
-        dim = _ints(op["attrs"].get("dim"))
+        src, dst = _in_shape(op), op.shapes.get(op.outputs[0]) if op.outputs else None
+        dim = _ints(op.attrs.get("dim"))
         axes = layer.get(3)
         if (src is None or dst is None or dim != (1,) or len(src) != 2 or src[0] <= 1 or dst != (src[0], 1, src[1])
                 or list(axes or []) != [1]):
             continue
         b.replace(layer, [reshape(layer.name, layer.bottoms[0], layer.tops[0], src)])
-        changes.append((layer, f"unsqueeze(1) of {src} adds the batch axis (pnnx {op['name']}: 'unsqueeze batch "
+        changes.append((layer, f"unsqueeze(1) of {src} adds the batch axis (pnnx {op.name}: 'unsqueeze batch "
                                f"dim 1 is not supported'); the blob stays {src} (Reshape) instead of becoming 3-D"))
     if not changes:
         return RuleResult.no_match("no ExpandDims adds the batch axis")
