@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from core.model.architectures import ARCHITECTURES, ArchSpec, Value, get_arch
-from core.model.state_dict import CheckpointError, decoder_joiner_values
+from core.model.state_dict import CheckpointError, decoder_joiner_values, fixed_dim_notes
 
 WEIGHTS = "weights"
 TRAINING = "training params"
@@ -215,8 +215,9 @@ class Detection:
     values: dict[str, DetectedValue]  # hyperparameter name -> value, in the spec's order
     extras: dict[str, Value]  # vocab size, decoder/joiner dims of recipes without such flags, ...
     disagreements: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # recipe_dim_notes included (shown with the others)
     trusted: bool = False
+    recipe_dim_notes: list[str] = field(default_factory=list)  # dims the recipe's get_params fixes differ
 
     @property
     def vocab_size(self) -> int | None:
@@ -323,6 +324,8 @@ def detect_from_state(state: Mapping[str, Any], params: Mapping[str, Any] | None
     if "vocab_size" in common:
         extras["vocab_size"] = common["vocab_size"]
     warnings += spec.detection_notes(state, params, extras)
+    recipe_dims = fixed_dim_notes(spec.recipe, extras) if spec.recipe_fixed_dims else []
+    warnings += recipe_dims
     if "blank_id" in params and params["blank_id"] not in (0, "0"):
         warnings.append(f"the training params say blank_id {params['blank_id']}; sherpa-ncnn hard-codes blank = 0")
     if "vocab_size" in params and "vocab_size" in common:
@@ -333,7 +336,7 @@ def detect_from_state(state: Mapping[str, Any], params: Mapping[str, Any] | None
         except (TypeError, ValueError):
             pass
     return Detection(path, spec, kind, values, {k: v for k, v in extras.items() if v is not None},
-                     disagreements, warnings, trusted)
+                     disagreements, warnings, trusted, recipe_dims)
 
 
 # -- comparing against a configuration ----------------------------------------------------------------------

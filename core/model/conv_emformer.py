@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from core.model.found import Found
 from core.model.spec import (CONTEXT_SIZE, SUBSAMPLING, ArchSpec, HyperParam, IOContract, MetaEntry, Problem, Value,
                              Values, blob_names, context_size_warning, is_power_of_two, positive_problems)
-from core.model.state_dict import CheckpointError, decoder_joiner_values, fixed_dim_notes, indices, shape
+from core.model.state_dict import CheckpointError, decoder_joiner_values, indices, shape
 
 PAD = 11  # icefall's ConvEmformer export traces T = chunk + right context + 11 (2 x 4 + 3)
 
@@ -150,9 +150,6 @@ class ConvEmformer(ArchSpec):
                                   "and conv_module.depthwise_conv.weight")
         return {"num_encoder_layers": len(layers), "encoder_dim": q[1], "dim_feedforward": ffw[0],
                 "cnn_module_kernel": dw[2], "context_size": decoder_joiner_values(state)["context_size"]}
-
-    def detection_notes(self, state, params, extras) -> list[str]:
-        return fixed_dim_notes(self.recipe, extras)
 
     # -- what a graph reveals ------------------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ def reconcile(spec: ArchSpec, given: Mapping[str, object], reading: GraphReading
             problems.append(Problem("error", (hp.flag,),
                                     f"{hp.flag}: the encoder's graph files ({reading.file_names}) do not show it and "
                                     f"it was not given; give {hp.flag} (the value the model was exported with, "
-                                    f"icefall's default is {hp.default}) or {SUPPLY_HINT}"))
+                                    f"icefall's default is {hp.default}) or {SUPPLY_HINT}", unseen=True))
     spec.size_defaults(values, sources)
     if not problems:
         problems = [_soften(spec, p, sources) for p in spec.rules(values)]

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from core.model.found import Found
 from core.model.spec import (CONTEXT_SIZE, ArchSpec, HyperParam, IOContract, MetaEntry, Problem, Value, Values,
                              context_size_warning, positive_problems)
-from core.model.state_dict import decoder_joiner_values, fixed_dim_notes, indices, shape
+from core.model.state_dict import decoder_joiner_values, indices, shape
 
 SEGMENT, OFFSET = 9, 4  # frames sherpa-ncnn feeds per chunk and advances by (fixed by its runtime)
 
@@ -115,7 +115,7 @@ class Lstm(ArchSpec):
         if extras["giga_heads"]:
             notes.append("the checkpoint has lstm_transducer_stateless2's giga heads (decoder_giga.*): export with "
                          "--avg 1 --use-averaged-model 0 (the strict loads of the other paths fail on the extra keys)")
-        return notes + fixed_dim_notes(self.recipe, extras)
+        return notes
 
     # -- what a graph reveals ------------------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class Problem:
     severity: str  # "error" or "warning"
     flags: tuple[str, ...]
     message: str
+    unseen: bool = False  # the encoder's graph files do not show this value and no flag gave it
 
     def __str__(self) -> str:
         return self.message

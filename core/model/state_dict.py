@@ -44,7 +44,7 @@ def decoder_joiner_values(state: Mapping[str, Any]) -> dict[str, Value]:
 
 
 def fixed_dim_notes(recipe: str, extras: Mapping[str, Value]) -> list[str]:
-    """Recipes whose export fixes decoder/joiner dims at 512 (get_params): warn when the weights differ."""
+    """For recipes whose export fixes decoder/joiner dims at 512 (get_params): the dims the weights have otherwise."""
     out = []
     for key, fixed in (("decoder_dim", 512), ("joiner_dim", 512)):
         if key in extras and extras[key] != fixed:

@@ -280,9 +280,7 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
     unseen = ("encoder", "param") not in files.ncnn  # "not found" says it all; skip "the graph does not show"
     wrong_arch = _wrong_arch(spec.name, files.ncnn.get(("encoder", "param")))
     problems = ([wrong_arch] if wrong_arch else
-                [f"hyperparameters: {p.message}" for p in resolved.errors
-                 if not (unseen and p.message.startswith(tuple(f"{hp.flag}: the encoder's graph files"
-                                                               for hp in spec.hyperparams)))]) + problems
+                [f"hyperparameters: {p.message}" for p in resolved.errors if not (unseen and p.unseen)]) + problems
     if wavs:
         from core.pipeline.plan_checks import validation_wav_problems
         problems += validation_wav_problems([str(w) for w in wavs], key="--wav")

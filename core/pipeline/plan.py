@@ -241,12 +241,12 @@ def check_checkpoint(config: WizardConfig, ckpt, tokens: Path | None, *, bpe: Pa
     except CheckpointError as exc:
         return [f"files.checkpoint: {exc}"], [], None
     problems: list[str] = []
-    fixed_dims = ("decoder_dim is ", "joiner_dim is ")  # checked against the recipe's own get_params below
+    # the recipe-fixed dims are checked against the recipe's own get_params below
     warnings = [f"files.checkpoint: {m}" for m in detection.disagreements + detection.warnings
-                if not m.startswith(fixed_dims)]
+                if m not in detection.recipe_dim_notes]
     ignore = config.files.ignore_checkpoint_mismatch
     how = " (fix it, or set files.ignore_checkpoint_mismatch / --ignore-checkpoint-mismatch to run anyway)"
-    if detection.arch.name != "zipformer" and (script is not None or config.files.recipe):
+    if detection.arch.recipe_fixed_dims and (script is not None or config.files.recipe):
         code_dir = script.resolve().parent if script is not None and script.is_file() else None
         for msg in _fixed_dim_warnings(code_dir or Path(config.files.recipe).expanduser(), detection):
             (warnings if ignore else problems).append(msg if ignore else msg.with_how(how))

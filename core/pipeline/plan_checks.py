@@ -175,8 +175,7 @@ def fixed_dim_messages(folder: Path, detection) -> list[Problem]:
         except OSError:
             pass
     out = []
-    keys = ("decoder_dim", "joiner_dim") + (("dim_feedforward",) if detection.arch.name == "lstm" else ())
-    for key in keys:
+    for key in detection.arch.recipe_fixed_dims:
         have = detection.extras.get(key)
         for name, text in texts:
             m = re.search(rf"[\"']{key}[\"']\s*:\s*(\d+)", text)

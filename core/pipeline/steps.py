@@ -103,7 +103,8 @@ def make_finalize_encoder(layout, spec, resolved, raw_param: Path | None = None,
         wrong = graph_mismatches(spec, resolved.values, reading)
         for name, where in reading.where.items():
             hp = spec.param(name)
-            if hp.meta_key is not None and name in resolved.values and not any(hp.flag in w for w in wrong):
+            mine = resolved.values.get(name)
+            if hp.meta_key is not None and mine is not None and reading.values.get(name, mine) == mine:
                 ctx.log(f"[✓] {hp.flag} {hp.format(resolved.values[name])} = the graph ({where})")
         if not reading.values:
             ctx.log("graph check: neither pnnx's graph nor a traced encoder shows the hyperparameters here; "

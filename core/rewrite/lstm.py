@@ -24,9 +24,16 @@ from core.rewrite.rule import Edit, Refuse, RuleContext, RuleResult
 _INTEGER_UNARY = {2: "floor", 3: "ceil", 18: "round", 19: "trunc"}
 _CAST_DTYPES = {"torch.long", "torch.int64", "torch.int", "torch.int32", "torch.int16", "torch.float",
                 "torch.float32", "torch.double", "torch.float64"}
-# frames sherpa-ncnn feeds the encoder per chunk when that is fixed by the runtime, not by the metadata
-RUNTIME_SEGMENT = {"lstm": 9}
 _PNNX_INPUT0_RE = re.compile(r"^pnnx\.Input\s+\S+\s+0\s+1\s+(\S+)\s+#\1=\(([0-9,]+)\)")
+
+
+def _runtime_fixed_geometry(arch: str | None) -> tuple[int, int] | None:
+    """(segment, offset) sherpa-ncnn's runtime fixes for ``arch`` (the architecture module says), else None."""
+    from core.model.architectures import get_arch
+    try:
+        return get_arch(arch).runtime_fixed_geometry if arch else None
+    except KeyError:
+        return None
 
 
 def _scalar_path_to_input(model: ParamFile, blob: str) -> list[Layer]:
@@ -138,10 +145,11 @@ def _static_time_reshapes(model: ParamFile) -> list[tuple[Layer, int]]:
 
 def static_time_reshape(ctx: RuleContext) -> RuleResult:
     """Reshape 0=X 1=T with the traced chunk length T baked in -> 1=-1 (the chunk sherpa-ncnn feeds)."""
-    segment = RUNTIME_SEGMENT.get(ctx.arch or "")
-    if segment is None:
-        return RuleResult.no_match(f"the runtime fixes the chunk length only for {', '.join(RUNTIME_SEGMENT)}; "
-                                   f"the architecture is {ctx.arch or 'not given'}")
+    fixed = _runtime_fixed_geometry(ctx.arch)
+    if fixed is None:
+        return RuleResult.no_match(f"sherpa-ncnn's runtime does not fix the chunk length of "
+                                   f"{ctx.arch or 'an unnamed architecture'} (its metadata does)")
+    segment = fixed[0]
     traced = traced_frames(ctx.pnnx_param)
     if traced == segment:
         return RuleResult.no_match(f"pnnx traced {traced} frames, the chunk sherpa-ncnn feeds")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.model.architectures import get_arch
 from core.model.traced import Traced, TracedError, load, shape_files_near, specs_from_metadata
 
 FRAME_SECONDS = 0.04  # sherpa-ncnn's timestamps: 10 ms shift x subsampling 4
@@ -31,7 +32,6 @@ class AgreementError(Exception):
 
 def stream_geometry(arch: str, meta: dict) -> tuple[int, int]:
     """(Segment, Offset) in feature frames, computed from the metadata as sherpa-ncnn computes them."""
-    from core.model.architectures import get_arch
     try:
         segment, offset = get_arch(arch).runtime_geometry(meta)
     except KeyError:
@@ -148,7 +148,7 @@ def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[P
     if not encoder.specs:
         encoder._need_specs()  # raises with the file and what to put beside it
     traced_frames = encoder.specs[0].shape[1] if len(encoder.specs[0].shape) == 3 else None
-    if arch != "lstm" and traced_frames is not None and traced_frames != segment:
+    if get_arch(arch).runtime_fixed_geometry is None and traced_frames is not None and traced_frames != segment:
         raise AgreementError(f"the metadata makes sherpa-ncnn feed {segment} frames per chunk, but {pts['encoder']} "
                              f"was traced on {traced_frames}; the chunk-length metadata disagrees with the model")
     return TorchTransducer(encoder, decoder, joiner, segment, offset)

@@ -8,10 +8,8 @@ from pathlib import Path
 from tui.cli.common import emit_json, stderr_console
 from tui.cli.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
-ARCH_BY_TYPE = {1: "conv-emformer", 2: "zipformer", 3: "lstm"}
-
-
 def _usage_problems(args, out: Path) -> list[str]:
+    from core.model.architectures import BY_MODEL_TYPE
     from core.model.metadata import read_metadata
     from core.ncnn.param import load_param
 
@@ -27,7 +25,8 @@ def _usage_problems(args, out: Path) -> list[str]:
     if args.arch:
         parsed = load_param(encoder)
         meta = read_metadata(parsed.model) if parsed.model is not None else None
-        found = ARCH_BY_TYPE.get(meta.get(0)) if meta else None
+        spec = BY_MODEL_TYPE.get(meta.get(0)) if meta else None
+        found = spec.name if spec else None
         if found and found != args.arch:
             problems.append(f"--arch {args.arch}: the encoder's SherpaMetaData says {found} (0={meta.get(0)}); "
                             "drop --arch (the metadata decides) or fix the metadata")
