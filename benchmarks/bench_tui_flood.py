@@ -4,8 +4,8 @@ Not a test. Run from the repository root:
 
     .venv/bin/python benchmarks/bench_tui_flood.py [--lines 150000] [--size 80x24] [--seconds 0]
 
-Unlike bench_tui_logs.py (synthetic events), the lines here travel the whole way a
-step's output does: a one-step plan whose step is ``python -c`` printing
+The lines travel the whole way a step's output does (the synthetic-event benchmark it
+replaced could not see the pipe, the reads or the step log): a one-step plan whose step is ``python -c`` printing
 ``--lines`` lines as fast as it can, run by core.pipeline.runner.Runner on the
 App's loop (pipe, chunked reads, the step log on disk, LogLines events), into
 RunModel and the run screen's Log widget. Each line carries the child's

@@ -163,6 +163,20 @@ def sweep_temp_files(directory: str | os.PathLike) -> list[str]:
     return notes
 
 
+def read_if_unchanged(path: str | os.PathLike, sha256: str, redo: str) -> bytes:
+    """The file's bytes, provided they are still the ones a preview was made from (``sha256``); WriteError
+    otherwise, telling the user to ``redo`` the preview (nothing is written over a file changed meanwhile)."""
+    import hashlib
+    path = Path(path)
+    try:
+        current = path.read_bytes()
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot be read ({exc.strerror})") from None
+    if hashlib.sha256(current).hexdigest() != sha256:
+        raise WriteError(f"{path}: the file changed since the {redo} was made; {redo} it again before writing")
+    return current
+
+
 def backup_once(path: str | os.PathLike, current: bytes | None = None) -> Path:
     """Copy ``path`` to ``path.orig`` unless that backup already exists; return the backup path.
 

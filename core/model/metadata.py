@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.common.atomic import WriteError, atomic_write_bytes, backup_once
+from core.common.atomic import WriteError, atomic_write_bytes, backup_once, read_if_unchanged
 from core.model.architectures import ResolvedValues
 from core.model.spec import ArchSpec, MetaEntry
 from core.ncnn.param import Layer, ParamFile, format_layer_line, insert_line, replace_header
@@ -245,12 +245,7 @@ def apply_plan(plan: MetadataPlan, path: str | Path, *, force: bool = False) -> 
     if not plan.can_apply or plan.new_bytes is None:
         raise ApplyError(f"{path}: the plan cannot be applied: " + "; ".join(plan.errors or ["nothing to apply"]))
     try:
-        current = path.read_bytes()
-    except OSError as exc:
-        raise ApplyError(f"{path}: cannot be read ({exc.strerror})") from None
-    if hashlib.sha256(current).hexdigest() != plan.original_sha256:
-        raise ApplyError(f"{path}: the file changed since the preview was made; preview it again before writing")
-    try:
+        current = read_if_unchanged(path, plan.original_sha256, "preview")
         backup = backup_once(path, current)
         written = atomic_write_bytes(path, plan.new_bytes, force=force)
     except WriteError as exc:

@@ -22,7 +22,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.common.atomic import WriteError, atomic_write_bytes, backup_once
+from core.common.atomic import WriteError, atomic_write_bytes, backup_once, read_if_unchanged
 from core.ncnn.param import ParamFile, load_param, parse_param
 from core.ncnn.requirements import check_layers
 from core.ncnn.requirements import describe as describe_layer_problems
@@ -294,11 +294,9 @@ def apply_rewrites(plan: RewritePlan, param: str | Path, bin_path: str | Path | 
     if not plan.can_apply:
         raise RewriteError(f"{param}: the plan cannot be applied: " + "; ".join(plan.errors or ["nothing to apply"]))
     try:
-        current = param.read_bytes()
-    except OSError as exc:
-        raise RewriteError(f"{param}: cannot be read ({exc.strerror})") from None
-    if hashlib.sha256(current).hexdigest() != plan.original_sha256:
-        raise RewriteError(f"{param}: the file changed since the plan was made; plan it again before writing")
+        current = read_if_unchanged(param, plan.original_sha256, "plan")
+    except WriteError as exc:
+        raise RewriteError(str(exc)) from None
     if plan.new_bin is not None and bin_path is None:
         raise RewriteError(f"{param}: this plan changes the weights; give the .bin file too")
     backup = None
