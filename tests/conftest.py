@@ -7,14 +7,24 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures" / "icefall-real"
-SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "icefall-real"
+from tests.paths import FIXTURES as _TEST_FIXTURES
+from tests.paths import REPO, SHARED_REAL  # noqa: F401  (REPO: for tests that import it from here)
+
+FIXTURES = _TEST_FIXTURES / "icefall-real"
+SHARED_FIXTURES = SHARED_REAL
 ARCH_DIRS = {"zipformer": "zipformer", "conv-emformer": "conv-emformer", "lstm": "lstm"}
 
 
 def fixture_flags(arch: str) -> list[str]:
     return (FIXTURES / ARCH_DIRS[arch] / "export-flags.txt").read_text().split()
+
+
+def pytest_collection_modifyitems(config, items):
+    """End-to-end tests (tests/e2e) run the whole tool chain: marked slow wherever they are collected from."""
+    e2e = Path(__file__).resolve().parent / "e2e"
+    for item in items:
+        if e2e in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
