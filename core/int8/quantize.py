@@ -109,6 +109,7 @@ class QuantizeReport:
     dynamic: list[str] = field(default_factory=list)  # Gemm/LSTM/Embed: weight-only int8
     fp16: list[str] = field(default_factory=list)  # layers whose other tagged float weights are now fp16
     notes: list[str] = field(default_factory=list)  # layers of a dynamic type left in float, and why
+    float_by_choice: list[str] = field(default_factory=list)  # could be int8, kept float on request (mixed precision)
 
 
 class _Plan:
@@ -236,111 +237,146 @@ def _plan_embed(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int]:
     return ld.end - ld.start, len(blob)
 
 
+class Quantizer:
+    """One float model read once (ncnn's own loads recorded), quantized as often as wanted: the whole model,
+    the whole model with some layers kept float (mixed precision), or a single layer alone (sensitivity).
+
+    The planned bytes are what ``quantize`` writes; nothing is written here."""
+
+    def __init__(self, param: Path, binary: Path, table: ScaleTable, *, dynamic: tuple[str, ...] = DYNAMIC,
+                 data: bytes | None = None):
+        parsed = load_param(param)
+        if parsed.model is None or not parsed.model.ok:
+            raise QuantizeError(parsed.describe())
+        self.model = model = parsed.model
+        self.table, self.dynamic = table, dynamic
+        unknown = set(dynamic) - set(DYNAMIC)
+        if unknown:
+            raise QuantizeError(f"the built-in quantizer has no weight-only int8 for {', '.join(sorted(unknown))}")
+        self.data = data = Path(binary).read_bytes() if data is None else data
+        try:
+            self.layers, consumed = record_loads(param, data)
+        except LayoutError as exc:
+            raise QuantizeError(str(exc)) from None
+        if consumed != len(data):
+            raise QuantizeError(f"{binary}: ncnn reads {consumed} of its {len(data)} bytes; the file does not match "
+                                f"{param}")
+        unsupported = [l for l in model.layers if l.name in table.activations and l.type not in SUPPORTED]
+        if unsupported:
+            l = unsupported[0]
+            raise QuantizeError(f"layer {l.name!r} ({l.type}) has a table entry but the built-in quantizer cannot "
+                                f"write {l.type} in int8; drop its lines from the table to keep it in float")
+        foreign = [n for n in table.activations if model.layer_named(n) is None]
+        if foreign and len(foreign) == len(table.activations):
+            raise QuantizeError(f"the scale table names none of {param}'s layers (e.g. {foreign[0]!r}); is it "
+                                "another model's table? Calibrate this model")
+        self.table_notes = [f"the scale table names {len(foreign)} layer(s) this model does not have (e.g. "
+                            f"{foreign[0]!r}); they were ignored — was the table made for another model?"] if foreign else []
+        by_name = {l.name: l for l in self.layers}
+        for name in table.activations:
+            if name not in by_name and model.layer_named(name) is not None:
+                raise QuantizeError(f"layer {name!r}: has a table entry but ncnn loaded no weights for it")
+
+    def render(self, *, keep_float=frozenset(), only=None, fp16: bool = True) -> tuple[bytes, bytearray, QuantizeReport]:
+        """(param bytes, bin bytes, report). ``keep_float``: layers left float (fp16 with ``fp16``) although they
+        could be int8; ``only``: when given, the only layers made int8; ``fp16``: the other tagged float weights
+        written as fp16 (False keeps them exactly as read)."""
+        data, table, dynamic = self.data, self.table, self.dynamic
+        plan = _Plan()
+        quantized, dynamic_done, kept, fp16_layers, notes, chosen = [], [], [], [], list(self.table_notes), []
+        before = after = 0
+        int8_keys: dict[str, int] = {}
+        for layer in self.layers:
+            if layer.type in ("Convolution", "ConvolutionDepthWise", "InnerProduct") and layer.params[8]:
+                raise QuantizeError(f"{layer.name!r} ({layer.type}) is already int8; use the fp32 model")
+            b = a = 0
+            wanted = layer.name not in keep_float and (only is None or layer.name in only)
+            if layer.type in SUPPORTED and layer.name in table.activations:
+                if layer.name not in table.weights:
+                    raise QuantizeError(f"layer {layer.name!r} ({layer.type}): the table has its input scale but "
+                                        f"no '{layer.name}_param_0' weight scales")
+                if wanted:
+                    b, a = _plan_static(data, layer, table, plan)
+                    quantized.append(layer.name)
+                    int8_keys[layer.name] = INT8_KEY[layer.type]
+                elif only is None:
+                    chosen.append(layer.name)
+            elif layer.type in dynamic and wanted:
+                result = {"Gemm": _plan_gemm, "LSTM": _plan_lstm, "Embed": _plan_embed}[layer.type](data, layer, plan)
+                if isinstance(result, str):
+                    notes.append(f"{layer.name} ({layer.type}) kept in float: {result}")
+                else:
+                    b, a = result
+                    dynamic_done.append(layer.name)
+                    int8_keys[layer.name] = INT8_KEY[layer.type]
+            elif layer.type in dynamic and only is None:
+                chosen.append(layer.name)
+            elif layer.type in SUPPORTED:
+                kept.append(layer.name)
+            before, after = before + b, after + a
+            if fp16 and self._to_fp16(layer, plan):
+                fp16_layers.append(layer.name)
+        out = self._assemble(plan)
+        new_model = self.model
+        for name, key in int8_keys.items():
+            layer = new_model.layer_named(name)
+            line = re.sub(rf"\s{key}=\S+", "", new_model.lines[layer.line - 1].rstrip("\r\n"))
+            new_model = new_model.with_line_replaced(layer.line, f"{line} {key}={INT8_SCALE_TERM}")
+        report = QuantizeReport(quantized, kept, len(data), len(out), before, after, dynamic_done, fp16_layers, notes,
+                                chosen)
+        return new_model.to_bytes(), out, report
+
+    def _to_fp16(self, layer: LayerLoads, plan: _Plan) -> bool:
+        converted = False
+        for ld in layer.loads:
+            if id(ld) in plan.replace:
+                continue
+            values = _floats(self.data, ld)
+            if values is None or self.data[ld.start:ld.start + 4] == FP16_TAG:
+                continue
+            blob = _fp16_blob(values)
+            if blob is not None:
+                plan.replace[id(ld)] = blob
+                converted = True
+        return converted
+
+    def _assemble(self, plan: _Plan) -> bytearray:
+        data = self.data
+        out = bytearray()
+        pos = 0
+        for layer in self.layers:
+            for ld in layer.loads:
+                if id(ld) in plan.replace:
+                    out += data[pos:ld.start]
+                    out += plan.replace[id(ld)]
+                    pos = ld.end
+            if id(layer) in plan.after:  # the scales ncnn reads right after the layer's last load
+                end = layer.loads[-1].end
+                out += data[pos:end]
+                out += plan.after[id(layer)]
+                pos = end
+        out += data[pos:]
+        return out
+
+
 def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_bin: Path, *,
-             dynamic: tuple[str, ...] = DYNAMIC, fp16: bool = True) -> QuantizeReport:
+             dynamic: tuple[str, ...] = DYNAMIC, fp16: bool = True, keep_float=frozenset()) -> QuantizeReport:
     """Write the int8 param/bin pair; the originals are only read.
 
     ``dynamic``: the weight-only types to quantize (Gemm, LSTM, Embed); ``fp16``: write the remaining tagged
-    float weights as fp16.
+    float weights as fp16; ``keep_float``: layers to leave float (mixed precision).
     """
-    parsed = load_param(param)
-    if parsed.model is None or not parsed.model.ok:
-        raise QuantizeError(parsed.describe())
-    model = parsed.model
-    unknown = set(dynamic) - set(DYNAMIC)
-    if unknown:
-        raise QuantizeError(f"the built-in quantizer has no weight-only int8 for {', '.join(sorted(unknown))}")
-    data = Path(binary).read_bytes()
-    try:
-        layers, consumed = record_loads(param, data)
-    except LayoutError as exc:
-        raise QuantizeError(str(exc)) from None
-    if consumed != len(data):
-        raise QuantizeError(f"{binary}: ncnn reads {consumed} of its {len(data)} bytes; the file does not match "
-                            f"{param}")
-    unsupported = [l for l in model.layers if l.name in table.activations and l.type not in SUPPORTED]
-    if unsupported:
-        l = unsupported[0]
-        raise QuantizeError(f"layer {l.name!r} ({l.type}) has a table entry but the built-in quantizer cannot write "
-                            f"{l.type} in int8; drop its lines from the table to keep it in float")
-    foreign = [n for n in table.activations if model.layer_named(n) is None]
-    if foreign and len(foreign) == len(table.activations):
-        raise QuantizeError(f"the scale table names none of {param}'s layers (e.g. {foreign[0]!r}); is it another "
-                            "model's table? Calibrate this model")
-    table_notes = [f"the scale table names {len(foreign)} layer(s) this model does not have (e.g. {foreign[0]!r}); "
-                   "they were ignored — was the table made for another model?"] if foreign else []
-    by_name = {l.name: l for l in layers}
-    for name in table.activations:
-        if name not in by_name and model.layer_named(name) is not None:
-            raise QuantizeError(f"layer {name!r}: has a table entry but ncnn loaded no weights for it")
-    plan = _Plan()
-    quantized, dynamic_done, kept, fp16_layers, notes = [], [], [], [], list(table_notes)
-    before = after = 0
-    int8_keys: dict[str, int] = {}
-    for layer in layers:
-        if layer.type in ("Convolution", "ConvolutionDepthWise", "InnerProduct") and layer.params[8]:
-            raise QuantizeError(f"{layer.name!r} ({layer.type}) is already int8; use the fp32 model")
-        if layer.type in SUPPORTED and layer.name in table.activations:
-            if layer.name not in table.weights:
-                raise QuantizeError(f"layer {layer.name!r} ({layer.type}): the table has its input scale but no "
-                                    f"'{layer.name}_param_0' weight scales")
-            b, a = _plan_static(data, layer, table, plan)
-            quantized.append(layer.name)
-            int8_keys[layer.name] = INT8_KEY[layer.type]
-        elif layer.type in dynamic:
-            result = {"Gemm": _plan_gemm, "LSTM": _plan_lstm, "Embed": _plan_embed}[layer.type](data, layer, plan)
-            if isinstance(result, str):
-                notes.append(f"{layer.name} ({layer.type}) kept in float: {result}")
-                b = a = 0
-            else:
-                b, a = result
-                dynamic_done.append(layer.name)
-                int8_keys[layer.name] = INT8_KEY[layer.type]
-        else:
-            b = a = 0
-            if layer.type in SUPPORTED:
-                kept.append(layer.name)
-        before, after = before + b, after + a
-        if fp16:
-            converted = False
-            for ld in layer.loads:
-                if id(ld) in plan.replace:
-                    continue
-                values = _floats(data, ld)
-                if values is None or data[ld.start:ld.start + 4] == FP16_TAG:
-                    continue
-                blob = _fp16_blob(values)
-                if blob is not None:
-                    plan.replace[id(ld)] = blob
-                    converted = True
-            if converted:
-                fp16_layers.append(layer.name)
-    out = bytearray()
-    pos = 0
-    for layer in layers:
-        for ld in layer.loads:
-            if id(ld) in plan.replace:
-                out += data[pos:ld.start]
-                out += plan.replace[id(ld)]
-                pos = ld.end
-        if id(layer) in plan.after:  # the scales ncnn reads right after the layer's last load
-            end = layer.loads[-1].end
-            out += data[pos:end]
-            out += plan.after[id(layer)]
-            pos = end
-    out += data[pos:]
-    new_model = model
-    for name, key in int8_keys.items():
-        layer = new_model.layer_named(name)
-        line = re.sub(rf"\s{key}=\S+", "", new_model.lines[layer.line - 1].rstrip("\r\n"))
-        new_model = new_model.with_line_replaced(layer.line, f"{line} {key}={INT8_SCALE_TERM}")
-    new_bytes = out  # no copy: a published-size .bin is hundreds of MB
-    size_before = len(data)
-    del plan, data  # the replacements and the fp32 input are in ``out`` now: free them before the check loads it
-    _verify(new_model.to_bytes(), new_bytes, out_param)
-    atomic_write_pair(out_param, new_model.to_bytes(), out_bin, new_bytes)  # never a new .bin beside an old .param
-    return QuantizeReport(quantized, kept, size_before, len(new_bytes), before, after, dynamic_done, fp16_layers,
-                          notes)
+    quantizer = Quantizer(param, binary, table, dynamic=dynamic)
+    param_bytes, new_bytes, report = quantizer.render(keep_float=frozenset(keep_float), fp16=fp16)
+    del quantizer  # the fp32 input is no longer needed: free it before the check loads the output
+    write_checked(param_bytes, new_bytes, out_param, out_bin)
+    return report
+
+
+def write_checked(param_bytes: bytes, bin_bytes: bytes | bytearray, out_param: Path, out_bin: Path) -> None:
+    """ncnn must consume every byte of the pair before it replaces the old pair (atomically, together)."""
+    _verify(param_bytes, bin_bytes, out_param)
+    atomic_write_pair(out_param, param_bytes, out_bin, bin_bytes)  # never a new .bin beside an old .param
 
 
 def _verify(param_bytes: bytes, bin_bytes: bytes | bytearray, out_param: Path) -> None:
