@@ -47,6 +47,7 @@ def fixed_paths(monkeypatch):
     monkeypatch.setattr(core.pipeline.demo, "DEMO_ROOT", FIXED / "demo")
     monkeypatch.setattr(core.pipeline.demo, "ICEFALL_ROOT", FIXED / "demo" / "icefall")
     monkeypatch.setattr(core.pipeline.demo, "TEST_WAVS", FIXED / "demo" / "test_wavs")
+    monkeypatch.setattr(core.pipeline.demo, "CALIBRATION_WAVS", FIXED / "demo" / "calibration_wavs", raising=False)
     monkeypatch.setattr(sys, "executable", str(FIXED / "python"))
     monkeypatch.setattr(core.pnnx.tools, "wheel_pnnx", lambda: (FIXED / "pnnx", version))
     monkeypatch.setattr(core.pnnx.tools, "pnnx_on_path", lambda: [])

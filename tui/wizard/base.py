@@ -180,6 +180,8 @@ class FieldReason(Static):
 class MetaTable(DataTable):
     """SherpaMetaData key → value → which flag it came from."""
 
+    MAX_HEIGHT = 14  # wizard.tcss #meta-table max-height: header + 13 rows before its own scrollbar shows
+
 
 class WaitsForChecks:
     """Enter (Next) while a background check still runs: go on as soon as the checks are in and fine.

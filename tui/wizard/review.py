@@ -9,14 +9,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Select, Static
+from textual.widgets import Button, Checkbox, DataTable, Input, Label, RadioButton, RadioSet, Select, Static
 from textual.worker import get_current_worker
 
 from core.model.architectures import get_arch
 from core.model.metadata import build_metadata
 from core.pipeline.layout import PlanError
 from core.pipeline.plan import describe_plan, render_script
-from tui.wizard import checks, logic
+from tui.wizard import checks, fit, logic
 from tui.wizard.base import MetaTable, StepScreen, WaitsForChecks
 
 
@@ -115,6 +115,7 @@ class ReviewScreen(StepScreen):
         yield Label("SherpaMetaData line", classes="section")
         yield Static("", id="meta-line", classes="code")
         yield MetaTable(id="meta-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="meta-detail", classes="muted")  # the highlighted row in full (cells may be cut)
         yield Label("Header of encoder_jit_trace-pnnx.ncnn.param", classes="section")
         yield Static("", id="header-change", classes="code")
         yield Label("Steps and their exact commands", classes="section")
@@ -127,9 +128,10 @@ class ReviewScreen(StepScreen):
             yield Button("Save script", id="save-script")
         yield Static("", id="saved", classes="muted")
 
+    META_COLUMNS = ("key", "value", "from")
+    meta_rows: list = []
+
     def on_mount(self) -> None:
-        table = self.query_one("#meta-table", MetaTable)
-        table.add_columns("key", "value", "from")
         self.query_one("#ignore-mismatch", Button).display = False  # shown when the plan reports a mismatch
         self.query_one("#trust-checkpoint", Checkbox).display = False  # shown when the safe loader refused the file
         super().on_mount()
@@ -139,8 +141,7 @@ class ReviewScreen(StepScreen):
         spec = get_arch(config.arch)
         from core.model.architectures import resolve
         resolved = resolve(spec, config.hyperparameter_flags())
-        table = self.query_one("#meta-table", MetaTable)
-        table.clear()
+        rows = []
         if resolved.ok:
             meta = build_metadata(resolved)
             self.query_one("#meta-line", Static).update(Text(meta.line))
@@ -154,15 +155,56 @@ class ReviewScreen(StepScreen):
                         hp = None
                     if hp is not None and resolved.sources.get(hp.name) == "default":
                         source += " (default)"
-                table.add_row(e.text.split("=", 1)[0], value, source)
+                rows.append((e.text.split("=", 1)[0], value, source))
         else:
             self.query_one("#meta-line", Static).update("(the hyperparameters are not valid)")
+        self.meta_rows = rows
+        self.fill_meta_table()
         self.planned = None
         self.plan_state = "pending"
         self.query_one("#next", Button).disabled = True
         self.query_one("#commands", Static).update("checking the files and the checkpoint ...")
         self.query_one("#header-change", Static).update(Text(checks.header_change(config, Path(config.output.dir))))
         self.plan_in_thread()
+
+    def fill_meta_table(self) -> None:
+        """The rows cut to the table's width (at 80 columns the "from" texts do not fit): no sideways scroll."""
+        table = self.query_one("#meta-table", MetaTable)
+        width = table.size.width or self.app.size.width - 4  # before the first layout: the body's width
+        if len(self.meta_rows) + 1 > MetaTable.MAX_HEIGHT:
+            width -= table.styles.scrollbar_size_vertical  # its own scrollbar takes columns then
+        widths = fit.column_widths(self.meta_rows, self.META_COLUMNS, width, padding=2 * table.cell_padding)
+        self.meta_widths = (table.size.width, widths)
+        row = table.cursor_row
+        table.clear(columns=True)
+        for name, w in zip(self.META_COLUMNS, widths):
+            table.add_column(name, width=w, key=name)
+        for cells in self.meta_rows:
+            table.add_row(*(Text(fit.clip(c, w), no_wrap=True) for c, w in zip(cells, widths)))
+        if self.meta_rows:
+            table.move_cursor(row=min(row, len(self.meta_rows) - 1))
+        self.show_meta_detail(table.cursor_row)
+
+    def show_meta_detail(self, row: int) -> None:
+        detail = self.query_one("#meta-detail", Static)
+        if not 0 <= row < len(self.meta_rows):
+            detail.update("")
+            return
+        key, value, source = self.meta_rows[row]
+        detail.update(Text(f"{key}={value}: {source}  (↑/↓ in the table: each line in full)"))
+
+    @on(DataTable.RowHighlighted, "#meta-table")
+    def _meta_row(self, event: DataTable.RowHighlighted) -> None:
+        self.show_meta_detail(event.cursor_row)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._refit)
+
+    def _refit(self) -> None:
+        """Fill again when the table's width is known (first layout) or changed (the terminal was resized)."""
+        table = self.query_one("#meta-table", MetaTable)
+        if getattr(self, "meta_widths", (None,))[0] != table.size.width:
+            self.fill_meta_table()
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def plan_in_thread(self) -> None:
