@@ -116,7 +116,8 @@ def test_export_failure_hint_has_the_hyperparameters_kind():
     hint = hint_for(["RuntimeError: Error(s) in loading state_dict: size mismatch for encoder.x"])
     assert kind_of(hint) is ProblemKind.HYPERPARAMETERS
     assert logic.fix_target("export", hint, "exit code 1") == "hyperparameters"
-    assert kind_of(hint_for(["ModuleNotFoundError: No module named 'k2'"])) is None
+    python = hint_for(["ModuleNotFoundError: No module named 'k2'"])
+    assert kind_of(python) is ProblemKind.PYTHON_ENV and logic.fix_target("export", python, "exit code 1") == "files"
 
 
 # -- --from-ncnn problems --------------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from core.common.problems import Problem, ProblemKind
 
 HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in (
     (r"No module named 'k2'|No module named 'lhotse'|No module named 'icefall'",
-     "the export needs icefall's Python environment: set python = \"/path/to/icefall-venv/bin/python\" "
-     "in [files] of wizard.toml (or --python), and icefall_root to your icefall checkout"),
+     Problem(ProblemKind.PYTHON_ENV, "the export needs icefall's Python environment",
+             how=": set python = \"/path/to/icefall-venv/bin/python\" in [files] of wizard.toml (or --python), and "
+             "icefall_root to your icefall checkout")),
     (r"No module named '(\w+)'",
-     "the export's Python lacks a module; run the export with the interpreter of your icefall environment"),
+     Problem(ProblemKind.PYTHON_ENV, "the export's Python lacks a module",
+             how="; run the export with the interpreter of your icefall environment (files.python / --python)")),
     (r"size mismatch for|Missing key\(s\) in state_dict|Unexpected key\(s\) in state_dict",
      Problem(ProblemKind.HYPERPARAMETERS, "the hyperparameters don't match the checkpoint: compare your flags with "
              "the ones the model was trained with (sherpa-ncnn-wizard detect CHECKPOINT reads them from the weights)")),

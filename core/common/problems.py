@@ -18,6 +18,7 @@ class ProblemKind(Enum):
     HYPERPARAMETERS = "hyperparameters"  # the hyperparameters do not describe the model (graph, export); fix them
     SAMPLE_RATE = "sample_rate"  # audio is not 16 kHz; resampling fixes it
     NEEDS_TRACED = "needs_traced"  # pnnx mis-converted the encoder; the traced encoder lets it be converted again
+    PYTHON_ENV = "python_env"  # the export's Python lacks icefall's modules; files.python (--python) fixes it
 
 
 class Problem(str):

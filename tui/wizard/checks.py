@@ -77,6 +77,8 @@ def _wizard_how(kind: ProblemKind) -> str | None:
         from core.pnnx.graph import CONVERT_HINT
         return (f"; give the traced modules (the \"traced modules\" field on Files, with {pt_name('encoder')}) and the "
                 f"wizard converts it again, or {CONVERT_HINT}")
+    if kind is ProblemKind.PYTHON_ENV:
+        return ": give the Python of your icefall environment (and the icefall checkout) on Files"
     return None
 
 

@@ -232,11 +232,15 @@ def sherpa_snippet(out_dir: Path) -> str:
 
 @dataclass
 class RunResults:
+    """What the summary screen shows. ``checks``: core.validation.report's lines as they are (status "ok",
+    "warning" or "failed", the same three the CLI marks); ``transcripts``: (wav, fp16 text, int8 text or None)."""
+
     sizes: list[tuple[str, str, str, str]]
-    checks: list[tuple[bool, str]]
-    transcripts: list[tuple[str, str]]
+    checks: list  # list[core.validation.report.Line]
+    transcripts: list[tuple[str, str, str | None]]
     decode_error: str | None
     files: list[str]
+    notes: list[str] = field(default_factory=list)  # validation.json's notes (what was not checked, and why)
 
 
 def shipped_text(out_dir: Path) -> str:
@@ -260,14 +264,12 @@ def read_results(out_dir: Path) -> RunResults:
     from core.validation.report import read_validation, summary_lines
     from core.validation.report import transcripts as decoded
     validation = read_validation(out_dir)
-    checks = [(line.status == "ok", line.text) for line in summary_lines(validation)]
-    transcripts = [(wav, text if int8 is None else f"fp16 {text!r}   int8 {int8!r}")
-                   for wav, text, int8 in decoded(validation)]
     d = validation.decode
     decode_error = (d.error or "sherpa-ncnn failed") if d is not None and not d.ok else None
     files = summary.get("files") or sorted(p.name for p in out_dir.iterdir() if p.is_file()) \
         if out_dir.is_dir() else []
-    return RunResults(sizes, checks, transcripts, decode_error, list(files))
+    return RunResults(sizes, summary_lines(validation), decoded(validation), decode_error, list(files),
+                      list(validation.notes))
 
 
 def fix_target(step: str, hint: str | None, error: str | None) -> str:

@@ -17,9 +17,11 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Label, Log, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
-from tui.wizard import logic
+from core.common.problems import ProblemKind, kind_of
+from tui.wizard import checks, logic
 from tui.wizard.base import ConfirmScreen, StepBar
 
+CHECK_MARKS = {"ok": ("✓ ", "green"), "warning": ("! ", "bold yellow"), "failed": ("✗ ", "bold red")}
 FLUSH_SECONDS = 0.08
 LOG_WIDGET_LINES = 2000
 ICONS = {"pending": ("·", "dim"), "running": ("▶", "bold yellow"), "ok": ("✓", "green"),
@@ -208,8 +210,8 @@ class RunScreen(Screen):
         if failed is not None and failed.status == "failed":
             # what to do first (the panel is at most 10 lines): error, hint, the key; the log's tail after
             t = Text(f"✗ {failed.id}: {failed.error}\n", style="bold red")
-            if failed.hint:
-                t.append(f"hint: {failed.hint}\n", style="yellow")
+            if failed.hint:  # with the wizard's way out when the hint's kind has one (a field, not a flag)
+                t.append(f"hint: {checks.in_wizard_words(failed.hint)}\n", style="yellow")
             t.append(f"x: fix and resume → {logic.fix_target(failed.id, failed.hint, failed.error)}", style="bold")
             t.append(f"   full log: {logic.short_path(model.log_path(failed))}\n")
             for line in failed.tail[-6:]:
@@ -272,12 +274,13 @@ class RunScreen(Screen):
         stack = self.app.screen_stack
         if not any(isinstance(s, target) for s in stack):
             self.app.push_screen(target())
-            return
-        while not isinstance(self.app.screen, target):
-            self.app.pop_screen()
-        self.app.screen.refresh_state()  # checks again: the file may have been fixed on disk meanwhile
-        if target is FilesScreen and "python" in (failed.hint or ""):
-            self.app.screen.query_one("#f-python").focus()  # the field the hint is about
+        else:
+            while not isinstance(self.app.screen, target):
+                self.app.pop_screen()
+            self.app.screen.refresh_state()  # checks again: the file may have been fixed on disk meanwhile
+        if target is FilesScreen and kind_of(failed.hint) is ProblemKind.PYTHON_ENV:
+            screen = self.app.screen  # the field the hint is about (once the screen is there)
+            screen.call_after_refresh(lambda: [field.focus() for field in screen.query("#f-python")])
 
     def action_log_path(self) -> None:
         if self.model is None or self.shown_step is None:
@@ -324,16 +327,20 @@ class SummaryScreen(Screen):
                 yield Label("Speed and int8 (sherpa-ncnn)", classes="section")
                 yield Static(Text(shipped), id="shipped", classes="code")
             yield Label("Validation", classes="section")
-            checks = Text()
-            for ok, text in results.checks:
-                checks.append("✓ " if ok else "✗ ", style="green" if ok else "red")
-                checks.append(text + "\n")
-            yield Static(checks, id="checks")
+            shown = Text()
+            for line in results.checks:  # the CLI's three marks: a low int8 cosine is a warning, not a failure
+                mark, style = CHECK_MARKS.get(line.status, ("? ", ""))
+                shown.append(mark, style=style)
+                shown.append(line.text + "\n")
+            for note in results.notes:  # what validation did not check, and why
+                shown.append("note: ", style="yellow")
+                shown.append(note + "\n")
+            yield Static(shown, id="checks")
             yield Label("Transcripts (real sherpa-ncnn)", classes="section")
             transcripts = Text()
-            for wav, text in results.transcripts:
+            for wav, fp16, int8 in results.transcripts:
                 transcripts.append(f"{wav}: ", style="bold")
-                transcripts.append(f"{text}\n" if text.startswith("fp16 ") else f"{text!r}\n")
+                transcripts.append(f"{fp16!r}\n" if int8 is None else f"fp16 {fp16!r}   int8 {int8!r}\n")
             if results.decode_error:
                 transcripts.append(results.decode_error, style="red")
             yield Static(transcripts, id="transcripts")
