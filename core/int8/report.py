@@ -108,9 +108,108 @@ def by_type(rows: list[dict]) -> dict[str, dict]:
 def build_report(nets: list[NetFiles]) -> dict:
     rows = [r for n in nets for r in net_layers(n)]
     totals = {k: sum(r.get(k) or 0 for r in rows) for k in ("bytes_before", "bytes_fp16", "bytes_after")}
-    return {"layers": rows, "by_type": by_type(rows), "totals": totals,
-            "bytes": "bytes_before: the float weights quantization read; bytes_fp16: the shipped fp16 model; "
-                     "bytes_after: the int8 model (weights, biases and scales of that layer)"}
+    report = {"layers": rows, "by_type": by_type(rows), "totals": totals,
+              "bytes": "bytes_before: the float weights quantization read; bytes_fp16: the shipped fp16 model; "
+                       "bytes_after: the int8 model (weights, biases and scales of that layer)"}
+    merge_sensitivity(report, nets)
+    return report
+
+
+def read_sidecar(nets: list[NetFiles]) -> dict | None:
+    """The built-in quantizer's sensitivity file beside the int8 files, when it describes exactly these int8 files
+    (each net's int8 .bin hash matches): an old one beside files another tool wrote is ignored."""
+    import hashlib
+    import json
+
+    from core.int8.sensitivity import SIDECAR
+    if not nets:
+        return None
+    path = Path(nets[0].int8_param).parent / SIDECAR
+    try:
+        data = json.loads(path.read_text())
+        for n in nets:
+            if data["nets"][n.net]["int8_sha256"] != hashlib.sha256(Path(n.int8_bin).read_bytes()).hexdigest():
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data
+
+
+def merge_sensitivity(report: dict, nets: list[NetFiles]) -> None:
+    """Per layer ``sensitivity`` (output cosine with only that layer int8) and ``kept_float``; per net the search."""
+    data = read_sidecar(nets)
+    if data is None:
+        return
+    for row in report["layers"]:
+        net = data["nets"].get(row["net"], {})
+        if row["layer"] in net.get("sensitivity", {}):
+            row["sensitivity"] = net["sensitivity"][row["layer"]]
+        if row["layer"] in net.get("kept_float", []):
+            row["kept_float"] = True
+            row["why"] = f"kept float: among the most int8-sensitive layers (min_cosine {data.get('min_cosine')})"
+    report["sensitivity"] = (
+        "sensitivity: the mean output cosine of the layer's net (int8 vs fp32, on the calibration audio) when only "
+        "that layer is int8 (lower: more sensitive)")
+    report["mixed_precision"] = {"min_cosine": data.get("min_cosine"), "nets": {
+        name: {k: net.get(k) for k in ("cosine_int8", "cosine", "kept_float", "bytes_int8", "bytes", "reached")}
+        | {"bytes_cost": (net.get("bytes") or 0) - (net.get("bytes_int8") or 0)}
+        for name, net in data["nets"].items()}}
+
+
+def sensitivity_lines(data: dict, top: int = 5) -> list[str]:
+    """The most sensitive layers of each net and what min_cosine kept float (from the sidecar or the
+    ``mixed_precision`` + ``layers`` of int8-layers.json)."""
+    nets = data.get("nets") or {}
+    lines = []
+    for name, net in nets.items():
+        sens = net.get("sensitivity") or {}
+        if not sens:
+            continue
+        worst = sorted(sens.items(), key=lambda kv: (kv[1], kv[0]))[:top]
+        lines.append(f"int8 sensitivity, {name} (cosine with only that layer int8; all int8: "
+                     f"{net.get('cosine_int8', 0):.5f}): " + ", ".join(f"{n} {c:.5f}" for n, c in worst))
+        kept = net.get("kept_float") or []
+        if kept:
+            cost = (net.get("bytes") or 0) - (net.get("bytes_int8") or 0)
+            lines.append(f"min_cosine {data.get('min_cosine')}: {name} kept {len(kept)} layer(s) float "
+                         f"({', '.join(kept)}): cosine {net.get('cosine_int8', 0):.5f} -> {net.get('cosine', 0):.5f}, "
+                         f"+{cost} bytes")
+            if not net.get("reached", True):
+                lines.append(f"min_cosine {data.get('min_cosine')}: {name} does not reach it even with every layer "
+                             "float; its int8 layers are all float now")
+        elif data.get("min_cosine") is not None:
+            lines.append(f"min_cosine {data.get('min_cosine')}: {name} reaches it with every layer int8 "
+                         f"({net.get('cosine', 0):.5f})")
+    return lines
+
+
+def report_sensitivity_lines(report: dict, top: int = 5) -> list[str]:
+    """:func:`sensitivity_lines` of an int8-layers.json (nothing when it has no sensitivity)."""
+    mixed = report.get("mixed_precision") or {}
+    nets: dict[str, dict] = {}
+    for row in report.get("layers", []):
+        if "sensitivity" in row:
+            nets.setdefault(row["net"], {"sensitivity": {}})["sensitivity"][row["layer"]] = row["sensitivity"]
+    for name, net in nets.items():
+        net.update((mixed.get("nets") or {}).get(name) or {})
+    return sensitivity_lines({"min_cosine": mixed.get("min_cosine"), "nets": nets}, top)
+
+
+def predict_int8_bytes(nets: list[tuple[Path, Path]]) -> dict:
+    """Before anything runs: the int8 .bin size of each (param, bin) (fp32 or fp16) the built-in quantizer would
+    write, from its own per-type rules (ncnn reads the weights in a child process). Raises Int8ReportError."""
+    from core.int8.calibrate import CalibrationError
+    from core.int8.sensitivity import predict_in_child
+    for pair in nets:
+        for p in pair:
+            if not Path(p).is_file():
+                raise Int8ReportError(f"{p}: not found")
+    try:
+        rows = predict_in_child(nets)
+    except CalibrationError as exc:
+        raise Int8ReportError(str(exc)) from None
+    return {"nets": rows, "bytes_before": sum(r["bytes_before"] for r in rows),
+            "bytes_after": sum(r["bytes_after"] for r in rows)}
 
 
 def format_by_type(report: dict) -> list[str]:

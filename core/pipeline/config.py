@@ -78,6 +78,9 @@ class CalibrationConfig:
     # activation histograms: "one-pass" (one run, a range that doubles, re-binned to [0, absmax]) or "two-pass"
     # (ncnn's and sherpa-ncnn's: absmax first, then exactly 2048 bins over [0, absmax]; twice the forward passes)
     histogram: str = "one-pass"
+    # mixed precision: keep the most int8-sensitive layers float until the encoder's and the joiner's output cosine
+    # (int8 vs fp32 on the calibration audio) reaches this; None: everything that can be int8 is
+    min_cosine: float | None = None
 
 
 INT8_BACKENDS = ("builtin", "external", "auto")
@@ -154,6 +157,9 @@ def config_from_dict(data: dict, source: str = "config") -> WizardConfig:
     if config.calibration.histogram not in HISTOGRAM_MODES:
         raise ConfigError(f"{source}: calibration.histogram = {config.calibration.histogram!r} is not one of "
                           f"{', '.join(HISTOGRAM_MODES)}")
+    problem = min_cosine_problem(config.calibration.min_cosine, "calibration.min_cosine")
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     if config.files.lang_type not in LANG_TYPES:
         raise ConfigError(f"{source}: files.lang_type = {config.files.lang_type!r} is not one of 'char', 'bpe' "
                           "(or leave it out to read DIR/lang_type)")
@@ -171,6 +177,13 @@ def config_from_dict(data: dict, source: str = "config") -> WizardConfig:
         else:
             config.hyperparameters[key] = str(value)
     return config
+
+
+def min_cosine_problem(value: float | None, key: str) -> str | None:
+    """A sentence naming ``key`` when ``value`` cannot be a cosine target (None: no target, always fine)."""
+    if value is None or 0.0 < value <= 1.0:
+        return None
+    return f"{key} = {value!r} must be a cosine above 0 and at most 1 (e.g. 0.99), or left out"
 
 
 def _build(cls, data, source: str, prefix: str):

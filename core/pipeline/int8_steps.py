@@ -8,6 +8,7 @@ it relies on it. The decoder stays fp16 (it is tiny; core.int8.quantize could do
 """
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -119,24 +120,38 @@ def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) ->
                         f"--out {shlex.quote(str(layout.out))}  # expects the fp32 set in one directory"])
 
 
-def make_quantize(layout, files: ModelFiles | None = None) -> Step:
+def make_quantize(layout, files: ModelFiles | None = None, wavs: list[Path] | None = None,
+                  min_cosine: float | None = None) -> Step:
+    """Quantize encoder and joiner (ncnn in a child process), measuring every layer's sensitivity on the calibration
+    audio (core.int8.sensitivity) and, with ``min_cosine``, keeping the most sensitive layers float until each net
+    reaches it. Writes OUT/int8-sensitivity.json beside the int8 files (merged into int8-layers.json)."""
+    from core.int8.sensitivity import SIDECAR
     files = files or fp32_model_files(layout)
+    wavs = list(wavs or [])
     sources = {"encoder": (files.encoder_param, files.encoder_bin), "joiner": (files.joiner_param, files.joiner_bin)}
     outputs = [int8_file(layout, n, e) for n in INT8_NETS for e in ("param", "bin")]
+    sidecar = layout.out / SIDECAR
 
     def run(ctx: StepContext) -> None:
         from core.int8.calibrate import CalibrationError
-        from core.int8.children import quantize_in_child
+        from core.int8.children import CalibrationCrashed
+        from core.int8.sensitivity import quantize_with_sensitivity_in_child
         from core.ncnn.child import ChildCancelled
         from core.pipeline.runner import StepCancelled
+        try:  # ncnn reads and runs the weights in a child process
+            result = quantize_with_sensitivity_in_child(
+                files, (table_file(layout, "encoder"), table_file(layout, "joiner")), wavs,
+                {n: (int8_file(layout, n, "param"), int8_file(layout, n, "bin")) for n in INT8_NETS}, min_cosine,
+                sidecar, on_progress=lambda i, n, note: ctx.progress(i, n, f"sensitivity {note}"), on_line=ctx.log,
+                cancelled=ctx._cancelled.is_set)
+        except ChildCancelled:
+            raise StepCancelled() from None
+        except CalibrationCrashed as exc:
+            raise StepError(str(exc)) from None
+        except CalibrationError as exc:
+            raise StepError(str(exc)) from None
         for net in INT8_NETS:
-            try:  # ncnn reads the weights (record_loads) in a child process
-                report = quantize_in_child(*sources[net], table_file(layout, net), int8_file(layout, net, "param"),
-                                           int8_file(layout, net, "bin"), cancelled=ctx._cancelled.is_set)
-            except ChildCancelled:
-                raise StepCancelled() from None
-            except CalibrationError as exc:
-                raise StepError(str(exc)) from None
+            report = result["reports"][net]
             dyn = report.get("dynamic", [])
             dynamic = ", ".join(dyn) if len(dyn) <= 8 else f"{len(dyn)} layers ({', '.join(dyn[:4])}, ...)"
             ctx.log(f"{net}: quantized {', '.join(report.get('quantized', [])) or 'nothing'}; weight-only int8 "
@@ -145,16 +160,27 @@ def make_quantize(layout, files: ModelFiles | None = None) -> Step:
                     f"weights; .bin {report.get('bytes_before')} -> {report.get('bytes_after')} bytes")
             for note in report.get("notes", []):
                 ctx.log(note)
+        from core.int8.report import sensitivity_lines
+        for line in sensitivity_lines(json.loads(sidecar.read_text())):
+            ctx.log(line)
 
     script = [f"sherpa-ncnn-wizard quantize {shlex.quote(str(p))} {shlex.quote(str(b))} "
               f"{shlex.quote(str(int8_file(layout, n, 'param')))} {shlex.quote(str(int8_file(layout, n, 'bin')))} "
               f"{shlex.quote(str(table_file(layout, n)))}" for n, (p, b) in sources.items()]
+    if min_cosine is not None:
+        script.append(f"# then: layers kept float, most sensitive first, until each net's cosine >= {min_cosine} "
+                      f"(see {SIDECAR})")
     return Step("quantize", "Quantize encoder and joiner to int8 (built in)", func=run,
-                inputs=[*(p for pair in sources.values() for p in pair), *(table_file(layout, n) for n in INT8_NETS)],
-                outputs=outputs, describe="write the int8 encoder and joiner", script=script)
+                inputs=[*(p for pair in sources.values() for p in pair), *(table_file(layout, n) for n in INT8_NETS),
+                        files.decoder_param, files.decoder_bin, *wavs],
+                outputs=outputs + [sidecar], fingerprint_extra=json.dumps({"min_cosine": min_cosine}),
+                describe="write the int8 encoder and joiner; measure each layer's sensitivity on the calibration "
+                         "audio" + (f"; keep the most sensitive float until cosine >= {min_cosine}"
+                                    if min_cosine is not None else ""), script=script)
 
 
-def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None = None) -> list[Step]:
+def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None = None,
+                    min_cosine: float | None = None) -> list[Step]:
     """calibrate and quantize, each with the built-in code or the user's tool (``backend``: an Int8Backend)."""
     from core.pipeline.int8_external import make_external_calibrate, make_external_quantize, make_int8_metadata
     steps = [make_external_calibrate(layout, backend.table_tool, wavs, files) if backend.table_tool
@@ -163,7 +189,7 @@ def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None 
         steps += [make_external_quantize(layout, backend.quantize_tool, net, files) for net in INT8_NETS]
         steps.append(make_int8_metadata(layout))
     else:
-        steps.append(make_quantize(layout, files))
+        steps.append(make_quantize(layout, files, wavs, min_cosine))
     return steps
 
 
@@ -174,7 +200,7 @@ def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: l
     audio = plan_audio(layout, [Path(w) for w in config.calibration.wavs], config.calibration.resample)
     warnings += audio.notes
     steps = [make_calibration_audio(audio)] if audio.resample else []
-    return steps + make_int8_steps(layout, audio.wavs, backend, files)
+    return steps + make_int8_steps(layout, audio.wavs, backend, files, config.calibration.min_cosine)
 
 
 def check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> tuple[list[str], list[str]]:

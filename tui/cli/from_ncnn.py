@@ -98,6 +98,13 @@ def run_from_ncnn(args) -> int:
         int8.calibration.wavs = [str(Path(w).resolve()) for w in (args.calibration_wav or args.wav)]
         int8.calibration.backend = args.int8_backend or "builtin"
         int8.calibration.resample = bool(args.resample)
+        if getattr(args, "min_cosine", None) is not None:
+            from core.pipeline.config import min_cosine_problem
+            problem = min_cosine_problem(args.min_cosine, "--min-cosine")
+            if problem:
+                err.print(Text("error: ", style="bold red") + Text(problem))
+                return EXIT_BAD_INPUT
+            int8.calibration.min_cosine = args.min_cosine
         int8.tools.generate_int8_scale_table = args.table_tool or ""
         int8.tools.ncnn2int8 = args.ncnn2int8 or ""
         if not args.calibration_wav and args.wav:

@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "built in where not found)")
     run.add_argument("--resample", action="store_true",
                      help="with --int8: resample calibration wavs that are not 16 kHz (otherwise they are refused)")
+    run.add_argument("--min-cosine", type=float, metavar="C",
+                     help="with --int8: keep the most int8-sensitive layers float until the encoder's and the "
+                          "joiner's output cosine reaches C (e.g. 0.99); same as [calibration] min_cosine")
     run.add_argument("--table-tool", metavar="PATH", help="sherpa-ncnn's generate-int8-scale-table binary")
     run.add_argument("--ncnn2int8", metavar="PATH", help="ncnn's ncnn2int8 binary")
     run.add_argument("--dry-run", action="store_true", help="print the plan (every command) and run nothing")

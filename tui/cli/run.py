@@ -58,12 +58,23 @@ def load_run_config(args) -> WizardConfig:
         config.validation.dataset = str(Path(args.dataset).expanduser().resolve())
     if getattr(args, "max_wer_increase", None) is not None:
         config.validation.max_wer_increase = args.max_wer_increase
+    if getattr(args, "min_cosine", None) is not None:
+        config.calibration.min_cosine = checked_min_cosine(args.min_cosine)
     return config
+
+
+def checked_min_cosine(value: float) -> float:
+    """--min-cosine as given, or a ConfigError naming the flag."""
+    from core.pipeline.config import min_cosine_problem
+    problem = min_cosine_problem(value, "--min-cosine")
+    if problem:
+        raise ConfigError(problem)
+    return value
 
 
 FROM_NCNN_ONLY = ("arch", "reference_dir", "traced_dir", "wav", "calibration_wav")
 INT8_ONLY = {"int8_backend": "--int8-backend", "table_tool": "--table-tool", "ncnn2int8": "--ncnn2int8",
-             "resample": "--resample"}
+             "resample": "--resample", "min_cosine": "--min-cosine"}
 
 
 def inapplicable_flags(args, config: WizardConfig) -> tuple[list[str], list[str]]:
@@ -260,6 +271,15 @@ def _print_results(out: Console, out_dir: Path, status: str) -> None:
         out.print(table)
         from tui.cli.ship import print_ship_results
         print_ship_results(out, summary)
+    layers_file = out_dir / "int8-layers.json"
+    if layers_file.exists():
+        from core.int8.report import report_sensitivity_lines
+        try:
+            lines = report_sensitivity_lines(json.loads(layers_file.read_text()))
+        except (OSError, ValueError, AttributeError, TypeError):
+            lines = [f"{layers_file}: unreadable; the per-layer sensitivity is not shown"]
+        for line in lines:
+            out.print(line, highlight=False, markup=False)
     from core.validation.report import read_validation, summary_lines
     validation = read_validation(out_dir)
     marks = {"ok": ("[✓] ", "green"), "failed": ("[✗] ", "red"), "warning": ("[!] ", "yellow")}
