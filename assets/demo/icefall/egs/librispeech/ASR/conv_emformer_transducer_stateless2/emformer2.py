@@ -17,7 +17,9 @@ chunk; right context], a causal depthwise convolution, a feed-forward. The
 memory bank gets one new entry per chunk (the chunk's mean attention output).
 Every op lowers to an ncnn layer sherpa-ncnn's runtime has, and every state
 is read and written, so pnnx keeps the blob numbering in0..in{4L} / out0..out{4L}.
-Inside, every tensor is batch-first (see ``to_batch_first``).
+Inside, every tensor is batch-first (see ``to_batch_first``), and no Python
+number is shared by several layers (see ``ScaleBy``), which keeps pnnx's shape
+inference right for the list of states icefall's export traces.
 """
 from __future__ import annotations
 
@@ -33,6 +35,29 @@ class DoubleSwish(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * torch.sigmoid(x - 1.0)
+
+
+class ScaleBy(nn.Module):
+    """``x * factor`` as a module of its own (no parameters), so the traced constant is this instance's alone.
+
+    torch.jit.trace makes a Python number in tensor arithmetic a tensor
+    constant, shared by every use of that value within one traced method (the
+    attention scale of all layers, the four 0.5 feed-forward weights). pnnx
+    copies a shared constant once per further use, and in its shape inference
+    it does so before splitting the ``states`` list into inputs in one copy of
+    the graph and after it in the other: the copies get different generated
+    names, the two graphs' values stop lining up by name, and every shape
+    inferred after the first copy is another value's (wrong Slice and Reshape
+    parameters in the ncnn file). Each instance is traced as its own method, so
+    its constant is used once.
+    """
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
 
 
 def to_batch_first(state: Tensor) -> Tensor:
@@ -87,12 +112,13 @@ class EmformerAttention(nn.Module):
         self.emb_to_query = nn.Linear(embed_dim, embed_dim)
         self.emb_to_key_value = nn.Linear(embed_dim, 2 * embed_dim)
         self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.query_scale = ScaleBy((embed_dim // nhead) ** -0.5)
 
     def infer(self, x: Tensor, memory: Tensor, left_key: Tensor, left_val: Tensor, chunk: int, lc: int):
         """x (1, U, D); memory (1, M, D); left_key/left_val (1, lc, D) -> (out, new left key, new left val)."""
         d, h = self.embed_dim, self.nhead
         dh = d // h
-        q = self.emb_to_query(x) * (dh ** -0.5)
+        q = self.query_scale(self.emb_to_query(x))
         kv = self.emb_to_key_value(x)
         kv_mem = self.emb_to_key_value(memory)
         k_x, v_x = kv[:, :, :d], kv[:, :, d:]
@@ -143,10 +169,12 @@ class EmformerEncoderLayer(nn.Module):
         self.feed_forward = _feed_forward(d_model, dim_feedforward)
         self.conv_module = ConvolutionModule(chunk_length, right_context_length, d_model, cnn_module_kernel)
         self.norm_final = nn.LayerNorm(d_model)
+        self.half_macaron = ScaleBy(0.5)  # the two feed-forward modules count half each
+        self.half_feed_forward = ScaleBy(0.5)
 
     def infer(self, x: Tensor, memory: Tensor, left_key: Tensor, left_val: Tensor, conv_cache: Tensor):
         """One layer on (1, U, D) with its four states (batch-first); returns x and the new states."""
-        x = x + 0.5 * self.feed_forward_macaron(x)
+        x = x + self.half_macaron(self.feed_forward_macaron(x))
         attn, new_key, new_val = self.attention.infer(x, memory, left_key, left_val, self.chunk_length,
                                                             self.left_context_length)
         x = x + attn
@@ -154,7 +182,7 @@ class EmformerEncoderLayer(nn.Module):
         new_memory = torch.cat([memory, summary], dim=1)[:, 1:]
         conv, new_conv_cache = self.conv_module.infer(x, conv_cache)
         x = x + conv
-        x = self.norm_final(x + 0.5 * self.feed_forward(x))
+        x = self.norm_final(x + self.half_feed_forward(self.feed_forward(x)))
         return x, new_memory, new_key, new_val, new_conv_cache
 
 

@@ -11,9 +11,11 @@ and outputs. The model is a miniature with random weights (emformer2.py).
         --nhead 2 --dim-feedforward 64 --cnn-module-kernel 7 --left-context-length 32 --chunk-length 32 \\
         --right-context-length 8 --memory-size 4
 
-The traced encoder takes its 4 x num_layers states as separate tensors
-(forward(x, *states) -> (encoder_out, *new_states)); the ncnn blobs are
-icefall's: in0 features, then per layer memory, left key, left value, conv cache.
+The encoder is traced as icefall traces it: the Emformer itself (its forward is
+the streaming step), called as encoder(x, states) with states the list of
+4 x num_layers tensors from init_states(); it returns (encoder_out, new_states).
+pnnx numbers the blobs in0 (features), then per layer memory, left key, left
+value, conv cache, and the outputs out0..out{4L} in the same order.
 """
 import argparse
 import logging
@@ -25,22 +27,13 @@ from do_not_use_it_directly import add_model_arguments, get_params, get_transduc
 from icefall.ncnn_export import add_export_arguments, run_export
 
 
-class StreamingEncoder(torch.nn.Module):
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x, *states):
-        out, new_states = self.encoder(x, list(states))  # Emformer.forward is the streaming step
-        return (out, *new_states)
-
-
 def trace_encoder(encoder: torch.nn.Module, path: Path) -> None:
     chunk, right = encoder.chunk_length, encoder.right_context_length  # frames before subsampling
     logging.info(f"chunk_length: {chunk}, right_context_length: {right}\n")
     frames = chunk + right + 2 * 4 + 3  # what sherpa-ncnn feeds per chunk
     x = torch.zeros(1, frames, 80)
-    torch.jit.trace(StreamingEncoder(encoder).eval(), (x, *encoder.init_states())).save(str(path))
+    states = encoder.init_states()
+    torch.jit.trace(encoder, (x, states)).save(str(path))
     logging.info(f"Saved to {path}")
 
 

@@ -12,10 +12,10 @@ miniature with random weights (zipformer_for_ncnn_export_only.py).
         --attention-dims 16,16,16 --encoder-unmasked-dims 16,16,16 --zipformer-downsampling-factors 1,2,4 \\
         --cnn-module-kernels 7,7,7 --decoder-dim 32 --joiner-dim 32
 
-One difference: the traced encoder takes its 7 x num_stacks states as separate
-tensors (forward(x, *states) -> (encoder_out, *new_states)) rather than a list,
-because pnnx 20260526 mis-infers shapes for list inputs. The ncnn blobs are the
-same: in0 features, in1..in{7N} states, out0..out{7N}.
+The encoder is traced as icefall traces it: the Zipformer itself, its forward
+being streaming_forward, called as encoder(x, states) with states the list of
+7 x num_stacks tensors from get_init_state(); it returns (encoder_out, new_states).
+pnnx numbers the blobs in0 (features), in1..in{7N} (states), out0..out{7N}.
 """
 import argparse
 import logging
@@ -29,23 +29,16 @@ from icefall.ncnn_export import add_export_arguments, run_export
 PAD_LENGTH = 7  # extra frames the subsampling eats: sherpa-ncnn's key 3
 
 
-class StreamingEncoder(torch.nn.Module):
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x, *states):
-        out, new_states = self.encoder.streaming_forward(x, list(states))
-        return (out, *new_states)
-
-
 def trace_encoder(encoder: torch.nn.Module, path: Path) -> None:
     chunk = encoder.decode_chunk_size * 2
     frames = chunk + PAD_LENGTH
     logging.info(f"decode_chunk_len: {chunk}")
     logging.info(f"T: {frames}")
     x = torch.zeros(1, frames, 80)
-    torch.jit.trace(StreamingEncoder(encoder).eval(), (x, *encoder.get_init_state())).save(str(path))
+    # icefall points the class's forward at streaming_forward and traces the encoder itself
+    type(encoder).forward = type(encoder).streaming_forward
+    states = encoder.get_init_state()
+    torch.jit.trace(encoder, (x, states)).save(str(path))
     logging.info(f"Saved to {path}")
 
 

@@ -20,9 +20,12 @@ to an ncnn layer sherpa-ncnn's runtime has. Every state is read and written,
 so pnnx keeps every input and numbers the blobs in0..in{7N} / out0..out{7N}.
 
 Inside, every tensor is batch-first, (1, T, D), where icefall is time-major
-(see ``to_batch_first``), and shapes are static Python ints taken from the
-configuration (like icefall's ``is_pnnx`` mode), never ``x.size()``, so the
-traced graph has no dynamic shape arithmetic.
+(see ``to_batch_first``), and reshape/slice sizes are static Python ints taken
+from the configuration (like icefall's ``is_pnnx`` mode). The one count that
+enters the arithmetic, the frames the pooling adds to cached_len, is read from
+the input as icefall reads it (pnnx folds it to a constant), and no Python
+number is shared by several layers (see ``ScaleBy``): both keep pnnx's shape
+inference right for the list of states icefall's export traces.
 """
 from __future__ import annotations
 
@@ -70,6 +73,30 @@ def unbatched(x: Tensor, shape: Tuple[int, ...]) -> Tensor:
     return x.reshape(shape)
 
 
+class ScaleBy(nn.Module):
+    """``x * factor`` as a module of its own (no parameters), so the traced constant is this module's alone.
+
+    torch.jit.trace turns a Python number in tensor arithmetic into a tensor
+    constant, and one constant serves every use of the same value within a
+    traced method: the attention scale of every layer would be a single
+    constant used by all of them. pnnx copies such a shared constant for each
+    further use; in its shape inference it does that before it splits the
+    list argument into separate inputs in one copy of the graph and after it in
+    the other, so the copies' generated names differ, the two graphs' values no
+    longer line up by name, and every shape pnnx infers after the first copy
+    belongs to another value (wrong Reshape and Slice parameters in the ncnn
+    file). Called through ``__call__``, each instance gets its own traced
+    method and its own constant, used once.
+    """
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+
 class Conv2dSubsampling(nn.Module):
     """(1, T, 80) -> (1, (T - 7) // 2, D): icefall's frame arithmetic with three 3x3 convolutions."""
 
@@ -109,11 +136,17 @@ class PoolingModule(nn.Module):
         super().__init__()
         self.proj = nn.Linear(d_model, d_model, bias=False)
 
-    def streaming_forward(self, x: Tensor, x_size: int, cached_len: Tensor, cached_avg: Tensor):
-        """x (1, T, D); cached_len (1, 1); cached_avg (1, 1, D) -> (pooled (1, 1, D), new len, new avg)."""
+    def streaming_forward(self, x: Tensor, cached_len: Tensor, cached_avg: Tensor):
+        """x (1, T, D); cached_len (1, 1); cached_avg (1, 1, D) -> (pooled (1, 1, D), new len, new avg).
+
+        The frame count is read from ``x`` (as icefall does), not passed in as a
+        number: see :class:`ScaleBy` for why a number repeated in every layer
+        breaks pnnx when the states come as a list.
+        """
+        frames = x.size(1)
         n = cached_len.unsqueeze(-1)  # (1, 1, 1)
-        avg = (cached_avg * n + x.sum(dim=1, keepdim=True)) / (n + float(x_size))
-        return self.proj(avg), cached_len + float(x_size), avg
+        avg = (cached_avg * n + x.sum(dim=1, keepdim=True)) / (n + frames)
+        return self.proj(avg), cached_len + frames, avg
 
 
 class RelPositionMultiheadAttention(nn.Module):
@@ -134,13 +167,14 @@ class RelPositionMultiheadAttention(nn.Module):
         self.linear_pos = nn.Linear(embed_dim, num_heads * pos_dim, bias=False)  # kept for icefall's key shapes
         self.out_proj = nn.Linear(attention_dim // 2, embed_dim)
         self.out_proj2 = nn.Linear(attention_dim // 2, embed_dim)
+        self.query_scale = ScaleBy((attention_dim // num_heads) ** -0.5)
 
     def streaming_forward(self, x: Tensor, x_size: int, cached_key: Tensor, cached_val: Tensor):
         """x (1, T, D); cached_key (1, C, A); cached_val (1, C, A/2) -> out, weights, new key, new val."""
         a, h = self.attention_dim, self.num_heads
         dk, dv = a // h, a // (2 * h)
         proj = self.in_proj(x)
-        q = proj[:, :, :a] * (dk ** -0.5)
+        q = self.query_scale(proj[:, :, :a])
         keys = torch.cat([cached_key, proj[:, :, a:2 * a]], dim=1)  # (1, C + T, A)
         vals = torch.cat([cached_val, proj[:, :, 2 * a:2 * a + a // 2]], dim=1)  # (1, C + T, A/2)
         weights, outs = [], []
@@ -195,7 +229,7 @@ class ZipformerEncoderLayer(nn.Module):
                           cached_conv2: Tensor):
         """One layer on (1, T, D); the cached_* are this layer's states, batch-first."""
         src = src + self.feed_forward1(src)
-        pooled, new_len, new_avg = self.pooling.streaming_forward(src, x_size, cached_len, cached_avg)
+        pooled, new_len, new_avg = self.pooling.streaming_forward(src, cached_len, cached_avg)
         src = src + pooled
         attn, weights, new_key, new_val = self.self_attn.streaming_forward(src, x_size, cached_key, cached_val)
         src = src + attn
