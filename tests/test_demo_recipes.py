@@ -372,6 +372,44 @@ def test_export_logs_like_icefall_and_writes_three_files(runs, name):
     assert logs[0].read_text().splitlines()[-1] == log[-1]
 
 
+# What icefall's export-for-ncnn.py traces: the encoder module itself, states as one structured argument
+# (as in ../shared/fixtures/icefall-kit/*/traced/encoder_jit_trace-pnnx.pt: class, arguments, returns).
+ICEFALL_ENCODER = {
+    "zipformer": ("Zipformer", [("x", "tensor"), ("states", "list")], "Tuple[Tensor, List[Tensor]]"),
+    "conv-emformer": ("Emformer", [("x", "tensor"), ("states", "list")], "Tuple[Tensor, List[Tensor]]"),
+    "lstm": ("RNN", [("x", "tensor"), ("x_lens", "tensor"), ("states", "tuple")],
+             "Tuple[Tensor, Tensor, Tuple[Tensor, Tensor]]"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [c.name for c in CONFIGS])
+def test_traced_encoder_has_icefalls_signature(runs, name):
+    """The demo encoders are traced as icefall traces them (TorchScript schema: names, List/Tuple states), and
+    pnnx converts that list-taking trace without mixing up its shapes (the demo's constants are per module)."""
+    from core.model.traced import load
+    from core.pnnx.graph import shape_mismatches
+    from tests.paths import KIT
+    run = runs[name]
+    run.require_converted()
+    cls, arguments, returns = ICEFALL_ENCODER[run.config.arch]
+    pnnx_graph = run.outputs("encoder")["pnnxparam"]
+    traced = load(run.exp_dir / "encoder_jit_trace-pnnx.pt", [pnnx_graph])
+    assert traced.module.original_name == cls
+    assert [(s.name, s.kind) for s in traced.slots] == arguments, traced.signature()
+    assert [str(r.type) for r in traced.module.forward.schema.returns] == [returns]
+    n_states = len(get_arch(run.config.arch).io_contract(resolve(get_arch(run.config.arch),
+                                                                 _flag_dict(run.flags)).values).inputs) - 1
+    assert traced.n_inputs == 1 + n_states  # every state travels inside the one structured argument
+    assert shape_mismatches(pnnx_graph) == []
+    real = sorted(KIT.glob(f"{run.config.arch.split('-')[0]}-*/traced/encoder_jit_trace-pnnx.pt"))
+    if real:  # the real thing, when the kit is there: icefall's own trace reads the same
+        icefall = load(real[0])
+        assert icefall.module.original_name == cls
+        assert [(s.name, s.kind) for s in icefall.slots] == arguments
+        assert [str(r.type) for r in icefall.module.forward.schema.returns] == [returns]
+
+
 # -- pnnx and the metadata checks ----------------------------------------------------------------------
 
 @pytest.mark.slow
