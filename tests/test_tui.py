@@ -972,3 +972,55 @@ async def test_slow_file_checks_never_block_typing(tmp_path, monkeypatch):
         assert isinstance(app.screen, FilesScreen)
         release.set()
         await wait_for(pilot, lambda: isinstance(app.screen, ArchScreen), timeout=30)  # ... and done after
+
+
+@pytest.mark.slow
+def test_ncnn_registration_lines_of_calibrate_stay_in_its_log(tmp_path, capfd):
+    """ncnn prints "overwrite built-in layer type Convolution" (on fd 2, from C++) when calibration registers its
+    weight readers. With the real calibrate child on the LSTM demo: the lines are in the step's log (and so in
+    the wizard's log pane, which shows that log), never in a progress note (the CLI's progress line, the wizard's
+    progress label), the CLI's output, or this process's own stdout/stderr (a terminal under the progress bar)."""
+    import asyncio
+    import io
+
+    from rich.console import Console
+
+    from core.pipeline.events import Progress, StepStarted
+    from core.pipeline.plan import build_plan
+    from core.pipeline.runner import Runner
+    from tui.cli.run import PlainRenderer, RichRenderer
+    from tui.wizard.app import RunModel
+    config = demo_config("lstm")
+    config.output.int8 = True
+    config.output.dir = str(tmp_path / "out")
+    planned = build_plan(config)
+    ids = [s.id for s in planned.plan.steps]
+    planned.plan.steps = planned.plan.steps[:ids.index("calibrate") + 1]  # nothing after it is needed here
+    model = RunModel(planned)
+    plain, rich = io.StringIO(), io.StringIO()
+    renderers = [PlainRenderer(Console(file=plain, width=200)),
+                 RichRenderer(Console(file=rich, width=200, force_terminal=True))]
+    events, notes = [], []
+
+    def on_event(event) -> None:
+        events.append(event)
+        for r in renderers:
+            r.handle(event)
+        model.handle(event)
+        calibrate = model.by_id["calibrate"]
+        notes.append(calibrate.note)  # what the wizard's progress label shows
+    try:
+        assert asyncio.run(Runner(planned.plan, on_event).run()) == "ok"
+    finally:
+        for r in renderers:
+            r.close()
+    index = next(e.index for e in events if isinstance(e, StepStarted) and e.step == "calibrate")
+    log = (tmp_path / "out" / "logs" / f"{index:02d}-calibrate.log").read_text().splitlines()
+    said = [line for line in log if "overwrite built-in layer type" in line]
+    assert said, "ncnn no longer prints the line: this test needs another way to see a leak"
+    assert list(model.by_id["calibrate"].lines)[-len(log):] == log  # the pane: the log, line for line
+    progress = [e.note for e in events if isinstance(e, Progress) and e.step == "calibrate"]
+    assert progress and not any("overwrite" in n for n in progress + notes)
+    assert "overwrite" not in plain.getvalue() and "overwrite" not in rich.getvalue()
+    out, err = capfd.readouterr()
+    assert "overwrite" not in out + err
