@@ -302,3 +302,48 @@ def test_demo_encoder_with_one_outlier_layer_keeps_exactly_it_float(lstm_run, tm
     assert enc["kept_float"] == [victim] and enc["reached"]
     line = next(l for l in outputs["encoder"][0].read_text().splitlines() if l.split()[1:2] == [victim])
     assert " 8=2" not in line
+
+
+def test_wizard_quantization_screen_min_cosine_and_predicted_size(tiny, tmp_path):
+    """The field refuses what is not a cosine target (Next disabled, the field named) and saves a good one; the
+    int8 size line is predicted from the float files already in the output directory."""
+    import asyncio
+    import shutil
+
+    from core.common.formatting import human
+    from core.pipeline.demo import demo_config
+    from tui.wizard.app import WizardApp
+    from tui.wizard.review import QuantScreen
+    param, binary, table, _, _ = tiny
+    out = tmp_path / "out"
+    out.mkdir()
+    for net in ("encoder", "joiner"):
+        shutil.copy(param, out / f"{net}_jit_trace-pnnx.ncnn.param")
+        shutil.copy(binary, out / f"{net}_jit_trace-pnnx.ncnn.bin")
+    size = quantize(param, binary, table, tmp_path / "q.param", tmp_path / "q.bin").bytes_after
+    config = demo_config("lstm")
+    config.output.dir, config.output.int8 = str(out), True
+
+    async def drive():
+        app = WizardApp(config=config, show_timings=False)
+        async with app.run_test(size=(110, 44)) as pilot:
+            await pilot.pause()
+            app.push_screen(QuantScreen())
+            for _ in range(200):
+                await pilot.pause(0.05)
+                if "predicting" not in str(app.screen.query_one("#int8-size").render()):
+                    break
+            shown = str(app.screen.query_one("#int8-size").render())
+            field = app.screen.query_one("#min-cosine")
+            field.value = "1.5"
+            await pilot.pause()
+            refused = str(app.screen.query_one("#min-cosine-check").render()), app.screen.query_one("#next").disabled
+            field.value = "0.995"
+            await pilot.pause()
+            app.screen.save()
+            return shown, refused, app.config.calibration.min_cosine
+
+    shown, (message, disabled), saved = asyncio.run(drive())
+    assert f"predicted from the fp16 model already in {out}: {human(2 * size)}" in shown
+    assert "min_cosine = 1.5" in message and disabled
+    assert saved == 0.995

@@ -16,7 +16,7 @@ from core.model.architectures import get_arch
 from core.model.metadata import build_metadata
 from core.pipeline.layout import PlanError
 from core.pipeline.plan import describe_plan, render_script
-from tui.wizard import checks, fit, logic
+from tui.wizard import checks, fit, int8_preview, logic
 from tui.wizard.base import MetaTable, StepScreen, WaitsForChecks
 
 
@@ -38,6 +38,12 @@ class QuantScreen(WaitsForChecks, StepScreen):
         yield Label("Who calibrates and quantizes", classes="section", id="backend-label")
         yield Select(logic.int8_backend_options(self.app.config), value=self.app.config.calibration.backend,
                      allow_blank=False, id="int8-backend")
+        mc = self.app.config.calibration.min_cosine
+        yield Label("Mixed precision: keep the most int8-sensitive layers float until the encoder's and the joiner's "
+                    "output cosine reaches (empty: off)", classes="section", id="min-cosine-label")
+        yield Input("" if mc is None else str(mc), placeholder="e.g. 0.99", id="min-cosine")
+        yield Static("", id="min-cosine-check", classes="muted")
+        yield Static("", id="int8-size", classes="muted")
 
     def _int8(self) -> bool:
         return self.query_one("#q-int8", RadioButton).value
@@ -60,6 +66,10 @@ class QuantScreen(WaitsForChecks, StepScreen):
         self.query_one("#cal-wavs", Input).disabled = not int8
         self.query_one("#int8-backend", Select).disabled = not int8
         self.query_one("#resample", Checkbox).disabled = not int8
+        self.query_one("#min-cosine", Input).disabled = not int8
+        _, mc_problem = int8_preview.parse_min_cosine(self.query_one("#min-cosine", Input).value)
+        self.query_one("#min-cosine-check", Static).update(Text(mc_problem or "", style="red"))
+        self.show_int8_size(int8)
         if not int8:
             ok, text = True, "int8 not chosen: only the fp16 model is made"
         elif self.pending():
@@ -68,7 +78,35 @@ class QuantScreen(WaitsForChecks, StepScreen):
         else:
             ok, text = self.checked[1], "\n".join(self.checked[2])
         self.query_one("#cal-check", Static).update(Text(text))
-        self.query_one("#next", Button).disabled = not ok
+        self.query_one("#next", Button).disabled = not ok or (int8 and mc_problem is not None)
+
+    size_key: tuple | None = None  # the files the shown int8 size was predicted from
+
+    def show_int8_size(self, int8: bool) -> None:
+        """Predicted from existing float files in a worker (ncnn reads them in a child process: a second or two)."""
+        widget = self.query_one("#int8-size", Static)
+        if not int8:
+            widget.update("")
+            return
+        pairs, where = int8_preview.prediction_sources(self.app.config)
+        if not pairs:
+            widget.update(Text(f"int8 size: {where}"))
+            return
+        key = tuple((str(p), p.stat().st_mtime_ns) for pair in pairs for p in pair if p.exists())
+        if key != self.size_key:
+            self.size_key = key
+            widget.update(Text(f"int8 size: … predicting from {where}"))
+            self.predict_in_thread()
+
+    @work(thread=True, exclusive=True, group="int8-size", exit_on_error=False)
+    def predict_in_thread(self) -> None:
+        text = int8_preview.predict_text(self.app.config)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_prediction, text)
+
+    def show_prediction(self, text: str) -> None:
+        if self.is_attached:
+            self.query_one("#int8-size", Static).update(Text(text))
 
     @work(thread=True, exclusive=True, group="calibration-audio", exit_on_error=False)
     def check_audio_in_thread(self, key: tuple, text: str) -> None:
@@ -85,6 +123,7 @@ class QuantScreen(WaitsForChecks, StepScreen):
     @on(RadioSet.Changed)
     @on(Input.Changed, "#cal-wavs")
     @on(Checkbox.Changed, "#resample")
+    @on(Input.Changed, "#min-cosine")
     def _changed(self) -> None:
         self.refresh_state()
 
@@ -94,6 +133,9 @@ class QuantScreen(WaitsForChecks, StepScreen):
         if self._int8():
             self.app.config.calibration.wavs = [str(w) for w in
                                                 logic.calibration_wavs(self.query_one("#cal-wavs", Input).value)]
+            value, problem = int8_preview.parse_min_cosine(self.query_one("#min-cosine", Input).value)
+            if problem is None:
+                self.app.config.calibration.min_cosine = value
 
     def next_screen(self) -> Screen:
         return ReviewScreen()
