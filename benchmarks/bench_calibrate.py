@@ -15,11 +15,17 @@ one process; (b) calibrate() with one worker, everything included (statistics,
 histograms, KL threshold search, weight scales); (c) calibrate() with one
 worker per core. (a) and (b) are timed back to back --repeat times (the machine
 may be shared); the best of each is compared. Target: (b) <= 1.3x (a).
-Peak memory (RSS) of this process and of its worker processes is printed too
-(upstream's generate-int8-scale-table peaked at 8-91 MB on the real fixtures).
+Peak memory (RSS) of a calibration alone in a fresh process, and of its worker
+processes, is printed too, for both histogram modes (upstream's
+generate-int8-scale-table: 74-111 MB on the real fixtures with the same audio).
 
---histograms: the one-pass histogram (the default) against ncnn's exact
-two-pass one (core.int8.calibrate.ExactStats): both tables, each quantized with the
+--model-dir OUT: calibrate the fp32 set a finished `run --int8` left in OUT
+(e.g. the real icefall fixtures) instead of building the demo; --wav-dir D:
+the wavs in D instead of the made-up audio.
+
+--histograms: the one-pass histogram against ncnn's exact two-pass one
+(core.int8.calibrate.ExactStats; `[calibration] histogram`): time and peak RSS
+of each, the activation scales layer by layer, both tables quantized with the
 built-in quantizer, and the int8 encoder/joiner outputs' cosine against fp32
 on the calibration audio (core.int8.check).
 
@@ -46,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.common.audio import fbank, read_wav  # noqa: E402
 import core.int8.calibration as calibration_run  # noqa: E402
-from core.int8.calibrate import ExactStats, ScaleTable, activation_scale  # noqa: E402
+from core.int8.calibrate import DEFAULT_HISTOGRAM, HISTOGRAM_MODES, ScaleTable, activation_scale  # noqa: E402
 from core.int8.calibration import ModelFiles, _ModelRunner, calibrate  # noqa: E402
 from core.pipeline.demo import demo_recipe  # noqa: E402
 from core.pnnx.tools import wheel_pnnx  # noqa: E402
@@ -90,6 +96,16 @@ def build_model(arch: str, tmp: Path, flags: list[str] | None = None) -> ModelFi
                         for e in ("param", "bin")))
 
 
+def model_from_run(out: Path) -> ModelFiles:
+    """The set a `run --int8` calibrated: its final params with the fp32 weights from work/fp32/set (`run
+    --from-ncnn` without traced modules calibrates the given files themselves)."""
+    s = out / "work" / "fp32" / "set"
+    s = s if s.is_dir() else out
+    return ModelFiles(out / "encoder_jit_trace-pnnx.ncnn.param", s / "encoder_jit_trace-pnnx.ncnn.bin",
+                      out / "decoder_jit_trace-pnnx.ncnn.param", out / "decoder_jit_trace-pnnx.ncnn.bin",
+                      out / "joiner_jit_trace-pnnx.ncnn.param", s / "joiner_jit_trace-pnnx.ncnn.bin")
+
+
 def make_audio(arch: str, seconds: float, tmp: Path) -> list[Path]:
     pieces = [read_wav(w).samples for w in demo_recipe(arch).test_wavs]
     joined = np.concatenate(pieces)
@@ -126,71 +142,53 @@ sys.path.insert(0, sys.argv[1])
 from core.int8.calibration import ModelFiles, calibrate
 files = ModelFiles(*map(Path, sys.argv[2:8]))
 workers = int(sys.argv[8]) or None
-calibrate(files, [Path(w) for w in sys.argv[9:]], workers=workers)
+calibrate(files, [Path(w) for w in sys.argv[10:]], workers=workers, histogram=sys.argv[9])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
-def peak_rss_mb(files: ModelFiles, wavs: list[Path], workers: int) -> tuple[float, float]:
+def peak_rss_mb(files: ModelFiles, wavs: list[Path], workers: int, histogram: str = DEFAULT_HISTOGRAM
+                ) -> tuple[float, float]:
     """Peak resident memory of a calibration alone, run in a fresh process (as the wizard runs it, in a child):
     that process's and its largest worker's, in MB (workers=0: one worker per core)."""
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(root), *map(str, vars(files).values()), str(workers),
-                          *map(str, wavs)], check=True, capture_output=True, text=True).stdout.split()
+                          histogram, *map(str, wavs)], check=True, capture_output=True, text=True).stdout.split()
     return int(out[-2]) / 1024, int(out[-1]) / 1024
 
 
-def calibrate_two_pass(files: ModelFiles, wavs: list[Path]):
-    """ncnn's way: pass 1 finds each input's absmax over all the audio (the one-pass run's absmax is exactly
-    that), pass 2 runs everything again and bins into 2048 bins over [0, absmax]."""
-    first = calibrate(files, wavs, workers=1)
-    runner = _ModelRunner(files)
-    saved = calibration_run.BlobStats
-    calibration_run.BlobStats = ExactStats  # run_file builds its statistics by this name
-    try:
-        tables = []
-        for bottoms, one, part in ((runner.enc_bottoms, first.encoder, "encoder"),
-                                   (runner.join_bottoms, first.joiner, "joiner")):
-            absmax = {blob: one.activations[layer].absmax for layer, blob in bottoms.items()}
-            merged = {blob: ExactStats(a) for blob, a in absmax.items()}
-            for wav in wavs:
-                stats = getattr(runner.run_file(wav), part)
-                for blob, st in stats.items():
-                    if blob in merged:
-                        st.set_absmax(absmax[blob])
-                        merged[blob].merge(st)
-            table = ScaleTable(weights=dict(one.weights))
-            for layer, blob in bottoms.items():
-                table.activations[layer] = activation_scale(layer, merged[blob])
-            tables.append(table)
-    finally:
-        calibration_run.BlobStats = saved
-    return first, tables
-
-
 def compare_histograms(files: ModelFiles, wavs: list[Path], tmp: Path) -> None:
+    """Both histogram modes: time, peak RSS (each in a fresh process), activation scales layer by layer, and the
+    int8 encoder/joiner outputs' cosine against fp32 (each table quantized with the built-in quantizer)."""
     from core.int8.check import compare_int8_here
     from core.int8.quantize import quantize
-    t0 = time.perf_counter()
-    first, two = calibrate_two_pass(files, wavs)
-    seconds = time.perf_counter() - t0
-    results = {}
-    for mode, (enc, join) in (("one-pass", (first.encoder, first.joiner)), ("two-pass", tuple(two))):
+    results, tables, cost = {}, {}, {}
+    for mode in HISTOGRAM_MODES:
+        t0 = time.perf_counter()
+        r = calibrate(files, wavs, workers=1, histogram=mode)
+        cost[mode] = (time.perf_counter() - t0, peak_rss_mb(files, wavs, 1, mode)[0])
+        tables[mode] = r
         pairs = {}
-        for net, table, (param, binary) in (("encoder", enc, (files.encoder_param, files.encoder_bin)),
-                                            ("joiner", join, (files.joiner_param, files.joiner_bin))):
+        for net, table, (param, binary) in (("encoder", r.encoder, (files.encoder_param, files.encoder_bin)),
+                                            ("joiner", r.joiner, (files.joiner_param, files.joiner_bin))):
             out = tmp / f"{mode}-{net}"
             quantize(param, binary, table, out.with_suffix(".param"), out.with_suffix(".bin"))
             pairs[net] = (out.with_suffix(".param"), out.with_suffix(".bin"))
         results[mode] = compare_int8_here(files, pairs["encoder"], pairs["joiner"], wavs)
-    print(f"histograms ({len(wavs)} files; one-pass + two-pass calibration {seconds:.1f} s):")
-    moved = [abs(b.scale / a.scale - 1) for one, two_t in ((first.encoder, two[0]), (first.joiner, two[1]))
-             for a, b in ((one.activations[k], two_t.activations[k]) for k in one.activations)]
+    one, two = tables["one-pass"], tables["two-pass"]
+    print(f"histograms ({len(wavs)} files, {one.chunks} encoder chunks, {one.frames} joiner frames):")
+    moved = []
+    for net in ("encoder", "joiner"):
+        a_t, b_t = getattr(one, net).activations, getattr(two, net).activations
+        for layer in a_t:
+            d = b_t[layer].scale / a_t[layer].scale - 1
+            moved.append(abs(d))
+            print(f"  {net:7} {layer:24} one-pass {a_t[layer].scale:10.4f}  two-pass {b_t[layer].scale:10.4f}  {d:+.2%}")
     print(f"  activation scales: two-pass vs one-pass differ by {max(moved):.2%} at most, "
           f"{sum(moved) / len(moved):.2%} on average")
     for mode, sims in results.items():
         cells = ", ".join(f"{s.net} {s.output} mean {s.mean_cosine:.5f} worst {s.min_cosine:.5f}" for s in sims)
-        print(f"  {mode:9} int8 vs fp32 cosine: {cells}")
+        print(f"  {mode:9} {cost[mode][0]:5.2f} s, peak RSS {cost[mode][1]:4.0f} MB; int8 vs fp32 cosine: {cells}")
 
 
 def upstream_joiner_table(files: ModelFiles, wavs: list[Path], weights: dict) -> ScaleTable:
@@ -253,6 +251,9 @@ def main() -> int:
     p.add_argument("--icefall-size", action="store_true",
                    help="a model of icefall's default size (the recipe's defaults, random weights) instead of the "
                         "demo's tiny one: what a user's model costs per chunk")
+    p.add_argument("--model-dir", type=Path, metavar="OUT",
+                   help="a finished `run --int8` output directory (its work/fp32/set) instead of building the demo")
+    p.add_argument("--wav-dir", type=Path, metavar="D", help="calibration wavs (*.wav) instead of the made-up audio")
     p.add_argument("--histograms", action="store_true",
                    help="compare the one-pass and the two-pass (ncnn's) histograms: scales and int8 cosine")
     p.add_argument("--joiner-stats", action="store_true",
@@ -260,8 +261,8 @@ def main() -> int:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        files = build_model(a.arch, tmp, [] if a.icefall_size else None)
-        wavs = make_audio(a.arch, a.seconds, tmp)
+        files = model_from_run(a.model_dir) if a.model_dir else build_model(a.arch, tmp, [] if a.icefall_size else None)
+        wavs = sorted(a.wav_dir.glob("*.wav")) if a.wav_dir else make_audio(a.arch, a.seconds, tmp)
         if a.histograms:
             compare_histograms(files, wavs, tmp)
             return 0
@@ -278,6 +279,7 @@ def main() -> int:
         calibrate(files, wavs)
         parallel = time.perf_counter() - t0
         rss = [peak_rss_mb(files, wavs, 1), peak_rss_mb(files, wavs, 0)]
+        rss_modes = {m: peak_rss_mb(files, wavs, 1, m)[0] for m in HISTOGRAM_MODES}
     floor, serial = min(floors), min(serials)
     pair = sorted(s / f for s, f in zip(serials, floors))[len(floors) // 2]
     size = "icefall's default size" if a.icefall_size else "the demo's size"
@@ -291,7 +293,8 @@ def main() -> int:
     print(f"  single-worker calibration is {verdict} the {TARGET}x target")
     pool = f"+ {rss[1][1]:.0f} MB per worker" if rss[1][1] else "(no worker started: too little audio to pay off)"
     print(f"  peak RSS, calibration alone in a fresh process: 1 worker {rss[0][0]:.0f} MB; 1 worker per core "
-          f"{rss[1][0]:.0f} MB {pool} (upstream's tool: 8-91 MB on the real fixtures)")
+          f"{rss[1][0]:.0f} MB {pool} (upstream's tool: 74-111 MB on the real fixtures, as shipped)")
+    print("  peak RSS by histogram mode, 1 worker: " + ", ".join(f"{m} {v:.0f} MB" for m, v in rss_modes.items()))
     return 0
 
 

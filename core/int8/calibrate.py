@@ -40,6 +40,7 @@ TARGET_BINS = 128
 KL_EPS = 1e-4
 FINE_FACTOR = 8  # internal bins per output bin, so re-binning to [0, absmax] stays accurate
 HISTOGRAM_MODES = ("one-pass", "two-pass")
+DEFAULT_HISTOGRAM = "one-pass"  # no better int8 cosine from two-pass on the fixtures (README, benchmarks/bench_calibrate.py)
 
 
 class CalibrationError(ProblemError):
@@ -47,14 +48,42 @@ class CalibrationError(ProblemError):
     input is at fault (BAD_INPUT) or the tool failed (FAILED, the default)."""
 
 
+class _Buffer:
+    """float32 values gathered for one batched numpy pass. They are copied in, so no reference to an ncnn Mat
+    (and the allocation behind it) outlives the forward pass that made it; the array is reused batch after batch."""
+
+    def __init__(self):
+        self.data: np.ndarray | None = None
+        self.used = 0
+
+    def push(self, values: np.ndarray) -> None:
+        end = self.used + values.size
+        if self.data is None or end > self.data.size:
+            grown = np.empty(max(end, 2 * (0 if self.data is None else self.data.size), 4096), dtype=np.float32)
+            if self.used:
+                grown[: self.used] = self.data[: self.used]
+            self.data = grown
+        self.data[self.used: end] = values
+        self.used = end
+
+    def take(self) -> np.ndarray:
+        """The values gathered (a view, valid until the next push) and an empty buffer."""
+        view = self.data[: self.used] if self.used else np.empty(0, np.float32)
+        self.used = 0
+        return view
+
+    def release(self) -> None:
+        self.data, self.used = None, 0
+
+
 class BlobStats:
     """absmax and a histogram of |x| (zeros excluded) over every value seen, in one pass.
 
     Values are buffered and enter the histogram in batches, so a small blob per
-    chunk costs a list append rather than several numpy calls.
+    chunk costs a copy into a buffer rather than several numpy calls.
     """
 
-    _FLUSH_AT = 1 << 16
+    _FLUSH_AT = 1 << 14
 
     def __init__(self, fine_bins: int = NUM_BINS * FINE_FACTOR):
         self.fine_bins = fine_bins
@@ -62,7 +91,7 @@ class BlobStats:
         self.range = 0.0  # the histogram covers [0, range)
         self.hist = np.zeros(fine_bins, dtype=np.float64)  # counts; float so merged (re-binned) mass stays exact
         self._count = 0
-        self._pending: list[np.ndarray] = []
+        self._buffer = _Buffer()
         self._pending_size = 0
         self._repeated: list[tuple[np.ndarray, int]] = []  # (values, how many times they were seen)
 
@@ -85,23 +114,23 @@ class BlobStats:
             self._repeated.append((values.copy(), times))
             self._pending_size += values.size * times
         else:
-            self._pending.append(values)
+            self._buffer.push(values)
             self._pending_size += values.size
         if self._pending_size >= self._FLUSH_AT:
             self.flush()
 
-    def flush(self) -> None:
-        if not self._pending and not self._repeated:
-            return
-        pending, self._pending, self._pending_size = self._pending, [], 0
+    def flush(self, release: bool = False) -> None:
+        """Bin what is buffered; ``release``: also free the buffer (the file is done)."""
+        if self._pending_size:
+            self._flush()
+        if release:
+            self._buffer.release()
+
+    def _flush(self) -> None:
+        self._pending_size = 0
         repeated, self._repeated = self._repeated, []
-        parts = []
-        if pending:
-            if len(pending) > 1:
-                joined = np.concatenate(pending)
-                parts.append((np.abs(joined, out=joined), 1))  # a fresh buffer: made absolute in place
-            else:
-                parts.append((np.abs(pending[0]), 1))
+        batch = self._buffer.take()
+        parts = [(np.abs(batch, out=batch), 1)] if batch.size else []  # our own buffer: made absolute in place
         parts += [(np.abs(v), t) for v, t in repeated]
         parts = [(a, t) for a, t in parts if a.size]
         tops = [float(a.max()) for a, _ in parts]  # nan propagates through max, so this checks every value
@@ -132,7 +161,7 @@ class BlobStats:
     def merge(self, other: "BlobStats") -> None:
         """Add another file's statistics (ranges may differ: the smaller one is re-binned into the larger)."""
         self.flush()
-        other.flush()
+        other.flush(release=True)
         if other._count == 0:
             return
         if self._count == 0:
@@ -172,29 +201,66 @@ class BlobStats:
         return out
 
 
-class ExactStats:
-    """The second pass of ncnn's calibration: counts in exactly ``bins`` bins over [0, absmax], where absmax is
-    the whole calibration set's (from the first pass), binned as ncnn bins them (float32
-    ``min(int(|x| / absmax * bins), bins - 1)``, zeros left out).
+class RecordBudget:
+    """How many bytes of activations the first pass of the two-pass mode may keep for the second (shared by
+    every blob of every file). Once a file does not fit, nothing more is kept: that file and every later one
+    run through the model again in the second pass."""
 
-    ``absmax`` may be given later (``set_absmax``): values are kept until then. So a file can be run before
-    the blob it feeds is known by name, as core.int8.calibration builds its statistics.
+    def __init__(self, nbytes: int):
+        self.left = int(nbytes)
+        self.over = nbytes <= 0
+
+    def take(self, nbytes: int) -> bool:
+        if self.over or nbytes > self.left:
+            self.over = True
+            return False
+        self.left -= nbytes
+        return True
+
+    def give(self, nbytes: int) -> None:
+        self.left += nbytes
+
+
+class ExactStats:
+    """ncnn's histogram: counts in exactly ``bins`` bins over [0, absmax], where absmax is the whole calibration
+    set's (the first pass's), binned as ncnn bins them (float32 ``min(int(|x| / absmax * bins), bins - 1)``,
+    zeros left out).
+
+    Until ``set_absmax`` the values are kept (``record``: a RecordBudget; when it runs out they are dropped,
+    ``forgotten`` is set and only the largest |x| seen, ``seen``, survives). So the first pass can keep the
+    activations it saw and the second bin them without running the model again.
     """
 
-    def __init__(self, absmax: float | None = None, bins: int = NUM_BINS):
+    _FLUSH_AT = 1 << 14
+
+    def __init__(self, absmax: float | None = None, bins: int = NUM_BINS, record: RecordBudget | None = None):
         self.bins = bins
-        self._absmax = absmax
+        self._absmax = None if absmax is None else float(absmax)
         self.hist = np.zeros(bins, dtype=np.int64)
         self._count = 0
-        self._pending: list[tuple[np.ndarray, int]] = []
+        self._seen = 0.0
+        self._buffer = _Buffer()
+        self._held: list[tuple[np.ndarray, int]] = []  # (|values| batch, times) kept until the absmax is known
+        self._held_bytes = 0
+        self.record = record
+        self.forgotten = False
 
     def set_absmax(self, absmax: float) -> None:
+        if self.forgotten:
+            raise ValueError("these statistics dropped their values; run the file again")
         self._absmax = float(absmax)
         self.flush()
 
     @property
     def absmax(self) -> float:
+        """The range the histogram covers (0.0 until it is known)."""
         return 0.0 if self._absmax is None else self._absmax
+
+    @property
+    def seen(self) -> float:
+        """The largest |x| added so far (what the first pass reports)."""
+        self.flush()
+        return self._seen
 
     @property
     def count(self) -> int:
@@ -202,32 +268,90 @@ class ExactStats:
         return self._count
 
     def add(self, x: np.ndarray, times: int = 1) -> None:
-        self._pending.append((np.array(x, dtype=np.float32).ravel(), times))
-        if self._absmax is not None and len(self._pending) >= 64:
+        values = np.asarray(x, dtype=np.float32).ravel()
+        if times != 1:
+            self._batch(np.abs(values), times)
+            return
+        self._buffer.push(values)
+        if self._buffer.used >= self._FLUSH_AT:
             self.flush()
 
-    def flush(self) -> None:
-        if self._absmax is None or not self._pending:
+    def flush(self, release: bool = False) -> None:
+        if self._buffer.used:
+            batch = self._buffer.take()
+            self._batch(np.abs(batch, out=batch), 1, copy=True)
+        if self._absmax is not None and self._held:
+            held, self._held = self._held, []
+            self._give_back()
+            for values, times in held:
+                self._bin(values, times)
+        if release:
+            self._buffer.release()
+
+    def forget(self) -> None:
+        """Drop the kept values (their bytes go back to the budget); ``seen`` stays."""
+        self.flush()
+        self._held = []
+        self._give_back()
+        self.forgotten = True
+
+    def _give_back(self) -> None:
+        if self.record is not None:
+            self.record.give(self._held_bytes)
+        self._held_bytes = 0
+
+    def _batch(self, a: np.ndarray, times: int, copy: bool = False) -> None:
+        """|values| that arrived: binned now when the absmax is known, else counted in ``seen`` and kept."""
+        if not a.size:
             return
-        pending, self._pending = self._pending, []
-        for values, times in pending:
-            a = np.abs(values[values != 0])
-            if not a.size:
-                continue
-            if self._absmax <= 0 or float(a.max()) > self._absmax:
-                raise CalibrationError(f"a value of {float(a.max())} is beyond the first pass's absmax "
-                                       f"{self._absmax}: the two passes saw different activations")
-            x = a / np.float32(self._absmax)
-            x *= np.float32(self.bins)
-            idx = np.minimum(x.astype(np.intp), self.bins - 1)
-            self.hist += times * np.bincount(idx, minlength=self.bins)
-            self._count += times * a.size
+        top = float(a.max())
+        if not math.isfinite(top):  # nan propagates through max, so this checks every value
+            raise CalibrationError("non-finite activations (inf/nan) in the fp32 model's output")
+        self._seen = max(self._seen, top)
+        if self._absmax is not None:
+            self._bin(a, times)
+        elif not self.forgotten:
+            if self.record is None or self.record.take(a.nbytes):
+                self._held.append((a.copy() if copy else a, times))
+                self._held_bytes += a.nbytes
+            else:
+                self.forget()
+
+    def _bin(self, a: np.ndarray, times: int) -> None:
+        a = a[a != 0]
+        if not a.size:
+            return
+        top = float(a.max())
+        if self._absmax <= 0 or top > self._absmax:
+            raise CalibrationError(f"a value of {top} is beyond the first pass's absmax "
+                                   f"{self._absmax}: the two passes saw different activations")
+        x = a / np.float32(self._absmax)
+        x *= np.float32(self.bins)
+        idx = np.minimum(x.astype(np.intp), self.bins - 1)
+        self.hist += times * np.bincount(idx, minlength=self.bins)
+        self._count += times * a.size
 
     def merge(self, other: "ExactStats") -> None:
         self.flush()
-        other.flush()
+        other.flush(release=True)
+        if other._held:
+            raise ValueError("merge needs both histograms binned (set_absmax first)")
         self.hist += other.hist
         self._count += other._count
+        self._seen = max(self._seen, other._seen)
+
+    def to_arrays(self) -> dict:
+        self.flush()
+        return {"exact": np.int64(1), "absmax": np.float64(self.absmax), "seen": np.float64(self._seen),
+                "hist": self.hist, "count": np.int64(self._count)}
+
+    @classmethod
+    def from_arrays(cls, d) -> "ExactStats":
+        absmax = float(d["absmax"])
+        stats = cls(absmax if absmax > 0 else None, len(d["hist"]))
+        stats.hist = np.asarray(d["hist"], dtype=np.int64).copy()
+        stats._count, stats._seen = int(d["count"]), float(d["seen"])
+        return stats
 
     def histogram(self, bins: int = NUM_BINS) -> np.ndarray:
         self.flush()
@@ -304,29 +428,38 @@ def _kl_all(hist: np.ndarray, target_bins: int = TARGET_BINS, eps: float = KL_EP
     over the whole bins a coarse bin covers is (prefix sum of p) * log(density):
     O(target_bins) per candidate. The at most target_bins-1 fine bins that
     straddle a coarse edge get their two-part q explicitly; the last fine bin
-    (which holds the outliers) is corrected separately.
+    (which holds the outliers) is corrected separately. Candidates go in blocks
+    of _KL_BLOCK, so the temporaries stay a few MB whatever the histogram size.
     """
     n = hist.size
     h = hist.astype(np.float64) / float(hist.sum())
     cum = np.concatenate([[0.0], np.cumsum(h)])
     plogp = np.concatenate([[0.0], np.cumsum((h + eps) * np.log(h + eps))])
     pre = np.concatenate([[0.0], np.cumsum(h + eps)])  # prefix sums of p before the last-bin correction
-    g = _kl_grid(n, target_bins)
-    c_edge = cum[g.lo] + g.frac * h[g.lo_c]  # the cumulative histogram at the coarse edges
-    dens = np.diff(c_edge, axis=1) / g.width  # (candidates, target_bins): mass per unit length
-    logq_full = np.log(dens + eps)
-    # fine bins entirely inside coarse bin k: ceil(e_k) .. floor(e_{k+1}) - 1
-    s = np.einsum("ij,ij->i", pre[g.lo_next] - pre[g.ceil_lo_prev], logq_full)
-    # fine bins straddling an inner edge e_k (k = 1 .. target_bins-1); where e_k is an integer there is
-    # none: its index points at an extra p = 0 entry (p * log(q) is then 0, q > 0)
-    q_s = dens[:, :-1] * g.f_in + dens[:, 1:] * g.one_minus_f_in
-    q_s += eps
     p_ext = np.append(h + eps, 0.0)
-    s += np.einsum("ij,ij->i", p_ext[g.straddle_idx], np.log(q_s))
-    tt = g.tt
-    last = h[tt - 1] + eps + (1.0 - cum[tt])
-    s += (last - (h[tt - 1] + eps)) * logq_full[:, -1]  # the last fine bin lies inside the last coarse bin
-    return plogp[tt - 1] + last * np.log(last) - s
+    lo_all, rem_all = _kl_grid(n, target_bins)
+    out = np.empty(n - target_bins)
+    for start in range(0, out.size, _KL_BLOCK):
+        stop = min(start + _KL_BLOCK, out.size)
+        g = _grid_block(n, target_bins, start, lo_all[start:stop], rem_all[start:stop])
+        c_edge = cum[g.lo] + g.frac * h[g.lo_c]  # the cumulative histogram at the coarse edges
+        dens = np.diff(c_edge, axis=1) / g.width  # (candidates, target_bins): mass per unit length
+        logq_full = np.log(dens + eps)
+        # fine bins entirely inside coarse bin k: ceil(e_k) .. floor(e_{k+1}) - 1
+        s = np.einsum("ij,ij->i", pre[g.lo_next] - pre[g.ceil_lo_prev], logq_full)
+        # fine bins straddling an inner edge e_k (k = 1 .. target_bins-1); where e_k is an integer there is
+        # none: its index points at an extra p = 0 entry (p * log(q) is then 0, q > 0)
+        q_s = dens[:, :-1] * g.f_in + dens[:, 1:] * (1.0 - g.f_in)
+        q_s += eps
+        s += np.einsum("ij,ij->i", p_ext[g.straddle_idx], np.log(q_s))
+        tt = g.tt
+        last = h[tt - 1] + eps + (1.0 - cum[tt])
+        s += (last - (h[tt - 1] + eps)) * logq_full[:, -1]  # the last fine bin lies inside the last coarse bin
+        out[start:stop] = plogp[tt - 1] + last * np.log(last) - s
+    return out
+
+
+_KL_BLOCK = 256  # candidates scored together: ~20 temporaries of _KL_BLOCK x target_bins float64 (~0.3 MB each)
 
 
 @dataclass(frozen=True)
@@ -339,25 +472,29 @@ class _Grid:
     lo_next: np.ndarray
     ceil_lo_prev: np.ndarray
     f_in: np.ndarray
-    one_minus_f_in: np.ndarray
     straddle_idx: np.ndarray
 
 
 @functools.lru_cache(maxsize=4)
-def _kl_grid(n: int, target_bins: int) -> _Grid:
-    """Where candidate t's coarse edges e_j = j*t/target_bins fall among the fine bins (exact, integer maths)."""
+def _kl_grid(n: int, target_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where candidate t's coarse edges e_j = j*t/target_bins fall among the fine bins (exact, integer maths):
+    floor(e_j) and the remainder j*t mod target_bins, compact (int32/int16: ~1.5 MB kept for 2048 bins)."""
     tt = np.arange(target_bins, n, dtype=np.int64)
     num = np.arange(target_bins + 1, dtype=np.int64)[None, :] * tt[:, None]
-    lo = num // target_bins  # floor(e_j)
-    rem = num - lo * target_bins
+    lo = num // target_bins
+    return lo.astype(np.int32), (num - lo * target_bins).astype(np.int16)
+
+
+def _grid_block(n: int, target_bins: int, start: int, lo: np.ndarray, rem: np.ndarray) -> _Grid:
+    """The indices and fractions _kl_all needs for candidates target_bins+start ...; from the compact grid."""
+    tt = np.arange(target_bins + start, target_bins + start + lo.shape[0], dtype=np.int64)
+    lo = lo.astype(np.intp)
     frac = rem.astype(np.float64) / target_bins  # e_j - floor(e_j)
     ceil_lo = lo + (rem > 0)
-    width = (tt.astype(np.float64) / target_bins)[:, None]
     lo_c = np.minimum(lo, n - 1)
-    f_in = np.ascontiguousarray(frac[:, 1:-1])
     straddle_idx = np.where(rem[:, 1:-1] > 0, lo_c[:, 1:-1], n)
-    return _Grid(tt, lo, lo_c, frac, width, np.ascontiguousarray(lo[:, 1:]), np.ascontiguousarray(ceil_lo[:, :-1]),
-                 f_in, 1.0 - f_in, np.ascontiguousarray(straddle_idx))
+    return _Grid(tt, lo, lo_c, frac, (tt.astype(np.float64) / target_bins)[:, None], lo[:, 1:], ceil_lo[:, :-1],
+                 frac[:, 1:-1], straddle_idx)
 
 
 @dataclass

@@ -25,7 +25,8 @@ import numpy as np
 
 from core.common.audio import SAMPLE_RATE, AudioError, fbank, read_wav
 from core.common.problems import Problem, ProblemKind
-from core.int8.calibrate import QUANTIZABLE, BlobStats, CalibrationError, ScaleTable, activation_scale, weight_scales
+from core.int8.calibrate import (DEFAULT_HISTOGRAM, HISTOGRAM_MODES, QUANTIZABLE, BlobStats, CalibrationError, ExactStats, RecordBudget,
+                                 ScaleTable, activation_scale, weight_scales)
 from core.model.architectures import BY_MODEL_TYPE, ArchSpec
 from core.model.metadata import read_metadata
 from core.ncnn.net import Keeper, as_mat, register_meta_layer
@@ -64,6 +65,7 @@ class CalibrationResult:
     seconds: float
     forward_seconds: float  # time spent inside ncnn forward passes (the physical floor)
     skipped: list[str]
+    histogram: str = "one-pass"  # core.int8.calibrate.HISTOGRAM_MODES
 
 
 def read_quantizable_weights(param: Path, binary: Path) -> dict[str, tuple[str, np.ndarray, int, bool]]:
@@ -119,8 +121,8 @@ def _topological(net, blobs: set[str]) -> list[str]:
 class FileStats:
     """One file's statistics: what a worker sends back and what the cache keeps."""
 
-    encoder: dict[str, BlobStats]
-    joiner: dict[str, BlobStats]
+    encoder: dict[str, BlobStats | ExactStats]
+    joiner: dict[str, BlobStats | ExactStats]
     chunks: int
     frames: int
     forward: float
@@ -140,8 +142,9 @@ class FileStats:
             if key.count("|") == 2:
                 part, blob, field_name = key.split("|")
                 parts[part].setdefault(blob, {})[field_name] = d[key]
-        return cls({b: BlobStats.from_arrays(v) for b, v in parts["encoder"].items()},
-                   {b: BlobStats.from_arrays(v) for b, v in parts["joiner"].items()},
+        def load(v):
+            return (ExactStats if "exact" in v else BlobStats).from_arrays(v)
+        return cls({b: load(v) for b, v in parts["encoder"].items()}, {b: load(v) for b, v in parts["joiner"].items()},
                    int(d["chunks"]), int(d["frames"]), float(d["forward"]))
 
 
@@ -256,11 +259,19 @@ class _ModelRunner:
         self.enc_order = _topological(self.nets["encoder"], set(self.enc_bottoms.values()))
         self.join_order = _topological(self.nets["joiner"], set(self.join_bottoms.values()))
 
-    def run_file(self, wav: Path) -> FileStats:
-        enc = {blob: BlobStats() for blob in set(self.enc_bottoms.values())}
-        join = {blob: BlobStats() for blob in set(self.join_bottoms.values())}
+    def features(self, wav: Path) -> np.ndarray:
         w = read_wav(wav)
-        feats = fbank(w.samples, w.sample_rate)
+        return fbank(w.samples, w.sample_rate)
+
+    def run_file(self, wav: Path, make: Callable[[str, str], object] | None = None,
+                 feats: np.ndarray | None = None) -> FileStats:
+        """One file's statistics: ``make(part, blob)`` builds each blob's (default BlobStats, the one-pass
+        histogram); ``feats``: the file's features when already computed."""
+        make = make or (lambda _part, _blob: BlobStats())
+        enc = {blob: make("encoder", blob) for blob in set(self.enc_bottoms.values())}
+        join = {blob: make("joiner", blob) for blob in set(self.join_bottoms.values())}
+        if feats is None:
+            feats = self.features(wav)
         # a graph input's values are the array we fed: no copy out of ncnn. The joiner's decoder-side input is
         # the same vector for every frame until a token is emitted: counted once per frame it served, in one go.
         enc_blobs = [blob for blob in self.enc_order if blob != "in0"]
@@ -290,10 +301,31 @@ class _ModelRunner:
         chunks, frames, forward = self.streamer.run(feats, on_chunk, on_frame, enc_blobs, join_blobs, name=str(wav))
         if served[0]:
             dec_in.add(served[1], times=served[0])
+        for st in (*enc.values(), *join.values()):
+            st.flush(release=True)  # binned (or kept) now: the batch buffers go
         return FileStats(enc, join, chunks, frames, forward)
 
 
+# -- the passes over the files ---------------------------------------------------------------------------------
+# A job says what one file's run collects: ("one-pass",) the one-pass histograms; ("absmax",) only each input's
+# largest |x| (the two-pass mode's first pass); ("exact", encoder absmax, joiner absmax) ncnn's 2048 bins over
+# [0, absmax] (its second pass).
+
+RECORD_BYTES = 16 << 20  # activations the first pass keeps so the second needs no forward pass (two-pass mode)
+FEATURE_CACHE_BYTES = 32 << 20  # features kept from the first pass for the second (~17 min of audio)
+
+
+def _maker(job: tuple, record: RecordBudget | None = None):
+    if job[0] == "one-pass":
+        return None
+    if job[0] == "absmax":
+        return lambda _part, _blob: ExactStats(record=record if record is not None else RecordBudget(0))
+    enc_max, join_max = job[1], job[2]
+    return lambda part, blob: ExactStats((enc_max if part == "encoder" else join_max)[blob])
+
+
 _WORKER: _ModelRunner | None = None
+_WORKER_FEATS: dict[str, np.ndarray] = {}
 
 
 def _init_worker(files: ModelFiles) -> None:
@@ -301,8 +333,15 @@ def _init_worker(files: ModelFiles) -> None:
     _WORKER = _ModelRunner(files)
 
 
-def _work(wav: str) -> tuple[str, dict]:
-    return wav, _WORKER.run_file(Path(wav)).to_arrays()
+def _work(wav: str, job: tuple) -> tuple[str, dict]:
+    """One file's job in a worker process. Features from its first pass are kept for its second (the file may
+    come back to another worker, which then computes them)."""
+    feats = _WORKER_FEATS.pop(wav, None)
+    if feats is None:
+        feats = _WORKER.features(Path(wav))
+    if job[0] == "absmax" and sum(f.nbytes for f in _WORKER_FEATS.values()) + feats.nbytes <= FEATURE_CACHE_BYTES:
+        _WORKER_FEATS[wav] = feats
+    return wav, _WORKER.run_file(Path(wav), _maker(job), feats).to_arrays()
 
 
 def _cache_key(model_key: str, wav: Path) -> str:
@@ -320,97 +359,222 @@ def _model_key(files: ModelFiles) -> str:
     return h.hexdigest()
 
 
+def _job_key(job: tuple) -> str:
+    """What a cached file's statistics depend on besides the model and the file."""
+    import hashlib
+    if job[0] != "exact":
+        return job[0]
+    h = hashlib.sha256()
+    for table in job[1:]:
+        for blob in sorted(table):
+            h.update(f"{blob}={table[blob]!r};".encode())
+    return "exact-" + h.hexdigest()[:16]
+
+
+class _Passes:
+    """Runs jobs over the files (serially, or in worker processes when that pays off) and hands each file's
+    statistics back in file order as soon as its turn comes, so only the running totals stay in memory."""
+
+    def __init__(self, files: ModelFiles, runner: _ModelRunner, wavs: list[Path], workers: int | None,
+                 cache_dir: Path | None, on_progress, cancelled, passes: int):
+        self.files, self.runner, self.wavs = files, runner, wavs
+        self.workers, self.cache_dir, self.on_progress, self.cancelled = workers, cache_dir, on_progress, cancelled
+        self.model_key = _model_key(files) if cache_dir else ""
+        self.total = len(wavs) * passes
+        self.finished = 0
+        self.t_start = time.perf_counter()
+        self.pool = None
+        self.pool_decided = workers is not None
+        self.feats: dict[str, np.ndarray] = {}  # the first pass's features, for the second (serial runs)
+        self.record = RecordBudget(RECORD_BYTES)
+        self.recorded: dict[str, FileStats] = {}  # first-pass statistics that kept their values
+        self.started = False
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.pool = None
+
+    def _cached(self, job: tuple, wav: Path) -> Path | None:
+        if not self.cache_dir:
+            return None
+        return Path(self.cache_dir) / f"{_cache_key(self.model_key + '|' + _job_key(job), wav)}.npz"
+
+    def _local(self, wav: Path, job: tuple) -> FileStats:
+        """One file's job in this process (features and recorded values from the first pass reused)."""
+        key = str(wav)
+        if job[0] == "exact" and key in self.recorded:
+            stats = self.recorded.pop(key)
+            for part, table in (("encoder", stats.encoder), ("joiner", stats.joiner)):
+                for blob, st in table.items():
+                    st.set_absmax(job[1 if part == "encoder" else 2][blob])
+            return stats
+        feats = self.feats.pop(key, None)
+        if feats is None:
+            feats = self.runner.features(wav)
+        stats = self.runner.run_file(wav, _maker(job, self.record), feats)
+        if job[0] == "absmax":
+            parts = [*stats.encoder.values(), *stats.joiner.values()]
+            if any(st.forgotten for st in parts):  # over the budget: this file runs again, from its features
+                for st in parts:
+                    st.forget()
+                if sum(f.nbytes for f in self.feats.values()) + feats.nbytes <= FEATURE_CACHE_BYTES:
+                    self.feats[key] = feats
+            else:
+                self.recorded[key] = stats
+        return stats
+
+    def run(self, job: tuple, take: Callable[[Path, FileStats], None]) -> None:
+        """``take(wav, stats)`` for every file, in file order."""
+        results: dict[str, FileStats] = {}
+        todo: list[Path] = []
+        nxt = 0
+
+        def drain():
+            nonlocal nxt
+            while nxt < len(self.wavs) and str(self.wavs[nxt]) in results:
+                take(self.wavs[nxt], results.pop(str(self.wavs[nxt])))
+                nxt += 1
+
+        def done(wav: Path, stats: FileStats, fresh: bool = True) -> None:
+            cached = self._cached(job, wav)
+            if fresh and cached is not None:
+                import os
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_suffix(".tmp.npz")
+                try:
+                    np.savez(tmp, **stats.to_arrays())
+                    os.replace(tmp, cached)
+                except OSError:  # the cache only saves a rerun's work (a full disk, say): go on without it
+                    tmp.unlink(missing_ok=True)
+            results[str(wav)] = stats
+            self.finished += 1
+            if self.on_progress and fresh:
+                elapsed = time.perf_counter() - self.t_start
+                eta = elapsed / self.finished * (self.total - self.finished)
+                self.on_progress(self.finished, self.total, f"Processing {wav} (ETA {eta:.0f} s)")
+            drain()
+
+        from_cache = 0
+        for wav in self.wavs:
+            cached = self._cached(job, wav)
+            if cached is not None and cached.exists():
+                self.recorded.pop(str(wav), None)
+                with np.load(cached) as d:
+                    done(wav, FileStats.from_arrays(d), fresh=False)
+                from_cache += 1
+            else:
+                todo.append(wav)
+        if self.on_progress and (from_cache or not self.started):
+            self.on_progress(self.finished, self.total, f"{from_cache} file(s) from the cache" if from_cache
+                             else "starting")
+        self.started = True
+        if todo and not self.pool_decided:
+            import os
+            self.pool_decided = True
+            if min(os.cpu_count() or 1, len(todo)) > 1:
+                # worker processes cost ~1-2 s to start: time one file here and use them only when they pay off
+                first = todo.pop(0)
+                t0 = time.perf_counter()
+                done(first, self._local(first, job))
+                if (time.perf_counter() - t0) * len(todo) * self.total / len(self.wavs) >= POOL_WORTH_SECONDS:
+                    self.workers = min(os.cpu_count() or 1, len(todo))
+        remote = [w for w in todo if not (job[0] == "exact" and str(w) in self.recorded)]
+        local = [w for w in todo if w not in remote]
+        for wav in local:
+            done(wav, self._local(wav, job))
+        if remote and (self.workers or 1) > 1 and len(remote) > 1:
+            self._run_pool(job, remote, done)
+        else:
+            for wav in remote:
+                if self.cancelled and self.cancelled():
+                    raise CalibrationError("cancelled")
+                done(wav, self._local(wav, job))
+
+    def _run_pool(self, job: tuple, todo: list[Path], done) -> None:
+        from concurrent.futures import as_completed
+        if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+            self.pool = ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(self.files,))
+        futures = [self.pool.submit(_work, str(w), job) for w in todo]
+        for future in as_completed(futures):
+            if self.cancelled and self.cancelled():
+                raise CalibrationError("cancelled")
+            wav, arrays = future.result()
+            done(Path(wav), FileStats.from_arrays(arrays))
+
+
 def calibrate(files: ModelFiles, wavs: list[Path],
               on_progress: Callable[[int, int, str], None] | None = None,
               cancelled: Callable[[], bool] | None = None, workers: int | None = None,
-              cache_dir: Path | None = None) -> CalibrationResult:
+              cache_dir: Path | None = None, histogram: str = DEFAULT_HISTOGRAM) -> CalibrationResult:
     """Stream the calibration audio through the fp32 model and return the encoder and joiner tables.
 
-    Files are processed in parallel worker processes (one per core) when there
-    are several; each file's statistics are cached under ``cache_dir`` (keyed
-    by the model's and the file's bytes) so a resumed run skips finished files.
+    ``histogram``: "one-pass" (one run; the range doubles and is re-binned to [0, absmax]) or "two-pass"
+    (ncnn's: each input's absmax first, then exactly 2048 bins over [0, absmax]; the second pass reuses the
+    first's features, and the first's activations while they fit in RECORD_BYTES, instead of running the model
+    again). Files are processed in parallel worker processes (one per core) when that pays off; each file's
+    statistics are cached under ``cache_dir`` (keyed by the model's and the file's bytes and the pass) so a
+    resumed run skips finished files. Each file's statistics are merged as soon as its turn comes.
     """
-    import os
-
+    if histogram not in HISTOGRAM_MODES:
+        raise CalibrationError(f"histogram = {histogram!r} is not one of {', '.join(HISTOGRAM_MODES)}",
+                               ProblemKind.BAD_INPUT)
     t_start = time.perf_counter()
     runner = _ModelRunner(files)
     check = check_wavs(wavs, runner.segment)
     if not check.usable:
         raise CalibrationError("no usable calibration audio: " + ("; ".join(check.problems) or "the list is empty"),
                                ProblemKind.BAD_INPUT)
-    total = len(check.usable)
-    model_key = _model_key(files) if cache_dir else ""
-    results: dict[str, FileStats] = {}
-    todo: list[Path] = []
-    for wav in check.usable:
-        cached = Path(cache_dir) / f"{_cache_key(model_key, wav)}.npz" if cache_dir else None
-        if cached is not None and cached.exists():
-            with np.load(cached) as d:
-                results[str(wav)] = FileStats.from_arrays(d)
+    usable = check.usable
+    passes = _Passes(files, runner, usable, workers, cache_dir, on_progress, cancelled,
+                     1 if histogram == "one-pass" else 2)
+    counts = {"chunks": 0, "frames": 0, "forward": 0.0}
+
+    def count(fs: FileStats) -> None:
+        counts["chunks"] += fs.chunks
+        counts["frames"] += fs.frames
+        counts["forward"] += fs.forward
+
+    try:
+        if histogram == "one-pass":
+            enc = {blob: BlobStats() for blob in set(runner.enc_bottoms.values())}
+            join = {blob: BlobStats() for blob in set(runner.join_bottoms.values())}
+
+            def take(_wav, fs: FileStats) -> None:  # in file order: the result does not depend on the workers
+                for total, part in ((enc, fs.encoder), (join, fs.joiner)):
+                    for blob, st in part.items():
+                        total[blob].merge(st)
+                count(fs)
+            passes.run(("one-pass",), take)
         else:
-            todo.append(wav)
+            enc_max = {blob: 0.0 for blob in set(runner.enc_bottoms.values())}
+            join_max = {blob: 0.0 for blob in set(runner.join_bottoms.values())}
 
-    def done(wav: str, stats: FileStats) -> None:
-        results[wav] = stats
-        if cache_dir:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            target = Path(cache_dir) / f"{_cache_key(model_key, Path(wav))}.npz"
-            tmp = target.with_suffix(".tmp.npz")
-            np.savez(tmp, **stats.to_arrays())
-            os.replace(tmp, target)
-        if on_progress:
-            elapsed = time.perf_counter() - t_start
-            finished = len(results)
-            fresh = max(1, finished - (total - len(todo)))
-            eta = elapsed / fresh * (total - finished)
-            on_progress(finished, total, f"Processing {wav} (ETA {eta:.0f} s)")
+            def take_max(_wav, fs: FileStats) -> None:
+                for total, part in ((enc_max, fs.encoder), (join_max, fs.joiner)):
+                    for blob, st in part.items():
+                        total[blob] = max(total[blob], st.seen)
+                count(fs)
+            passes.run(("absmax",), take_max)
+            enc = {blob: ExactStats(a) for blob, a in enc_max.items()}
+            join = {blob: ExactStats(a) for blob, a in join_max.items()}
 
+            def take_exact(_wav, fs: FileStats) -> None:
+                for total, part in ((enc, fs.encoder), (join, fs.joiner)):
+                    for blob, st in part.items():
+                        total[blob].merge(st)
+            passes.run(("exact", enc_max, join_max), take_exact)
+    finally:
+        passes.close()
     if on_progress:
-        on_progress(len(results), total, f"{len(results)} file(s) from the cache" if results else "starting")
-    n_workers = min(workers or os.cpu_count() or 1, len(todo))
-    if n_workers > 1 and workers is None and todo:
-        # worker processes cost ~1-2 s to start: time one file here and use them only when they pay off
-        first = todo.pop(0)
-        t0 = time.perf_counter()
-        done(str(first), runner.run_file(first))
-        if (time.perf_counter() - t0) * len(todo) < POOL_WORTH_SECONDS:
-            n_workers = 1
-        n_workers = min(n_workers, len(todo))
-    if n_workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_worker, initargs=(files,)) as pool:
-            futures = [pool.submit(_work, str(w)) for w in todo]
-            for future in as_completed(futures):
-                if cancelled and cancelled():
-                    pool.shutdown(cancel_futures=True)
-                    raise CalibrationError("cancelled")
-                wav, arrays = future.result()
-                done(wav, FileStats.from_arrays(arrays))
-    else:
-        for wav in todo:
-            if cancelled and cancelled():
-                raise CalibrationError("cancelled")
-            done(str(wav), runner.run_file(wav))
-
-    enc = {blob: BlobStats() for blob in set(runner.enc_bottoms.values())}
-    join = {blob: BlobStats() for blob in set(runner.join_bottoms.values())}
-    chunks = frames = 0
-    forward = 0.0
-    for wav in check.usable:  # merge in file order: the result does not depend on which worker finished first
-        fs = results[str(wav)]
-        for blob, st in fs.encoder.items():
-            enc[blob].merge(st)
-        for blob, st in fs.joiner.items():
-            join[blob].merge(st)
-        chunks, frames, forward = chunks + fs.chunks, frames + fs.frames, forward + fs.forward
-    if on_progress:
-        on_progress(total, total, "statistics collected; choosing thresholds")
+        on_progress(passes.total, passes.total, "statistics collected; choosing thresholds")
     enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc)
     join_table = _table(files.joiner_param, files.joiner_bin, runner.join_bottoms, join)
-    return CalibrationResult(enc_table, join_table, total, chunks, frames, time.perf_counter() - t_start, forward,
-                             check.problems)
+    return CalibrationResult(enc_table, join_table, len(usable), counts["chunks"], counts["frames"],
+                             time.perf_counter() - t_start, counts["forward"], check.problems, histogram)
 
 
 def _run_decoder(net, context: list[int]) -> np.ndarray:
@@ -421,7 +585,7 @@ def _run_decoder(net, context: list[int]) -> np.ndarray:
     return np.ascontiguousarray(np.array(out).reshape(-1), dtype=np.float32)
 
 
-def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict[str, BlobStats]) -> ScaleTable:
+def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict) -> ScaleTable:
     weights = read_quantizable_weights(param, binary)
     table = ScaleTable()
     for name, (kind, w, rows, six_bit) in weights.items():

@@ -32,13 +32,14 @@ def _reported_kind(lines: list[str]):
 def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int, str], None] | None = None,
                        cancelled: Callable[[], bool] | None = None, cache_dir: Path | None = None,
                        tables: tuple[Path, Path] | None = None, on_line: Callable[[str], None] | None = None,
-                       step: str = "calibrate"):
+                       step: str = "calibrate", histogram: str | None = None):
     """core.int8.calibration.calibrate, run in a child process; the same CalibrationResult back.
 
     Progress lines become ``on_progress`` calls as they come, every other line goes to ``on_line``. A
     reported problem raises CalibrationError with the child's sentence; a crash raises CalibrationCrashed (a
     CalibrationError) naming the step, the file and the first layer that crashes; cancelling raises
     ChildCancelled. ``tables``: where the child writes the two tables (a temporary place when None).
+    ``histogram``: core.int8.calibrate.HISTOGRAM_MODES (default DEFAULT_HISTOGRAM).
     """
     import json
 
@@ -66,6 +67,8 @@ def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int,
         args += [a for w in wavs for a in ("--wav", str(w))]
         if cache_dir is not None:
             args += ["--cache-dir", str(cache_dir)]
+        if histogram is not None:
+            args += ["--histogram", histogram]
         rc, lines = run_child(args, on_line=line, cancelled=cancelled, module=CHILD)
         if rc == EXIT_ERROR:
             raise CalibrationError(error_line(lines) or "calibration failed", _reported_kind(lines))
@@ -85,7 +88,8 @@ def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int,
                 table.activations[name].absmax, table.activations[name].threshold = absmax, threshold
     return CalibrationResult(encoder, joiner, summary.get("files", 0), summary.get("chunks", 0),
                              summary.get("frames", 0), summary.get("seconds", 0.0),
-                             summary.get("forward_seconds", 0.0), summary.get("skipped", []))
+                             summary.get("forward_seconds", 0.0), summary.get("skipped", []),
+                             summary.get("histogram", histogram))
 
 
 def quantize_in_child(param: Path, binary: Path, table_path: Path, out_param: Path, out_bin: Path,
@@ -108,22 +112,29 @@ def quantize_in_child(param: Path, binary: Path, table_path: Path, out_param: Pa
 
 
 def child_calibrate(a) -> int:
-    from core.common.atomic import atomic_write_bytes
+    from core.common.atomic import WriteError, atomic_write_bytes
+    from core.common.problems import ProblemKind
     from core.int8.calibrate import CalibrationError
     from core.int8.calibration import ModelFiles, calibrate
     files = ModelFiles(*map(Path, a.files))
     try:
         result = calibrate(files, list(map(Path, a.wav)), on_progress=lambda i, n, note: say(f"progress: {i}/{n} {note}"),
-                           cache_dir=Path(a.cache_dir) if a.cache_dir else None)
+                           cache_dir=Path(a.cache_dir) if a.cache_dir else None, histogram=a.histogram)
     except CalibrationError as exc:
         say(f"{KIND_LINE}{exc.kind.value}")  # the kind crosses the process boundary on its own line
         say(f"error: {exc}")
         return EXIT_ERROR
-    atomic_write_bytes(Path(a.tables[0]), result.encoder.text().encode())
-    atomic_write_bytes(Path(a.tables[1]), result.joiner.text().encode())
+    try:
+        atomic_write_bytes(Path(a.tables[0]), result.encoder.text().encode())
+        atomic_write_bytes(Path(a.tables[1]), result.joiner.text().encode())
+    except WriteError as exc:  # e.g. the disk is full: a sentence naming the file (the write left no partial table)
+        say(f"{KIND_LINE}{ProblemKind.FAILED.value}")
+        say(f"error: {exc}")
+        return EXIT_ERROR
     import json
     summary = {"files": result.files, "chunks": result.chunks, "frames": result.frames,
                "seconds": result.seconds, "forward_seconds": result.forward_seconds, "skipped": result.skipped,
+               "histogram": result.histogram,
                "activations": {part: {a.layer: [a.absmax, a.threshold] for a in table.activations.values()}
                                for part, table in (("encoder", result.encoder), ("joiner", result.joiner))}}
     say("result: " + json.dumps(summary))
@@ -173,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="encoder param/bin, decoder param/bin, joiner param/bin")
     ca.add_argument("--wav", action="append", default=[])
     ca.add_argument("--cache-dir", default=None)
+    from core.int8.calibrate import DEFAULT_HISTOGRAM, HISTOGRAM_MODES
+    ca.add_argument("--histogram", choices=HISTOGRAM_MODES, default=DEFAULT_HISTOGRAM)
     ca.add_argument("--tables", nargs=2, required=True, metavar=("ENCODER_TABLE", "JOINER_TABLE"))
     qu = sub.add_parser("quantize", help="core.int8.quantize.quantize of one net")
     for name in ("param", "bin", "table", "out_param", "out_bin"):

@@ -77,7 +77,7 @@ def _check_fp32_set(layout) -> None:
                             "they are the same", hint="report this pnnx version; run without --int8 meanwhile")
 
 
-def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) -> Step:
+def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None, histogram: str | None = None) -> Step:
     """Built-in calibration of ``files`` (default: the run's fp32 set, which the fp32-set step checked).
 
     ncnn runs in a child process (core.ncnn.child): its progress is relayed live, cancel stops it, and a crash
@@ -94,7 +94,8 @@ def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) ->
             result = calibrate_in_child(files, wavs, on_progress=lambda i, n, note: (ctx.progress(i, n, note),
                                                                                       ctx.log(note)),
                                         cancelled=ctx._cancelled.is_set, cache_dir=layout.work / "calibration-cache",
-                                        tables=(outputs[0], outputs[1]), on_line=ctx.log, step="calibrate")
+                                        tables=(outputs[0], outputs[1]), on_line=ctx.log, step="calibrate",
+                                        histogram=histogram)
         except ChildCancelled:
             raise StepCancelled() from None
         except CalibrationCrashed as exc:
@@ -109,11 +110,11 @@ def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None) ->
                 ctx.log(f"{part} {a.layer:<28} max = {a.absmax:<12.6g} threshold = {a.threshold:<12.6g} "
                         f"scale = {a.scale:.6g}")
         ctx.log(f"{result.files} files, {result.chunks} encoder chunks, {result.frames} joiner frames in "
-                f"{result.seconds:.1f} s")
+                f"{result.seconds:.1f} s ({result.histogram} histograms)")
 
     wav_args = " ".join(f"--wav {shlex.quote(str(w))}" for w in wavs)
     return Step("calibrate", "Calibrate int8 scales (built in)", func=run,
-                inputs=[*vars(files).values(), *wavs], outputs=outputs,
+                inputs=[*vars(files).values(), *wavs], outputs=outputs, fingerprint_extra=histogram or "",
                 describe=f"stream {len(wavs)} calibration wav(s) through the fp32 model (ncnn in a child process); "
                          "write the scale tables",
                 script=[f"sherpa-ncnn-wizard calibrate {shlex.quote(str(fp32_dir(layout)))} {wav_args} "
@@ -180,11 +181,11 @@ def make_quantize(layout, files: ModelFiles | None = None, wavs: list[Path] | No
 
 
 def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None = None,
-                    min_cosine: float | None = None) -> list[Step]:
+                    min_cosine: float | None = None, histogram: str | None = None) -> list[Step]:
     """calibrate and quantize, each with the built-in code or the user's tool (``backend``: an Int8Backend)."""
     from core.pipeline.int8_external import make_external_calibrate, make_external_quantize, make_int8_metadata
     steps = [make_external_calibrate(layout, backend.table_tool, wavs, files) if backend.table_tool
-             else make_calibrate(layout, wavs, files)]
+             else make_calibrate(layout, wavs, files, histogram)]
     if backend.quantize_tool:
         steps += [make_external_quantize(layout, backend.quantize_tool, net, files) for net in INT8_NETS]
         steps.append(make_int8_metadata(layout))
@@ -200,7 +201,8 @@ def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: l
     audio = plan_audio(layout, [Path(w) for w in config.calibration.wavs], config.calibration.resample)
     warnings += audio.notes
     steps = [make_calibration_audio(audio)] if audio.resample else []
-    return steps + make_int8_steps(layout, audio.wavs, backend, files, config.calibration.min_cosine)
+    return steps + make_int8_steps(layout, audio.wavs, backend, files, config.calibration.min_cosine,
+                                   config.calibration.histogram)
 
 
 def check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> tuple[list[str], list[str]]:

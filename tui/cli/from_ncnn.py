@@ -98,6 +98,7 @@ def run_from_ncnn(args) -> int:
         int8.calibration.wavs = [str(Path(w).resolve()) for w in (args.calibration_wav or args.wav)]
         int8.calibration.backend = args.int8_backend or "builtin"
         int8.calibration.resample = bool(args.resample)
+        int8.calibration.histogram = getattr(args, "histogram", None) or int8.calibration.histogram
         if getattr(args, "min_cosine", None) is not None:
             from core.pipeline.config import min_cosine_problem
             problem = min_cosine_problem(args.min_cosine, "--min-cosine")

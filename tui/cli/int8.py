@@ -49,7 +49,8 @@ def run_calibrate(args) -> int:
                                                                                        markup=False))
     files = ModelFiles(*names["encoder"], *names["decoder"], *names["joiner"])
     try:
-        result = calibrate(files, wavs, on_progress=progress, cache_dir=out / "calibration-cache")
+        result = calibrate(files, wavs, on_progress=progress, cache_dir=out / "calibration-cache",
+                           histogram=getattr(args, "histogram", None))
     except CalibrationError as exc:
         if args.json:
             emit_json({"ok": False, "error": str(exc)})
@@ -70,7 +71,7 @@ def run_calibrate(args) -> int:
                                                                              "a rerun only chooses the thresholds)"))
         return EXIT_FAILED
     report = {"ok": True, "files": result.files, "chunks": result.chunks, "frames": result.frames,
-              "seconds": round(result.seconds, 3), "skipped": result.skipped,
+              "seconds": round(result.seconds, 3), "skipped": result.skipped, "histogram": result.histogram,
               "encoder_layers": list(result.encoder.activations), "joiner_layers": list(result.joiner.activations),
               "tables": [str(out / "encoder-scale-table.txt"), str(out / "joiner-scale-table.txt")]}
     if args.json:

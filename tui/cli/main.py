@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--min-cosine", type=float, metavar="C",
                      help="with --int8: keep the most int8-sensitive layers float until the encoder's and the "
                           "joiner's output cosine reaches C (e.g. 0.99); same as [calibration] min_cosine")
+    run.add_argument("--histogram", choices=("one-pass", "two-pass"),
+                     help="with --int8: activation histograms in one pass (default) or two, as ncnn's tools take "
+                          "them; same as [calibration] histogram")
     run.add_argument("--table-tool", metavar="PATH", help="sherpa-ncnn's generate-int8-scale-table binary")
     run.add_argument("--ncnn2int8", metavar="PATH", help="ncnn's ncnn2int8 binary")
     run.add_argument("--dry-run", action="store_true", help="print the plan (every command) and run nothing")
@@ -168,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--wav", action="append", default=[], metavar="W", help="a calibration wav (repeatable)")
     calibrate.add_argument("--wav-list", metavar="F", help="a file with one wav path per line")
     calibrate.add_argument("--out", metavar="D", help="where the tables go (default: DIR)")
+    calibrate.add_argument("--histogram", choices=("one-pass", "two-pass"),
+                           help="activation histograms in one pass (default) or two (ncnn's: absmax first, then "
+                                "exactly 2048 bins over [0, absmax])")
     calibrate.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
 
     quantize = sub.add_parser(

@@ -60,6 +60,8 @@ def load_run_config(args) -> WizardConfig:
         config.validation.max_wer_increase = args.max_wer_increase
     if getattr(args, "min_cosine", None) is not None:
         config.calibration.min_cosine = checked_min_cosine(args.min_cosine)
+    if getattr(args, "histogram", None):
+        config.calibration.histogram = args.histogram
     return config
 
 
@@ -74,7 +76,7 @@ def checked_min_cosine(value: float) -> float:
 
 FROM_NCNN_ONLY = ("arch", "reference_dir", "traced_dir", "wav", "calibration_wav")
 INT8_ONLY = {"int8_backend": "--int8-backend", "table_tool": "--table-tool", "ncnn2int8": "--ncnn2int8",
-             "resample": "--resample", "min_cosine": "--min-cosine"}
+             "resample": "--resample", "min_cosine": "--min-cosine", "histogram": "--histogram"}
 
 
 def inapplicable_flags(args, config: WizardConfig) -> tuple[list[str], list[str]]:
