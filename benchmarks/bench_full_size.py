@@ -14,7 +14,8 @@ calibration's bare ncnn forward passes over the calibration audio (benchmarks/
 bench_calibrate.py forward_floor on the run's own fp32 set). Prints total / floor.
 
 --json prints one object: ``steps`` ({name: {wall, cpu, peak_mb}}), ``total``,
-``floor``, ``ratio`` (and ``floor_parts``, ``load``, ``validation``).
+``floor``, ``ratio`` (and ``floor_parts``, ``load``, ``validation`` (the validate step's own timings),
+``validation_share`` (validate + speed + dataset-wer over the total) and ``peaks_above_export``).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_FLAGS = {"conv-emformer": "--memory-size 32"}
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+CHECK_STEPS = ("validate", "speed", "dataset-wer")  # what "validation" costs: the checks a run adds
 
 
 def write_config(arch: str, tmp: Path, int8: bool, flags: list[str] | None = None) -> Path:
@@ -107,10 +109,15 @@ def main() -> int:
             validation_parts = json.loads(vj.read_text()).get("timings", {})
     total = sum(v["wall"] for v in steps.values())
     floor = sum(parts.values())
+    checks = sum(v["wall"] for k, v in steps.items() if k in CHECK_STEPS)
+    export_peak = (steps.get("export") or {}).get("peak_mb")
+    above = {k: v["peak_mb"] for k, v in steps.items()
+             if export_peak is not None and v["peak_mb"] is not None and v["peak_mb"] > export_peak}
     result = {"arch": a.arch, "int8": a.int8, "steps": steps, "total": round(total, 2), "floor": round(floor, 2),
               "ratio": round(total / floor, 3), "floor_parts": {k: round(v, 2) for k, v in parts.items()},
               "run_wall": round(wall, 2), "load": [round(x, 2) for x in (load + os.getloadavg())],
-              "validation": validation_parts}
+              "validation": validation_parts, "validation_share": round(checks / total, 3),
+              "peaks_above_export": above}
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -123,10 +130,14 @@ def main() -> int:
         print(f"  {name:24} {v['wall']:8.1f} {cpu:>8} {peak:>8}")
     for name, seconds in validation_parts.items():
         print(f"    validate: {name:22} {seconds:8.1f}")
-    val = sum(v["wall"] for k, v in steps.items() if "valid" in k)
-    print(f"  total {total:.1f} s (validation {val / total:.0%}); floor {floor:.1f} s = "
+    val = steps.get("validate", {}).get("wall", 0.0)
+    print(f"  total {total:.1f} s (validation {checks / total:.0%}: validate {val / total:.0%} + speed"
+          f"{' + dataset-wer' if 'dataset-wer' in steps else ''}); floor {floor:.1f} s = "
           + " + ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     print(f"  total / floor = {total / floor:.2f}")
+    print("  peak RSS above the export step's " + (f"({export_peak:.0f} MB): " + ", ".join(
+        f"{k} {v:.0f} MB" for k, v in above.items()) if above else "none") if export_peak else
+          "  no export peak recorded")
     return 0
 
 

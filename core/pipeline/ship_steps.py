@@ -100,11 +100,21 @@ def make_ship_files_step(layout, wavs: list[Path]) -> Step:
 
 
 def make_speed_step(layout, wavs: list[Path], int8: bool, threads: list[int] | None = None) -> Step:
-    """Decode the test wavs with fp16 (and int8), 1 thread and all cores, each in its own sherpa-ncnn child."""
-    from core.validation.speed import SpeedError, default_threads, format_table, measure
+    """The speed table: fp16 (and int8), 1 thread and all cores. The 1-thread rows are the validation's own
+    decodes (timed there, on every test wav); what is left runs here, each in its own sherpa-ncnn child, more
+    threads on the first seconds of audio only (core.validation.speed.measure)."""
+    from core.validation.speed import (
+        ALL_CORES_AUDIO_SECONDS,
+        SpeedError,
+        default_threads,
+        format_table,
+        known_rows,
+        measure,
+    )
     folder = layout.out / "test_wavs"
     targets = [folder / n for n in test_wav_names(wavs)]
     out = layout.out / SPEED_FILE
+    validation = layout.out / "validation.json"
     models = ["fp16"] + (["int8"] if int8 else [])
     threads = threads or default_threads()
 
@@ -118,9 +128,15 @@ def make_speed_step(layout, wavs: list[Path], int8: bool, threads: list[int] | N
             ctx.log(f"{row['model']}, {row['threads']} thread(s): " + (
                 f"failed: {row['error']}" if row.get("error") else
                 f"rtf {row['rtf']}, load {row['load_seconds']} s, peak {row['peak_mb']} MB, first result "
-                f"{row['first_result_seconds']} s"))
+                f"{row['first_result_seconds']} s" + (" (the validation's decode)"
+                                                       if row.get("measured_in") == "validate" else "")))
         try:
-            report = measure(layout.out, targets, models, threads, on_row=on_row, cancelled=ctx._cancelled.is_set)
+            known = known_rows(json.loads(validation.read_text()))
+        except (OSError, ValueError):
+            known = {}
+        try:
+            report = measure(layout.out, targets, models, threads, on_row=on_row, cancelled=ctx._cancelled.is_set,
+                             known=known, all_cores_seconds=ALL_CORES_AUDIO_SECONDS, side_by_side=True)
         except SpeedError as exc:
             raise StepError(str(exc)) from None
         ctx.check_cancelled()
@@ -132,10 +148,10 @@ def make_speed_step(layout, wavs: list[Path], int8: bool, threads: list[int] | N
                             hint=f"the figures that were measured are in {out}")
 
     return Step("speed", "Measure speed in sherpa-ncnn (RTF, latency, memory)", func=run,
-                inputs=[*_model_files(layout, int8), *targets], outputs=[out],
-                fingerprint_extra=json.dumps([models, threads]),
-                describe=f"decode the test wavs with {' and '.join(models)}, {' and '.join(map(str, threads))} "
-                         "thread(s), each in a sherpa-ncnn child",
+                inputs=[*_model_files(layout, int8), *targets, validation], outputs=[out],
+                fingerprint_extra=json.dumps([models, threads, ALL_CORES_AUDIO_SECONDS]),
+                describe=f"{' and '.join(models)} with {' and '.join(map(str, threads))} thread(s): 1 thread from "
+                         "the validation's decodes, the rest each in a sherpa-ncnn child",
                 script=[f"python3 {shlex.quote(str(layout.out / BENCH_FILE))} --json > "
                         f"{shlex.quote(str(out))}"])
 
@@ -150,7 +166,12 @@ def make_int8_layers_step(layout, files=None) -> Step:
     out = layout.out / LAYERS_FILE
 
     def run(ctx: StepContext) -> None:
-        from core.int8.report import Int8ReportError, NetFiles, build_report, format_by_type
+        from core.int8.report import (
+            Int8ReportError,
+            NetFiles,
+            build_report,
+            format_by_type,
+        )
         nets = [NetFiles(n, *sources[n], int8_file(layout, n, "param"), int8_file(layout, n, "bin"),
                          layout.final(n, "param"), layout.final(n, "bin")) for n in sources]
         try:

@@ -50,20 +50,50 @@ class TorchTransducer:
     segment: int
     offset: int
 
-    def decode(self, features, follow: dict[int, int] | None = None, tolerance: float = 0.0) -> dict:
+    def decode(self, features, follow: dict[int, int] | None = None, tolerance: float = 0.0,
+               encoded: list | None = None) -> dict:
         """Greedy-decode (frames, 80) features as sherpa-ncnn does: token ids and the encoder frame of each.
 
         ``follow`` (sherpa-ncnn's emissions, frame -> token): where torch's choice differs from sherpa-ncnn's
         by no more than ``tolerance`` x max(1, |logits|max) -- a near-tie that fp16 rounding may flip -- torch
         takes sherpa-ncnn's choice (a ``near_ties`` entry) and goes on; a larger difference is the
         ``divergence`` (reported once; torch keeps its own choice from there on).
+        ``encoded``: ``encode(features)``, when already computed (the encoder does not depend on the tokens, so a
+        second search over the same wav needs no second encoder pass); the result's ``encoded`` is it.
         """
+        encoded = self.encode(features) if encoded is None else encoded
+        return {**self.search(encoded, follow, tolerance), "encoded": encoded}
+
+    def encode(self, features) -> list:
+        """The encoder's output frames ((frames, dim) per chunk), streamed as sherpa-ncnn streams: ``Segment``
+        frames per chunk advancing by ``Offset``, states carried from zero."""
         import numpy as np
         import torch
         enc = self.encoder
         inputs = enc.zeros()
         lengths = enc.lengths_index()
         states = enc.state_indices()
+        processed, chunks = 0, []
+        feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        while processed + self.segment < feats.shape[0]:  # sherpa-ncnn's IsReady (strict <)
+            inputs[0] = feats[processed: processed + self.segment].unsqueeze(0)
+            if lengths is not None:
+                inputs[lengths] = torch.full(tuple(inputs[lengths].shape), self.segment, dtype=inputs[lengths].dtype)
+            outs = enc(inputs)
+            for k in states:
+                if k >= len(outs) or tuple(outs[k].shape) != tuple(inputs[k].shape):
+                    raise AgreementError(f"{enc.path}: output out{k} does not fit input in{k} "
+                                         f"({tuple(outs[k].shape) if k < len(outs) else 'missing'} vs "
+                                         f"{tuple(inputs[k].shape)}); the states cannot be carried")
+                inputs[k] = outs[k]
+            chunks.append(outs[0].reshape(-1, outs[0].shape[-1]))  # (frames, dim)
+            processed += self.offset
+        return chunks
+
+    def search(self, encoded: list, follow: dict[int, int] | None = None, tolerance: float = 0.0) -> dict:
+        """sherpa-ncnn's greedy search over encoder output frames (see ``decode``)."""
+        import numpy as np
+        import torch
         dec_dtype = getattr(torch, self.decoder.specs[0].dtype) if self.decoder.specs else torch.int64
         enc_rank = len(self.joiner.specs[0].shape) if self.joiner.specs else 2
         dec_rank = len(self.joiner.specs[1].shape) if self.joiner.specs else 2
@@ -77,20 +107,8 @@ class TorchTransducer:
         near_ties: list[dict] = []
         divergence = None
         dec_out = run_decoder(tokens[-CONTEXT:])
-        processed, frame_offset = 0, 0
-        feats = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        while processed + self.segment < feats.shape[0]:  # sherpa-ncnn's IsReady (strict <)
-            inputs[0] = feats[processed: processed + self.segment].unsqueeze(0)
-            if lengths is not None:
-                inputs[lengths] = torch.full(tuple(inputs[lengths].shape), self.segment, dtype=inputs[lengths].dtype)
-            outs = enc(inputs)
-            for k in states:
-                if k >= len(outs) or tuple(outs[k].shape) != tuple(inputs[k].shape):
-                    raise AgreementError(f"{enc.path}: output out{k} does not fit input in{k} "
-                                         f"({tuple(outs[k].shape) if k < len(outs) else 'missing'} vs "
-                                         f"{tuple(inputs[k].shape)}); the states cannot be carried")
-                inputs[k] = outs[k]
-            encoder_out = outs[0].reshape(-1, outs[0].shape[-1])  # (frames, dim)
+        frame_offset = 0
+        for encoder_out in encoded:
             for t in range(encoder_out.shape[0]):
                 frame = frame_offset + t
                 logits = self.joiner([encoder_out[t].reshape([1] * (enc_rank - 1) + [-1]), dec_out])[0]
@@ -106,7 +124,6 @@ class TorchTransducer:
                     frames.append(frame)
                     dec_out = run_decoder(tokens[-CONTEXT:])
             frame_offset += encoder_out.shape[0]
-            processed += self.offset
         return {"tokens": tokens[CONTEXT:], "frames": frames, "near_ties": near_ties, "divergence": divergence}
 
 
@@ -292,7 +309,8 @@ def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | N
                      **compare_tokens(plain["tokens"], sherpa_tokens, plain["frames"], sherpa_frames or None),
                      "near_ties": []}
             if model != "int8" and not entry["match"] and len(sherpa_frames) == len(sherpa_tokens):
-                guided = torch_model.decode(feats, dict(zip(sherpa_frames, sherpa_tokens)), NEAR_TIE)
+                guided = torch_model.decode(feats, dict(zip(sherpa_frames, sherpa_tokens)), NEAR_TIE,
+                                            plain.get("encoded"))
                 if guided["divergence"] is None and guided["tokens"] == sherpa_tokens:
                     entry.update(match=True, near_ties=guided["near_ties"])
                 elif guided["divergence"] is not None:

@@ -98,13 +98,66 @@ class SpeedReport:
                                 "first_result_seconds": "wall seconds from the first audio fed (as fast as possible, "
                                                         "0.1 s chunks) to the first non-empty text",
                                 "load_seconds": "seconds to construct sherpa_ncnn.Recognizer",
-                                "peak_mb": "peak resident memory of the decoding child (Python included)"}}
+                                "peak_mb": "peak resident memory of the decoding child (Python included)",
+                                "measured_in": "validate: the validation's own 1-thread decode of every test wav "
+                                               "(on its own core); speed: this step's child (more than 1 thread: "
+                                               f"the first wavs holding {ALL_CORES_AUDIO_SECONDS:g} s of audio)",
+                                "audio_seconds": "the audio the row decoded"}}
+
+
+ALL_CORES_AUDIO_SECONDS = 4.0  # rows with more than one thread decode the first wavs holding this much audio
+
+
+@dataclass
+class Measurement:
+    """One (model, threads) child to run, on these wavs."""
+    model: str
+    threads: int
+    wavs: list[Path]
+
+
+def audio_seconds(wav: Path) -> float:
+    """A PCM wav's duration from its header (0 when unreadable: check_inputs reports that)."""
+    try:
+        with wave.open(str(wav), "rb") as w:
+            return w.getnframes() / float(w.getframerate() or 1)
+    except (OSError, EOFError, wave.Error):
+        return 0.0
+
+
+def first_seconds(wavs: list[Path], seconds: float | None) -> list[Path]:
+    """The first wavs that together hold at least ``seconds`` of audio (at least one; all when None)."""
+    if seconds is None:
+        return list(wavs)
+    taken, total = [], 0.0
+    for w in wavs:
+        if taken and total >= seconds:
+            break
+        taken.append(w)
+        total += audio_seconds(w)
+    return taken
+
+
+def plan_measurements(models: list[str], threads: list[int], wavs: list[Path], known: dict | None = None,
+                      all_cores_seconds: float | None = ALL_CORES_AUDIO_SECONDS) -> list[Measurement]:
+    """What is left to measure: every (model, threads) pair without a ``known`` row ((model, threads) -> row,
+    e.g. validation's 1-thread decodes), more than one thread on the first ``all_cores_seconds`` of audio only
+    (a real-time factor needs seconds of audio, not every test wav)."""
+    known = known or {}
+    return [Measurement(m, t, list(wavs) if t == 1 else first_seconds(wavs, all_cores_seconds))
+            for m in models for t in threads if (m, t) not in known]
 
 
 def measure(model_dir: Path, wavs: list[Path], models: list[str] | None = None, threads: list[int] | None = None,
             *, on_row: Callable[[dict], None] | None = None, cancelled: Callable[[], bool] | None = None,
-            timeout: float = 600) -> SpeedReport:
-    """Decode ``wavs`` with every (model, threads) pair, each in its own child; raises SpeedError on bad input."""
+            timeout: float = 600, known: dict | None = None, all_cores_seconds: float | None = None,
+            side_by_side: bool = False) -> SpeedReport:
+    """Decode ``wavs`` with every (model, threads) pair, each in its own child; raises SpeedError on bad input.
+
+    ``known``: (model, threads) -> a row measured already (validation's 1-thread decodes), taken as it is.
+    ``side_by_side``: 1-thread children of different models run at the same time when there are cores for them
+    (each on its own core); children with more threads always run one at a time, alone.
+    ``all_cores_seconds``: see plan_measurements."""
     model_dir = Path(model_dir).resolve()
     problems = check_inputs(model_dir, wavs, models, threads)
     if problems:
@@ -112,16 +165,56 @@ def measure(model_dir: Path, wavs: list[Path], models: list[str] | None = None, 
     bench = bench_module()
     models = models or available_models(model_dir)
     threads = threads or default_threads()
-    report = SpeedReport()
-    for m in models:
-        for t in threads:
-            if cancelled is not None and cancelled():
-                return report
-            row = bench.run_one(str(model_dir), m, t, [str(Path(w).resolve()) for w in wavs], timeout=timeout)
-            report.rows.append(row)
+    known = known or {}
+    todo = plan_measurements(models, threads, [Path(w).resolve() for w in wavs], known, all_cores_seconds)
+    rows: dict[tuple[str, int], dict] = {}
+    for key, row in known.items():
+        if key[0] in models and key[1] in threads:
+            rows[key] = row
             if on_row is not None:
                 on_row(row)
-    return report
+
+    def run(m: Measurement) -> dict:
+        row = bench.run_one(str(model_dir), m.model, m.threads, [str(w) for w in m.wavs], timeout=timeout)
+        row["measured_in"] = "speed"
+        return row
+
+    singles = [m for m in todo if m.threads == 1]
+    workers = min(len(singles), bench.cpu_count()) if side_by_side else 1
+    if workers > 1 and not (cancelled is not None and cancelled()):
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for m, row in zip(singles, pool.map(run, singles)):
+                rows[(m.model, m.threads)] = row
+                if on_row is not None:
+                    on_row(row)
+        todo = [m for m in todo if m.threads != 1]
+    for m in todo:
+        if cancelled is not None and cancelled():
+            break
+        rows[(m.model, m.threads)] = row = run(m)
+        if on_row is not None:
+            on_row(row)
+    return SpeedReport([rows[(m, t)] for m in models for t in threads if (m, t) in rows])
+
+
+def known_rows(validation: dict, cores: int | None = None) -> dict:
+    """validation.json's 1-thread decode figures as speed rows ((model, 1) -> row): the validation process decodes
+    each model once on its own core (beside torch's one), timed as bench.py times it. Not taken on a 1-core
+    machine (there the decode shared its core with torch) nor when a figure is missing."""
+    cores = cores if cores is not None else bench_module().cpu_count()
+    if cores < 2 or not isinstance(validation, dict):
+        return {}
+    found = {}
+    for key in ("decode", "decode_int8"):
+        decoded = validation.get(key)
+        speed = decoded.get("speed") if isinstance(decoded, dict) and decoded.get("ok") else None
+        if not isinstance(speed, dict) or speed.get("threads") != 1 or speed.get("model") not in MODELS:
+            continue
+        if any(not isinstance(speed.get(k), (int, float)) for k in ("rtf", "load_seconds", "peak_mb")):
+            continue
+        found[(speed["model"], 1)] = {**speed, "measured_in": "validate"}
+    return found
 
 
 def format_table(rows: list[dict]) -> str:

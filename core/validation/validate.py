@@ -28,6 +28,9 @@ class DecodeResult:
     error: str | None = None
     returncode: int | None = None
     log_tail: list[str] = field(default_factory=list)
+    # the decoding child's own figures (load_seconds, rtf, first_result_seconds, peak_mb, audio_seconds, threads):
+    # the speed table's 1-thread row, so the speed step does not decode the same wavs again
+    speed: dict | None = None
 
 
 # -- numeric -----------------------------------------------------------------
@@ -106,22 +109,50 @@ def torch_reference(net: str, pt: Path, features=None, seed: int = 0, shape_file
 # -- decoding in sherpa-ncnn ---------------------------------------------------
 
 _DECODE_CHILD = r"""
-import json, sys
+import json, sys, time
 import numpy as np
 import sherpa_ncnn
 cfg = json.loads(sys.argv[1])
-for item in cfg["inputs"]:
-    # a fresh recognizer per file: reset() does not clear every encoder state, and loading is cheap
-    r = sherpa_ncnn.Recognizer(num_threads=1, **cfg["files"])
-    print("LOADED", flush=True)
+t0 = time.perf_counter()
+r = sherpa_ncnn.Recognizer(num_threads=cfg["threads"], **cfg["files"])
+load = time.perf_counter() - t0
+print("LOADED", flush=True)
+audio = compute = 0.0
+first = None
+for i, item in enumerate(cfg["inputs"]):
+    if i:  # a fresh stream per file (zero states, like a fresh recognizer), the model loaded once
+        if hasattr(r, "recognizer"):
+            r.stream = r.recognizer.create_stream()
+        else:  # a sherpa_ncnn without that attribute: a fresh recognizer (its load is not counted)
+            del r
+            r = sherpa_ncnn.Recognizer(num_threads=cfg["threads"], **cfg["files"])
     samples = np.load(item["npy"]) if item.get("npy") else np.zeros(16000, dtype=np.float32)
-    r.accept_waveform(16000, samples)
+    step = int(16000 * cfg["chunk"])  # fed as an app streams it: the first result's latency is measured too
+    start = time.perf_counter()
+    for k in range(0, len(samples), step):
+        r.accept_waveform(16000, samples[k:k + step])
+        if first is None and r.text.strip():
+            first = time.perf_counter() - start
     r.accept_waveform(16000, np.zeros(int(16000 * cfg["tail"]), dtype=np.float32))
     r.input_finished()
+    if first is None and r.text.strip():
+        first = time.perf_counter() - start
+    compute += time.perf_counter() - start
+    audio += len(samples) / 16000.0
     print("RESULT " + json.dumps({"wav": item["wav"], "text": r.text, "tokens": [int(t) for t in r.tokens],
                                   "timestamps": [float(t) for t in r.timestamps]}), flush=True)
-    del r  # the next file's recognizer must not load beside this one (two copies of the model: twice the peak)
+hwm = None
+try:  # this child's own peak resident memory (Linux); elsewhere the parent takes wait4's figure
+    with open("/proc/self/status") as fh:
+        hwm = next((round(int(l.split()[1]) / 1024.0, 1) for l in fh if l.startswith("VmHWM:")), None)
+except OSError:
+    pass
+print("SPEED " + json.dumps({"threads": cfg["threads"], "load_seconds": round(load, 4), "peak_mb": hwm,
+                             "rtf": round(compute / audio, 4) if audio else None, "audio_seconds": round(audio, 3),
+                             "decode_seconds": round(compute, 4),
+                             "first_result_seconds": None if first is None else round(first, 4)}), flush=True)
 """
+CHUNK_SECONDS = 0.1  # assets/bench_template.py's CHUNK_SECONDS: the 1-thread figures here are the speed table's
 
 
 def model_files(out: Path, int8: bool = False) -> dict[str, str]:
@@ -151,12 +182,39 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
     pool = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="validate-child")
     _POOL["pool"] = pool
     if run_decode:
-        _PENDING[("decode", str(out), False)] = pool.submit(_timed, decode, out, wavs, references)
+        _PENDING[("decode", str(out), False)] = _submit(pool, decode, out, wavs, references)
     if int8:
-        _PENDING[("decode", str(out), True)] = pool.submit(_timed, decode, out, wavs, references, True)
+        _PENDING[("decode", str(out), True)] = _submit(pool, decode, out, wavs, references, True)
         if wavs and fp32_dir is not None:
-            _PENDING[("int8-cosine", str(out))] = pool.submit(_timed, _int8_similarity, out, fp32_dir, wavs)
+            _PENDING[("int8-cosine", str(out))] = _submit(pool, _int8_similarity, out, fp32_dir, wavs)
     return pool
+
+
+_WORK: dict[object, tuple] = {}  # a submitted Future -> (fn, args), so this thread can run it when still queued
+
+
+def _submit(pool, fn, *args):
+    future = pool.submit(_timed, fn, *args)
+    _WORK[future] = (fn, args)
+    return future
+
+
+def run_queued_here() -> None:
+    """Run every child the pool has not started yet in this thread, oldest first (the torch work is done: its core
+    is free), while the pool's workers finish theirs; their results are then waiting for the collectors."""
+    from concurrent.futures import Future
+    for future in list(_WORK):
+        fn, args = _WORK.pop(future)
+        if future.cancel():
+            done: Future = Future()
+            done.set_result(_timed(fn, *args))
+            for key, value in list(_PENDING.items()):
+                if value is future:
+                    _PENDING[key] = done
+            _STOLEN[future] = done
+
+
+_STOLEN: dict[object, object] = {}  # a cancelled (run here instead) Future -> the Future holding its result
 
 
 def _start_numeric(out: Path, torch_side: dict) -> tuple:
@@ -171,7 +229,7 @@ def _start_numeric(out: Path, torch_side: dict) -> tuple:
     save_chunks(Path(name), torch_side)
     pool = _POOL.get("pool")
     if pool is not None:
-        return Path(name), pool.submit(_timed, compare_in_child, out, Path(name))
+        return Path(name), _submit(pool, compare_in_child, out, Path(name))
     return Path(name), None
 
 
@@ -179,7 +237,7 @@ def _finish_numeric(pending: tuple, timings: dict) -> dict:
     from core.validation.numeric import compare_in_child
     npz, future = pending
     try:
-        result, exc, seconds = future.result() if future is not None else _timed(compare_in_child, npz.parent, npz)
+        result, exc, seconds = _result(future, compare_in_child, npz.parent, npz)
     finally:
         npz.unlink(missing_ok=True)
     timings["numeric (ncnn child)"] = round(seconds, 3)
@@ -197,10 +255,20 @@ def _timed(fn, *args):
         return None, exc, time.perf_counter() - t0
 
 
+def _result(future, fn, *args):
+    """(result, exception, seconds) of a started child's future; when the pool has not started it yet (its workers
+    are busy), this thread runs it instead of waiting: the torch work is done, so its core is free."""
+    future = _STOLEN.pop(future, future)
+    _WORK.pop(future, None)
+    if future is not None and not future.cancel():
+        return future.result()
+    return _timed(fn, *args)
+
+
 def _collect(key: tuple, fn, *args, timings: dict | None = None, name: str = ""):
     """The prefetched result for ``key`` (waiting for it), else ``fn(*args)`` here; the seconds go to ``timings``."""
     future = _PENDING.pop(key, None)
-    result, exc, seconds = future.result() if future is not None else _timed(fn, *args)
+    result, exc, seconds = _result(future, fn, *args)
     if timings is not None and name:
         timings[name] = round(seconds, 3)
     if exc is not None:
@@ -241,7 +309,8 @@ def decode(out: Path, wavs: list[Path], references: dict[str, str], int8: bool =
         inputs.append({"wav": str(wav), "npy": str(npy)})
     if not inputs:
         inputs = [{"wav": "(1 s of silence: no test wavs given)", "npy": None}]
-    cfg = {"files": model_files(out, int8), "inputs": inputs, "tail": TAIL_PADDING_SECONDS}
+    cfg = {"files": model_files(out, int8), "inputs": inputs, "tail": TAIL_PADDING_SECONDS, "threads": 1,
+           "chunk": CHUNK_SECONDS}
     try:
         proc = subprocess.run([sys.executable, "-c", _DECODE_CHILD, json.dumps(cfg)], capture_output=True,
                               text=True, errors="replace", timeout=DECODE_TIMEOUT_SECONDS)
@@ -267,7 +336,11 @@ def decode(out: Path, wavs: list[Path], references: dict[str, str], int8: bool =
     if proc.returncode != 0:
         return DecodeResult(False, model, results, explain_exit(proc.returncode, lines, "LOADED" in proc.stdout),
                             proc.returncode, lines[-20:])
-    return DecodeResult(True, model, results, None, 0, lines[-20:])
+    speed = next((json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("SPEED ")), None)
+    if speed is not None:
+        speed = {"model": model, **speed, "texts": [item["text"] for item in results],
+                 "wavs": [item["wav"] for item in results]}
+    return DecodeResult(True, model, results, None, 0, lines[-20:], speed)
 
 
 def explain_exit(rc: int, lines: list[str], loaded: bool) -> str:
@@ -401,6 +474,7 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
         t0 = time.perf_counter()
         prepare(out, arch, traced_dir, [str(w) for w in wavs] or [NO_WAV], TAIL_PADDING_SECONDS)
         timings["torch streaming decode"] = round(time.perf_counter() - t0, 3)
+    run_queued_here()  # torch is done: its core takes the children still queued
     if numeric and traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists():
         ncnn_side = _finish_numeric(pending_numeric, timings) if pending_numeric else {}
         for net in NETS:
