@@ -143,14 +143,16 @@ from core.int8.calibration import ModelFiles, calibrate
 files = ModelFiles(*map(Path, sys.argv[2:8]))
 workers = int(sys.argv[8]) or None
 calibrate(files, [Path(w) for w in sys.argv[10:]], workers=workers, histogram=sys.argv[9])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(hwm[0], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 """
 
 
 def peak_rss_mb(files: ModelFiles, wavs: list[Path], workers: int, histogram: str = DEFAULT_HISTOGRAM
                 ) -> tuple[float, float]:
     """Peak resident memory of a calibration alone, run in a fresh process (as the wizard runs it, in a child):
-    that process's and its largest worker's, in MB (workers=0: one worker per core)."""
+    that process's and its largest worker's, in MB (workers=0: one worker per core). The process's own is its
+    VmHWM: getrusage's ru_maxrss survives exec, so it would count this (benchmark) process's size at the fork."""
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(root), *map(str, vars(files).values()), str(workers),
                           histogram, *map(str, wavs)], check=True, capture_output=True, text=True).stdout.split()
