@@ -307,3 +307,26 @@ def test_repeated_values_flush_where_one_by_one_adding_would(monkeypatch):
         many.add(v, times=times)
     assert one.count == many.count and one.absmax == many.absmax and one.range == many.range
     assert np.array_equal(one.hist, many.hist)
+
+
+def test_calibrate_onto_a_full_disk_says_so_and_leaves_no_partial_table(fp32_model, cli_json, tmp_path):
+    """The tables are written last; a full disk there is a sentence naming the file, not a traceback, and no
+    half-written table is left to be taken for a good one (needs root for the small tmpfs; skipped elsewhere)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        with open(full / "filler", "wb") as fh:  # fill it up
+            try:
+                fh.write(b"x" * (1 << 20))
+            except OSError:
+                pass
+        wav = str(demo_recipe("lstm").test_wavs[0])
+        code, r = cli_json("calibrate", fp32_model.encoder_param.parent, "--wav", wav, "--out", full / "tables")
+        assert code in (1, 2) and not r["ok"]
+        assert "Traceback" not in r["error"] and ("space" in r["error"] or "full" in r["error"]), r["error"]
+        left = sorted(p.name for p in (full / "tables").glob("*")) if (full / "tables").is_dir() else []
+        assert not [n for n in left if n.endswith("scale-table.txt")], left
+    finally:
+        subprocess.run(["umount", str(full)])
