@@ -13,9 +13,14 @@ quantizable inputs during each light-mode forward. A graph input's values are
 the array fed in, and the joiner's decoder-side input is counted once per frame
 it served, in one go: the statistics are bit-identical to extracting every
 blob on every chunk and frame (pinned by tests/test_calibration_run.py).
+
+Memory stays near the floor (interpreter, numpy, ncnn and the nets): values are copied
+into one reusable buffer per blob, each file's statistics are merged as soon as its
+turn comes, and the two-pass mode keeps at most RECORD_BYTES of activations.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,11 +385,8 @@ class _Passes:
         self.files, self.runner, self.wavs = files, runner, wavs
         self.workers, self.cache_dir, self.on_progress, self.cancelled = workers, cache_dir, on_progress, cancelled
         self.model_key = _model_key(files) if cache_dir else ""
-        self.total = len(wavs) * passes
-        self.finished = 0
-        self.t_start = time.perf_counter()
-        self.pool = None
-        self.pool_decided = workers is not None
+        self.total, self.finished, self.t_start = len(wavs) * passes, 0, time.perf_counter()
+        self.pool, self.pool_decided = None, workers is not None
         self.feats: dict[str, np.ndarray] = {}  # the first pass's features, for the second (serial runs)
         self.record = RecordBudget(RECORD_BYTES)
         self.recorded: dict[str, FileStats] = {}  # first-pass statistics that kept their values
@@ -439,7 +441,6 @@ class _Passes:
         def done(wav: Path, stats: FileStats, fresh: bool = True) -> None:
             cached = self._cached(job, wav)
             if fresh and cached is not None:
-                import os
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cached.with_suffix(".tmp.npz")
                 try:
@@ -470,7 +471,6 @@ class _Passes:
                              else "starting")
         self.started = True
         if todo and not self.pool_decided:
-            import os
             self.pool_decided = True
             if min(os.cpu_count() or 1, len(todo)) > 1:
                 # worker processes cost ~1-2 s to start: time one file here and use them only when they pay off
