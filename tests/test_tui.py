@@ -1027,3 +1027,25 @@ def test_ncnn_registration_lines_of_calibrate_stay_in_its_log(tmp_path, capfd):
     assert "overwrite" not in plain.getvalue() and "overwrite" not in rich.getvalue()
     out, err = capfd.readouterr()
     assert "overwrite" not in out + err
+
+
+async def test_run_progress_label_is_one_line_cut_with_an_ellipsis_at_80_columns(tmp_path):
+    """A long step title and note (a calibration wav's path) stay on the label's one line, ending in "…"."""
+    from core.pipeline.events import Progress, StepStarted
+    from tui.wizard.app import RunModel
+    config = demo_config("lstm")
+    config.output.dir = str(tmp_path / "out")
+    app = WizardApp(config=config, show_timings=False)
+    async with app.run_test(size=SMALL) as pilot:
+        await review_ready(pilot)
+        app.run_model = model = RunModel(app.plan())
+        step = model.steps[3]
+        model.handle(StepStarted(step.id, step.index, len(model.steps), step.title))
+        model.handle(Progress(step.id, 1, 4, "Processing " + "/very/long/path" * 8 + "/cal-0.wav (ETA 0 s)"))
+        await app.push_screen(RunScreen())
+        await pilot.pause(0.3)
+        label = app.screen.query_one("#progress-label")
+        shown = str(label.render())
+        assert "\n" not in shown and shown.startswith(f"{step.index}. {step.title}: Processing ")
+        lines = label.render_lines(label.region.reset_offset)  # what the one row of the label shows
+        assert len(lines) == 1 and "".join(s.text for s in lines[0]).rstrip().endswith("…")

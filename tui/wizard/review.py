@@ -154,7 +154,7 @@ class ReviewScreen(StepScreen):
         yield Static("", id="problems", classes="error")
         yield Button("Run anyway: the hyperparameters are right, the checkpoint check is not", id="ignore-mismatch")
         yield Checkbox("trust this checkpoint", id="trust-checkpoint")  # labelled by show_plan with the global
-        yield Label("SherpaMetaData line", classes="section")
+        yield Label("SherpaMetaData line (↑/↓ in the table: the row in full below it)", classes="section")
         yield Static("", id="meta-line", classes="code")
         yield MetaTable(id="meta-table", cursor_type="row", zebra_stripes=True)
         yield Static("", id="meta-detail", classes="muted")  # the highlighted row in full (cells may be cut)
@@ -233,7 +233,7 @@ class ReviewScreen(StepScreen):
             detail.update("")
             return
         key, value, source = self.meta_rows[row]
-        detail.update(Text(f"{key}={value}: {source}  (↑/↓ in the table: each line in full)"))
+        detail.update(Text(f"{key}={value}: {source}"))
 
     @on(DataTable.RowHighlighted, "#meta-table")
     def _meta_row(self, event: DataTable.RowHighlighted) -> None:

@@ -175,6 +175,7 @@ class RunScreen(Screen):
         else:
             bar.update(total=None)
             what = ""
+        # one line, cut with "…" (wizard.tcss: the note can be a long path; the log has it in full)
         label.update(Text(f"{running.index}. {running.title}: {running.note or 'running'} {what}".rstrip()))
 
     def check_action(self, action: str, parameters: tuple) -> bool | None:
