@@ -266,13 +266,18 @@ def prepare(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[str
     child processes); ``check`` then only compares. Failures are left for ``check`` to report."""
     if traced_dir is None or not (Path(traced_dir) / "encoder_jit_trace-pnnx.pt").is_file():
         return
+    from core.validation.batched import NotBatchable, encode_streams
     try:
         torch_model = transducer(out, arch, Path(traced_dir), extra_dirs)
-        for wav in wavs:
-            key = (str(traced_dir), wav)
-            if key not in _TORCH_CACHE:
-                feats = features_for(wav, tail_seconds)
-                _TORCH_CACHE[key] = (feats, torch_model.decode(feats))
+        todo = [w for w in dict.fromkeys(wavs) if (str(traced_dir), w) not in _TORCH_CACHE]
+        feats = [features_for(w, tail_seconds) for w in todo]
+        try:  # every wav's encoder pass at once (the weights read once per chunk step for all of them)
+            encoded = encode_streams(torch_model.encoder, torch_model.segment, torch_model.offset, feats) \
+                if len(todo) > 1 else [None] * len(todo)
+        except NotBatchable:
+            encoded = [None] * len(todo)  # one wav at a time, as sherpa-ncnn streams them
+        for wav, f, enc in zip(todo, feats, encoded):
+            _TORCH_CACHE[(str(traced_dir), wav)] = (f, torch_model.decode(f, encoded=enc))
     except (AgreementError, TracedError, OSError):
         return
 

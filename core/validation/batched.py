@@ -1,0 +1,76 @@
+"""The agreement check's encoder pass over every validation wav at once: one traced-encoder call per chunk step.
+
+Streaming feeds one chunk at a time, so a published-size encoder is bound by reading its weights (the LSTM's 230 MB
+per call for one output frame): the wavs' streams, batched, read them once per step for all. A traced module may
+not batch (a size fixed at trace time), so each new batch size is first checked against the plain one-wav call
+(every output, states included); any difference and the caller decodes one wav at a time as before.
+"""
+from __future__ import annotations
+
+TOLERANCE = 1e-4  # x max(1, |output|max): float rounding between batch sizes, nothing more
+
+
+class NotBatchable(Exception):
+    """The traced encoder does not give one wav's numbers when called with several."""
+
+
+def _batch_axis(shape) -> int:
+    for axis, size in enumerate(shape):
+        if size == 1:
+            return axis
+    raise NotBatchable(f"no batch axis of size 1 in {tuple(shape)}")
+
+
+def encode_streams(encoder, segment: int, offset: int, features: list) -> list[list]:
+    """Per wav, the encoder's output frames per chunk ((frames, dim) each), exactly as one-wav streaming gives
+    them (``TorchTransducer.encode``); raises NotBatchable when the batched call cannot stand for it."""
+    try:
+        return _encode_streams(encoder, segment, offset, features)
+    except NotBatchable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything unexpected here: the one-wav pass decides and reports
+        raise NotBatchable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def _encode_streams(encoder, segment: int, offset: int, features: list) -> list[list]:
+    import numpy as np
+    import torch
+    zeros = encoder.zeros()
+    lengths = encoder.lengths_index()
+    states = encoder.state_indices()
+    axes = {k: 0 if k in (0, lengths) else _batch_axis(z.shape) for k, z in enumerate(zeros)}
+    feats = [torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)) for f in features]
+    carried = [[z.clone() for z in zeros] for _ in feats]  # each wav's inputs (its states), batch of one
+    encoded: list[list] = [[] for _ in feats]
+    checked: set[int] = set()
+    step = 0
+    while True:
+        start = step * offset
+        active = [i for i, f in enumerate(feats) if start + segment < f.shape[0]]  # sherpa-ncnn's IsReady
+        if not active:
+            return encoded
+        for i in active:
+            carried[i][0] = feats[i][start: start + segment].unsqueeze(0)
+            if lengths is not None:
+                carried[i][lengths] = torch.full(tuple(zeros[lengths].shape), segment, dtype=zeros[lengths].dtype)
+        batch = [torch.cat([carried[i][k] for i in active], dim=axes[k]) for k in range(len(zeros))]
+        outs = encoder(batch)  # a size fixed at trace time fails here: not batchable
+        if any(k >= len(outs) or outs[k].shape[axes[k]] != len(active) for k in states) or \
+                outs[0].shape[0] != len(active):
+            raise NotBatchable("the outputs do not keep the batch")
+        rows = {k: torch.split(outs[k], 1, dim=axes[k]) for k in [0, *states]}
+        if len(active) not in checked:  # the first call at this batch size: its first and last wav vs the plain call
+            for j in {0, len(active) - 1}:
+                alone = encoder(carried[active[j]])
+                for k in [0, *states]:
+                    scale = max(1.0, float(alone[k].abs().max()))
+                    if tuple(alone[k].shape) != tuple(rows[k][j].shape) or \
+                            float((alone[k] - rows[k][j]).abs().max()) > TOLERANCE * scale:
+                        raise NotBatchable(f"output out{k} differs from the one-wav call")
+            checked.add(len(active))
+        for j, i in enumerate(active):
+            out0 = rows[0][j]
+            encoded[i].append(out0.reshape(-1, out0.shape[-1]))
+            for k in states:
+                carried[i][k] = rows[k][j]
+        step += 1

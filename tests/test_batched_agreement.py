@@ -1,0 +1,93 @@
+"""core.validation.batched: every validation wav's encoder pass in one traced call per chunk step, or a refusal.
+
+A small streaming encoder traced with torch.jit.trace stands in for icefall's (a state carried from chunk to chunk,
+icefall's (layers, batch, dim) state layout); one traced with its batch size fixed must be refused, never mixed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # torch
+
+
+class Encoder:
+    """What core.model.traced.Traced offers the batched pass: zero inputs, the lengths input, the states, a call."""
+
+    def __init__(self, module, dim=8, layers=2):
+        import torch
+        self.module, self.dim, self.layers = module, dim, layers
+        self.shapes = [(1, 5, 4), (1,), (layers, 1, dim)]
+        self.torch = torch
+
+    def zeros(self):
+        return [self.torch.zeros(s) if i != 1 else self.torch.zeros(s, dtype=self.torch.int64)
+                for i, s in enumerate(self.shapes)]
+
+    def lengths_index(self):
+        return 1
+
+    def state_indices(self):
+        return [2]
+
+    def __call__(self, flat):
+        with self.torch.no_grad():
+            return list(self.module(*flat))
+
+
+def _traced(fixed_batch: bool):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.inp = torch.nn.Linear(4, 8)
+            self.mix = torch.nn.Linear(8, 8)
+
+        def forward(self, x, lengths, state):
+            h = self.inp(x).mean(dim=1)  # (batch, 8)
+            if fixed_batch:
+                h = h.reshape(1, -1)[:, :8].expand(x.shape[0], 8)  # the first wav's numbers for every row
+            new = torch.tanh(self.mix(h).unsqueeze(0) + state)  # (layers, batch, 8)
+            return new[-1].unsqueeze(1), lengths, new
+
+    args = (torch.zeros(1, 5, 4), torch.zeros(1, dtype=torch.int64), torch.zeros(2, 1, 8))
+    return torch.jit.trace(Net(), args, check_trace=False)
+
+
+def _features(n):
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal((t, 4)).astype(np.float32) for t in (23, 11, 30)[:n]]
+
+
+def _one_at_a_time(enc, feats, segment=5, offset=3):
+    import torch
+    result = []
+    for f in feats:
+        inputs, chunks, start = enc.zeros(), [], 0
+        while start + segment < len(f):
+            inputs[0] = torch.from_numpy(f[start:start + segment]).unsqueeze(0)
+            outs = enc(inputs)
+            inputs[2] = outs[2]
+            chunks.append(outs[0].reshape(-1, outs[0].shape[-1]))
+            start += offset
+        result.append(chunks)
+    return result
+
+
+def test_the_batched_pass_gives_each_wav_its_own_stream():
+    from core.validation.batched import encode_streams
+    enc, feats = Encoder(_traced(False)), _features(3)
+    batched = encode_streams(enc, 5, 3, feats)
+    plain = _one_at_a_time(enc, feats)
+    assert [len(c) for c in batched] == [len(c) for c in plain] == [6, 2, 9]  # wavs of different lengths
+    for b, p in zip(batched, plain):
+        for x, y in zip(b, p):
+            assert x.shape == y.shape and float((x - y).abs().max()) < 1e-5
+
+
+def test_an_encoder_traced_with_its_batch_fixed_is_refused():
+    from core.validation.batched import NotBatchable, encode_streams
+    with pytest.raises(NotBatchable, match="differs from the one-wav call"):
+        encode_streams(Encoder(_traced(True)), 5, 3, _features(3))
