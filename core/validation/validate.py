@@ -181,12 +181,14 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
         cores = os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="validate-child")
     _POOL["pool"] = pool
+    # the longest first (the int8 cosine runs the fp32 and the int8 nets over every wav), so that the decodes left
+    # at the end can be shared out between the pool and this thread (run_queued_here)
+    if int8 and wavs and fp32_dir is not None:
+        _PENDING[("int8-cosine", str(out))] = _submit(pool, _int8_similarity, out, fp32_dir, wavs)
     if run_decode:
         _PENDING[("decode", str(out), False)] = _submit(pool, decode, out, wavs, references)
     if int8:
         _PENDING[("decode", str(out), True)] = _submit(pool, decode, out, wavs, references, True)
-        if wavs and fp32_dir is not None:
-            _PENDING[("int8-cosine", str(out))] = _submit(pool, _int8_similarity, out, fp32_dir, wavs)
     return pool
 
 
