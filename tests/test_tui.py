@@ -797,6 +797,21 @@ async def test_after_a_run_n_starts_over_and_the_palette_has_new_run(tmp_path):
         assert isinstance(app.screen, StartScreen) and len(app.screen_stack) == 2
 
 
+async def test_new_run_is_not_offered_while_a_run_goes(tmp_path):
+    import asyncio
+    app = make_app(demo="lstm", out_dir=str(tmp_path / "out"))
+    async with app.run_test(size=SMALL) as pilot:
+        assert app.check_action("new_run", ())
+        release = asyncio.Event()
+        app.run_worker_ = app.run_worker(release.wait(), group="pipeline")
+        await pilot.pause()
+        assert app.check_action("new_run", ()) is None  # hidden from the footer: n would only say "cancel it first"
+        release.set()
+        await app.run_worker_.wait()
+        await pilot.pause()
+        assert app.check_action("new_run", ())
+
+
 def test_failure_panel_puts_hint_and_action_before_the_log(tmp_path):
     from core.pipeline.events import RunFinished, StepFinished, StepStarted
     from tui.wizard.app import RunModel

@@ -230,6 +230,7 @@ class WizardApp(App):
         self.run_worker_ = self.run_worker(self.runner.run(), name="pipeline", group="pipeline",
                                            exclusive=True, exit_on_error=False,
                                            description=f"run {planned.out_dir}")
+        self.refresh_bindings()  # "n New run" leaves the footer while the run goes
         return None
 
     def on_core_event(self, event) -> None:
@@ -242,6 +243,7 @@ class WizardApp(App):
             self.run_model.handle(event)
         if isinstance(event, RunFinished):
             from tui.wizard.run import RunScreen
+            self.refresh_bindings()  # "n New run" is back in the footer
             if event.error:
                 self.notify(event.error, title="run not started", severity="error", timeout=15)
             for screen in self.screen_stack:
@@ -290,6 +292,12 @@ class WizardApp(App):
                 self._quit_after_run = True
                 self.cancel_run()
         self.push_screen(ConfirmScreen("A step is running. Cancel the run and quit?"), answer)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """While a run goes, "n New run" leaves the footer (it could only say "cancel it first")."""
+        if action == "new_run" and self.run_in_progress:
+            return None
+        return True
 
     def action_new_run(self) -> None:
         """Start over on the first screen (a finished, failed or cancelled run stays on disk)."""
