@@ -126,6 +126,20 @@ def test_without_a_target_everything_stays_int8(tiny):
     assert result.evaluations == 4  # three layers alone, then the whole net
 
 
+def test_a_spent_budget_measures_layers_on_fewer_forwards_not_fewer_layers(tiny):
+    """Past the time budget each layer is measured on fewer of the recorded forwards (never below MIN_FORWARDS);
+    every layer is still measured and the outlier layer still ranks first."""
+    from core.int8.sensitivity import MIN_FORWARDS, layer_sensitivity
+    param, binary, table, recording, tmp = tiny
+    evaluate = Evaluator(recording, False, tmp)
+    sens, fewest = layer_sensitivity(Quantizer(param, binary, table), list(LAYERS), evaluate, budget=0.0)
+    assert set(sens) == set(LAYERS) and most_sensitive_first(sens)[0] == "linear_2"
+    assert fewest == MIN_FORWARDS < len(recording.inputs)
+    assert evaluate.count == len(LAYERS)
+    sens, fewest = layer_sensitivity(Quantizer(param, binary, table), list(LAYERS), evaluate, budget=None)
+    assert fewest == len(recording.inputs)
+
+
 def test_search_galloping_then_bisecting_finds_the_fewest_layers():
     order = [f"l{i}" for i in range(20)]
     calls = []

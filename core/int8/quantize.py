@@ -341,7 +341,7 @@ class Quantizer:
         return converted
 
     def _assemble(self, plan: _Plan) -> bytearray:
-        data = self.data
+        data = memoryview(self.data)  # slices without copies: the model's bytes are copied once, into ``out``
         out = bytearray()
         pos = 0
         for layer in self.layers:

@@ -151,7 +151,8 @@ def merge_sensitivity(report: dict, nets: list[NetFiles]) -> None:
         "sensitivity: the mean output cosine of the layer's net (int8 vs fp32, on the calibration audio) when only "
         "that layer is int8 (lower: more sensitive)")
     report["mixed_precision"] = {"min_cosine": data.get("min_cosine"), "nets": {
-        name: {k: net.get(k) for k in ("cosine_int8", "cosine", "kept_float", "bytes_int8", "bytes", "reached")}
+        name: {k: net.get(k) for k in ("cosine_int8", "cosine", "kept_float", "bytes_int8", "bytes", "reached",
+                                       "forwards", "forwards_per_layer", "seconds")}
         | {"bytes_cost": (net.get("bytes") or 0) - (net.get("bytes_int8") or 0)}
         for name, net in data["nets"].items()}}
 
@@ -168,6 +169,9 @@ def sensitivity_lines(data: dict, top: int = 5) -> list[str]:
         worst = sorted(sens.items(), key=lambda kv: (kv[1], kv[0]))[:top]
         lines.append(f"int8 sensitivity, {name} (cosine with only that layer int8; all int8: "
                      f"{net.get('cosine_int8', 0):.5f}): " + ", ".join(f"{n} {c:.5f}" for n, c in worst))
+        if (net.get("forwards_per_layer") or 0) < (net.get("forwards") or 0):
+            lines.append(f"  ({name}: to stay within the time budget, some layers were measured on "
+                         f"{net['forwards_per_layer']} of the {net['forwards']} recorded forwards)")
         kept = net.get("kept_float") or []
         if kept:
             cost = (net.get("bytes") or 0) - (net.get("bytes_int8") or 0)

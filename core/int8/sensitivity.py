@@ -30,6 +30,11 @@ from core.int8.calibrate import CalibrationError
 SIDECAR = "int8-sensitivity.json"  # beside the int8 files; core.int8.report merges it into int8-layers.json
 MAX_CHUNKS = 96  # recorded encoder chunks kept (evenly spread over the audio): bounds the per-layer cost
 MAX_FRAMES = 768  # recorded joiner frames kept
+# the per-layer pass gets about this many seconds per net: when a candidate's load and forwards would take longer,
+# each layer is measured on fewer of the recorded forwards (evenly spread, at least MIN_FORWARDS); the whole net's
+# cosine and the search always use all of them
+SENSITIVITY_SECONDS = 60.0
+MIN_FORWARDS = 8
 NETS = ("encoder", "joiner")
 
 
@@ -60,6 +65,8 @@ class NetResult:
     bytes: int  # the .bin as written
     evaluations: int
     seconds: float
+    forwards: int = 0  # recorded forwards the whole net's cosine (and the search) used
+    forwards_per_layer: int = 0  # recorded forwards each layer's sensitivity used
     reached: bool = True  # min_cosine reached (always True without a target)
     report: dict = field(default_factory=dict)  # the quantizer's report of what was written
 
@@ -102,11 +109,14 @@ def record(files, wavs: list[Path], max_chunks: int = MAX_CHUNKS, max_frames: in
         join.inputs.append([np.array(frame, dtype=np.float32), np.array(decoder_out, dtype=np.float32)])
         join.outputs.append(np.array(logits, dtype=np.float32))
 
-    for wav in wavs:
-        w = read_wav(wav)
+    step = max(1, len(wavs) // 8)  # files in a spread order (0, s, 2s, ..., 1, 1+s, ...): stopping early still
+    for i in [i for start in range(step) for i in range(start, len(wavs), step)]:  # samples the whole list
+        if len(enc.inputs) >= 2 * max_chunks and len(join.inputs) >= 2 * max_frames:
+            break  # enough to thin from: more audio would only cost time
+        w = read_wav(wavs[i])
         if w.sample_rate != 16000:
             continue
-        streamer.run(fbank(w.samples, w.sample_rate), on_chunk, on_frame, name=str(wav))
+        streamer.run(fbank(w.samples, w.sample_rate), on_chunk, on_frame, name=str(wavs[i]))
     if not enc.inputs or not join.inputs:
         raise CalibrationError("no calibration audio long enough for one encoder chunk: sensitivity needs some")
     enc.thin(max_chunks)
@@ -128,12 +138,26 @@ class Evaluator:
     def __init__(self, recording: Recording, encoder: bool, workdir: Path):
         self.recording, self.encoder, self.workdir = recording, encoder, Path(workdir)
         self.count = 0
+        self.load_seconds = self.forward_seconds = 0.0  # of the last call
+        self.parent: Evaluator | None = None  # the evaluator this one was thinned from
+
+    def thinned(self, limit: int) -> "Evaluator":
+        """The same on at most ``limit`` of the recorded forwards (evenly spread); the count is shared."""
+        rec = Recording(list(self.recording.inputs), list(self.recording.outputs))
+        rec.thin(limit)
+        other = Evaluator(rec, self.encoder, self.workdir)
+        other.count = self.count
+        other.parent = self
+        return other
 
     def __call__(self, param_bytes: bytes, bin_bytes: bytes | bytearray) -> float:
         import ncnn
 
         from core.ncnn.net import Keeper, as_mat, register_meta_layer
         self.count += 1
+        if self.parent is not None:
+            self.parent.count += 1
+        t0 = time.perf_counter()
         param, binary = self.workdir / "candidate.param", self.workdir / "candidate.bin"
         param.write_bytes(param_bytes)
         binary.write_bytes(bin_bytes)
@@ -144,6 +168,7 @@ class Evaluator:
             register_meta_layer(net, keeper)
         if net.load_param(str(param)) != 0 or net.load_model(str(binary)) != 0:
             raise CalibrationError("python ncnn could not load a partly int8 model the quantizer wrote")
+        t1 = time.perf_counter()
         cosines = []
         for inputs, expected in zip(self.recording.inputs, self.recording.outputs):
             ex = net.create_extractor()
@@ -154,20 +179,45 @@ class Evaluator:
                 raise CalibrationError(f"the partly int8 {'encoder' if self.encoder else 'joiner'} failed "
                                        f"(extract returned {ret})")
             cosines.append(_cos(expected, np.array(out)))
-        del ex, net
+        del ex, out
+        net.clear()  # the weights go now: the keeper's creator closure is a reference cycle the collector may
+        keeper.clear()  # reach only after many candidates, each holding a whole model
+        self.load_seconds, self.forward_seconds = t1 - t0, time.perf_counter() - t1
         return float(np.mean(cosines))
 
+    def fitting(self, seconds: float, per_forward: float) -> "Evaluator":
+        """This evaluator, or one thinned to the recorded forwards that fit ``seconds`` (at least MIN_FORWARDS)."""
+        n = len(self.recording.inputs)
+        if per_forward <= 0 or per_forward * n <= seconds:
+            return self
+        return self.thinned(max(MIN_FORWARDS, min(n, int(seconds / per_forward))))
 
-def layer_sensitivity(quantizer, candidates: list[str], evaluate: Callable[[bytes, bytearray], float],
-                      on_layer: Callable[[int, int, str], None] | None = None) -> dict[str, float]:
-    """layer -> output cosine with only that layer int8 and every other weight exactly as read."""
+
+def layer_sensitivity(quantizer, candidates: list[str], evaluate: "Evaluator",
+                      on_layer: Callable[[int, int, str], None] | None = None,
+                      budget: float | None = SENSITIVITY_SECONDS) -> tuple[dict[str, float], int]:
+    """(layer -> output cosine with only that layer int8 and every other weight exactly as read, the fewest
+    recorded forwards a layer was measured on). With a ``budget`` (seconds for all layers), each next layer gets
+    as many of the recorded forwards as the time left allows, re-estimated after every layer from what writing,
+    loading and one forward really cost."""
     out = {}
+    start = time.perf_counter()
+    current, fewest = evaluate, len(evaluate.recording.inputs)
+    root = evaluate.parent or evaluate  # every forward recorded: what each layer is thinned from
     for i, name in enumerate(candidates, start=1):
+        t0 = time.perf_counter()
         param_bytes, bin_bytes, _ = quantizer.render(only={name}, fp16=False)
-        out[name] = evaluate(param_bytes, bin_bytes)
+        out[name] = current(param_bytes, bin_bytes)
+        fewest = min(fewest, len(current.recording.inputs))
+        left = len(candidates) - i
+        if budget is not None and left:
+            overhead = time.perf_counter() - t0 - current.forward_seconds
+            per_forward = current.forward_seconds / max(1, len(current.recording.inputs))
+            each = (budget - (time.perf_counter() - start)) / left - overhead
+            current = root.fitting(each, per_forward)
         if on_layer is not None:
             on_layer(i, len(candidates), name)
-    return out
+    return out, fewest
 
 
 def most_sensitive_first(sensitivity: dict[str, float]) -> list[str]:
@@ -213,8 +263,11 @@ def quantize_net(quantizer, recording: Recording, workdir: Path, min_cosine: flo
     evaluate = Evaluator(recording, net == "encoder", workdir)
     full_param, full_bin, report = quantizer.render()
     candidates = report.quantized + report.dynamic
-    sensitivity = layer_sensitivity(quantizer, candidates, evaluate, on_progress)
     first = evaluate(full_param, full_bin) if candidates else 1.0
+    # the first layer's forwards fitted from the whole net's timing, the rest re-fitted as they go
+    per_forward = evaluate.forward_seconds / max(1, len(recording.inputs))
+    start = evaluate.fitting(SENSITIVITY_SECONDS / max(1, len(candidates)) - 2 * evaluate.load_seconds, per_forward)
+    sensitivity, fewest = layer_sensitivity(quantizer, candidates, start, on_progress)
     kept, cosine, reached = [], first, True
     param_bytes, bin_bytes = full_param, full_bin
     if min_cosine is not None and first < min_cosine:
@@ -225,7 +278,7 @@ def quantize_net(quantizer, recording: Recording, workdir: Path, min_cosine: flo
         if kept:
             param_bytes, bin_bytes, report = quantizer.render(keep_float=frozenset(kept))
     result = NetResult(net, sensitivity, first, cosine, kept, len(full_bin), len(bin_bytes), evaluate.count,
-                       time.perf_counter() - t0, reached,
+                       time.perf_counter() - t0, len(recording.inputs), fewest, reached,
                        {k: v for k, v in vars(report).items() if isinstance(v, (int, str, list))})
     return result, param_bytes, bin_bytes
 
@@ -359,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     pr = sub.add_parser("predict", help="the int8 .bin size of each PARAM BIN pair")
     pr.add_argument("pairs", nargs="+")
     a = p.parse_args(argv)
+    import signal
+    # cancel ends the child with SIGTERM: exit through Python so the temporary model copies are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         if a.command == "predict":
             pairs = [(Path(a.pairs[i]), Path(a.pairs[i + 1])) for i in range(0, len(a.pairs) - 1, 2)]
