@@ -361,3 +361,25 @@ def test_wizard_quantization_screen_min_cosine_and_predicted_size(tiny, tmp_path
     assert f"predicted from the fp16 model already in {out}: {human(2 * size)}" in shown
     assert "min_cosine = 1.5" in message and disabled
     assert saved == 0.995
+
+
+def test_min_cosine_with_ncnn2int8_quantizing_is_a_plan_warning(tmp_path, monkeypatch):
+    """Only the built-in quantizer measures sensitivity: with the user's ncnn2int8 the target is said to be
+    ignored before anything runs; with the built-in one the quantize step carries it."""
+    import os
+
+    from core.pipeline.demo import demo_config
+    from core.pipeline.plan import build_plan
+    from tests.int8_tool_standins import install
+    monkeypatch.setenv("PATH", str(install(tmp_path / "bin")) + os.pathsep + os.environ["PATH"])
+    config = demo_config("lstm")
+    config.output.dir, config.output.int8 = str(tmp_path / "o"), True
+    config.calibration.min_cosine = 0.995
+    config.calibration.backend = "external"
+    run = build_plan(config)
+    assert any("calibration.min_cosine = 0.995 is ignored" in w for w in run.warnings)
+    config.calibration.backend = "builtin"
+    run = build_plan(config)
+    assert not any("is ignored" in w for w in run.warnings), run.warnings
+    step = next(s for s in run.plan.steps if s.id == "quantize")
+    assert "0.995" in step.fingerprint_extra and "cosine >= 0.995" in step.describe

@@ -200,6 +200,10 @@ def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: l
     from core.pipeline.int8_steps import make_int8_steps
     audio = plan_audio(layout, [Path(w) for w in config.calibration.wavs], config.calibration.resample)
     warnings += audio.notes
+    if config.calibration.min_cosine is not None and backend.quantize_tool:
+        warnings.append(f"calibration.min_cosine = {config.calibration.min_cosine} is ignored: ncnn2int8 "
+                        f"({backend.quantize_tool}) quantizes, and only the built-in quantizer measures each layer's "
+                        "sensitivity and keeps layers float (calibration.backend = \"builtin\")")
     steps = [make_calibration_audio(audio)] if audio.resample else []
     return steps + make_int8_steps(layout, audio.wavs, backend, files, config.calibration.min_cosine,
                                    config.calibration.histogram)
