@@ -459,7 +459,7 @@ def _kl_all(hist: np.ndarray, target_bins: int = TARGET_BINS, eps: float = KL_EP
     return out
 
 
-_KL_BLOCK = 256  # candidates scored together: ~20 temporaries of _KL_BLOCK x target_bins float64 (~0.3 MB each)
+_KL_BLOCK = 128  # candidates scored together: ~20 temporaries of _KL_BLOCK x target_bins float64 (~130 kB each)
 
 
 @dataclass(frozen=True)
@@ -479,10 +479,11 @@ class _Grid:
 def _kl_grid(n: int, target_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Where candidate t's coarse edges e_j = j*t/target_bins fall among the fine bins (exact, integer maths):
     floor(e_j) and the remainder j*t mod target_bins, compact (int32/int16: ~1.5 MB kept for 2048 bins)."""
-    tt = np.arange(target_bins, n, dtype=np.int64)
-    num = np.arange(target_bins + 1, dtype=np.int64)[None, :] * tt[:, None]
+    tt = np.arange(target_bins, n, dtype=np.int32)
+    num = np.arange(target_bins + 1, dtype=np.int32)[None, :] * tt[:, None]  # < 2**31 for any real histogram
     lo = num // target_bins
-    return lo.astype(np.int32), (num - lo * target_bins).astype(np.int16)
+    num -= lo * target_bins
+    return lo, num.astype(np.int16)
 
 
 def _grid_block(n: int, target_bins: int, start: int, lo: np.ndarray, rem: np.ndarray) -> _Grid:
