@@ -157,18 +157,32 @@ def merge_sensitivity(report: dict, nets: list[NetFiles]) -> None:
         for name, net in data["nets"].items()}}
 
 
-def sensitivity_lines(data: dict, top: int = 5) -> list[str]:
-    """The most sensitive layers of each net and what min_cosine kept float (from the sidecar or the
-    ``mixed_precision`` + ``layers`` of int8-layers.json)."""
+def sensitivity_bars(sensitivity: dict[str, float], top: int = 6, width: int = 24) -> list[str]:
+    """The most sensitive layers, most sensitive first, as text bars of 1 - cosine (longest: the worst layer)."""
+    worst = sorted(sensitivity.items(), key=lambda kv: (kv[1], kv[0]))[:top]
+    scale = max((1.0 - c for _, c in worst), default=0.0)
+    name_width = max((len(n) for n, _ in worst), default=0)
+    lines = []
+    for name, cos in worst:
+        loss = max(0.0, 1.0 - cos)
+        n = round(width * loss / scale) if scale > 0 else 0
+        bar = "█" * max(n, 1 if loss > 0 else 0)
+        lines.append(f"  {name:<{name_width}} {bar:<{width}} {cos:.5f}  (1 - cos {loss:.1e})")
+    return lines
+
+
+def sensitivity_lines(data: dict, top: int = 6) -> list[str]:
+    """The most sensitive layers of each net as a sorted bar chart, and what min_cosine kept float (from the
+    sidecar, or the ``mixed_precision`` + ``layers`` of int8-layers.json)."""
     nets = data.get("nets") or {}
     lines = []
     for name, net in nets.items():
         sens = net.get("sensitivity") or {}
         if not sens:
             continue
-        worst = sorted(sens.items(), key=lambda kv: (kv[1], kv[0]))[:top]
-        lines.append(f"int8 sensitivity, {name} (cosine with only that layer int8; all int8: "
-                     f"{net.get('cosine_int8', 0):.5f}): " + ", ".join(f"{n} {c:.5f}" for n, c in worst))
+        lines.append(f"int8 sensitivity, {name}: output cosine with only that layer int8, most sensitive first "
+                     f"(every layer int8: {net.get('cosine_int8', 0):.5f})")
+        lines += sensitivity_bars(sens, top)
         if (net.get("forwards_per_layer") or 0) < (net.get("forwards") or 0):
             lines.append(f"  ({name}: to stay within the time budget, some layers were measured on "
                          f"{net['forwards_per_layer']} of the {net['forwards']} recorded forwards)")
@@ -187,7 +201,7 @@ def sensitivity_lines(data: dict, top: int = 5) -> list[str]:
     return lines
 
 
-def report_sensitivity_lines(report: dict, top: int = 5) -> list[str]:
+def report_sensitivity_lines(report: dict, top: int = 6) -> list[str]:
     """:func:`sensitivity_lines` of an int8-layers.json (nothing when it has no sensitivity)."""
     mixed = report.get("mixed_precision") or {}
     nets: dict[str, dict] = {}

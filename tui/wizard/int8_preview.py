@@ -41,10 +41,27 @@ def predict_text(config) -> str:
     before, after = predicted["bytes_before"], predicted["bytes_after"]
     weight_only = sum(len(n["weight_only"]) for n in predicted["nets"])
     int8 = sum(len(n["int8"]) for n in predicted["nets"])
-    return (f"int8 size (encoder + joiner), predicted from {where}: {human(after)} "
-            f"({after / before:.0%} of their {human(before)}); {int8} layer(s) int8 with a scale table "
-            f"(Convolution, InnerProduct), {weight_only} weight-only (Gemm, LSTM), the rest fp16 or fp32 "
-            "(e.g. Convolution1D: ncnn has no int8 for it)")
+    width = 30
+    bars = [f"  {'float':<6}{'█' * width} {human(before)}",
+            f"  {'int8':<6}{'█' * max(1, round(width * after / before)):<{width}} {human(after)}"]
+    return "\n".join([f"int8 size (encoder + joiner), predicted from {where}: {human(after)} "
+                       f"({after / before:.0%} of their {human(before)}); {int8} layer(s) int8 with a scale table "
+                       f"(Convolution, InnerProduct), {weight_only} weight-only (Gemm, LSTM), the rest fp16 or fp32 "
+                       "(e.g. Convolution1D: ncnn has no int8 for it)", *bars] + last_run_sensitivity(config))
+
+
+def last_run_sensitivity(config) -> list[str]:
+    """The sorted sensitivity bars of the int8 run already in the output directory (what min_cosine would keep
+    float first), or nothing."""
+    import json
+
+    from core.int8.report import report_sensitivity_lines
+    path = Path(config.output.dir).expanduser() / "int8-layers.json"
+    try:
+        lines = report_sensitivity_lines(json.loads(path.read_text()), top=4)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    return [f"the last int8 run in {path.parent}:", *lines] if lines else []
 
 
 def parse_min_cosine(text: str) -> tuple[float | None, str | None]:
