@@ -80,3 +80,44 @@ def test_the_python_hint_in_wizard_words_names_the_field_not_the_flag():
     said = checks.in_wizard_words(hint)
     assert said.startswith("the export needs icefall's Python environment") and "on Files" in said
     assert "--python" not in said and "wizard.toml" not in said
+
+
+SIZES = [{"model": "encoder", "pt": 900_000, "fp16": 450_000, "fp32": 900_000, "int8": 250_000},
+         {"model": "joiner", "pt": 40_000, "fp16": 15_000, "fp32": 30_000, "int8": 9_000}]
+BY_TYPE = {"Gemm": {"layers": 4, "int8": 0, "int8-weight-only": 4, "fp16": 0, "fp32": 0, "bytes_fp16": 300_000,
+                    "bytes_after": 150_000},
+           "Convolution1D": {"layers": 2, "int8": 0, "int8-weight-only": 0, "fp16": 2, "fp32": 0,
+                             "bytes_fp16": 75_000, "bytes_after": 75_000},
+           "InnerProduct": {"layers": 4, "int8": 3, "int8-weight-only": 0, "fp16": 0, "fp32": 1,
+                            "bytes_fp16": 60_000, "bytes_after": 20_000}}
+
+
+def test_charts_scale_sizes_and_stack_int8_kinds_in_proportion():
+    from core.common.charts import kind_chart, size_chart
+    sizes = size_chart(SIZES, width=36)
+    full = next(line for line in sizes if "encoder" in line and " pt " in line)
+    half = next(line for line in sizes if " fp16 " in line and "439.5 KB" in line)
+    assert full.count("█") == 36 and half.count("█") == 18  # 450 KB is half of the 900 KB bar
+    kinds = kind_chart(BY_TYPE, width=20)
+    assert kinds[0].split()[0] == "Gemm" and "▓" * 20 in kinds[0]  # largest type first, all weight-only
+    inner = next(line for line in kinds if line.split()[0] == "InnerProduct")
+    assert inner.count("█") == 3 and inner.count("░") == 1  # 3 of 4 layers int8, 1 fp32, in 4 cells
+    assert "int8 weights only" in kinds[-1]
+    assert all(len(line) <= 80 for line in sizes + kinds)
+
+
+async def test_summary_draws_sizes_int8_kinds_and_sensitivity(tmp_path):
+    d = out_dir(tmp_path)
+    (d / "summary.json").write_text(json.dumps({"sizes": SIZES, "files": ["a"],
+                                                "int8_layers": {"by_type": BY_TYPE}}))
+    (d / "int8-layers.json").write_text(json.dumps({"layers": [
+        {"net": "encoder", "layer": "linear_1", "sensitivity": 0.9990},
+        {"net": "encoder", "layer": "linear_2", "sensitivity": 0.9999}]}))
+    app = WizardApp(show_timings=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(SummaryScreen(d))
+        await pilot.pause()
+        assert "█" in str(app.screen.query_one("#size-bars").render())
+        assert "▓" in str(app.screen.query_one("#kind-bars").render())
+        sens = str(app.screen.query_one("#sensitivity-bars").render()).splitlines()
+        assert "linear_1" in sens[1] and "linear_2" in sens[2]  # most sensitive first

@@ -252,6 +252,25 @@ def shipped_text(out_dir: Path) -> str:
         return ""
 
 
+def summary_charts(out_dir: Path) -> dict[str, list[str]]:
+    """The summary's pictures (core.common.charts): "sizes" (pt/fp16/fp32/int8 bars), "kinds" (int8 kind per layer
+    type, stacked) and "sensitivity" (the most int8-sensitive layers, sorted); empty lists for what was not made."""
+    from core.common.charts import kind_chart, size_chart
+    charts: dict[str, list[str]] = {"sizes": [], "kinds": [], "sensitivity": []}
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+        charts["sizes"] = size_chart(summary.get("sizes") or [])
+        charts["kinds"] = kind_chart((summary.get("int8_layers") or {}).get("by_type") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    try:
+        from core.int8.report import report_sensitivity_lines
+        charts["sensitivity"] = report_sensitivity_lines(json.loads((out_dir / "int8-layers.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return charts
+
+
 def read_results(out_dir: Path) -> RunResults:
     def load(name: str):
         try:

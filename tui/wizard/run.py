@@ -319,6 +319,9 @@ class SummaryScreen(Screen):
             yield Static(Text(f"✓ the sherpa-ncnn model is in {self.out_dir}", style="bold green"))
             yield Label("Sizes", classes="section")
             yield SizeTable(id="sizes", show_cursor=False)
+            charts = logic.summary_charts(self.out_dir)
+            if charts["sizes"]:
+                yield Static(Text("\n".join(charts["sizes"])), id="size-bars", classes="code")
             from core.pipeline.usage import cost_lines
             costs = cost_lines(self.out_dir)  # slowest step and peak memory (manifest.json)
             if costs:
@@ -327,6 +330,12 @@ class SummaryScreen(Screen):
             if shipped:
                 yield Label("Speed and int8 (sherpa-ncnn)", classes="section")
                 yield Static(Text(shipped), id="shipped", classes="code")
+            if charts["kinds"]:
+                yield Label("What int8 did, by layer type", classes="section")
+                yield Static(Text("\n".join(charts["kinds"])), id="kind-bars", classes="code")
+            if charts["sensitivity"]:
+                yield Label("Which layers int8 hurts most", classes="section")
+                yield Static(Text("\n".join(charts["sensitivity"])), id="sensitivity-bars", classes="code")
             yield Label("Validation", classes="section")
             shown = Text()
             for line in results.checks:  # the CLI's three marks: a low int8 cosine is a warning, not a failure
