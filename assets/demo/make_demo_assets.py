@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""(Re)create the demo's binary assets deterministically: checkpoints, bpe.model/tokens.txt, wavs.
+"""Random-weight checkpoints of the demo recipes, for tests and for other model flags.
 
-    python assets/demo/make_demo_assets.py            # everything under assets/demo/{models,test_wavs}
     python assets/demo/make_demo_assets.py checkpoint --arch zipformer --tokens T --out F -- FLAGS...
+    python assets/demo/make_demo_assets.py random --out DIR      # random-weight copies of all three demos
 
-The second form writes a ``{"model": state_dict}`` checkpoint for other model
-flags (the tests use it to export variants of the demo). Models are built by
-the demo recipes' own code (``get_params``/``get_transducer_model``), with
-random weights from a fixed seed, so the same flags give the same bytes.
-Needs torch, numpy and sentencepiece (the project's .venv has them).
+The committed demo models (models/<arch>/exp/pretrained.pt, bpe.model,
+tokens.txt) are TRAINED: training/train.py makes them (see training/README.md).
+Nothing here writes into models/ or test_wavs/. ``checkpoint`` writes a
+``{"model": state_dict}`` checkpoint for other model flags (the tests use it to
+export variants of the demo); ``random`` writes DIR/<arch>/{flags.txt,
+data/lang_bpe_500, exp/pretrained.pt} with the demo's flags and random weights
+(a fast, untrained stand-in). Models are built by the demo recipes' own code
+(``get_params``/``get_transducer_model``), with random weights from a fixed
+seed, so the same flags give the same bytes. Needs torch, numpy and
+sentencepiece (the project's .venv has them).
 """
 from __future__ import annotations
 
@@ -18,7 +23,6 @@ import importlib
 import io
 import random
 import sys
-import wave
 from pathlib import Path
 
 DEMO = Path(__file__).resolve().parent
@@ -33,19 +37,12 @@ RECIPES = {
 }
 RECIPE_LOCAL_MODULES = ("do_not_use_it_directly", "zipformer_for_ncnn_export_only", "emformer2", "train", "lstm")
 
-# The demo's model flags (icefall syntax), written to models/<arch>/flags.txt. Small on purpose: an
-# export + pnnx + decode of one recipe takes seconds, and every checkpoint is well under 1 MB.
-DEMO_FLAGS = {
-    "zipformer": ["--num-encoder-layers", "2,2,2", "--feedforward-dims", "64,64,64", "--nhead", "2,2,2",
-                  "--encoder-dims", "32,32,32", "--attention-dims", "16,16,16",
-                  "--encoder-unmasked-dims", "16,16,16", "--zipformer-downsampling-factors", "1,2,4",
-                  "--cnn-module-kernels", "7,7,7", "--decoder-dim", "32", "--joiner-dim", "32",
-                  "--decode-chunk-len", "32", "--num-left-chunks", "4"],
-    "conv-emformer": ["--num-encoder-layers", "2", "--encoder-dim", "32", "--nhead", "2",
-                      "--dim-feedforward", "64", "--cnn-module-kernel", "7", "--left-context-length", "32",
-                      "--chunk-length", "32", "--right-context-length", "8", "--memory-size", "4"],
-    "lstm": ["--num-encoder-layers", "2", "--encoder-dim", "32", "--rnn-hidden-size", "48"],
-}
+# The demo's model flags (icefall syntax) are models/<arch>/flags.txt, the flags the trained checkpoints have.
+def demo_flags(arch: str) -> list[str]:
+    import shlex
+    return shlex.split((DEMO / "models" / arch / "flags.txt").read_text())
+
+
 SEED = 20260521
 VOCAB_SIZE = 64
 SAMPLE_RATE = 16000
@@ -132,70 +129,28 @@ def make_checkpoint(arch: str, flags: list[str], tokens: Path, out: Path, seed: 
     return out
 
 
-# -- wavs ----------------------------------------------------------------------------------------------
-
-def _write_wav(path: Path, samples) -> None:
-    import numpy as np
-
-    pcm = np.clip(np.round(samples * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
-def make_wavs(out_dir: Path) -> list[Path]:
-    """Three short 16 kHz mono 16-bit signals: a chirp, a tone sequence, and noise bursts."""
-    import numpy as np
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(SEED)
-    sr = SAMPLE_RATE
-
-    t = np.arange(int(1.5 * sr)) / sr  # linear chirp 200 -> 3000 Hz with fade in/out
-    phase = 2 * np.pi * (200 * t + (3000 - 200) / (2 * t[-1]) * t ** 2)
-    chirp = 0.3 * np.sin(phase) * np.minimum(1, np.minimum(t, t[-1] - t) / 0.05)
-
-    tones = []  # 8 tones of 0.25 s, two partials each, with short ramps
-    for f in (440, 660, 550, 880, 330, 990, 495, 770):
-        tt = np.arange(int(0.25 * sr)) / sr
-        env = np.minimum(1, np.minimum(tt, tt[-1] - tt) / 0.02)
-        tones.append(0.2 * env * (np.sin(2 * np.pi * f * tt) + 0.5 * np.sin(2 * np.pi * 2.5 * f * tt)))
-    tones = np.concatenate(tones)
-
-    noise = np.zeros(int(1.0 * sr))  # 4 bursts of smoothed noise
-    for start in (0.05, 0.3, 0.55, 0.8):
-        n = int(0.15 * sr)
-        burst = np.convolve(rng.standard_normal(n), np.ones(8) / 8, mode="same") * np.hanning(n)
-        i = int(start * sr)
-        noise[i:i + n] += 0.5 * burst
-
-    paths = []
-    for name, sig in (("0-chirp.wav", chirp), ("1-tones.wav", tones), ("2-noise.wav", noise)):
-        _write_wav(out_dir / name, sig)
-        paths.append(out_dir / name)
-    return paths
-
-
 # -- main -----------------------------------------------------------------------------------------------
 
-def make_all() -> None:
-    for arch, flags in DEMO_FLAGS.items():
-        root = DEMO / "models" / arch
+def make_random(out: Path) -> None:
+    """Random-weight copies of the three demos under ``out`` (never the committed, trained models/)."""
+    if out.resolve() == (DEMO / "models").resolve():
+        raise SystemExit(f"{out} holds the trained demo models; write random ones elsewhere (training/train.py "
+                         "recreates the trained ones)")
+    for arch in RECIPES:
+        root = out / arch
         lang = root / "data" / "lang_bpe_500"
         train_bpe(lang)
+        flags = demo_flags(arch)
         make_checkpoint(arch, flags, lang / "tokens.txt", root / "exp" / "pretrained.pt")
         (root / "flags.txt").write_text(" ".join(flags) + "\n")
-        print(f"{arch}: {root.relative_to(DEMO)}")
-    for p in make_wavs(DEMO / "test_wavs"):
-        print(f"wav: {p.relative_to(DEMO)}")
+        print(f"{arch}: {root}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command")
-    sub.add_parser("all", help="recreate every demo asset (the default)")
+    rnd = sub.add_parser("random", help="random-weight copies of the three demos (not into models/)")
+    rnd.add_argument("--out", required=True, type=Path)
     ck = sub.add_parser("checkpoint", help="write a checkpoint for other model flags (given after --)")
     ck.add_argument("--arch", required=True, choices=sorted(RECIPES))
     ck.add_argument("--tokens", required=True, type=Path)
@@ -206,8 +161,11 @@ def main(argv=None) -> int:
     if args.command == "checkpoint":
         flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
         print(make_checkpoint(args.arch, flags, args.tokens, args.out, args.seed))
+    elif args.command == "random":
+        make_random(args.out)
     else:
-        make_all()
+        parser.print_help()
+        return 2
     return 0
 
 

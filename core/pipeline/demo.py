@@ -2,8 +2,9 @@
 
 The demo is the embedded default of the wizard: one small stand-in icefall
 recipe per architecture under ``assets/demo`` (an ``export-for-ncnn.py`` with
-icefall's flags and log lines, a checkpoint, bpe.model/tokens.txt) plus a few
-16 kHz wavs. This module only resolves paths and reads ``flags.txt``, so the
+icefall's flags and log lines, a checkpoint trained on espeak-ng speech,
+bpe.model/tokens.txt) plus held-out 16 kHz test wavs with their transcripts
+(validated with WER) and a few calibration wavs. This module only resolves paths and reads ``flags.txt``, so the
 CLI and the TUI can offer the demo (and ``--help`` stays fast) without the heavy
 imports; running the recipe is the pipeline's job.
 """
@@ -21,6 +22,8 @@ DEMO_ROOT = Path(os.environ.get("SHERPA_NCNN_WIZARD_DEMO_ROOT")
                  or Path(__file__).resolve().parents[2] / "assets" / "demo")
 ICEFALL_ROOT = DEMO_ROOT / "icefall"
 TEST_WAVS = DEMO_ROOT / "test_wavs"
+TRANSCRIPTS = TEST_WAVS / "transcripts.txt"  # "<wav name> <REFERENCE TEXT>" per line (upper case, like the tokens)
+CALIBRATION_WAVS = DEMO_ROOT / "calibration_wavs"  # training-distribution speech, never trained on, not the test wavs
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,26 @@ class DemoRecipe:
     tokens: Path
     flags: list[str]  # the demo's model flags, icefall syntax (from flags.txt)
     test_wavs: list[Path]
+    transcripts: dict[str, str]  # test wav path -> reference text
+    calibration_wavs: list[Path]
 
     def missing(self) -> list[Path]:
         """Files of this recipe that are not there (an incomplete checkout or install)."""
-        paths = [self.export_script, self.checkpoint, self.bpe_model, self.tokens, *self.test_wavs]
+        paths = [self.export_script, self.checkpoint, self.bpe_model, self.tokens, *self.test_wavs,
+                 *self.calibration_wavs]
         return [p for p in paths if not p.is_file()]
+
+
+def read_transcripts(path: Path = TRANSCRIPTS) -> dict[str, str]:
+    """wav path -> reference text from ``<wav name> <TEXT>`` lines (empty when the file is absent)."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, _, text = line.strip().partition(" ")
+        if name and text.strip():
+            out[str(path.parent / name)] = text.strip()
+    return out
 
 
 def demo_recipe(arch: str) -> DemoRecipe:
@@ -68,6 +86,8 @@ def demo_recipe(arch: str) -> DemoRecipe:
         tokens=models / "data" / "lang_bpe_500" / "tokens.txt",
         flags=shlex.split(flags_file.read_text(encoding="utf-8")),
         test_wavs=sorted(TEST_WAVS.glob("*.wav")),
+        transcripts=read_transcripts(),
+        calibration_wavs=sorted(CALIBRATION_WAVS.glob("*.wav")) or sorted(TEST_WAVS.glob("*.wav")),
     )
 
 
@@ -76,9 +96,10 @@ def demo_config(arch: str):
 
     Everything a user would fill in for their own model: the recipe and icefall
     root, the pretrained.pt (linked as epoch-99.pt by the pipeline), the
-    bpe.model (so the demo also makes tokens.txt from it), the model flags, and
-    the demo wavs for calibration and validation. The output directory is left
-    at the config default; callers choose it.
+    bpe.model (so the demo also makes tokens.txt from it), the model flags, the
+    calibration wavs, and the held-out test wavs with their transcripts for
+    validation (so it reports WER). The output directory is left at the config
+    default; callers choose it.
     """
     from core.pipeline.config import ConfigError, WizardConfig  # imported here: config pulls in tomllib only when asked
 
@@ -95,7 +116,7 @@ def demo_config(arch: str):
     config.files.icefall_root = str(recipe.icefall_root)
     config.files.checkpoint = str(recipe.checkpoint)
     config.files.bpe_model = str(recipe.bpe_model)
-    wavs = [str(w) for w in recipe.test_wavs]
-    config.calibration.wavs = list(wavs)
-    config.validation.wavs = list(wavs)
+    config.calibration.wavs = [str(w) for w in recipe.calibration_wavs]
+    config.validation.wavs = [str(w) for w in recipe.test_wavs]
+    config.validation.transcripts = {w: t for w, t in recipe.transcripts.items() if Path(w) in recipe.test_wavs}
     return config
