@@ -280,14 +280,14 @@ def test_cli_detect_json_and_toml(cli):
     assert code == 0, err
     data = json.loads(out)
     assert data["arch"] == "zipformer" and data["usable"] is True
-    assert data["values"]["--encoder-dims"] == {"value": "32,32,32", "source": "weights", "in_weights": True}
+    assert data["values"]["--encoder-dims"] == {"value": "64,64,64", "source": "weights", "in_weights": True}
     assert data["values"]["--decode-chunk-len"]["source"] == "default"
-    assert data["extras"]["vocab_size"] == 64
+    assert data["extras"]["vocab_size"] == 128
     assert "--num-encoder-layers" in data["flags"]
     code, out, _ = cli("detect", path, "--toml")
     assert code == 0
     fragment = tomllib.loads(out)
-    assert fragment["arch"] == "zipformer" and fragment["hyperparameters"]["encoder-dims"] == "32,32,32"
+    assert fragment["arch"] == "zipformer" and fragment["hyperparameters"]["encoder-dims"] == "64,64,64"
     from core.pipeline.config import config_from_dict
     config = config_from_dict(fragment)  # usable in wizard.toml as is
     assert resolve(get_arch(config.arch), config.hyperparameter_flags()).ok

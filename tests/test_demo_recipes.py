@@ -98,8 +98,8 @@ def test_demo_recipe_assets(arch):
     table = read_tokens(recipe.tokens)
     assert not table.problems, [str(p) for p in table.problems]
     assert [table.symbols[i] for i in range(3)] == ["<blk>", "<sos/eos>", "<unk>"]
-    assert 50 <= table.size <= 100
-    assert recipe.checkpoint.stat().st_size < 1_000_000
+    assert 50 <= table.size <= 200  # the trained demos: 128 pieces, about one per word of their vocabulary
+    assert recipe.checkpoint.stat().st_size < 3_000_000
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -119,7 +119,7 @@ def test_demo_config_points_at_the_demo_files(arch):
 
 def test_demo_wavs_are_short_16k_mono_pcm16():
     wavs = sorted((DEMO_ROOT / "test_wavs").glob("*.wav"))
-    assert 2 <= len(wavs) <= 3
+    assert 3 <= len(wavs) <= 6
     for path in wavs:
         with wave.open(str(path)) as w:
             assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), path
@@ -128,7 +128,7 @@ def test_demo_wavs_are_short_16k_mono_pcm16():
 
 def test_demo_tree_is_small():
     total = sum(p.stat().st_size for p in DEMO_ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    assert total < 5_000_000, total
+    assert total < 8_000_000, total  # three trained checkpoints (< 3 MB each) and 29 short wavs
 
 
 def test_core_demo_does_not_import_torch():
@@ -674,6 +674,6 @@ def test_variant_graphs_follow_the_flags(runs, with_metadata):
 
     emf_demo = _meta(with_metadata, runs, "conv-emformer")
     emf_three = _meta(with_metadata, runs, "conv-emformer-3-layers")
-    assert len(load_param(emf_demo.param).model.input_names) == 1 + 4 * 2
+    assert len(load_param(emf_demo.param).model.input_names) == 1 + 4 * 3
     assert len(load_param(emf_three.param).model.input_names) == 1 + 4 * 3
     assert emf_three.plan.line.split()[4:] == ["0=1", "1=3", "2=2", "3=5", "4=4", "5=16", "6=4", "7=24"]

@@ -19,7 +19,7 @@ from test_recipes import ZIPFORMER, icefall, save_zipformer, until_export, zipfo
 torch = pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_BPE = REPO / "assets" / "demo" / "models" / "zipformer" / "data" / "lang_bpe_500" / "bpe.model"  # 64 pieces
+DEMO_BPE = REPO / "assets" / "demo" / "models" / "zipformer" / "data" / "lang_bpe_500" / "bpe.model"  # 128 pieces
 TOKENS = "<blk> 0\n<sos/eos> 1\n<unk> 2\na 3\nb 4\nc 5\n"
 
 
@@ -125,10 +125,10 @@ def test_avg_needing_missing_epoch_files_is_refused_by_name(config, tmp_path):
 
 def test_bpe_model_of_another_vocab_is_refused_naming_both_sizes(config):
     config.files.tokens, config.files.bpe_model = "", str(DEMO_BPE)
-    assert any(p.startswith("files.bpe_model: ") and "has 64 pieces, but the checkpoint's vocab size is 6 "
+    assert any(p.startswith("files.bpe_model: ") and "has 128 pieces, but the checkpoint's vocab size is 6 "
                "(decoder.embedding.weight has 6 rows, joiner.output_linear 6 outputs)" in p for p in problems_of(config))
     config.files.ignore_checkpoint_mismatch = True
-    assert any("has 64 pieces" in w for w in build_plan(config).warnings)
+    assert any("has 128 pieces" in w for w in build_plan(config).warnings)
 
 
 @pytest.mark.slow
