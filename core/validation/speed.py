@@ -105,7 +105,7 @@ class SpeedReport:
                                 "audio_seconds": "the audio the row decoded"}}
 
 
-ALL_CORES_AUDIO_SECONDS = 4.0  # rows with more than one thread decode the first wavs holding this much audio
+ALL_CORES_AUDIO_SECONDS = 2.0  # rows with more than one thread decode the first wavs holding this much audio
 
 
 @dataclass
