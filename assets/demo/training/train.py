@@ -335,6 +335,9 @@ def train(args) -> dict:
         if step % args.eval_every == 0 or step == args.steps:
             w = evaluate(args.arch, model, sp, sets)
             say(f"step {step} torch greedy WER " + ", ".join(f"{k} {v:.1%}" for k, v in w.items()))
+        if args.stop_after and step >= args.stop_after:
+            say(f"stopping at step {step} (--stop-after)")
+            break
         if args.minutes and time.time() - t0 > args.minutes * 60:
             say(f"stopping at step {step}: the {args.minutes} min budget is used up")
             break
@@ -364,6 +367,8 @@ def main(argv=None) -> int:
     p.add_argument("--init", type=Path, help="start from this checkpoint ({'model': state_dict}) instead of random")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--minutes", type=float, default=0, help="stop early after this long (0: never)")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after this step, the schedule still planned for --steps (replays a --minutes stop)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=SEED)
     train(p.parse_args(argv))
