@@ -236,7 +236,7 @@ def compare_joiner_stats(files: ModelFiles, wavs: list[Path], tmp: Path) -> None
     enc = (tmp / "enc.param", tmp / "enc.bin")
     quantize(files.encoder_param, files.encoder_bin, ours.encoder, *enc)
     print(f"joiner statistics ({len(wavs)} files):")
-    for name, table in (("ours (per frame, blank 0 and 2)", ours.joiner),
+    for name, table in (("ours (per frame, blank 0 and 2, whole range)", ours.joiner),
                         ("upstream (first frame per chunk, blank 0)", upstream)):
         join = (tmp / "join.param", tmp / "join.bin")
         quantize(files.joiner_param, files.joiner_bin, table, *join)

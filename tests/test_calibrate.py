@@ -89,6 +89,15 @@ def test_activation_scale_is_127_over_the_threshold():
     assert a.scale == pytest.approx(127 / a.threshold)
 
 
+def test_without_clipping_the_threshold_is_the_whole_range():
+    rng = np.random.default_rng(1)
+    stats = BlobStats()
+    stats.add(rng.standard_normal(100_000))
+    kl, whole = activation_scale("x", stats), activation_scale("x", stats, clip=False)
+    assert kl.threshold < whole.threshold == whole.absmax  # KL cuts a normal's tails; the joiner's way keeps them
+    assert whole.scale == pytest.approx(127 / whole.absmax) and whole.clipped_by_kl == 0.0
+
+
 def test_weight_scales_per_output_channel():
     w = np.array([[0.5, -1.0], [2.0, 0.1], [-0.25, 0.0]])
     assert weight_scales("l", w, 3) == pytest.approx([127.0, 63.5, 508.0])

@@ -60,6 +60,8 @@ def test_tables_cover_every_quantizable_layer(fp32_model):
     assert set(result.joiner.weights) == set(result.joiner.activations) == join_layers
     n = len(demo_recipe("lstm").test_wavs)
     assert result.files == n and result.chunks > 0 and result.frames >= result.chunks
+    from core.int8.calibrate import JOINER_KEEPS_RANGE
+    assert JOINER_KEEPS_RANGE and all(a.threshold == a.absmax for a in result.joiner.activations.values())
     for table in (result.encoder, result.joiner):
         back = read_table(table.text())  # refuses inf/nan/zero
         assert set(back.activations) == set(table.activations)

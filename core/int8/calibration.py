@@ -30,8 +30,9 @@ import numpy as np
 
 from core.common.audio import SAMPLE_RATE, AudioError, fbank, read_wav
 from core.common.problems import Problem, ProblemKind
-from core.int8.calibrate import (DEFAULT_HISTOGRAM, HISTOGRAM_MODES, QUANTIZABLE, BlobStats, CalibrationError, ExactStats, RecordBudget,
-                                 ScaleTable, activation_scale, weight_scales)
+from core.int8.calibrate import (DEFAULT_HISTOGRAM, HISTOGRAM_MODES, JOINER_KEEPS_RANGE, QUANTIZABLE, BlobStats,
+                                 CalibrationError, ExactStats, RecordBudget, ScaleTable, activation_scale,
+                                 weight_scales)
 from core.model.architectures import BY_MODEL_TYPE, ArchSpec
 from core.model.metadata import read_metadata
 from core.ncnn.net import Keeper, as_mat, register_meta_layer
@@ -572,7 +573,7 @@ def calibrate(files: ModelFiles, wavs: list[Path],
     if on_progress:
         on_progress(passes.total, passes.total, "statistics collected; choosing thresholds")
     enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc)
-    join_table = _table(files.joiner_param, files.joiner_bin, runner.join_bottoms, join)
+    join_table = _table(files.joiner_param, files.joiner_bin, runner.join_bottoms, join, clip=not JOINER_KEEPS_RANGE)
     return CalibrationResult(enc_table, join_table, len(usable), counts["chunks"], counts["frames"],
                              time.perf_counter() - t_start, counts["forward"], check.problems, histogram)
 
@@ -585,11 +586,11 @@ def _run_decoder(net, context: list[int]) -> np.ndarray:
     return np.ascontiguousarray(np.array(out).reshape(-1), dtype=np.float32)
 
 
-def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict) -> ScaleTable:
+def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict, clip: bool = True) -> ScaleTable:
     weights = read_quantizable_weights(param, binary)
     table = ScaleTable()
     for name, (kind, w, rows, six_bit) in weights.items():
         table.weights[name] = weight_scales(name, w, rows, six_bit)
     for name, blob in bottoms.items():
-        table.activations[name] = activation_scale(name, stats[blob])
+        table.activations[name] = activation_scale(name, stats[blob], clip)
     return table
