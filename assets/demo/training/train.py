@@ -308,7 +308,7 @@ def train(args) -> dict:
         log.flush()
 
     say(f"{args.arch}: {nparams} parameters, flags {' '.join(flags)}; {len(data)} training utterances; "
-        f"init {args.init or 'random'}, vocab {args.vocab_size}, steps {args.steps}, batch {args.batch}, lr {args.lr}, seed {args.seed}, threads {args.threads}")
+        f"init {args.init.name if args.init else 'random'}, vocab {args.vocab_size}, steps {args.steps}, batch {args.batch}, lr {args.lr}, seed {args.seed}, threads {args.threads}")
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, args.beta2))
     rng = random.Random(args.seed)
     order: list[int] = []
