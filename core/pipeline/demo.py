@@ -74,7 +74,8 @@ def demo_recipe(arch: str) -> DemoRecipe:
     flags_file = models / "flags.txt"
     if not flags_file.is_file():
         raise FileNotFoundError(f"the demo assets for {spec.name} are missing ({flags_file}); "
-                                "recreate them with: python assets/demo/make_demo_assets.py")
+                                "restore them from the repository (git checkout assets/demo) or retrain them as "
+                                "assets/demo/training/README.md says")
     recipe_dir = ICEFALL_ROOT / spec.recipe
     return DemoRecipe(
         arch=spec.name,
