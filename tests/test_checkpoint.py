@@ -332,13 +332,14 @@ def test_pipeline_refuses_mismatch_unless_confirmed(tmp_path):
     from core.pipeline.plan import build_plan
     from core.pipeline.layout import PlanError
     config = demo_config("lstm")
-    config.hyperparameters["rnn-hidden-size"] = "64"
+    have = config.hyperparameters["rnn-hidden-size"]
+    config.hyperparameters["rnn-hidden-size"] = "200"
     with pytest.raises(PlanError) as err:
         build_plan(config, out_dir=tmp_path / "out")
-    assert any("--rnn-hidden-size says 64, the checkpoint has 48" in p for p in err.value.problems)
+    assert any(f"--rnn-hidden-size says 200, the checkpoint has {have}" in p for p in err.value.problems)
     config.files.ignore_checkpoint_mismatch = True
     run = build_plan(config, out_dir=tmp_path / "out")
-    assert any("--rnn-hidden-size says 64" in w for w in run.warnings)
+    assert any("--rnn-hidden-size says 200" in w for w in run.warnings)
     config = demo_config("lstm")
     assert not [w for w in build_plan(config, out_dir=tmp_path / "out2").warnings if "checkpoint" in w]
 
@@ -406,6 +407,7 @@ def test_pipeline_unreadable_checkpoint_is_refused_unless_trusted_zipformer2_a_p
 def test_pipeline_checks_tokens_and_recipe_fixed_dims(tmp_path):
     from core.pipeline.demo import demo_config
     from core.pipeline.plan import build_plan
+    from core.model.checkpoint import detect
     from core.pipeline.layout import PlanError
     config = demo_config("conv-emformer")
     tokens = tmp_path / "tokens.txt"
@@ -413,9 +415,9 @@ def test_pipeline_checks_tokens_and_recipe_fixed_dims(tmp_path):
     config.files.tokens, config.files.bpe_model = str(tokens), ""
     with pytest.raises(PlanError) as err:
         build_plan(config, out_dir=tmp_path / "out")
-    assert any("has 4 tokens, but the checkpoint's vocab size is 64" in p for p in err.value.problems)
+    vocab = detect(config.files.checkpoint).vocab_size
+    assert any(f"has 4 tokens, but the checkpoint's vocab size is {vocab}" in p for p in err.value.problems)
     # the demo recipe fixes decoder_dim/joiner_dim at 32 like its checkpoint: no warning; upstream's 512 would warn
-    from core.model.checkpoint import detect
     from core.pipeline.plan import _fixed_dim_warnings
     det = detect(config.files.checkpoint)
     assert _fixed_dim_warnings(Path(config.files.recipe), det) == []

@@ -147,8 +147,10 @@ def static_time_reshape(ctx: RuleContext) -> RuleResult:
     """Reshape 0=X 1=T with the traced chunk length T baked in -> 1=-1 (the chunk sherpa-ncnn feeds)."""
     fixed = _runtime_fixed_geometry(ctx.arch)
     if fixed is None:
-        return RuleResult.no_match(f"sherpa-ncnn's runtime does not fix the chunk length of "
-                                   f"{ctx.arch or 'an unnamed architecture'} (its metadata does)")
+        from core.model.architectures import ARCHITECTURES
+        fixing = ", ".join(s.name for s in ARCHITECTURES.values() if s.runtime_fixed_geometry)
+        return RuleResult.no_match(f"the runtime fixes the chunk length only for {fixing}; the architecture is "
+                                   f"{ctx.arch or 'not given'}")
     segment = fixed[0]
     traced = traced_frames(ctx.pnnx_param)
     if traced == segment:
