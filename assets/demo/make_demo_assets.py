@@ -64,14 +64,16 @@ def corpus(lines: int = 3000, seed: int = SEED) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))).upper() for _ in range(lines)]
 
 
-def train_bpe(lang_dir: Path, vocab_size: int = VOCAB_SIZE) -> None:
-    """bpe.model with icefall's special pieces (0 <blk>, 1 <sos/eos>, 2 <unk>) and the matching tokens.txt."""
+def train_bpe(lang_dir: Path, vocab_size: int = VOCAB_SIZE, sentences: list[str] | None = None):
+    """bpe.model with icefall's special pieces (0 <blk>, 1 <sos/eos>, 2 <unk>) and the matching tokens.txt, from
+    ``sentences`` (the synthetic corpus when None); returns the SentencePieceProcessor."""
     import sentencepiece as spm
 
     lang_dir.mkdir(parents=True, exist_ok=True)
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus()), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        sentence_iterator=iter(corpus() if sentences is None else sentences), model_writer=model,
+        vocab_size=vocab_size, model_type="bpe",
         character_coverage=1.0, user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1,
         normalization_rule_name="identity", num_threads=1, minloglevel=2)
     (lang_dir / "bpe.model").write_bytes(model.getvalue())
@@ -79,6 +81,7 @@ def train_bpe(lang_dir: Path, vocab_size: int = VOCAB_SIZE) -> None:
     pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     assert pieces[:3] == ["<blk>", "<sos/eos>", "<unk>"], pieces[:3]
     (lang_dir / "tokens.txt").write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
+    return sp
 
 
 # -- checkpoints --------------------------------------------------------------------------------------

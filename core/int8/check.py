@@ -33,7 +33,7 @@ class Similarity:
                 f"over {self.samples} (target: mean ≥ {target})")
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na == 0 or nb == 0:
@@ -93,13 +93,13 @@ def compare_int8_here(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_jo
         ex8.input("in0", as_mat(chunk))
         for k, state in enumerate(states, start=1):
             ex8.input(f"in{k}", as_mat(state))
-        enc_cos.append(_cos(encoder_out, np.array(ex8.extract("out0")[1])))
+        enc_cos.append(cosine(encoder_out, np.array(ex8.extract("out0")[1])))
 
     def on_frame(frame, decoder_out, token, logits, mats):
         jex8 = join8.create_extractor()
         jex8.input("in0", as_mat(frame))
         jex8.input("in1", as_mat(decoder_out))
-        join_cos.append(_cos(logits, np.array(jex8.extract("out0")[1])))
+        join_cos.append(cosine(logits, np.array(jex8.extract("out0")[1])))
 
     for wav in wavs:
         w = read_wav(wav)

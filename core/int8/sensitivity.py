@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from core.int8.calibrate import CalibrationError
+from core.int8.check import cosine
 
 SIDECAR = "int8-sensitivity.json"  # beside the int8 files; core.int8.report merges it into int8-layers.json
 MAX_CHUNKS = 96  # recorded encoder chunks kept (evenly spread over the audio): bounds the per-layer cost
@@ -124,14 +125,6 @@ def record(files, wavs: list[Path], max_chunks: int = MAX_CHUNKS, max_frames: in
     return enc, join
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(a @ b / (na * nb))
-
-
 class Evaluator:
     """Runs a candidate (param, bin) pair of one net on its recorded inputs: the mean out0 cosine vs fp32."""
 
@@ -178,7 +171,7 @@ class Evaluator:
             if ret != 0:
                 raise CalibrationError(f"the partly int8 {'encoder' if self.encoder else 'joiner'} failed "
                                        f"(extract returned {ret})")
-            cosines.append(_cos(expected, np.array(out)))
+            cosines.append(cosine(expected, np.array(out)))
         del ex, out
         net.clear()  # the weights go now: the keeper's creator closure is a reference cycle the collector may
         keeper.clear()  # reach only after many candidates, each holding a whole model

@@ -47,22 +47,8 @@ BLANK, UNK, CONTEXT = 0, 2, 2
 
 def train_bpe(lang_dir: Path, sentences: list[str], vocab_size: int = VOCAB_SIZE):
     """bpe.model (icefall's specials: 0 <blk>, 1 <sos/eos>, 2 <unk>) and tokens.txt from the training sentences."""
-    import io
-
-    import sentencepiece as spm
-
-    lang_dir.mkdir(parents=True, exist_ok=True)
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        character_coverage=1.0, user_defined_symbols=["<blk>", "<sos/eos>"], unk_id=2, bos_id=-1, eos_id=-1,
-        normalization_rule_name="identity", num_threads=1, minloglevel=2)
-    (lang_dir / "bpe.model").write_bytes(model.getvalue())
-    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
-    assert pieces[:3] == ["<blk>", "<sos/eos>", "<unk>"], pieces[:3]
-    (lang_dir / "tokens.txt").write_text("".join(f"{p} {i}\n" for i, p in enumerate(pieces)), encoding="utf-8")
-    return sp
+    from make_demo_assets import train_bpe as make_bpe  # assets/demo: the one place a demo bpe.model is made
+    return make_bpe(lang_dir, vocab_size, sentences)
 
 
 # -- data -----------------------------------------------------------------------------------------------
