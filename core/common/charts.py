@@ -1,9 +1,12 @@
-"""Text charts for the summaries (CLI and wizard alike): sizes as bars, int8 kinds per layer type as stacked bars.
+"""Text charts for the summaries (CLI and wizard alike): sizes as bars, int8 kinds per layer type as stacked bars,
+activation histograms with their int8 threshold.
 
 Plain strings of block characters, no plotting stack: the CLI path stays light and ``--json`` keeps the numbers
 for anyone who wants to plot elsewhere. Widths are in terminal cells, sized to fit 80 columns.
 """
 from __future__ import annotations
+
+import math
 
 from core.common.formatting import human
 
@@ -58,3 +61,34 @@ def kind_chart(by_type: dict[str, dict], width: int = 20) -> list[str]:
                      f"{human(t.get('bytes_fp16'))} -> {human(t.get('bytes_after'))}")
     lines.append("  " + "  ".join(f"{block} {label}" for _, block, label in KINDS))
     return lines
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}" if 1 <= abs(x) < 1000 else f"{x:.3g}"
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f}%" if share >= 0.0005 or share == 0 else "<0.1%"
+
+
+def histogram_chart(layer: dict, width: int = 76) -> list[str]:
+    """One layer's activation histogram (``counts``: equal buckets over [0, absmax], drawn log-scaled, an empty
+    bucket blank) as a sparkline, a ▲ under the bucket the int8 threshold falls in, and a line saying what it
+    clips. ``layer``: a core.int8.histograms entry. More buckets than ``width`` cells are summed in groups."""
+    counts = [max(0.0, float(c)) for c in layer["counts"]]
+    group = -(-len(counts) // max(1, width))
+    cells = [sum(counts[i:i + group]) for i in range(0, len(counts), group)]
+    top = math.log1p(max(cells)) if cells and max(cells) > 0 else 1.0
+    spark = "".join(" " if c <= 0 else _SPARKS[min(7, int(8 * math.log1p(c) / top - 1e-9))] for c in cells)
+    absmax, threshold = float(layer["absmax"]), float(layer["threshold"])
+    at = min(len(cells) - 1, int(threshold / absmax * len(cells))) if absmax > 0 else len(cells) - 1
+    if layer.get("clipped_by_kl"):
+        said = (f"threshold {_num(threshold)} = absmax: KL's would clip {_percent(layer['clipped_by_kl'])}, "
+                "so the range is kept")
+    else:
+        said = f"threshold {_num(threshold)} of absmax {_num(absmax)} (clips {_percent(layer.get('clipped', 0))})"
+    return [f"  {layer.get('net', '')} {layer.get('layer', '')}".rstrip(), f"  {spark}",
+            "  " + " " * at + "▲", f"  {said}"[:80]]

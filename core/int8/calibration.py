@@ -72,6 +72,7 @@ class CalibrationResult:
     forward_seconds: float  # time spent inside ncnn forward passes (the physical floor)
     skipped: list[str]
     histogram: str = "one-pass"  # core.int8.calibrate.HISTOGRAM_MODES
+    worst: list = field(default_factory=list)  # core.int8.histograms.worst_layers: where int8 clips most
 
 
 def read_quantizable_weights(param: Path, binary: Path) -> dict[str, tuple[str, np.ndarray, int, bool]]:
@@ -574,8 +575,11 @@ def calibrate(files: ModelFiles, wavs: list[Path],
         on_progress(passes.total, passes.total, "statistics collected; choosing thresholds")
     enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc)
     join_table = _table(files.joiner_param, files.joiner_bin, runner.join_bottoms, join, clip=not JOINER_KEEPS_RANGE)
+    from core.int8.histograms import worst_layers
+    worst = worst_layers({"encoder": (enc_table, runner.enc_bottoms, enc),
+                          "joiner": (join_table, runner.join_bottoms, join)})
     return CalibrationResult(enc_table, join_table, len(usable), counts["chunks"], counts["frames"],
-                             time.perf_counter() - t_start, counts["forward"], check.problems, histogram)
+                             time.perf_counter() - t_start, counts["forward"], check.problems, histogram, worst)
 
 
 def _run_decoder(net, context: list[int]) -> np.ndarray:

@@ -112,6 +112,8 @@ def quantize_in_child(param: Path, binary: Path, table_path: Path, out_param: Pa
 
 
 def child_calibrate(a) -> int:
+    import json
+
     from core.common.atomic import WriteError, atomic_write_bytes
     from core.common.problems import ProblemKind
     from core.int8.calibrate import CalibrationError
@@ -125,13 +127,14 @@ def child_calibrate(a) -> int:
         say(f"error: {exc}")
         return EXIT_ERROR
     try:
+        from core.int8.histograms import HISTOGRAMS, document  # beside the tables (still written last)
+        atomic_write_bytes(Path(a.tables[0]).parent / HISTOGRAMS, json.dumps(document(result.worst)).encode())
         atomic_write_bytes(Path(a.tables[0]), result.encoder.text().encode())
         atomic_write_bytes(Path(a.tables[1]), result.joiner.text().encode())
     except WriteError as exc:  # e.g. the disk is full: a sentence naming the file (the write left no partial table)
         say(f"{KIND_LINE}{ProblemKind.FAILED.value}")
         say(f"error: {exc}")
         return EXIT_ERROR
-    import json
     summary = {"files": result.files, "chunks": result.chunks, "frames": result.frames,
                "seconds": result.seconds, "forward_seconds": result.forward_seconds, "skipped": result.skipped,
                "histogram": result.histogram,

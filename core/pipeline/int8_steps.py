@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core.common.atomic import atomic_write_bytes
 from core.int8.calibration import ModelFiles
+from core.int8.histograms import HISTOGRAMS
 from core.model.architectures import ResolvedValues
 from core.pipeline.config import WizardConfig
 from core.pipeline.layout import (
@@ -83,7 +84,7 @@ def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None, hi
     ncnn runs in a child process (core.ncnn.child): its progress is relayed live, cancel stops it, and a crash
     fails the step with a sentence naming the file and the first layer that crashes."""
     files = files or fp32_model_files(layout)
-    outputs = [table_file(layout, n) for n in INT8_NETS]
+    outputs = [table_file(layout, n) for n in INT8_NETS] + [layout.out / HISTOGRAMS]  # + where int8 clips most
 
     def run(ctx: StepContext) -> None:
         from core.int8.calibrate import CalibrationError
