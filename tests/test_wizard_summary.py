@@ -121,3 +121,26 @@ async def test_summary_draws_sizes_int8_kinds_and_sensitivity(tmp_path):
         assert "▓" in str(app.screen.query_one("#kind-bars").render())
         sens = str(app.screen.query_one("#sensitivity-bars").render()).splitlines()
         assert "linear_1" in sens[1] and "linear_2" in sens[2]  # most sensitive first
+
+
+async def test_summary_draws_where_int8_clips_when_calibration_kept_histograms(tmp_path):
+    from core.int8.histograms import HISTOGRAMS
+    d = out_dir(tmp_path)
+    counts = [1000.0 / (i + 1) for i in range(64)]
+    (d / HISTOGRAMS).write_text(json.dumps({"buckets": 64, "layers": [
+        {"net": "encoder", "layer": "conv_25", "absmax": 23.6, "threshold": 23.6, "clipped": 0.0,
+         "clipped_by_kl": 0.137, "counts": counts},
+        {"net": "joiner", "layer": "linear_3", "absmax": 9.8, "threshold": 3.21, "clipped": 0.004,
+         "clipped_by_kl": 0.0, "counts": counts}]}))
+    assert "histograms" in logic.summary_charts(d)
+    app = WizardApp(show_timings=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(SummaryScreen(d))
+        await pilot.pause()
+        shown = str(app.screen.query_one("#clip-histograms").render()).splitlines()
+        assert shown[0].strip() == "encoder conv_25" and "KL's would clip 13.7%" in shown[3]
+        assert shown[4].strip() == "joiner linear_3" and shown[6].index("▲") - 2 == 20
+        assert "threshold 3.21 of absmax 9.80 (clips 0.4%)" in shown[7]
+        assert "Where int8 clips" in [str(label.render()) for label in app.screen.query(".section")]
+    (d / HISTOGRAMS).unlink()  # an fp16 run, or an external table: no section
+    assert logic.summary_charts(d)["histograms"] == []

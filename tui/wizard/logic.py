@@ -254,9 +254,16 @@ def shipped_text(out_dir: Path) -> str:
 
 def summary_charts(out_dir: Path) -> dict[str, list[str]]:
     """The summary's pictures (core.common.charts): "sizes" (pt/fp16/fp32/int8 bars), "kinds" (int8 kind per layer
-    type, stacked) and "sensitivity" (the most int8-sensitive layers, sorted); empty lists for what was not made."""
-    from core.common.charts import kind_chart, size_chart
-    charts: dict[str, list[str]] = {"sizes": [], "kinds": [], "sensitivity": []}
+    type, stacked), "sensitivity" (the most int8-sensitive layers, sorted) and "histograms" (the most-clipped
+    layers' activation histograms with their threshold); empty lists for what was not made."""
+    from core.common.charts import histogram_chart, kind_chart, size_chart
+    charts: dict[str, list[str]] = {"sizes": [], "kinds": [], "sensitivity": [], "histograms": []}
+    try:
+        from core.int8.histograms import HISTOGRAMS, read_layers
+        layers = read_layers(json.loads((out_dir / HISTOGRAMS).read_text()))
+        charts["histograms"] = [line for layer in layers for line in histogram_chart(layer)]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
     try:
         summary = json.loads((out_dir / "summary.json").read_text())
         charts["sizes"] = size_chart(summary.get("sizes") or [])

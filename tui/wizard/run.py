@@ -336,6 +336,9 @@ class SummaryScreen(Screen):
             if charts["sensitivity"]:
                 yield Label("Which layers int8 hurts most", classes="section")
                 yield Static(Text("\n".join(charts["sensitivity"])), id="sensitivity-bars", classes="code")
+            if charts["histograms"]:  # each most-clipped layer's activations, ▲ under its int8 threshold
+                yield Label("Where int8 clips", classes="section")
+                yield Static(Text("\n".join(charts["histograms"])), id="clip-histograms", classes="code")
             yield Label("Validation", classes="section")
             shown = Text()
             for line in results.checks:  # the CLI's three marks: a low int8 cosine is a warning, not a failure
