@@ -385,3 +385,31 @@ def test_min_cosine_with_ncnn2int8_quantizing_is_a_plan_warning(tmp_path, monkey
     assert not any("is ignored" in w for w in run.warnings), run.warnings
     step = next(s for s in run.plan.steps if s.id == "quantize")
     assert "0.995" in step.fingerprint_extra and "cosine >= 0.995" in step.describe
+
+
+def test_config_sensitivity_modes():
+    assert config_from_dict({}).calibration.sensitivity == "auto"
+    assert config_from_dict({"calibration": {"sensitivity": "off"}}).calibration.sensitivity == "off"
+    with pytest.raises(ConfigError, match=r"calibration\.sensitivity = 'sometimes' is not one of auto, on, off"):
+        config_from_dict({"calibration": {"sensitivity": "sometimes"}}, source="w.toml")
+
+
+def test_quantize_without_measuring_writes_the_same_int8_files_and_no_sensitivity(tiny):
+    """Large models quantize without the per-layer sensitivity (minutes and GBs at published sizes): the same int8
+    pair as the whole-net render, and a sidecar that says nothing was measured, so the report adds nothing."""
+    from core.int8.calibration import ModelFiles
+    from core.int8.report import NetFiles, merge_sensitivity
+    from core.int8.sensitivity import SIDECAR, run_here
+    param, binary, table, _, tmp = tiny
+    (tmp / "table.txt").write_text(table.text())
+    files = ModelFiles(param, binary, param, binary, param, binary)
+    outs = {net: (tmp / f"{net}.int8.param", tmp / f"{net}.int8.bin") for net in ("encoder", "joiner")}
+    sidecar = tmp / SIDECAR
+    data = run_here(files, (tmp / "table.txt", tmp / "table.txt"), [], outs, None, sidecar, measure=False)
+    want_param, want_bin, _ = Quantizer(param, binary, table).render()
+    assert outs["encoder"][0].read_bytes() == want_param and outs["joiner"][1].read_bytes() == bytes(want_bin)
+    assert data["measured"] is False and json.loads(sidecar.read_text())["measured"] is False
+    nets = [NetFiles(net, param, binary, *outs[net]) for net in ("encoder", "joiner")]
+    report = {"layers": [{"net": "encoder", "layer": "linear_2", "precision": "int8"}]}
+    merge_sensitivity(report, nets)
+    assert "sensitivity" not in report["layers"][0] and "mixed_precision" not in report

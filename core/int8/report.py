@@ -138,7 +138,7 @@ def read_sidecar(nets: list[NetFiles]) -> dict | None:
 def merge_sensitivity(report: dict, nets: list[NetFiles]) -> None:
     """Per layer ``sensitivity`` (output cosine with only that layer int8) and ``kept_float``; per net the search."""
     data = read_sidecar(nets)
-    if data is None:
+    if data is None or not data.get("measured", True):
         return
     for row in report["layers"]:
         net = data["nets"].get(row["net"], {})

@@ -281,15 +281,27 @@ def sha256(path: Path) -> str:
 
 
 def run_here(files, tables: tuple[Path, Path], wavs: list[Path], outputs: dict[str, tuple[Path, Path]],
-             min_cosine: float | None, sidecar: Path, on_progress=None) -> dict:
+             min_cosine: float | None, sidecar: Path, on_progress=None, measure: bool = True) -> dict:
     """The child's side: record, quantize both nets with their sensitivity (and the search), write the int8 pairs
-    and the sidecar. Returns the sidecar's contents."""
+    and the sidecar. Returns the sidecar's contents. ``measure`` False (and no ``min_cosine``): quantize only, the
+    sidecar says nothing was measured."""
     from core.common.atomic import atomic_write_bytes
     from core.int8.calibrate import read_table
     from core.int8.quantize import Quantizer, write_checked
     t0 = time.perf_counter()
+    if not measure and min_cosine is None:
+        reports = {}
+        for net, table_path in zip(NETS, tables):
+            param_bytes, bin_bytes, report = Quantizer(*sources_of(files)[net],
+                                                       read_table(Path(table_path).read_text(), str(table_path))).render()
+            write_checked(param_bytes, bin_bytes, *outputs[net])
+            reports[net] = {k: v for k, v in vars(report).items() if isinstance(v, (int, str, list))}
+        data = {"measured": False, "min_cosine": None, "seconds": round(time.perf_counter() - t0, 3),
+                "nets": {net: {"int8_sha256": sha256(outputs[net][1])} for net in NETS}, "reports": reports}
+        atomic_write_bytes(sidecar, json.dumps(data, indent=2).encode())
+        return data
     recordings = dict(zip(NETS, record(files, wavs)))
-    sources = {"encoder": (files.encoder_param, files.encoder_bin), "joiner": (files.joiner_param, files.joiner_bin)}
+    sources = sources_of(files)
     results = {}
     with tempfile.TemporaryDirectory(prefix="int8-sensitivity-") as tmp:
         for net, table_path in zip(NETS, tables):
@@ -316,6 +328,10 @@ def run_here(files, tables: tuple[Path, Path], wavs: list[Path], outputs: dict[s
     return sidecar_data
 
 
+def sources_of(files) -> dict[str, tuple[Path, Path]]:
+    return {"encoder": (files.encoder_param, files.encoder_bin), "joiner": (files.joiner_param, files.joiner_bin)}
+
+
 def predict_here(param: Path, binary: Path) -> dict:
     """The int8 .bin size of one net before calibration: the quantizer's own plan with a stand-in table (one
     scale per output for every Convolution/InnerProduct with weights: sizes do not depend on the values)."""
@@ -338,7 +354,8 @@ def predict_here(param: Path, binary: Path) -> dict:
 
 def quantize_with_sensitivity_in_child(files, tables: tuple[Path, Path], wavs: list[Path],
                                        outputs: dict[str, tuple[Path, Path]], min_cosine: float | None,
-                                       sidecar: Path, on_progress=None, on_line=None, cancelled=None) -> dict:
+                                       sidecar: Path, on_progress=None, on_line=None, cancelled=None,
+                                       measure: bool = True) -> dict:
     """:func:`run_here` in a child process. A reported problem raises CalibrationError with the child's sentence;
     a crash raises core.int8.children.CalibrationCrashed naming the step and the files."""
     from core.int8.children import CalibrationCrashed
@@ -359,6 +376,8 @@ def quantize_with_sensitivity_in_child(files, tables: tuple[Path, Path], wavs: l
     args += [a for w in wavs for a in ("--wav", str(w))]
     if min_cosine is not None:
         args += ["--min-cosine", repr(min_cosine)]
+    if not measure:
+        args.append("--no-sensitivity")
     rc, lines = run_child(args, on_line=line, cancelled=cancelled, module=CHILD)
     if rc == EXIT_ERROR:
         raise CalibrationError(error_line(lines) or "quantization failed")
@@ -402,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     qu.add_argument("--sidecar", required=True)
     qu.add_argument("--wav", action="append", default=[])
     qu.add_argument("--min-cosine", type=float, default=None)
+    qu.add_argument("--no-sensitivity", action="store_true", help="quantize only (unless --min-cosine)")
     pr = sub.add_parser("predict", help="the int8 .bin size of each PARAM BIN pair")
     pr.add_argument("pairs", nargs="+")
     a = p.parse_args(argv)
@@ -415,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         outs = dict(zip(NETS, ((Path(a.out[0]), Path(a.out[1])), (Path(a.out[2]), Path(a.out[3])))))
         data = run_here(ModelFiles(*map(Path, a.files)), tuple(map(Path, a.tables)), list(map(Path, a.wav)), outs,
-                        a.min_cosine, Path(a.sidecar), on_progress=lambda i, n, s: say(f"progress: {i}/{n} {s}"))
+                        a.min_cosine, Path(a.sidecar), on_progress=lambda i, n, s: say(f"progress: {i}/{n} {s}"),
+                        measure=not a.no_sensitivity)
     except (CalibrationError, QuantizeError, LayoutError, OSError) as exc:
         say(f"error: {exc}")
         return EXIT_ERROR

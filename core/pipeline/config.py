@@ -81,9 +81,14 @@ class CalibrationConfig:
     # mixed precision: keep the most int8-sensitive layers float until the encoder's and the joiner's output cosine
     # (int8 vs fp32 on the calibration audio) reaches this; None: everything that can be int8 is
     min_cosine: float | None = None
+    # per-layer int8 sensitivity (the built-in quantizer): "on", "off" or "auto" (measured when min_cosine is set or
+    # the float encoder + joiner weights are small enough to take seconds, SENSITIVITY_AUTO_BYTES; a published-size
+    # model would take a minute or more and GBs)
+    sensitivity: str = "auto"
 
 
 INT8_BACKENDS = ("builtin", "external", "auto")
+SENSITIVITY_MODES = ("auto", "on", "off")
 HISTOGRAM_MODES = ("one-pass", "two-pass")  # core.int8.calibrate.HISTOGRAM_MODES (config stays free of numpy)
 
 
@@ -157,6 +162,9 @@ def config_from_dict(data: dict, source: str = "config") -> WizardConfig:
     if config.calibration.histogram not in HISTOGRAM_MODES:
         raise ConfigError(f"{source}: calibration.histogram = {config.calibration.histogram!r} is not one of "
                           f"{', '.join(HISTOGRAM_MODES)}")
+    if config.calibration.sensitivity not in SENSITIVITY_MODES:
+        raise ConfigError(f"{source}: calibration.sensitivity = {config.calibration.sensitivity!r} is not one of "
+                          f"{', '.join(SENSITIVITY_MODES)}")
     problem = min_cosine_problem(config.calibration.min_cosine, "calibration.min_cosine")
     if problem:
         raise ConfigError(f"{source}: {problem}")

@@ -122,8 +122,11 @@ def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None, hi
                         f"--out {shlex.quote(str(layout.out))}  # expects the fp32 set in one directory"])
 
 
+SENSITIVITY_AUTO_BYTES = 32 << 20  # "auto" measures sensitivity up to this much float encoder + joiner weights
+
+
 def make_quantize(layout, files: ModelFiles | None = None, wavs: list[Path] | None = None,
-                  min_cosine: float | None = None) -> Step:
+                  min_cosine: float | None = None, sensitivity: str = "auto") -> Step:
     """Quantize encoder and joiner (ncnn in a child process), measuring every layer's sensitivity on the calibration
     audio (core.int8.sensitivity) and, with ``min_cosine``, keeping the most sensitive layers float until each net
     reaches it. Writes OUT/int8-sensitivity.json beside the int8 files (merged into int8-layers.json)."""
@@ -135,17 +138,24 @@ def make_quantize(layout, files: ModelFiles | None = None, wavs: list[Path] | No
     sidecar = layout.out / SIDECAR
 
     def run(ctx: StepContext) -> None:
+        from core.common.formatting import human
         from core.int8.calibrate import CalibrationError
         from core.int8.children import CalibrationCrashed
         from core.int8.sensitivity import quantize_with_sensitivity_in_child
         from core.ncnn.child import ChildCancelled
         from core.pipeline.runner import StepCancelled
+        weights = sum(Path(b).stat().st_size for _, b in sources.values() if Path(b).is_file())
+        measure = min_cosine is not None or sensitivity == "on" or (
+            sensitivity == "auto" and weights <= SENSITIVITY_AUTO_BYTES)
+        if not measure:
+            ctx.log(f"per-layer sensitivity not measured: {human(weights)} of float encoder + joiner weights would "
+                    "take minutes and GBs (calibration.sensitivity = \"on\" or a min_cosine measures it)")
         try:  # ncnn reads and runs the weights in a child process
             result = quantize_with_sensitivity_in_child(
                 files, (table_file(layout, "encoder"), table_file(layout, "joiner")), wavs,
                 {n: (int8_file(layout, n, "param"), int8_file(layout, n, "bin")) for n in INT8_NETS}, min_cosine,
                 sidecar, on_progress=lambda i, n, note: ctx.progress(i, n, f"sensitivity {note}"), on_line=ctx.log,
-                cancelled=ctx._cancelled.is_set)
+                cancelled=ctx._cancelled.is_set, measure=measure)
         except ChildCancelled:
             raise StepCancelled() from None
         except CalibrationCrashed as exc:
@@ -175,14 +185,15 @@ def make_quantize(layout, files: ModelFiles | None = None, wavs: list[Path] | No
     return Step("quantize", "Quantize encoder and joiner to int8 (built in)", func=run,
                 inputs=[*(p for pair in sources.values() for p in pair), *(table_file(layout, n) for n in INT8_NETS),
                         files.decoder_param, files.decoder_bin, *wavs],
-                outputs=outputs + [sidecar], fingerprint_extra=json.dumps({"min_cosine": min_cosine}),
+                outputs=outputs + [sidecar], fingerprint_extra=json.dumps({"min_cosine": min_cosine, "sensitivity": sensitivity}),
                 describe="write the int8 encoder and joiner; measure each layer's sensitivity on the calibration "
                          "audio" + (f"; keep the most sensitive float until cosine >= {min_cosine}"
                                     if min_cosine is not None else ""), script=script)
 
 
 def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None = None,
-                    min_cosine: float | None = None, histogram: str | None = None) -> list[Step]:
+                    min_cosine: float | None = None, histogram: str | None = None,
+                    sensitivity: str = "auto") -> list[Step]:
     """calibrate and quantize, each with the built-in code or the user's tool (``backend``: an Int8Backend)."""
     from core.pipeline.int8_external import make_external_calibrate, make_external_quantize, make_int8_metadata
     steps = [make_external_calibrate(layout, backend.table_tool, wavs, files) if backend.table_tool
@@ -191,7 +202,7 @@ def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None 
         steps += [make_external_quantize(layout, backend.quantize_tool, net, files) for net in INT8_NETS]
         steps.append(make_int8_metadata(layout))
     else:
-        steps.append(make_quantize(layout, files, wavs, min_cosine))
+        steps.append(make_quantize(layout, files, wavs, min_cosine, sensitivity))
     return steps
 
 
@@ -207,7 +218,7 @@ def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: l
                         "sensitivity and keeps layers float (calibration.backend = \"builtin\")")
     steps = [make_calibration_audio(audio)] if audio.resample else []
     return steps + make_int8_steps(layout, audio.wavs, backend, files, config.calibration.min_cosine,
-                                   config.calibration.histogram)
+                                   config.calibration.histogram, config.calibration.sensitivity)
 
 
 def check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> tuple[list[str], list[str]]:
