@@ -392,7 +392,7 @@ def kl_threshold_bin(hist: np.ndarray, target_bins: int = TARGET_BINS, eps: floa
     return best_t
 
 
-_KL_MARGIN = 1e-7  # >> the ~1e-13 by which _kl_all and _kl_one differ (pinned by tests/test_calibrate.py)
+_KL_MARGIN = 1e-7  # >> the ~1e-13 by which _kl_all and _kl_one differ (pinned by tests/core/int8/test_calibrate.py)
 
 
 def _kl_prepare(hist: np.ndarray, target_bins: int, eps: float) -> tuple:

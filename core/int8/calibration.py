@@ -12,7 +12,7 @@ calibration benchmark's floor); calibration adds only hooks that take the
 quantizable inputs during each light-mode forward. A graph input's values are
 the array fed in, and the joiner's decoder-side input is counted once per frame
 it served, in one go: the statistics are bit-identical to extracting every
-blob on every chunk and frame (pinned by tests/test_calibration_run.py).
+blob on every chunk and frame (pinned by tests/core/int8/test_calibration_run.py).
 
 Memory stays near the floor (interpreter, numpy, ncnn and the nets): values are copied
 into one reusable buffer per blob, each file's statistics are merged as soon as its

@@ -4,7 +4,7 @@ sherpa-ncnn builds its own libncnn with a long list of layers compiled out,
 so a graph that plain ncnn runs can still fail in sherpa-ncnn with
 ``layer X not exists or registered`` followed by a segfault. These sets were
 measured on the sherpa-ncnn 2.1.15 wheel by appending one layer of each type
-to a model and loading it in a child process (see test_runtime_layer_table_matches_wheel in tests/test_pnnx_real.py,
+to a model and loading it in a child process (see test_runtime_layer_table_matches_wheel in tests/core/pnnx/test_pnnx_real.py,
 which re-checks a sample against the installed wheel).
 """
 from __future__ import annotations

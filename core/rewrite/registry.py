@@ -16,11 +16,11 @@ Adding a rewrite = one rule + one test:
 2. Add one ``Rule(...)`` line to ``RULES`` below: name, kind (``layer`` with the ``layer_type`` it replaces,
    ``graph`` or ``bin``), the architectures whose exports need it, and an ``order`` that puts it in its
    phase.
-3. Add one test (``tests/test_rewrite*.py``) that plans a small graph with the pattern and checks the
+3. Add one test (``tests/core/rewrite/test_rewrite*.py``) that plans a small graph with the pattern and checks the
    numbers (python ncnn against numpy) or the text, and one with a near-miss the rule must refuse.
 
 The driver, ``sherpa-ncnn-wizard rewrite --help``, the plan's change list and the rule checks in
-``tests/test_rewrite_registry.py`` pick the new rule up from here; nothing else lists rule names.
+``tests/core/rewrite/test_rewrite_registry.py`` pick the new rule up from here; nothing else lists rule names.
 """
 from __future__ import annotations
 
