@@ -1,1 +1,1 @@
-"""What a model is: one spec per architecture, metadata, tokens, checkpoints, graph-derived values."""
+"""What a model is: one module per architecture (and their registry), metadata, tokens, checkpoints, graph-derived values."""
