@@ -57,8 +57,23 @@ def _loads(param: Path, binary: Path) -> dict[str, tuple[str, list, bytes]]:
         layers, _ = record_loads_in_child(Path(param), Path(binary))
     except (QuantizeError, NcnnCrash) as exc:
         raise Int8ReportError(str(exc)) from None
-    data = Path(binary).read_bytes()
+    data = _BinBytes(Path(binary))
     return {l.name: (l.type, l.loads, data) for l in layers if l.loads}
+
+
+class _BinBytes:
+    """A .bin read only where asked (a 4-byte tag per blob): the report held three whole published-size .bins."""
+
+    def __init__(self, path: Path):
+        self.path, self.size = path, path.stat().st_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, span: slice) -> bytes:
+        with open(self.path, "rb") as fh:
+            fh.seek(span.start)
+            return fh.read(span.stop - span.start)
 
 
 def precision_of(kind: str, loads: list, data: bytes) -> str:
@@ -128,7 +143,9 @@ def read_sidecar(nets: list[NetFiles]) -> dict | None:
     try:
         data = json.loads(path.read_text())
         for n in nets:
-            if data["nets"][n.net]["int8_sha256"] != hashlib.sha256(Path(n.int8_bin).read_bytes()).hexdigest():
+            with open(n.int8_bin, "rb") as fh:  # streamed: a published-size int8 .bin is tens of MB
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            if data["nets"][n.net]["int8_sha256"] != digest:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
