@@ -122,6 +122,27 @@ def test_training_steps_lower_the_loss(training_modules, arch):
     assert losses[-1] < losses[0] * 0.95, losses
 
 
+def test_training_is_reproducible(training_modules):
+    """Same seed, same data, same steps: the same weights, to the bit (what lets the training command reproduce
+    the committed checkpoints)."""
+    import torch
+    _, train = training_modules
+    feats = [f[:160] for f in _wav_features(train, 2)]
+    texts = [t.split(" ", 1)[1] for t in (DEMO_ROOT / "test_wavs" / "transcripts.txt").read_text().splitlines()[:2]]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model, sp = _model(train, "conv-emformer")
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(2):
+            loss = train.batch_loss("conv-emformer", model, feats, texts, sp)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        runs.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 def test_committed_wavs_are_held_out():
     split = json.loads((TRAINING / "split.json").read_text())
     committed = json.loads((TRAINING / "committed.json").read_text())

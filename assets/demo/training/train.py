@@ -251,7 +251,9 @@ def build_model(arch: str, flags: list[str], tokens: Path, seed: int):
 
 
 def read_flags(arch: str, models: Path = DEMO / "models") -> list[str]:
-    return shlex.split((models / arch / "flags.txt").read_text())
+    """The model flags from ``models/<arch>/flags.txt``; a fresh --models dir uses the bundled demo's."""
+    path = models / arch / "flags.txt"
+    return shlex.split((path if path.is_file() else DEMO / "models" / arch / "flags.txt").read_text())
 
 
 def spec_mask(f, rng: random.Random):
@@ -328,6 +330,7 @@ def train(args) -> dict:
             say(f"stopping at step {step}: the {args.minutes} min budget is used up")
             break
     out = root / "exp" / "pretrained.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     torch.save({"model": state}, out)
     w = evaluate(args.arch, model, sp, sets)
