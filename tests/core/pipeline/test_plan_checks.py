@@ -217,7 +217,7 @@ def test_unusable_validation_wavs_are_refused_by_name(config, tmp_path):
 
 async def test_the_wizard_names_the_global_and_trusting_is_a_tick(tmp_path):
     from core.pipeline.demo import demo_config
-    from test_tui import SIZE, review_ready, text, wait_for
+    from tests.tui.test_tui import SIZE, review_ready, text, wait_for
     from tui.wizard.app import WizardApp
     config = demo_config("lstm")
     config.output.dir = str(tmp_path / "out")
