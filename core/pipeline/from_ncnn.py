@@ -306,14 +306,10 @@ def build_from_ncnn_plan(src: str | Path, arch: str, flags: dict[str, object], *
                         "sherpa-ncnn is checked, not the numbers")
     backend = None
     if int8 is not None:
-        from core.pipeline.int8_external import choose_backend
-        from core.pipeline.int8_steps import check_calibration_wavs
-        cal_problems, cal_warnings = check_calibration_wavs(int8, resolved)
-        problems += cal_problems
-        warnings += cal_warnings
-        backend = choose_backend(int8)
-        problems += backend.problems
-        warnings += [f"int8: {n}" for n in backend.notes]
+        from core.pipeline.int8_steps import int8_readiness
+        int8_problems, int8_warnings, backend = int8_readiness(int8, resolved)
+        problems += int8_problems
+        warnings += int8_warnings
     if problems:
         raise PlanError(problems)
     layout = Layout(out)

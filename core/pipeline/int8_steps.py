@@ -221,6 +221,15 @@ def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: l
                                    config.calibration.histogram, config.calibration.sensitivity)
 
 
+def int8_readiness(config: WizardConfig, resolved: ResolvedValues):
+    """Before an int8 run (a checkpoint run or --from-ncnn): the calibration audio checked and the tools chosen:
+    (problems, warnings, core.pipeline.int8_external.Int8Backend)."""
+    from core.pipeline.int8_external import choose_backend
+    problems, warnings = check_calibration_wavs(config, resolved)
+    backend = choose_backend(config)
+    return problems + backend.problems, warnings + [f"int8: {n}" for n in backend.notes], backend
+
+
 def check_calibration_wavs(config: WizardConfig, resolved: ResolvedValues) -> tuple[list[str], list[str]]:
     """int8 needs calibration audio: (problems, warnings), every file named before anything runs.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.model.architectures import ResolvedValues, get_arch, resolve
 from core.pipeline.config import WizardConfig
-from core.pipeline.int8_steps import check_calibration_wavs, calibration_steps
+from core.pipeline.int8_steps import calibration_steps, int8_readiness
 from core.pipeline.layout import NETS, Layout, PlanError, _check_out_dir, _versions
 from core.pipeline.runner import Plan, Step
 from core.pipeline.steps import make_finalize_encoder, make_prepare, make_summary, make_tokens
@@ -168,13 +168,9 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
 
     int8_backend = None
     if config.output.int8:
-        cal_problems, cal_warnings = check_calibration_wavs(config, resolved)
-        problems += cal_problems
-        warnings += cal_warnings
-        from core.pipeline.int8_external import choose_backend
-        int8_backend = choose_backend(config)
-        problems += int8_backend.problems
-        warnings += [f"int8: {n}" for n in int8_backend.notes]
+        int8_problems, int8_warnings, int8_backend = int8_readiness(config, resolved)
+        problems += int8_problems
+        warnings += int8_warnings
 
     if check_out_dir:
         problems += _check_out_dir(out)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from core.model.architectures import get_arch
 from core.ncnn.net import Keeper, as_mat, register_meta_layer
-from core.validation.validate import TOLERANCE, NumericResult, _precision, drop_batch_axis
+from core.validation.numeric import TOLERANCE, NumericResult, _precision, drop_batch_axis
 
 
 def _state_map(ref, chunk_out: str, chunk_in: str) -> dict[int, int]:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.validation.numeric import TOLERANCE, NumericResult, _precision, drop_batch_axis  # noqa: F401 (re-exported)
+from core.validation.numeric import NumericResult
 
 NETS = ("encoder", "decoder", "joiner")
 TAIL_PADDING_SECONDS = 0.5
@@ -361,16 +361,11 @@ def explain_exit(rc: int, lines: list[str], loaded: bool) -> str:
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
+    from core.validation.agreement import edit_distance  # the token agreement's Levenshtein, over words here
     ref, hyp = reference.split(), hypothesis.split()
     if not ref:
         return 0.0 if not hyp else 1.0
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, start=1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1] / len(ref)
+    return edit_distance(ref, hyp) / len(ref)
 
 
 # -- entry point ----------------------------------------------------------------
