@@ -3,6 +3,7 @@
 Not a test. Run from the repository root (one at a time, under nice, on a shared machine):
 
     .venv/bin/python benchmarks/bench_full_size.py ARCH [--int8] [--json] [--keep DIR]
+        [--icefall ICEFALL_ROOT --python ICEFALL_VENV/bin/python]
 
 Builds the demo recipe's model at icefall's published size (the recipe's default
 flags, random weights: assets/demo/make_demo_assets.py make_checkpoint), writes a
@@ -13,9 +14,24 @@ the export script + the pnnx conversions (their steps' wall time) + (with --int8
 calibration's bare ncnn forward passes over the calibration audio (benchmarks/
 bench_calibrate.py forward_floor on the run's own fp32 set). Prints total / floor.
 
---json prints one object: ``steps`` ({name: {wall, cpu, peak_mb}}), ``total``,
-``floor``, ``ratio`` (and ``floor_parts``, ``load``, ``validation`` (the validate step's own timings),
-``validation_share`` (validate + speed + dataset-wer over the total) and ``peaks_above_export``).
+With --icefall/--python the same run uses a real icefall checkout instead of the demo
+recipe: the checkpoint is built by the real recipe's own train.py (run by the icefall
+python; benchmarks/icefall_matrix.py make_checkpoint) at the published size, and the
+wizard.toml names the real recipe and that python, so the real export script runs
+(icefall_matrix.py write_wizard_toml). Recipes: icefall_matrix.RECIPES; sizes: the
+recipe's defaults plus PUBLISHED_FLAGS (ConvEmformer 2022-07-05: RESULTS.md's train command
+is the defaults with --memory-size 32). Tokens, calibration and validation audio and
+transcripts are the demo's, so both runs differ only in the recipe.
+
+``total`` is the run's own wall time (manifest.json's top-level ``seconds``: the runner's
+start to end, including the few tenths between steps). Steps may run in the background
+beside others, so their walls overlap and ``steps_sum`` (the sum of step walls) can
+exceed ``total``; the validation share (the CHECK_STEPS' walls over ``total``) counts an
+overlapped (background) step's full wall.
+
+--json prints one object: ``steps`` ({name: {wall, cpu, peak_mb}}), ``total``, ``steps_sum``,
+``floor``, ``ratio`` (total / floor) (and ``floor_parts``, ``load``, ``validation`` (the validate
+step's own timings), ``validation_share`` and ``peaks_above_export``, ``recipe``).
 """
 from __future__ import annotations
 
@@ -33,7 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_FLAGS = {"conv-emformer": "--memory-size 32"}
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-CHECK_STEPS = ("validate", "speed", "dataset-wer")  # what "validation" costs: the checks a run adds
+from icefall_matrix import RECIPES  # noqa: E402  (the real recipes --icefall runs)
+# what "validation" costs: the checks a run adds (with --int8 the fp16 validate runs in the background and
+# validate-int8 after quantize)
+CHECK_STEPS = ("validate", "validate-int8", "speed", "dataset-wer")
 
 
 def write_config(arch: str, tmp: Path, int8: bool, flags: list[str] | None = None) -> Path:
@@ -52,6 +71,29 @@ def write_config(arch: str, tmp: Path, int8: bool, flags: list[str] | None = Non
     config.output.int8 = int8
     config.save(tmp / "wizard.toml")
     return tmp / "wizard.toml"
+
+
+def write_icefall_config(arch: str, tmp: Path, int8: bool, flags: list[str], icefall: Path,
+                         python: str) -> Path:
+    """wizard.toml for the real icefall recipe at the published size: checkpoint from icefall's own
+    train.py and the config icefall_matrix.py writes, with the demo's calibration and validation audio."""
+    from icefall_matrix import MatrixConfig, make_checkpoint, write_wizard_toml
+    from core.pipeline.config import load_config
+    from core.pipeline.demo import demo_config, demo_recipe
+    lang = demo_recipe(arch).bpe_model.parent  # the demo's bpe.model and tokens.txt (same vocab as the demo run)
+    cfg = MatrixConfig(id=f"full-{arch}", arch=arch, int8=int8, tokens_from="bpe_model",
+                       flags={flags[i].lstrip("-"): flags[i + 1] for i in range(0, len(flags), 2)})
+    ok, err = make_checkpoint(cfg, icefall, python, lang / "bpe.model", tmp)
+    if not ok:
+        log = (tmp / "ckpt.log").read_text(errors="replace") if (tmp / "ckpt.log").exists() else ""
+        sys.stderr.write(log[-3000:])
+        raise SystemExit(f"icefall's train.py could not build the checkpoint: {err}")
+    path = write_wizard_toml(cfg, icefall, python, lang, [], tmp)
+    config, demo = load_config(path), demo_config(arch)
+    config.calibration.wavs = demo.calibration.wavs
+    config.validation.wavs, config.validation.transcripts = demo.validation.wavs, demo.validation.transcripts
+    config.save(path)
+    return path
 
 
 def run_pipeline(config: Path, out: Path) -> tuple[float, dict]:
@@ -85,12 +127,29 @@ def main() -> int:
     p.add_argument("--flags", default=None,
                    help="model flags where the published model differs from the recipe's defaults (default: "
                         f"{PUBLISHED_FLAGS})")
+    p.add_argument("--icefall", type=Path, help="a real icefall checkout (the folder with egs/): run its recipe "
+                                                  "instead of the demo's")
+    p.add_argument("--python", help="with --icefall: the python of icefall's venv (runs train.py and the export)")
     a = p.parse_args()
+    from core.model.architectures import get_arch
+    try:
+        a.arch = get_arch(a.arch).name
+    except KeyError as exc:  # an unknown name: the architectures module's own sentence
+        p.error(exc.args[0])
+    if a.icefall is not None:
+        if not (a.icefall / "egs").is_dir():
+            p.error(f"--icefall {a.icefall}: not an icefall checkout (no egs/ in it)")
+        if not a.python or not Path(a.python).is_file():
+            p.error("--icefall needs --python: the python of icefall's venv (with torch, k2, lhotse)")
+        a.icefall = a.icefall.resolve()
     flags = (a.flags if a.flags is not None else PUBLISHED_FLAGS.get(a.arch, "")).split()
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        config = write_config(a.arch, tmp, a.int8, flags)
+        if a.icefall is not None:
+            config = write_icefall_config(a.arch, tmp, a.int8, flags, a.icefall, a.python)
+        else:
+            config = write_config(a.arch, tmp, a.int8, flags)
         out = a.keep or tmp / "run"
         wall, manifest = run_pipeline(config, out)
         steps = {}
@@ -107,13 +166,16 @@ def main() -> int:
         vj = out / "validation.json"
         if vj.exists():
             validation_parts = json.loads(vj.read_text()).get("timings", {})
-    total = sum(v["wall"] for v in steps.values())
+    steps_sum = sum(v["wall"] for v in steps.values())
+    total = manifest.get("seconds") or steps_sum  # the runner's own start-to-end wall (older manifests: the sum)
     floor = sum(parts.values())
     checks = sum(v["wall"] for k, v in steps.items() if k in CHECK_STEPS)
     export_peak = (steps.get("export") or {}).get("peak_mb")
     above = {k: v["peak_mb"] for k, v in steps.items()
              if export_peak is not None and v["peak_mb"] is not None and v["peak_mb"] > export_peak}
-    result = {"arch": a.arch, "int8": a.int8, "steps": steps, "total": round(total, 2), "floor": round(floor, 2),
+    recipe = "icefall " + RECIPES[a.arch] if a.icefall is not None else "demo"
+    result = {"arch": a.arch, "int8": a.int8, "recipe": recipe, "steps": steps, "total": round(total, 2),
+              "steps_sum": round(steps_sum, 2), "floor": round(floor, 2),
               "ratio": round(total / floor, 3), "floor_parts": {k: round(v, 2) for k, v in parts.items()},
               "run_wall": round(wall, 2), "load": [round(x, 2) for x in (load + os.getloadavg())],
               "validation": validation_parts, "validation_share": round(checks / total, 3),
@@ -121,7 +183,8 @@ def main() -> int:
     if a.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{a.arch} at the published size{' --int8' if a.int8 else ''} (load average before {load[0]:.2f}, "
+    print(f"{a.arch} at the published size{' --int8' if a.int8 else ''}, {recipe} recipe "
+          f"(load average before {load[0]:.2f}, "
           f"after {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores)")
     print(f"  {'step':24} {'wall s':>8} {'cpu s':>8} {'peak MB':>8}")
     for name, v in steps.items():
@@ -130,9 +193,10 @@ def main() -> int:
         print(f"  {name:24} {v['wall']:8.1f} {cpu:>8} {peak:>8}")
     for name, seconds in validation_parts.items():
         print(f"    validate: {name:22} {seconds:8.1f}")
-    val = steps.get("validate", {}).get("wall", 0.0)
-    print(f"  total {total:.1f} s (validation {checks / total:.0%}: validate {val / total:.0%} + speed"
-          f"{' + dataset-wer' if 'dataset-wer' in steps else ''}); floor {floor:.1f} s = "
+    print(f"  total {total:.1f} s (the run's wall; step walls sum to {steps_sum:.1f} s)")
+    print(f"  validation {checks / total:.0%} of the total ("
+          + " + ".join(f"{k} {steps[k]['wall'] / total:.0%}" for k in CHECK_STEPS if k in steps)
+          + f"); floor {floor:.1f} s = "
           + " + ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     print(f"  total / floor = {total / floor:.2f}")
     print("  peak RSS above the export step's " + (f"({export_peak:.0f} MB): " + ", ".join(
