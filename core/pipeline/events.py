@@ -16,6 +16,7 @@ class StepStarted:
     total: int
     title: str
     command: str | None = None  # the shell form of the command, for process steps
+    background: bool = False  # runs beside the steps after it (core.pipeline.runner.Step.background)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,10 @@ class Step:
     fingerprint_extra: str = ""  # what else, besides argv, decides the step's result
     before: Callable[[], None] | None = None  # a process step's preparation (may raise StepError)
     verify: Callable[[list[str]], str | None] | None = None  # judges a tool whose exit code lies: its log -> error
+    # runs beside the steps after it (its own core), up to the first step that ``needs`` it or the run's end: work
+    # that only reads earlier steps' files (e.g. the fp16 validation while the int8 steps convert and calibrate)
+    background: bool = False
+    needs: tuple[str, ...] = ()  # background steps that must have finished, ok, before this step starts
 
     @property
     def command(self) -> str | None:
@@ -170,7 +174,8 @@ class Runner:
         self.on_event = on_event
         self.resume = resume
         self._cancel = threading.Event()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._procs: set = set()  # the running steps' processes (a background step's beside the current one)
+        self._records: list = []  # run-state records still hashing
         self._hash_cache: dict = {}
         self.results: dict[str, StepFinished] = {}
         self._usage: dict[str, dict] = {}  # step id -> cpu_seconds, peak_mb (core.pipeline.usage)
@@ -179,9 +184,9 @@ class Runner:
     def cancel(self) -> None:
         """Stop the running step (its whole process group) and everything after it."""
         self._cancel.set()
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+        for proc in list(self._procs):
+            if proc.returncode is None:
+                _signal_group(proc.pid, signal.SIGTERM)
 
     @property
     def cancelled(self) -> bool:
@@ -210,9 +215,15 @@ class Runner:
         state = self._load_state() if self.resume else {"version": 1, "steps": {}}
         status = "ok"
         total = len(self.plan.steps)
+        background: dict[str, asyncio.Task] = {}  # step id -> its task, while it may still run
+        self._records: list[asyncio.Task] = []
         for index, step in enumerate(self.plan.steps, start=1):
-            if self.cancelled:
-                status = "cancelled"
+            for need in step.needs:  # the background work this step reads
+                if need in background:
+                    await background.pop(need)
+            stopped = self._stopped_by()
+            if self.cancelled or stopped:
+                status = "cancelled" if self.cancelled else stopped
                 break
             if self.resume and self._up_to_date(step, state["steps"].get(step.id)):
                 finished = StepFinished(step.id, "skipped", 0.0, tuple(map(str, step.outputs)))
@@ -222,27 +233,20 @@ class Runner:
                 continue
             state["steps"].pop(step.id, None)
             self._save_state(state)
-            self.on_event(StepStarted(step.id, index, total, step.title, step.command))
-            try:
-                finished = await self._run_step(step, index)
-            except OSError as exc:  # the log or an output directory could not be written (full disk, ...)
-                finished = StepFinished(step.id, "failed", 0.0, error=disk_error_message(exc, out))
-            self.results[step.id] = finished
-            if finished.status == "ok":
-                state["steps"][step.id] = {
-                    "status": "ok",
-                    "fingerprint": step.fingerprint(),
-                    "seconds": round(finished.seconds, 3),
-                    "inputs": {str(p): digest(p, self._hash_cache) for p in step.inputs},
-                    "outputs": {str(p): digest(p, self._hash_cache) for p in step.outputs},
-                }
-            else:
-                state["steps"][step.id] = {"status": finished.status, "error": finished.error}
-            self._save_state(state)
-            self.on_event(finished)
+            self.on_event(StepStarted(step.id, index, total, step.title, step.command, step.background))
+            if step.background:
+                background[step.id] = asyncio.ensure_future(self._run_and_record(step, index, state))
+                continue
+            finished = await self._run_and_record(step, index, state)
             if finished.status != "ok":
                 status = finished.status
                 break
+        for task in background.values():  # a failure or a cancel stops the run at a step boundary
+            await task
+        if status == "ok":
+            status = self._stopped_by() or status
+        if self._records:
+            await asyncio.gather(*self._records)
         seconds = time.monotonic() - started
         try:
             self._write_manifest(status, seconds, state)
@@ -252,6 +256,39 @@ class Runner:
             return "failed"
         self.on_event(RunFinished(status, seconds, str(out)))
         return status
+
+    def _stopped_by(self) -> str | None:
+        """'failed' or 'cancelled' when a background step that finished did not end ok (the run stops there)."""
+        for step in self.plan.steps:
+            finished = self.results.get(step.id) if step.background else None
+            if finished is not None and finished.status not in ("ok", "skipped"):
+                return "cancelled" if finished.status == "cancelled" else "failed"
+        return None
+
+    async def _run_and_record(self, step: Step, index: int, state: dict) -> StepFinished:
+        """Run one step, report it, and record its inputs' and outputs' digests in run-state.json: the hashing (a
+        second or more for a published model's weights) runs in a thread while the next step goes on."""
+        try:
+            finished = await self._run_step(step, index)
+        except OSError as exc:  # the log or an output directory could not be written (full disk, ...)
+            finished = StepFinished(step.id, "failed", 0.0, error=disk_error_message(exc, self.plan.out_dir))
+        self.results[step.id] = finished
+        if finished.status == "ok":
+            self._records.append(asyncio.ensure_future(self._record_ok(step, finished, state)))
+        else:
+            state["steps"][step.id] = {"status": finished.status, "error": finished.error}
+            self._save_state(state)
+        self.on_event(finished)
+        return finished
+
+    async def _record_ok(self, step: Step, finished: StepFinished, state: dict) -> None:
+        def digests() -> dict:
+            return {"inputs": {str(p): digest(p, self._hash_cache) for p in step.inputs},
+                    "outputs": {str(p): digest(p, self._hash_cache) for p in step.outputs}}
+        files = await asyncio.to_thread(digests)
+        state["steps"][step.id] = {"status": "ok", "fingerprint": step.fingerprint(),
+                                   "seconds": round(finished.seconds, 3), **files}
+        self._save_state(state)
 
     # -- steps ---------------------------------------------------------------
     async def _run_step(self, step: Step, index: int) -> StepFinished:
@@ -318,7 +355,7 @@ class Runner:
             return f"{step.argv[0]} was not found; check the path (or install it)"
         except PermissionError:
             return f"{step.argv[0]} is not executable"
-        self._proc = proc
+        self._procs.add(proc)
         if self.cancelled:  # cancel arrived while starting
             _signal_group(proc.pid, signal.SIGTERM)
         if parser:
@@ -346,7 +383,7 @@ class Runner:
             raise
         finally:
             killer.cancel()
-            self._proc = None
+            self._procs.discard(proc)
         usage = read_usage(usage_file)
         if usage is not None:
             rc = usage.pop("returncode", rc)

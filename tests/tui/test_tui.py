@@ -259,9 +259,9 @@ async def test_cancel_mid_run_leaves_the_step_cancelled_and_no_process(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await review_ready(pilot)
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.runner is not None and app.runner._proc is not None
+        await wait_for(pilot, lambda: app.runner is not None and app.runner._procs
                        and app.run_model.by_id["export"].status == "running", timeout=60)
-        pid = app.runner._proc.pid
+        pid = next(iter(app.runner._procs)).pid
         await pilot.press("c")
         await pilot.pause()
         await pilot.press("y")  # confirm
@@ -396,8 +396,8 @@ async def test_quit_during_a_run_asks_then_cancels(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await review_ready(pilot)
         await pilot.press("ctrl+r")
-        await wait_for(pilot, lambda: app.runner is not None and app.runner._proc is not None, timeout=60)
-        pid = app.runner._proc.pid
+        await wait_for(pilot, lambda: app.runner is not None and app.runner._procs, timeout=60)
+        pid = next(iter(app.runner._procs)).pid
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert app.run_in_progress  # only asked so far

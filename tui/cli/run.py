@@ -196,7 +196,8 @@ class PlainRenderer:
         if isinstance(event, StepStarted):
             self.total = event.total
             self.index[event.step] = event.index
-            self.c.print(f"[{event.index}/{event.total}] {event.title} ...")
+            beside = " (in the background, beside the next steps)" if event.background else ""
+            self.c.print(f"[{event.index}/{event.total}] {event.title} ...{beside}")
         elif isinstance(event, ProgressEvent):
             if event.note and self.last_note.get(event.step) != event.note:
                 self.last_note[event.step] = event.note
@@ -226,7 +227,8 @@ class PlainRenderer:
 
 
 class RichRenderer(PlainRenderer):
-    """A live progress bar for the running step, finished steps printed above it."""
+    """A live progress bar per running step (a background step's beside the current one), finished steps printed
+    above them."""
 
     def __init__(self, console: Console):
         super().__init__(console)
@@ -234,28 +236,33 @@ class RichRenderer(PlainRenderer):
                                  TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
                                  transient=True)
         self.progress.start()
-        self.task = None
+        self.tasks: dict[str, object] = {}  # step id -> its progress task
 
     def handle(self, event) -> None:
         if isinstance(event, StepStarted):
             self.total = event.total
             self.index[event.step] = event.index
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(f"[{event.index}/{event.total}] {event.title}", total=None, note="")
-        elif isinstance(event, ProgressEvent) and self.task is not None:
-            self.progress.update(self.task, completed=event.done or 0, total=event.total, note=event.note)
+            self._drop(event.step)
+            beside = " (background)" if event.background else ""
+            self.tasks[event.step] = self.progress.add_task(f"[{event.index}/{event.total}] {event.title}{beside}",
+                                                            total=None, note="")
+        elif isinstance(event, ProgressEvent) and event.step in self.tasks:
+            self.progress.update(self.tasks[event.step], completed=event.done or 0, total=event.total,
+                                 note=event.note)
         elif isinstance(event, LogLines):
             pass
         elif isinstance(event, StepFinished):
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-                self.task = None
+            self._drop(event.step)
             self._finished(event)
         elif isinstance(event, RunFinished):
             self.progress.stop()
             if event.error:
                 self.c.print(Text(f"error: {event.error}", style="bold red"))
+
+    def _drop(self, step: str) -> None:
+        task = self.tasks.pop(step, None)
+        if task is not None:
+            self.progress.remove_task(task)
 
     def close(self) -> None:
         self.progress.stop()

@@ -45,6 +45,7 @@ class StepState:
     done: float | None = None
     total: float | None = None
     note: str = ""
+    background: bool = False  # runs beside the steps after it
 
     def elapsed(self) -> float | None:
         if self.status == "running" and self.started is not None:
@@ -66,7 +67,8 @@ class RunModel:
 
     @property
     def running(self) -> StepState | None:
-        return next((s for s in self.steps if s.status == "running"), None)
+        """The step the run is at: the latest started (a background step may still run beside it)."""
+        return next((s for s in reversed(self.steps) if s.status == "running"), None)
 
     @property
     def failed(self) -> StepState | None:
@@ -85,6 +87,7 @@ class RunModel:
         if isinstance(event, StepStarted):
             s = self.by_id[event.step]
             s.status, s.started, s.command = "running", time.monotonic(), event.command or s.command
+            s.background = event.background
             s.done = s.total = None
             s.note = ""
         elif isinstance(event, Progress):

@@ -100,6 +100,8 @@ class RunScreen(Screen):
     # -- drawing ---------------------------------------------------------------
     def step_prompt(self, s) -> Text:
         icon, style = ICONS.get(s.status, ("?", ""))
+        if s.status == "running" and s.background:
+            icon = "▷"  # running beside the step the run is at
         t = Text(f"{icon} ", style=style, no_wrap=True, overflow="ellipsis")  # one line each, even at 80x24
         name = s.id if len(s.id) <= 14 else s.id[:13] + "…"
         t.append(f"{s.index:>2} {name:<14}")

@@ -228,3 +228,66 @@ def test_a_full_disk_ends_the_run_with_a_sentence_not_a_traceback(full_disk):
     finished = [e for e in events if isinstance(e, RunFinished)]
     assert failed and "the disk is full" in failed[0].error and "--resume" in failed[0].error
     assert finished and finished[-1].status == "failed"
+
+
+# -- background steps ------------------------------------------------------------
+
+def _wait_for_file(path, then=""):
+    """A child that waits (up to 30 s) for ``path``: it can only finish when a step running beside it writes it."""
+    return (f"import os, time\nfor _ in range(3000):\n    if os.path.exists({str(path)!r}): break\n"
+            f"    time.sleep(0.01)\nelse:\n    raise SystemExit('never saw the file')\n{then}")
+
+
+def test_a_background_step_runs_beside_the_next_steps_and_is_waited_for(tmp_path):
+    signal_file, bg_out = tmp_path / "fg-ran.txt", tmp_path / "bg.txt"
+    bg = py_step("bg", _wait_for_file(signal_file, f"open({str(bg_out)!r}, 'w').write('bg')"), outputs=[bg_out],
+                 background=True)
+    fg = py_step("fg", f"open({str(signal_file)!r}, 'w').write('x')", outputs=[signal_file])
+    reader = py_step("reader", f"assert open({str(bg_out)!r}).read() == 'bg'", inputs=[bg_out], needs=("bg",))
+    status, events, runner = run(Plan([bg, fg, reader], tmp_path))
+    assert status == "ok"  # bg could only finish because fg ran while it waited
+    order = [(type(e).__name__, e.step) for e in events if isinstance(e, (StepStarted, StepFinished))]
+    assert order.index(("StepFinished", "bg")) < order.index(("StepStarted", "reader"))
+    assert order.index(("StepStarted", "fg")) < order.index(("StepFinished", "bg"))
+    state = json.loads((tmp_path / "run-state.json").read_text())
+    assert state["steps"]["bg"]["outputs"][str(bg_out)]["size"] == 2  # recorded like any step: resume skips it
+    status, events, _ = run(Plan([bg, fg, reader], tmp_path), resume=True)
+    assert {e.status for e in finished(events).values()} == {"skipped"}
+
+
+def test_a_failed_background_step_stops_the_run_at_the_next_step(tmp_path):
+    bg = py_step("bg", "raise SystemExit(3)", background=True)
+
+    def wait_for_bg(ctx):  # the foreground step ends only once the background one has failed
+        for _ in range(3000):
+            if "bg" in runner_ref[0].results:
+                return
+            time.sleep(0.01)
+
+    runner_ref = []
+    fg = Step("fg", "Fg", func=wait_for_bg)
+    after = py_step("after", "print('never')")
+
+    async def grab(runner, events):
+        runner_ref.append(runner)
+    status, events, _ = run(Plan([bg, fg, after], tmp_path), during=grab)
+    f = finished(events)
+    assert status == "failed" and f["bg"].status == "failed" and f["fg"].status == "ok" and "after" not in f
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+
+
+def test_cancel_stops_a_background_step_and_the_current_one(tmp_path):
+    bg = py_step("bg", "import time; print('bg up', flush=True); time.sleep(60)", background=True)
+    fg = py_step("fg", "import time; print('fg up', flush=True); time.sleep(60)")
+
+    async def cancel_when_both_run(runner, events):
+        seen = lambda word: any(isinstance(e, LogLines) and word in e.lines for e in events)  # noqa: E731
+        while not (seen("bg up") and seen("fg up")):
+            await asyncio.sleep(0.02)
+        runner.cancel()
+    t0 = time.monotonic()
+    status, events, _ = run(Plan([bg, fg, py_step("after", "pass")], tmp_path), during=cancel_when_both_run)
+    assert time.monotonic() - t0 < 20
+    f = finished(events)
+    assert status == "cancelled" and f["bg"].status == f["fg"].status == "cancelled" and "after" not in f
