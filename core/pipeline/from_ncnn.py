@@ -368,6 +368,9 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
     from dataclasses import asdict
 
     from core.validation import validate as v
+    from core.validation.agreement import check_agreement
+    from core.validation.decoding import decode, report_decode
+    from core.validation.validate_int8 import validate_int8
     report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
     if traced_dir is not None and reference_dir is None:  # the reference npz, when there is one, is the spec
         sub = v.validate(out, arch, traced_dir, wavs, {}, numeric=True, run_decode=False, print_fn=print_fn)
@@ -390,15 +393,15 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
     else:
         report["notes"].append("numeric check skipped: no reference outputs or traced modules")
         print_fn("numeric check skipped: no reference outputs or traced modules")
-    v.report_decode(v.decode(out, wavs, {}), report, print_fn,
-                    describe=lambda item: f"loaded and decoded ({len(item['tokens'])} tokens): {item['text'][:80]!r}")
+    report_decode(decode(out, wavs, {}), report, print_fn,
+                  describe=lambda item: f"loaded and decoded ({len(item['tokens'])} tokens): {item['text'][:80]!r}")
     # torch vs sherpa-ncnn tokens, when the traced modules are there (pnnx's graph or the npz give state shapes)
     near = tuple(d for d in (reference_dir, out / "work" / "pnnx") if d is not None)
     if traced_dir is not None:
-        v.check_agreement(out, arch, traced_dir, report["decode"], report, print_fn, near)
+        check_agreement(out, arch, traced_dir, report["decode"], report, print_fn, near)
     if int8:  # compared with the float set it was made from: the files in OUT
-        v.validate_int8(out, out, wavs, {}, report, print_fn=print_fn, traced_dir=traced_dir, arch=arch,
-                        extra_dirs=near)
+        validate_int8(out, out, wavs, {}, report, print_fn=print_fn, traced_dir=traced_dir, arch=arch,
+                      extra_dirs=near)
     return report
 
 

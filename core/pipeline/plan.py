@@ -187,10 +187,14 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     from core.pipeline.rewrite_step import make_rewrite, rewritten
     steps.append(make_rewrite(layout, spec.name))
     steps.append(make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin")))
+    validating = config.validation.numeric or config.validation.decode
+    validate_fp16, validate_int8 = _validate_steps(config, layout) if validating else (None, None)
+    if validate_fp16 is not None and validate_fp16.background:
+        steps.append(validate_fp16)  # beside the int8 steps, from here on
     if config.output.int8:
         steps += _int8_steps(config, layout, pnnx.path, int8_backend, warnings)
-    if config.validation.numeric or config.validation.decode:
-        steps.append(_validate_step(config, layout))
+    if validating:
+        steps.append(validate_int8 if validate_int8 is not None else validate_fp16)
         from core.pipeline.ship_steps import (  # test wavs, bench.py, speed, int8 report, model card
             card_info,
             ship_steps,
@@ -438,30 +442,57 @@ def _pnnx_step(pnnx: Path, layout: Layout, net: str) -> Step:
                      fp16=True)
 
 
-def _validate_step(config: WizardConfig, layout: Layout) -> Step:
-    argv = [sys.executable, "-m", "core.validation.validate", str(layout.out), "--arch", config.arch,
-            "--traced-dir", str(layout.exp), "--json-out", str(layout.out / "validation.json")]
-    if config.output.int8:
-        from core.pipeline.layout import fp32_set_dir
-        argv += ["--int8", "--fp32-dir", str(fp32_set_dir(layout))]
+def _validate_args(config: WizardConfig) -> list[str]:
+    argv: list[str] = []
     for wav in config.validation.wavs:
         argv += ["--wav", wav]
+    for wav, text in config.validation.transcripts.items():
+        argv += ["--reference", f"{wav}={text}"]
+    return argv
+
+
+def fp16_report(layout: Layout) -> Path:
+    """The fp16 checks' report in a run with --int8 (the int8 step adds its checks and writes validation.json)."""
+    return layout.work / "validation-fp16.json"
+
+
+def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | None]:
+    """The fp16 checks (numeric, torch's decode, sherpa-ncnn, agreement) and, with --int8, the int8 checks.
+
+    With --int8 the fp16 step runs in the background as soon as the fp16 model is final: it only reads that
+    model, the traced modules and the wavs, so it overlaps the fp32 conversions, calibration and quantization on
+    a core of its own (``--jobs 1``: its children one after another); the int8 step waits for it and takes torch's
+    decodes from its report."""
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    base = [sys.executable, "-m", "core.validation.validate", str(layout.out), "--arch", config.arch,
+            "--traced-dir", str(layout.exp)]
+    int8 = config.output.int8
+    report = fp16_report(layout) if int8 else layout.out / "validation.json"
+    argv = base + ["--json-out", str(report)]
+    argv += ["--jobs", "1"] if int8 else []
+    argv += _validate_args(config)
     if not config.validation.numeric:
         argv.append("--no-numeric")
     if not config.validation.decode:
         argv.append("--no-decode")
-    for wav, text in config.validation.transcripts.items():
-        argv += ["--reference", f"{wav}={text}"]
     inputs = [layout.final(n, e) for n in NETS for e in ("param", "bin")] + [layout.tokens]
-    if config.output.int8:
-        from core.pipeline.layout import int8_file
-        inputs += [int8_file(layout, n, e) for n in ("encoder", "joiner") for e in ("param", "bin")]
     inputs += [Path(w) for w in config.validation.wavs]
-    return Step("validate", "Validate: torch vs ncnn, and decode in sherpa-ncnn", argv=argv,
-                env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-                inputs=inputs, outputs=[layout.out / "validation.json"],
-                script=["sherpa-ncnn-wizard validate " + shlex.quote(str(layout.out)) + " --traced-dir "
-                        + shlex.quote(str(layout.exp))])
+    script = ["sherpa-ncnn-wizard validate " + shlex.quote(str(layout.out)) + " --traced-dir "
+              + shlex.quote(str(layout.exp)) + (" --int8" if int8 else "")]
+    fp16 = Step("validate", "Validate: torch vs ncnn, and decode in sherpa-ncnn", argv=argv, env=env,
+                inputs=inputs, outputs=[report],
+                script=script, background=int8)
+    if not int8:
+        return fp16, None
+    from core.pipeline.layout import fp32_set_dir, int8_file
+    argv8 = base + ["--json-out", str(layout.out / "validation.json"), "--fp16-report", str(fp16_report(layout)),
+                    "--fp32-dir", str(fp32_set_dir(layout))] + _validate_args(config)
+    inputs8 = [fp16_report(layout)] + [int8_file(layout, n, e) for n in ("encoder", "joiner") for e in ("param", "bin")]
+    inputs8 += [Path(w) for w in config.validation.wavs]
+    int8_step = Step("validate-int8", "Validate int8: sherpa-ncnn decode, agreement, cosine vs fp32", argv=argv8,
+                     env=env, inputs=inputs8, outputs=[layout.out / "validation.json"], needs=("validate",),
+                     script=["# the int8 checks: included in the validate line above"])
+    return fp16, int8_step
 
 
 def render_script(run: PlannedRun) -> str:

@@ -20,6 +20,7 @@ from core.model.architectures import get_arch
 from core.model.traced import Traced, TracedError, load, shape_files_near, specs_from_metadata
 
 FRAME_SECONDS = 0.04  # sherpa-ncnn's timestamps: 10 ms shift x subsampling 4
+TAIL_PADDING_SECONDS = 0.5  # silence after each validation wav, as an app's input_finished() pads it (both sides)
 NO_WAV = "(1 s of silence: no test wavs given)"  # core.validation.validate.decode's stand-in input
 BLANK, UNK = 0, 2  # sherpa-ncnn's greedy search emits neither
 CONTEXT = 2  # sherpa-ncnn's decoder context (hard-coded)
@@ -293,8 +294,9 @@ def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | N
         return  # the decode failure is already reported
     model = decode.get("model", "fp16")
     entries = report.setdefault("agreement", [])
-    try:
-        torch_model = transducer(out, arch, Path(traced_dir), extra_dirs)
+    known = all((str(traced_dir), item["wav"]) in _TORCH_CACHE for item in decode["results"])
+    try:  # int8 needs torch only for a wav whose torch decode is not known yet; fp16 may need a guided search
+        torch_model = None if known and model == "int8" else transducer(out, arch, Path(traced_dir), extra_dirs)
     except (AgreementError, OSError) as exc:
         report["ok"] = False
         entries.append({"model": model, "error": str(exc), "match": False})
@@ -333,6 +335,33 @@ def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | N
         print_fn(describe(entry))
         if model != "int8" and not entry["match"]:
             report["ok"] = False
+
+
+def check_agreement(out: Path, arch: str | None, traced_dir: Path | None, decoded: dict | None, report: dict,
+                    print_fn=print, extra_dirs: tuple[Path, ...] = ()) -> None:
+    """torch vs sherpa-ncnn token agreement on the decoded wavs (core.validation.agreement); never raises."""
+    try:
+        check(out, arch, traced_dir, decoded, report, TAIL_PADDING_SECONDS, print_fn, extra_dirs)
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure is a failed check, said in one line
+        report["ok"] = False
+        report.setdefault("agreement", []).append({"model": (decoded or {}).get("model"), "error": str(exc),
+                                                   "match": False})
+        print_fn(f"-[✗] agreement: {type(exc).__name__}: {exc}")
+
+
+def torch_decodes(traced_dir: Path) -> dict[str, dict]:
+    """torch's plain decode of each wav this process decoded (tokens and their encoder frames): the int8 check
+    compares sherpa-ncnn's int8 tokens with these, so a later process needs no torch for it."""
+    return {wav: {"tokens": plain["tokens"], "frames": plain["frames"]}
+            for (where, wav), (_, plain) in _TORCH_CACHE.items() if where == str(traced_dir)}
+
+
+def use_torch_decodes(traced_dir: Path, decodes: dict) -> None:
+    """Take torch's decodes from an earlier process (``torch_decodes``); the features are not kept with them."""
+    for wav, plain in (decodes or {}).items():
+        if isinstance(plain, dict) and isinstance(plain.get("tokens"), list):
+            _TORCH_CACHE.setdefault((str(traced_dir), wav), (None, {"tokens": plain["tokens"],
+                                                                   "frames": plain.get("frames") or []}))
 
 
 def _metadata(out: Path, arch: str | None) -> tuple[dict, str]:

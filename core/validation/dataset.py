@@ -193,7 +193,7 @@ def decode_dataset(model_dir: Path, ds: Dataset, model: str, cache: Path, *,
     """id -> {"id", "text", "seconds"} for every item; resumes from ``cache`` (one JSON line per decoded file).
 
     Raises DatasetError naming the file sherpa-ncnn crashed on."""
-    from core.validation.validate import TAIL_PADDING_SECONDS, explain_exit, model_files
+    from core.validation.decoding import TAIL_PADDING_SECONDS, explain_exit, model_files
     files = model_files(Path(model_dir), int8=(model == "int8"))
     missing = [p for p in files.values() if not Path(p).is_file()]
     if missing:

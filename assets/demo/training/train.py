@@ -58,7 +58,7 @@ def features(samples):
     import numpy as np
 
     from core.common.audio import SAMPLE_RATE, fbank
-    from core.validation.validate import TAIL_PADDING_SECONDS
+    from core.validation.decoding import TAIL_PADDING_SECONDS
     tail = np.zeros(int(SAMPLE_RATE * TAIL_PADDING_SECONDS), dtype=np.float32)
     return fbank(np.concatenate([samples.astype(np.float32), tail]), SAMPLE_RATE)
 
@@ -219,7 +219,7 @@ def heldout_sets() -> dict[str, list[tuple[Path, str]]]:
 def evaluate(arch: str, model, sp, sets) -> dict[str, float]:
     """Mean per-utterance WER of torch greedy decoding on each held-out set (the validation's measure)."""
     from core.common.audio import read_wav
-    from core.validation.validate import word_error_rate
+    from core.validation.decoding import word_error_rate
     model.eval()
     result = {}
     for name, items in sets.items():
@@ -271,7 +271,7 @@ def train(args) -> dict:
     from make_speech import split
 
     import core.validation.agreement  # noqa: F401  (imported up front: a long run never imports mid-way)
-    import core.validation.validate  # noqa: F401
+    import core.validation.decoding  # noqa: F401
 
     torch.set_num_threads(args.threads)
     random.seed(args.seed)

@@ -170,7 +170,7 @@ def test_every_other_layers_bytes_are_unchanged(int8_model):
 
 
 def test_sherpa_ncnn_decodes_the_int8_model(int8_model, tmp_path):
-    from core.validation.validate import decode
+    from core.validation.decoding import decode
     d, _, _ = int8_model
     result = decode(d, demo_recipe("lstm").test_wavs, {}, int8=True)
     assert result.ok, result.error

@@ -317,7 +317,7 @@ def test_ctrl_c_in_the_cli_cancels_and_exits_130(fake, tmp_path, monkeypatch):
 
 
 def test_word_error_rate():
-    from core.validation.validate import word_error_rate
+    from core.validation.decoding import word_error_rate
     assert word_error_rate("a b c d", "a b c d") == 0.0
     assert word_error_rate("a b c d", "a x c") == 0.5
     assert word_error_rate("", "") == 0.0

@@ -276,7 +276,13 @@ def int8_plan(tmp_path_factory):
 
 def test_plan_measures_after_validation_and_writes_the_card_before_the_summary(int8_plan):
     ids = [s.id for s in int8_plan.plan.steps]
-    assert ids[ids.index("validate"):] == ["validate", "ship-files", "speed", "int8-layers", "model-card", "summary"]
+    assert ids[ids.index("validate-int8"):] == ["validate-int8", "ship-files", "speed", "int8-layers", "model-card",
+                                                "summary"]
+    # the fp16 checks run beside the int8 steps, from the moment the fp16 model is final; the int8 checks wait
+    steps = {s.id: s for s in int8_plan.plan.steps}
+    assert ids.index("metadata") + 1 == ids.index("validate") < ids.index("calibrate")
+    assert steps["validate"].background and steps["validate-int8"].needs == ("validate",)
+    assert steps["validate"].outputs[0] in steps["validate-int8"].inputs
     speed = next(s for s in int8_plan.plan.steps if s.id == "speed")
     out = int8_plan.out_dir
     assert out / "encoder_jit_trace-pnnx.ncnn.int8.bin" in speed.inputs

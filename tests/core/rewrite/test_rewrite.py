@@ -239,7 +239,7 @@ def test_conv_emformer_with_its_traced_encoder_is_converted_again(cli, tmp_path)
 def test_lstm_decoding_is_deterministic_after_the_rewrite(cli, tmp_path):
     """Before the static-time rewrite each 9-frame chunk became 23 frames, 22 read past the buffer: the
     decoded tokens changed from run to run."""
-    from core.validation.validate import decode
+    from core.validation.decoding import decode
     out = tmp_path / "out"
     code, stdout, stderr, _ = _from_ncnn(cli, "lstm", out)
     assert code == 0, stdout + stderr

@@ -71,7 +71,7 @@ def test_children_still_queued_run_in_the_validation_thread_once_torch_is_done()
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from core.validation import validate as v
+    from core.validation import prefetch as v
     pool = ThreadPoolExecutor(max_workers=1)
     started, gate, where = threading.Event(), threading.Event(), {}
 
@@ -85,16 +85,16 @@ def test_children_still_queued_run_in_the_validation_thread_once_torch_is_done()
         where["queued"] = threading.current_thread().name
         return 2 * x
 
-    v._PENDING[("busy",)] = v._submit(pool, busy)
-    v._PENDING[("queued",)] = v._submit(pool, queued, 21)
+    v._PENDING[("busy",)] = v.submit(pool, busy)
+    v._PENDING[("queued",)] = v.submit(pool, queued, 21)
     assert started.wait(10)
     v.run_queued_here()  # the only worker is busy: the queued one runs here instead of waiting behind it
     me = threading.current_thread().name
     assert where["queued"] == me
     gate.set()
     timings: dict = {}
-    assert v._collect(("queued",), queued, 21, timings=timings, name="q") == 42 and "q" in timings
-    assert v._collect(("busy",), busy) == "busy" and where["busy"] != me
+    assert v.collect(("queued",), queued, 21, timings=timings, name="q") == 42 and "q" in timings
+    assert v.collect(("busy",), busy) == "busy" and where["busy"] != me
     pool.shutdown()
 
 
@@ -124,7 +124,7 @@ def kit_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_one_recognizer_with_a_fresh_stream_per_wav_decodes_like_a_fresh_recognizer(kit_run):
-    from core.validation.validate import decode
+    from core.validation.decoding import decode
     together = decode(kit_run, TEST_WAVS, {})
     assert together.ok, together.error
     alone = [decode(kit_run, [w], {}).results[0]["tokens"] for w in TEST_WAVS[:3]]
