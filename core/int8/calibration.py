@@ -16,7 +16,8 @@ blob on every chunk and frame (pinned by tests/core/int8/test_calibration_run.py
 
 Memory stays near the floor (interpreter, numpy, ncnn and the nets): values are copied
 into one reusable buffer per blob, each file's statistics are merged as soon as its
-turn comes, and the two-pass mode keeps at most RECORD_BYTES of activations.
+turn comes, the two-pass mode keeps at most RECORD_BYTES of activations, and the weight
+scales are read one quantizable layer at a time (core.int8.weight_scales), never the whole .bin.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ import numpy as np
 from core.common.audio import SAMPLE_RATE, AudioError, fbank, read_wav
 from core.common.problems import Problem, ProblemKind
 from core.int8.calibrate import (DEFAULT_HISTOGRAM, HISTOGRAM_MODES, JOINER_KEEPS_RANGE, QUANTIZABLE, BlobStats,
-                                 CalibrationError, ExactStats, RecordBudget, ScaleTable, activation_scale,
-                                 weight_scales)
+                                 CalibrationError, ExactStats, RecordBudget, ScaleTable, activation_scale)
+from core.int8.weight_scales import read_quantizable_weights, weight_scale_table  # noqa: F401 (re-exported)
 from core.model.architectures import BY_MODEL_TYPE, ArchSpec
 from core.model.metadata import read_metadata
 from core.ncnn.net import Keeper, as_mat, register_meta_layer
@@ -73,17 +74,6 @@ class CalibrationResult:
     skipped: list[str]
     histogram: str = "one-pass"  # core.int8.calibrate.HISTOGRAM_MODES
     worst: list = field(default_factory=list)  # core.int8.histograms.worst_layers: where int8 clips most
-
-
-def read_quantizable_weights(param: Path, binary: Path) -> dict[str, tuple[str, np.ndarray, int, bool]]:
-    """name -> (type, weights, rows, six_bit) for every quantizable layer, read through ncnn's own loader
-    (core.int8.quantize.read_layout: the quantizable layers are Python readers, everything else is ncnn's)."""
-    from core.ncnn.bin_layout import LayoutError, read_layout
-    try:
-        regions, _ = read_layout(param, Path(binary).read_bytes(), kinds=QUANTIZABLE)
-    except LayoutError as exc:
-        raise CalibrationError(str(exc)) from None
-    return {name: (r.type, r.weights, r.rows, r.six_bit) for name, r in regions.items()}
 
 
 def check_wavs(wavs: list[Path], segment_frames: int) -> WavCheck:
@@ -571,6 +561,8 @@ def calibrate(files: ModelFiles, wavs: list[Path],
             passes.run(("exact", enc_max, join_max), take_exact)
     finally:
         passes.close()
+        for net in runner.nets.values():
+            net.clear()  # the nets' weights go before the weight scales are read: the step's peak is the forward's
     if on_progress:
         on_progress(passes.total, passes.total, "statistics collected; choosing thresholds")
     enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc)
@@ -591,10 +583,8 @@ def _run_decoder(net, context: list[int]) -> np.ndarray:
 
 
 def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict, clip: bool = True) -> ScaleTable:
-    weights = read_quantizable_weights(param, binary)
     table = ScaleTable()
-    for name, (kind, w, rows, six_bit) in weights.items():
-        table.weights[name] = weight_scales(name, w, rows, six_bit)
+    table.weights.update(weight_scale_table(param, binary))  # one layer's weights in memory at a time
     for name, blob in bottoms.items():
         table.activations[name] = activation_scale(name, stats[blob], clip)
     return table

@@ -26,6 +26,11 @@ _get_name.restype = ctypes.c_char_p
 _get_name.argtypes = [ctypes.py_object]
 
 
+def reader_buffer(buf, size: int) -> memoryview:
+    """The writable bytes behind the buffer ncnn hands a Python ``DataReader.read(buf, size)``."""
+    return memoryview((ctypes.c_char * size).from_address(_get_pointer(buf, _get_name(buf)))).cast("B")
+
+
 class LayoutError(ValueError):
     """ncnn cannot read the model the way it is laid out; the message names the file or the layer."""
 
@@ -34,9 +39,13 @@ class LayoutError(ValueError):
 SUPPORTED = ("Convolution", "InnerProduct")
 
 
-def _recording_reader(data: bytes | bytearray):
+def _recording_reader(data):
+    """A DataReader over ``data``: bytes in memory, or an open binary file (read as ncnn asks, one load at a
+    time, so the whole .bin is never in memory)."""
     import ncnn
 
+    if hasattr(data, "readinto"):
+        return _file_reader(data)
     view = np.frombuffer(data, dtype=np.uint8)  # no copy per read: ncnn reads the weights straight from it
 
     class RecordingReader(ncnn.DataReader):
@@ -59,6 +68,30 @@ def _recording_reader(data: bytes | bytearray):
     return RecordingReader()
 
 
+def _file_reader(f):
+    import ncnn
+
+    class FileReader(ncnn.DataReader):
+        """Feeds ncnn from an open binary file, straight into the buffer ncnn gives, and remembers how far it has
+        read (``pos``, counted from where the file stood when reading began)."""
+
+        def __init__(self):
+            super().__init__()
+            self.pos = 0
+
+        def scan(self, fmt, p):
+            return 0
+
+        def read(self, buf, size):
+            if size <= 0:
+                return 0
+            n = f.readinto(reader_buffer(buf, size)) or 0
+            self.pos += n
+            return n
+
+    return FileReader()
+
+
 @dataclass
 class WeightRegion:
     name: str
@@ -74,7 +107,8 @@ class WeightRegion:
 def read_layout(param: Path, data: bytes, custom: dict | None = None,
                 kinds: tuple[str, ...] = SUPPORTED) -> tuple[dict[str, WeightRegion], int]:
     """Where each layer of ``kinds`` keeps its weights and bias in ``data`` (and the weights themselves),
-    and how many bytes ncnn reads. Calibration reads the weights through this too."""
+    and how many bytes ncnn reads. Every quantizable layer's weights stay in memory: calibration reads its
+    weight scales one layer at a time instead (core.int8.weight_scales)."""
     import ncnn
 
     keep: list = []
@@ -182,8 +216,11 @@ def _quiet_stderr():
         os.close(devnull)
 
 
-def record_loads(param: Path, data: bytes, custom: dict | None = None) -> tuple[list[LayerLoads], int]:
+def record_loads(param: Path, data, custom: dict | None = None) -> tuple[list[LayerLoads], int]:
     """Every layer's weight loads, in load order, as ncnn itself performs them, and how many bytes ncnn reads.
+
+    ``data``: the .bin's bytes, or the .bin open for binary reading (streamed: memory stays at one layer's
+    weights, as ``load`` offsets count from where the file stood).
 
     Each built-in layer type is wrapped in a Python layer that creates ncnn's own layer, passes it the
     ParamDict and a ModelBin that records every ``load(w, type)``. Types ncnn cannot create (custom
