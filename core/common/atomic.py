@@ -52,6 +52,26 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, force: bool = Fa
     return target
 
 
+def atomic_same_file(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Make ``path`` hold ``source``'s bytes atomically without copying them where possible: a hard link (a run's
+    intermediate copy of hundreds of MB of weights costs nothing), else a copy. Only for files nobody rewrites in
+    place (the run's steps delete an output before writing it anew)."""
+    import shutil
+    target = resolve_target(path)
+    tmp = temp_name(target)
+    _unlink(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:  # another file system, or links not allowed: copy
+        try:
+            shutil.copyfile(source, tmp)
+        except OSError as exc:
+            _unlink(tmp)
+            raise WriteError(f"{target}: cannot be written from {source} ({exc.strerror})") from None
+    _commit(tmp, target)
+    return target
+
+
 def _write_temp(target: Path, data: bytes, *, force: bool = False) -> Path:
     directory = target.parent
     try:

@@ -12,7 +12,7 @@ import json
 import shlex
 from pathlib import Path
 
-from core.common.atomic import atomic_write_bytes
+from core.common.atomic import atomic_same_file, atomic_write_bytes
 from core.int8.calibration import ModelFiles
 from core.int8.histograms import HISTOGRAMS
 from core.model.architectures import ResolvedValues
@@ -50,8 +50,11 @@ def make_fp32_set(layout, arch: str | None) -> Step:
                             "fp16 output; the int8 path assumes they are the same",
                             hint="run without --int8 for the fp16 model, and report this")
         fp32_set_dir(layout).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(outputs[0], plan.new_bin if plan.new_bin is not None else raw_bin.read_bytes())
-        atomic_write_bytes(outputs[1], fp32_raw(layout, "joiner", "bin").read_bytes())
+        if plan.new_bin is not None:
+            atomic_write_bytes(outputs[0], plan.new_bin)
+        else:  # pnnx's own file, linked (the published LSTM's is 230 MB)
+            atomic_same_file(raw_bin, outputs[0])
+        atomic_same_file(fp32_raw(layout, "joiner", "bin"), outputs[1])
         ctx.log(f"{outputs[0]}: " + (f"pnnx's fp32 weights with the rewrite's .bin changes ({plan.summary()})"
                                      if plan.new_bin is not None else "pnnx's fp32 weights (no .bin rewrite)"))
 
