@@ -28,6 +28,7 @@ Tencent/ncnn c4193aad; its ncnn2int8 writes the same):
 """
 from __future__ import annotations
 
+import mmap
 import re
 import struct
 from dataclasses import dataclass, field
@@ -37,22 +38,60 @@ import numpy as np
 
 from core.common.atomic import atomic_write_pair
 from core.int8.calibrate import CalibrationError, ScaleTable
+from core.int8.layers_loads import record_extents
 from core.ncnn.bin_layout import SUPPORTED, LayerLoads, LayoutError, Load, record_loads
-from core.ncnn.param import load_param
+from core.ncnn.param import _split_eol, load_param
 
 INT8_TAG = struct.pack("<I", 0x000D4B38)
 INT8_SCALE_TERM = 2
 
 
 
+def _map(path: Path):
+    """The float .bin mapped read-only (bytes when empty): the weights are read once, by the quantizer, instead of
+    being copied whole into memory first."""
+    with open(path, "rb") as fh:
+        if fh.seek(0, 2) == 0:
+            return b""
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 class QuantizeError(CalibrationError):
     """The model cannot be quantized correctly; nothing was written. The message names the layer."""
 
 
+_BLOCK = 1 << 16  # values per block in _int8: its float64 temporaries stay in cache (and memory stays small)
+
+
 def _int8(weights: np.ndarray, scales: np.ndarray, rows: int) -> np.ndarray:
-    w = weights.reshape(rows, -1).astype(np.float64) * scales.reshape(rows, 1)
-    q = np.sign(w) * np.floor(np.abs(w) + 0.5)  # round half away from zero, like ncnn
-    return np.clip(q, -127, 127).astype(np.int8).reshape(-1)
+    """Round half away from zero (like ncnn) of weight * scale, per row, clipped to +-127.
+
+    The product of two float32 is exact in float64; ``trunc(x + copysign(0.5, x))`` is ncnn's
+    ``sign(x) * floor(|x| + 0.5)`` to the bit (the float64 addition rounds the same way for x and -x). Done a block
+    of rows at a time: one pass over the weights instead of nine whole-matrix float64 temporaries."""
+    w = np.asarray(weights).reshape(rows, -1)
+    s64 = np.asarray(scales).reshape(rows, 1).astype(np.float64)
+    cols = w.shape[1]
+    out = np.empty((rows, cols), np.int8)
+    if out.size == 0:
+        return out.reshape(-1)
+    rstep = max(1, _BLOCK // max(cols, 1))
+    cstep = cols if rstep > 1 else max(1, min(cols, _BLOCK))  # a long row (one Gemm scale) in pieces too
+    buf = np.empty(min(rows, rstep) * cstep, np.float64)
+    half = np.empty_like(buf)
+    for r0 in range(0, rows, rstep):
+        r1 = min(rows, r0 + rstep)
+        for c0 in range(0, cols, cstep):
+            c1 = min(cols, c0 + cstep)
+            n = (r1 - r0) * (c1 - c0)
+            x, h = buf[:n].reshape(r1 - r0, c1 - c0), half[:n].reshape(r1 - r0, c1 - c0)
+            np.multiply(w[r0:r1, c0:c1], s64[r0:r1], out=x)
+            np.copysign(0.5, x, out=h)
+            np.add(x, h, out=x)
+            np.trunc(x, out=x)
+            np.clip(x, -127, 127, out=x)
+            out[r0:r1, c0:c1] = x
+    return out.reshape(-1)
 
 
 FP16_TAG = struct.pack("<I", 0x01306B47)
@@ -62,16 +101,17 @@ DYNAMIC = ("Gemm", "LSTM", "Embed")  # weight-only int8 (activations quantized a
 INT8_KEY = {"Convolution": 8, "InnerProduct": 8, "LSTM": 8, "Gemm": 18, "Embed": 18}
 
 
-def _floats(data: bytes, ld: Load) -> np.ndarray | None:
-    """The float values of a tagged load that holds fp32 or fp16 data (None for int8 or quantized-table data)."""
+def _floats(data, ld: Load) -> np.ndarray | None:
+    """The float values of a tagged load that holds fp32 or fp16 data (None for int8 or quantized-table data).
+    fp32 values are a read-only view of ``data`` (no copy); fp16 ones are widened to a new float32 array."""
     if ld.type != 0:
         return None
-    tag = data[ld.start:ld.start + 4]
-    body = data[ld.start + 4:ld.end]
-    if tag in FP32_TAGS and len(body) == 4 * ld.w:
-        return np.frombuffer(body, dtype="<f4").astype(np.float32)
-    if tag == FP16_TAG and len(body) == 2 * ld.w + (-2 * ld.w % 4):
-        return np.frombuffer(body[:2 * ld.w], dtype="<f2").astype(np.float32)
+    tag = bytes(data[ld.start:ld.start + 4])
+    size = ld.end - ld.start - 4
+    if tag in FP32_TAGS and size == 4 * ld.w:
+        return np.frombuffer(data, dtype="<f4", count=ld.w, offset=ld.start + 4)
+    if tag == FP16_TAG and size == 2 * ld.w + (-2 * ld.w % 4):
+        return np.frombuffer(data, dtype="<f2", count=ld.w, offset=ld.start + 4).astype(np.float32)
     return None
 
 
@@ -83,14 +123,19 @@ def _fp16_blob(values: np.ndarray) -> bytes | None:
     return FP16_TAG + h + b"\0" * (-len(h) % 4)
 
 
-def _int8_blob(q: np.ndarray) -> bytes:
-    b = q.astype(np.int8).tobytes()
-    return INT8_TAG + b + b"\0" * (-len(b) % 4)
+def _int8_blob(q: np.ndarray) -> bytearray:
+    """Tag, int8 values, zero padding to 4 bytes: written into one buffer (one copy of a layer's weights)."""
+    n = q.size
+    blob = bytearray(4 + n + (-n % 4))
+    blob[:4] = INT8_TAG
+    np.frombuffer(blob, np.int8, count=n, offset=4)[:] = q
+    return blob
 
 
 def _row_scales(w: np.ndarray) -> np.ndarray:
     """127/absmax per row; an all-zero row gets 1 (its int8 values are all 0 whatever the scale)."""
-    absmax = np.abs(w).max(axis=1) if w.size else np.zeros(w.shape[0], np.float32)
+    # max(max, -min): |w|'s row maxima without a whole-matrix |w| temporary
+    absmax = np.maximum(w.max(axis=1), -w.min(axis=1)) if w.size else np.zeros(w.shape[0], np.float32)
     return np.where(absmax > 0, 127.0 / np.where(absmax > 0, absmax, 1.0), 1.0).astype(np.float32)
 
 
@@ -253,9 +298,9 @@ class Quantizer:
         unknown = set(dynamic) - set(DYNAMIC)
         if unknown:
             raise QuantizeError(f"the built-in quantizer has no weight-only int8 for {', '.join(sorted(unknown))}")
-        self.data = data = Path(binary).read_bytes() if data is None else data
-        try:
-            self.layers, consumed = record_loads(param, data)
+        self.data = data = _map(Path(binary)) if data is None else data
+        try:  # where each load lies, from ncnn's own layers (the weights are read below, once)
+            self.layers, consumed = record_extents(param, data)
         except LayoutError as exc:
             raise QuantizeError(str(exc)) from None
         if consumed != len(data):
@@ -316,15 +361,36 @@ class Quantizer:
             before, after = before + b, after + a
             if fp16 and self._to_fp16(layer, plan):
                 fp16_layers.append(layer.name)
+            self._release(layer)
         out = self._assemble(plan)
-        new_model = self.model
-        for name, key in int8_keys.items():
-            layer = new_model.layer_named(name)
-            line = re.sub(rf"\s{key}=\S+", "", new_model.lines[layer.line - 1].rstrip("\r\n"))
-            new_model = new_model.with_line_replaced(layer.line, f"{line} {key}={INT8_SCALE_TERM}")
         report = QuantizeReport(quantized, kept, len(data), len(out), before, after, dynamic_done, fp16_layers, notes,
                                 chosen)
-        return new_model.to_bytes(), out, report
+        return self._int8_param(int8_keys), out, report
+
+    def _int8_param(self, int8_keys: dict[str, int]) -> bytes:
+        """The param with each int8 layer's key set to 2 (``8=2``, ``18=2``): all lines edited, then parsed once."""
+        if not int8_keys:
+            return self.model.to_bytes()
+        lines = list(self.model.lines)
+        for name, key in int8_keys.items():
+            i = self.model.layer_named(name).line - 1
+            body = re.sub(rf"\s{key}=\S+", "", lines[i].rstrip("\r\n"))
+            lines[i] = f"{body} {key}={INT8_SCALE_TERM}" + _split_eol(lines[i])[1]
+        return self.model.with_lines(lines).to_bytes()
+
+    def _release(self, layer: LayerLoads) -> None:
+        """Unmap the pages of a planned layer (a mapped .bin): they stay in the page cache and come back when read
+        again, but no longer count towards this process's memory (a published-size fp32 encoder: 230 MB)."""
+        advise = getattr(mmap, "MADV_DONTNEED", None)
+        if not isinstance(self.data, mmap.mmap) or advise is None or not layer.loads:
+            return
+        start = layer.loads[0].start // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(self.data), -(-layer.loads[-1].end // mmap.PAGESIZE) * mmap.PAGESIZE)
+        if end > start:
+            try:
+                self.data.madvise(advise, start, end - start)
+            except (OSError, ValueError):
+                pass
 
     def _to_fp16(self, layer: LayerLoads, plan: _Plan) -> bool:
         converted = False
@@ -341,22 +407,20 @@ class Quantizer:
         return converted
 
     def _assemble(self, plan: _Plan) -> bytearray:
-        data = memoryview(self.data)  # slices without copies: the model's bytes are copied once, into ``out``
-        out = bytearray()
+        data = memoryview(self.data)  # slices without copies: the model's bytes are copied once, into the result
+        pieces = []
         pos = 0
         for layer in self.layers:
             for ld in layer.loads:
                 if id(ld) in plan.replace:
-                    out += data[pos:ld.start]
-                    out += plan.replace[id(ld)]
+                    pieces += (data[pos:ld.start], plan.replace[id(ld)])
                     pos = ld.end
             if id(layer) in plan.after:  # the scales ncnn reads right after the layer's last load
                 end = layer.loads[-1].end
-                out += data[pos:end]
-                out += plan.after[id(layer)]
+                pieces += (data[pos:end], plan.after[id(layer)])
                 pos = end
-        out += data[pos:]
-        return out
+        pieces.append(data[pos:])
+        return bytearray().join(pieces)  # one allocation of the final size
 
 
 def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_bin: Path, *,

@@ -1,9 +1,9 @@
 """What int8 quantization did to every layer with weights, and its bytes: "why is int8 only this much smaller?"
 
 Read from the files, not from the quantizer's memory, so it holds for the built-in quantizer and for ncnn2int8
-alike: ncnn itself loads the float source and the int8 result (core.int8.quantize.record_loads, in a child process:
-ncnn on a user's model never runs in the tool's own process), and each weight blob's tag says what it became
-(ncnn's 0x000D4B38 int8, 0x01306B47 fp16; untagged or raw loads are fp32).
+alike: ncnn's own layers say what they load from the float source, the int8 result and the fp16 set
+(core.int8.layers_loads, all in one child process: ncnn on a user's model never runs in the tool's own process), and
+each weight blob's tag says what it became (ncnn's 0x000D4B38 int8, 0x01306B47 fp16; untagged or raw loads are fp32).
 """
 from __future__ import annotations
 
@@ -47,33 +47,26 @@ def _tag(data: bytes, start: int) -> int:
     return struct.unpack("<I", data[start:start + 4])[0] if start + 4 <= len(data) else -1
 
 
-def _loads(param: Path, binary: Path) -> dict[str, tuple[str, list, bytes]]:
-    from core.int8.quantize import QuantizeError
-    from core.ncnn.child import NcnnCrash, record_loads_in_child
-    for p in (param, binary):
-        if not Path(p).is_file():
-            raise Int8ReportError(f"{p}: not found")
+def _all_loads(pairs: list[tuple[Path, Path]]) -> list[dict[str, tuple[str, list, object]]]:
+    """Each (param, bin)'s layers with loads: {name: (type, loads, the .bin mapped for its tags)}. ncnn's own layers
+    say what they load, in one child process for all pairs and without copying the weights
+    (core.int8.layers_loads); only the 4-byte tags are read here."""
+    from core.int8.layers_loads import extents_in_child, open_bin
+    from core.ncnn.bin_layout import LayoutError
+    from core.ncnn.child import NcnnCrash
+    for pair in pairs:
+        for p in pair:
+            if not Path(p).is_file():
+                raise Int8ReportError(f"{p}: not found")
     try:
-        layers, _ = record_loads_in_child(Path(param), Path(binary))
-    except (QuantizeError, NcnnCrash) as exc:
+        found = extents_in_child([(Path(p), Path(b)) for p, b in pairs])
+    except (LayoutError, NcnnCrash) as exc:
         raise Int8ReportError(str(exc)) from None
-    data = _BinBytes(Path(binary))
-    return {l.name: (l.type, l.loads, data) for l in layers if l.loads}
-
-
-class _BinBytes:
-    """A .bin read only where asked (a 4-byte tag per blob): the report held three whole published-size .bins."""
-
-    def __init__(self, path: Path):
-        self.path, self.size = path, path.stat().st_size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, span: slice) -> bytes:
-        with open(self.path, "rb") as fh:
-            fh.seek(span.start)
-            return fh.read(span.stop - span.start)
+    out = []
+    for (_, binary), (layers, _) in zip(pairs, found):
+        data = open_bin(Path(binary))
+        out.append({l.name: (l.type, l.loads, data) for l in layers if l.loads})
+    return out
 
 
 def precision_of(kind: str, loads: list, data: bytes) -> str:
@@ -90,21 +83,32 @@ def _nbytes(loads: list) -> int:
     return sum(ld.end - ld.start for ld in loads)
 
 
-def net_layers(files: NetFiles) -> list[dict]:
-    before = _loads(files.float_param, files.float_bin)
-    after = _loads(files.int8_param, files.int8_bin)
-    fp16 = _loads(files.fp16_param, files.fp16_bin) if files.fp16_param and files.fp16_bin else {}
+def net_layers(files: NetFiles, loads: tuple[dict, dict, dict] | None = None) -> list[dict]:
+    """One row per int8-file layer with weights. ``loads``: this net's (float, int8, fp16) from :func:`_read_nets`
+    when the caller read several nets at once."""
+    before, after, fp16 = loads if loads is not None else _read_nets([files])[0]
     rows = []
-    for name, (kind, loads, data) in after.items():
-        precision = precision_of(kind, loads, data)
+    for name, (kind, layer_loads, data) in after.items():
+        precision = precision_of(kind, layer_loads, data)
         row = {"net": files.net, "layer": name, "type": kind, "precision": precision,
                "bytes_before": _nbytes(before[name][1]) if name in before else None,
                "bytes_fp16": _nbytes(fp16[name][1]) if name in fp16 else None,
-               "bytes_after": _nbytes(loads)}
+               "bytes_after": _nbytes(layer_loads)}
         if not precision.startswith("int8"):
             row["why"] = WHY_FLOAT.get(kind, "not quantized (no int8 kernel used for this type, or no scale)")
         rows.append(row)
     return rows
+
+
+def _read_nets(nets: list[NetFiles]) -> list[tuple[dict, dict, dict]]:
+    """(float, int8, fp16) loads of every net, all read in one child process."""
+    pairs: list[tuple[Path, Path]] = []
+    for n in nets:
+        pairs += [(n.float_param, n.float_bin), (n.int8_param, n.int8_bin)]
+        if n.fp16_param and n.fp16_bin:
+            pairs.append((n.fp16_param, n.fp16_bin))
+    found = iter(_all_loads(pairs))
+    return [(next(found), next(found), next(found) if n.fp16_param and n.fp16_bin else {}) for n in nets]
 
 
 def by_type(rows: list[dict]) -> dict[str, dict]:
@@ -121,7 +125,7 @@ def by_type(rows: list[dict]) -> dict[str, dict]:
 
 
 def build_report(nets: list[NetFiles]) -> dict:
-    rows = [r for n in nets for r in net_layers(n)]
+    rows = [r for n, loads in zip(nets, _read_nets(nets)) for r in net_layers(n, loads)]
     totals = {k: sum(r.get(k) or 0 for r in rows) for k in ("bytes_before", "bytes_fp16", "bytes_after")}
     report = {"layers": rows, "by_type": by_type(rows), "totals": totals,
               "bytes": "bytes_before: the float weights quantization read; bytes_fp16: the shipped fp16 model; "
@@ -130,9 +134,10 @@ def build_report(nets: list[NetFiles]) -> dict:
     return report
 
 
-def read_sidecar(nets: list[NetFiles]) -> dict | None:
+def read_sidecar(nets: list[NetFiles], measured_only: bool = False) -> dict | None:
     """The built-in quantizer's sensitivity file beside the int8 files, when it describes exactly these int8 files
-    (each net's int8 .bin hash matches): an old one beside files another tool wrote is ignored."""
+    (each net's int8 .bin hash matches): an old one beside files another tool wrote is ignored. ``measured_only``:
+    None, without hashing the .bins (tens of MB at published sizes), when it says nothing was measured."""
     import hashlib
     import json
 
@@ -142,19 +147,21 @@ def read_sidecar(nets: list[NetFiles]) -> dict | None:
     path = Path(nets[0].int8_param).parent / SIDECAR
     try:
         data = json.loads(path.read_text())
+        if measured_only and not data.get("measured", True):
+            return None
         for n in nets:
             with open(n.int8_bin, "rb") as fh:  # streamed: a published-size int8 .bin is tens of MB
                 digest = hashlib.file_digest(fh, "sha256").hexdigest()
             if data["nets"][n.net]["int8_sha256"] != digest:
                 return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return data
 
 
 def merge_sensitivity(report: dict, nets: list[NetFiles]) -> None:
     """Per layer ``sensitivity`` (output cosine with only that layer int8) and ``kept_float``; per net the search."""
-    data = read_sidecar(nets)
+    data = read_sidecar(nets, measured_only=True)
     if data is None or not data.get("measured", True):
         return
     for row in report["layers"]:
