@@ -58,7 +58,7 @@ def test_external_backend_plans_the_tools_with_their_own_argument_order(tools_on
     assert str(out / "encoder-scale-table.txt") in map(str, enc.inputs)
     assert steps["quantize-joiner"].argv[3] == str(out / "joiner_jit_trace-pnnx.ncnn.int8.param")
     ids = list(steps)
-    assert ids.index("quantize-joiner") < ids.index("int8-metadata") < ids.index("validate")
+    assert ids.index("quantize-joiner") < ids.index("int8-metadata") < ids.index("validate-int8")
     assert run.plan.manifest["tools"]["int8"]["quantize"] == str(tools_on_path / "ncnn2int8")
     assert "generate-int8-scale-table" in run.script and "ncnn2int8" in run.script
 
