@@ -65,9 +65,9 @@ def open_bin(path: Path) -> BinFile:
     return BinFile(path)
 
 
-def _reader(data):
-    """ncnn's DataReader over a buffer, keeping the position: ncnn reads through it only the loads handed to its
-    own ModelBin (rare)."""
+def _reader(held: dict):
+    """ncnn's DataReader over ``held["data"]`` (read through the numpy ``held["view"]`` when it is a buffer),
+    keeping the position."""
     import ctypes
 
     import ncnn
@@ -85,19 +85,45 @@ def _reader(data):
             return 0
 
         def read(self, buf, size):
-            chunk = bytes(data[self.pos:self.pos + size]) if size > 0 else b""
-            if chunk:
-                ctypes.memmove(get_pointer(buf, get_name(buf)), chunk, len(chunk))
-            self.pos += len(chunk)
-            return len(chunk)
+            view, data = held["view"], held["data"]
+            if view is not None:
+                n = max(min(size, view.size - self.pos), 0)
+                if n:
+                    ctypes.memmove(get_pointer(buf, get_name(buf)), view.ctypes.data + self.pos, n)
+            else:
+                chunk = data[self.pos:self.pos + size] if size > 0 else b""
+                n = len(chunk)
+                if n:
+                    ctypes.memmove(get_pointer(buf, get_name(buf)), chunk, n)
+            self.pos += n
+            return n
 
     return Reader()
 
 
-def record_extents(param: Path, data) -> tuple[list, int]:
+def record_extents(param: Path, data, *, read_weights: bool = False) -> tuple[list, int]:
     """Every layer's weight loads, in load order, and how many bytes ncnn reads: record_loads' answer, with ncnn's
-    layers loading placeholders sized from the tags instead of the weights. ``data``: the .bin's bytes, a mapped file or a
-    :class:`BinFile` (anything with ``len`` and ``[a:b]``)."""
+    layers loading placeholders sized from the tags instead of the weights. ``data``: the .bin's bytes, a mapped
+    file or a :class:`BinFile` (anything with ``len`` and ``[a:b]``). ``read_weights``: ncnn's own ModelBin reads
+    every load (the check of a file about to be written).
+
+    Nothing here outlives the call: ncnn's python binding keeps registered layer creators, and all they reach,
+    for the life of the process, so they reach ``data`` only through a dict emptied on return (record_loads'
+    closures keep the whole .bin alive: 64 MB for the published LSTM's int8 encoder)."""
+    import mmap
+
+    import numpy as np
+
+    buffer = isinstance(data, (bytes, bytearray, memoryview, mmap.mmap)) and len(data) > 0
+    held = {"data": data, "view": np.frombuffer(data, dtype=np.uint8) if buffer else None, "size": len(data),
+            "found": []}
+    try:
+        return _record(Path(param), held, read_weights)
+    finally:
+        held.clear()
+
+
+def _record(param: Path, held: dict, read_weights: bool) -> tuple[list, int]:
     import ncnn
 
     from core.ncnn.bin_layout import LayerLoads, LayoutError, Load, _quiet_stderr
@@ -106,24 +132,24 @@ def record_extents(param: Path, data) -> tuple[list, int]:
     if parsed.model is None:
         raise LayoutError(parsed.describe())
     keep = Keeper()
-    reader = _reader(data)
-    size = len(data)
-    found: list[LayerLoads] = []
+    reader = _reader(held)
 
     class ExtentModelBin(ncnn.ModelBin):
-        def __init__(self, real, entry: LayerLoads):
+        def __init__(self, real, entry):
             super().__init__()
             self.real, self.entry = real, entry
 
         def load(self, w, type):
-            start = reader.pos
+            start, size = reader.pos, held["size"]
             w, type = int(w), int(type)
             span = elemsize = None
-            if w > 0 and type == 1:
+            if read_weights:
+                pass
+            elif w > 0 and type == 1:
                 span, elemsize = 4 * w, 4
             elif w > 0 and type == 0 and start + 4 <= size:
-                span, elemsize = extent(int.from_bytes(data[start:start + 4], "little"), w)
-            if span is None or start + span > size:  # ncnn decides (and fails) as it would
+                span, elemsize = extent(int.from_bytes(held["data"][start:start + 4], "little"), w)
+            if span is None or start + span > size:  # ncnn reads (and fails) as it does
                 m = self.real.load(w, type)
             else:
                 reader.pos = start + span
@@ -144,9 +170,9 @@ def record_extents(param: Path, data) -> tuple[list, int]:
 
             def load_model(self, mb):
                 entry = LayerLoads(self.name, kind, self.params, [])
-                found.append(entry)
+                held["found"].append(entry)
                 ret = self.inner.load_model(ExtentModelBin(mb, entry))
-                self.inner = ncnn.create_layer(kind)  # drop the placeholders
+                self.inner = ncnn.create_layer(kind)  # drop what was loaded
                 return ret
 
         def create():
@@ -168,7 +194,7 @@ def record_extents(param: Path, data) -> tuple[list, int]:
         raise LayoutError(f"{param}: python ncnn could not read it")
     if net.load_model(reader) != 0:
         raise LayoutError(f"{param}: ncnn could not read its weights (the .bin does not match the param)")
-    return found, reader.pos
+    return held["found"], reader.pos
 
 
 def _as_json(layers: list, consumed: int) -> dict:

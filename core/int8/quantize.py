@@ -39,7 +39,7 @@ import numpy as np
 from core.common.atomic import atomic_write_pair
 from core.int8.calibrate import CalibrationError, ScaleTable
 from core.int8.layers_loads import record_extents
-from core.ncnn.bin_layout import SUPPORTED, LayerLoads, LayoutError, Load, record_loads
+from core.ncnn.bin_layout import SUPPORTED, LayerLoads, LayoutError, Load
 from core.ncnn.param import _split_eol, load_param
 
 INT8_TAG = struct.pack("<I", 0x000D4B38)
@@ -115,12 +115,19 @@ def _floats(data, ld: Load) -> np.ndarray | None:
     return None
 
 
-def _fp16_blob(values: np.ndarray) -> bytes | None:
-    """A tagged fp16 blob, or None when fp16 cannot hold the values (non-finite or beyond +-65504)."""
-    if not np.isfinite(values).all() or (values.size and float(np.abs(values).max()) > FP16_MAX):
-        return None
+def _fp16_fits(values: np.ndarray) -> bool:
+    """fp16 holds the values: all finite and within +-65504."""
+    return bool(np.isfinite(values).all()) and not (values.size and float(np.abs(values).max()) > FP16_MAX)
+
+
+def _fp16_bytes(values: np.ndarray) -> bytes:
     h = values.astype("<f2").tobytes()
     return FP16_TAG + h + b"\0" * (-len(h) % 4)
+
+
+def _fp16_blob(values: np.ndarray) -> bytes | None:
+    """A tagged fp16 blob, or None when fp16 cannot hold the values (non-finite or beyond +-65504)."""
+    return _fp16_bytes(values) if _fp16_fits(values) else None
 
 
 def _int8_blob(q: np.ndarray) -> bytearray:
@@ -158,11 +165,30 @@ class QuantizeReport:
 
 
 class _Plan:
-    """New bytes for some loads, and bytes (scales) to append after a layer's last load."""
+    """New bytes for some loads (bytes, or a :class:`_Blob` made when the .bin is assembled), and bytes (scales)
+    to append after a layer's last load."""
 
     def __init__(self):
-        self.replace: dict[int, bytes] = {}  # keyed by id() of the Load
+        self.replace: dict[int, bytes | _Blob] = {}  # keyed by id() of the Load
         self.after: dict[int, bytes] = {}  # keyed by id() of the LayerLoads: appended after its last load
+
+
+class _Blob:
+    """A load's new bytes, made only when the .bin is assembled: one layer's int8 (or fp16) copy exists at a time
+    instead of every layer's at once beside the assembled .bin (64 MB at the published LSTM size)."""
+
+    __slots__ = ("make", "size")
+
+    def __init__(self, size: int, make):
+        self.size, self.make = size, make
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _lazy_int8(data, ld: Load, scales: np.ndarray, rows: int) -> _Blob:
+    """The int8 blob of a float load (``ld.w`` values, ``rows`` rows with their ``scales``), made on demand."""
+    return _Blob(4 + ld.w + (-ld.w % 4), lambda: _int8_blob(_int8(_floats(data, ld), scales, rows)))
 
 
 def _need_floats(data: bytes, layer: LayerLoads, ld: Load, what: str) -> np.ndarray:
@@ -190,7 +216,8 @@ def _plan_static(data: bytes, layer: LayerLoads, table: ScaleTable, plan: _Plan)
                             f"{num_output} outputs")
     w = layer.loads[0]
     values = _need_floats(data, layer, w, "weight")
-    blob = _int8_blob(_int8(values, scales, num_output))
+    values.reshape(num_output, -1)  # a weight that does not split into num_output rows fails here, as before
+    blob = _lazy_int8(data, w, scales, num_output)
     plan.replace[id(w)] = blob
     plan.after[id(layer)] = _raw(scales) + _raw([table.activations[layer.name].scale])
     return w.end - w.start, len(blob)
@@ -217,17 +244,15 @@ def _plan_gemm(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int] |
     if const_a:
         if values.size != m * k:
             raise QuantizeError(f"layer {layer.name!r} (Gemm): A holds {values.size} values, not M*K = {m * k}")
-        rows = values.reshape(m, k)
-        scales = _row_scales(rows)
-        q = _int8(values, scales, m)
+        scales = _row_scales(values.reshape(m, k))
+        blob = _lazy_int8(data, ld, scales, m)
         tail = _raw(scales)
     else:
         if values.size != n * k:
             raise QuantizeError(f"layer {layer.name!r} (Gemm): B holds {values.size} values, not N*K = {n * k}")
         scale = _row_scales(values.reshape(1, -1))
-        q = _int8(values, scale, 1)
+        blob = _lazy_int8(data, ld, scale, 1)
         tail = _raw(scale)
-    blob = _int8_blob(q)
     plan.replace[id(ld)] = blob
     plan.after[id(layer)] = tail
     return ld.end - ld.start, len(blob)
@@ -255,7 +280,7 @@ def _plan_lstm(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int] |
             raise QuantizeError(f"layer {layer.name!r} (LSTM): {what} holds {values.size} values, not "
                                 f"{rows} x {width}")
         scales = _row_scales(values.reshape(rows, width))
-        blob = _int8_blob(_int8(values, scales, rows))
+        blob = _lazy_int8(data, ld, scales, rows)
         plan.replace[id(ld)] = blob
         tail += _raw(scales)
         before += ld.end - ld.start
@@ -276,7 +301,7 @@ def _plan_embed(data: bytes, layer: LayerLoads, plan: _Plan) -> tuple[int, int]:
     ld = layer.loads[0]
     values = _need_floats(data, layer, ld, "weight")
     scale = _row_scales(values.reshape(1, -1))
-    blob = _int8_blob(_int8(values, scale, 1))
+    blob = _lazy_int8(data, ld, scale, 1)
     plan.replace[id(ld)] = blob
     plan.after[id(layer)] = _raw(scale)
     return ld.end - ld.start, len(blob)
@@ -301,6 +326,8 @@ class Quantizer:
         self.data = data = _map(Path(binary)) if data is None else data
         try:  # where each load lies, from ncnn's own layers (the weights are read below, once)
             self.layers, consumed = record_extents(param, data)
+            if isinstance(data, mmap.mmap):
+                self._release(0, len(data))  # the tags' pages
         except LayoutError as exc:
             raise QuantizeError(str(exc)) from None
         if consumed != len(data):
@@ -361,7 +388,7 @@ class Quantizer:
             before, after = before + b, after + a
             if fp16 and self._to_fp16(layer, plan):
                 fp16_layers.append(layer.name)
-            self._release(layer)
+            self._release_layer(layer)
         out = self._assemble(plan)
         report = QuantizeReport(quantized, kept, len(data), len(out), before, after, dynamic_done, fp16_layers, notes,
                                 chosen)
@@ -378,49 +405,68 @@ class Quantizer:
             lines[i] = f"{body} {key}={INT8_SCALE_TERM}" + _split_eol(lines[i])[1]
         return self.model.with_lines(lines).to_bytes()
 
-    def _release(self, layer: LayerLoads) -> None:
-        """Unmap the pages of a planned layer (a mapped .bin): they stay in the page cache and come back when read
-        again, but no longer count towards this process's memory (a published-size fp32 encoder: 230 MB)."""
+    def _release(self, start: int, end: int) -> None:
+        """Unmap the pages of [start, end) of a mapped .bin once read: they stay in the page cache and come back if
+        read again, but no longer count towards this process's memory (a published-size fp32 encoder: 230 MB)."""
         advise = getattr(mmap, "MADV_DONTNEED", None)
-        if not isinstance(self.data, mmap.mmap) or advise is None or not layer.loads:
+        if not isinstance(self.data, mmap.mmap) or advise is None:
             return
-        start = layer.loads[0].start // mmap.PAGESIZE * mmap.PAGESIZE
-        end = min(len(self.data), -(-layer.loads[-1].end // mmap.PAGESIZE) * mmap.PAGESIZE)
+        start = start // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(self.data), -(-end // mmap.PAGESIZE) * mmap.PAGESIZE)
         if end > start:
             try:
                 self.data.madvise(advise, start, end - start)
             except (OSError, ValueError):
                 pass
 
+    def _release_layer(self, layer: LayerLoads) -> None:
+        if layer.loads:
+            self._release(layer.loads[0].start, layer.loads[-1].end)
+
     def _to_fp16(self, layer: LayerLoads, plan: _Plan) -> bool:
         converted = False
+        data = self.data
         for ld in layer.loads:
             if id(ld) in plan.replace:
                 continue
-            values = _floats(self.data, ld)
-            if values is None or self.data[ld.start:ld.start + 4] == FP16_TAG:
+            values = _floats(data, ld)
+            if values is None or data[ld.start:ld.start + 4] == FP16_TAG or not _fp16_fits(values):
                 continue
-            blob = _fp16_blob(values)
-            if blob is not None:
-                plan.replace[id(ld)] = blob
-                converted = True
+            plan.replace[id(ld)] = _Blob(4 + 2 * ld.w + (-2 * ld.w % 4),
+                                         lambda ld=ld: _fp16_bytes(_floats(data, ld)))
+            converted = True
         return converted
 
     def _assemble(self, plan: _Plan) -> bytearray:
+        """The new .bin, allocated once at its final size; each planned blob is made when its turn comes, and the
+        mapped input's pages are released behind the copy."""
         data = memoryview(self.data)  # slices without copies: the model's bytes are copied once, into the result
-        pieces = []
+        pieces: list = []  # (the next input offset once this piece is written, bytes or a _Blob)
         pos = 0
         for layer in self.layers:
             for ld in layer.loads:
                 if id(ld) in plan.replace:
-                    pieces += (data[pos:ld.start], plan.replace[id(ld)])
+                    pieces += ((ld.start, data[pos:ld.start]), (ld.end, plan.replace[id(ld)]))
                     pos = ld.end
             if id(layer) in plan.after:  # the scales ncnn reads right after the layer's last load
                 end = layer.loads[-1].end
-                pieces += (data[pos:end], plan.after[id(layer)])
+                pieces += ((end, data[pos:end]), (end, plan.after[id(layer)]))
                 pos = end
-        pieces.append(data[pos:])
-        return bytearray().join(pieces)  # one allocation of the final size
+        pieces.append((len(data), data[pos:]))
+        out = bytearray(sum(len(p) for _, p in pieces))
+        at = released = 0
+        for upto, piece in pieces:
+            if isinstance(piece, _Blob):
+                made = piece.make()
+                if len(made) != piece.size:
+                    raise RuntimeError(f"planned {piece.size} bytes, made {len(made)}")
+                piece = made
+            out[at:at + len(piece)] = piece
+            at += len(piece)
+            if upto - released >= 1 << 20:
+                self._release(released, upto)
+                released = upto
+        return out
 
 
 def quantize(param: Path, binary: Path, table: ScaleTable, out_param: Path, out_bin: Path, *,
@@ -444,15 +490,16 @@ def write_checked(param_bytes: bytes, bin_bytes: bytes | bytearray, out_param: P
 
 
 def _verify(param_bytes: bytes, bin_bytes: bytes | bytearray, out_param: Path) -> None:
-    """Load what is about to be written through ncnn's own layers and check every byte is consumed
-    (layer by layer, each layer's weights dropped once loaded, so the check costs one layer's memory)."""
+    """Load what is about to be written through ncnn's own layers and ModelBin and check every byte is consumed
+    (layer by layer, each layer's weights dropped once loaded, so the check costs one layer's memory; nothing keeps
+    the bytes once checked, unlike core.ncnn.bin_layout.record_loads)."""
     import tempfile
 
     with tempfile.NamedTemporaryFile("wb", suffix=".param", dir=Path(out_param).parent, delete=True) as tmp:
         tmp.write(param_bytes)
         tmp.flush()
         try:
-            _, consumed = record_loads(Path(tmp.name), bin_bytes)
+            _, consumed = record_extents(Path(tmp.name), bin_bytes, read_weights=True)
         except LayoutError as exc:
             raise QuantizeError(f"{out_param}: the int8 model would not load ({exc}); nothing was written") from None
         if consumed != len(bin_bytes):

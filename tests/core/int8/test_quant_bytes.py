@@ -241,7 +241,7 @@ def test_int8_files_are_byte_identical_to_before(tmp_path):
 
 @needs_kit
 def test_int8_layers_json_is_byte_identical_to_before_and_reads_in_one_child(tmp_path, monkeypatch):
-    import core.ncnn.child as child
+    from core.ncnn import child
     started = []
     real = child.run_child
     monkeypatch.setattr(child, "run_child", lambda args, **kw: started.append(args) or real(args, **kw))
