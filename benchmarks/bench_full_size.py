@@ -31,7 +31,9 @@ overlapped (background) step's full wall.
 
 --json prints one object: ``steps`` ({name: {wall, cpu, peak_mb}}), ``total``, ``steps_sum``,
 ``floor``, ``ratio`` (total / floor) (and ``floor_parts``, ``load``, ``validation`` (the validate
-step's own timings), ``validation_share`` and ``peaks_above_export``, ``recipe``).
+step's own timings), ``validation_share``, ``validation_critical`` (seconds) and ``validation_critical_share``
+(what validation adds to the run's wall: ``total`` minus the other steps' walls, which run one after another),
+``peaks_above_export``, ``recipe``).
 """
 from __future__ import annotations
 
@@ -156,7 +158,8 @@ def main() -> int:
         for s in manifest["steps"]:
             if s.get("seconds") is None:
                 continue
-            steps[s["id"]] = {"wall": s["seconds"], "cpu": s.get("cpu_seconds"), "peak_mb": s.get("peak_mb")}
+            steps[s["id"]] = {"wall": s["seconds"], "cpu": s.get("cpu_seconds"), "peak_mb": s.get("peak_mb"),
+                              "background": bool(s.get("background"))}
         parts = {k: v["wall"] for k, v in steps.items() if k == "export" or k.startswith("pnnx-")}
         if a.int8:
             from core.pipeline.config import load_config
@@ -170,6 +173,10 @@ def main() -> int:
     total = manifest.get("seconds") or steps_sum  # the runner's own start-to-end wall (older manifests: the sum)
     floor = sum(parts.values())
     checks = sum(v["wall"] for k, v in steps.items() if k in CHECK_STEPS)
+    # what validation adds to the run's wall: the run minus the other steps, which run one after another (a
+    # background check overlaps them; the few tenths between steps are counted as validation's)
+    others = sum(v["wall"] for k, v in steps.items() if k not in CHECK_STEPS and not v["background"])
+    critical = max(0.0, total - others)
     export_peak = (steps.get("export") or {}).get("peak_mb")
     above = {k: v["peak_mb"] for k, v in steps.items()
              if export_peak is not None and v["peak_mb"] is not None and v["peak_mb"] > export_peak}
@@ -179,6 +186,7 @@ def main() -> int:
               "ratio": round(total / floor, 3), "floor_parts": {k: round(v, 2) for k, v in parts.items()},
               "run_wall": round(wall, 2), "load": [round(x, 2) for x in (load + os.getloadavg())],
               "validation": validation_parts, "validation_share": round(checks / total, 3),
+              "validation_critical": round(critical, 2), "validation_critical_share": round(critical / total, 3),
               "peaks_above_export": above}
     if a.json:
         print(json.dumps(result, indent=2))
@@ -198,6 +206,8 @@ def main() -> int:
           + " + ".join(f"{k} {steps[k]['wall'] / total:.0%}" for k in CHECK_STEPS if k in steps)
           + f"); floor {floor:.1f} s = "
           + " + ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+    print(f"  validation on the critical path {critical:.1f} s = {critical / total:.0%} of the total (the total "
+          f"minus the other steps; background checks overlap them)")
     print(f"  total / floor = {total / floor:.2f}")
     print("  peak RSS above the export step's " + (f"({export_peak:.0f} MB): " + ", ".join(
         f"{k} {v:.0f} MB" for k, v in above.items()) if above else "none") if export_peak else

@@ -459,6 +459,7 @@ class Runner:
              "status": self.results[s.id].status if s.id in self.results else "not run",
              "seconds": round(self.results[s.id].seconds, 3) if s.id in self.results else None,
              "error": self.results[s.id].error if s.id in self.results else None,
+             **({"background": True} if s.background else {}),
              **self._usage.get(s.id, {}),
              "inputs": state["steps"].get(s.id, {}).get("inputs"),
              "outputs": state["steps"].get(s.id, {}).get("outputs")}
