@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from core.common.audio import SAMPLE_RATE, AudioError, fbank, read_wav
+from core.common.cores import usable_cores
 from core.common.problems import Problem, ProblemKind
 from core.int8.calibrate import (DEFAULT_HISTOGRAM, HISTOGRAM_MODES, JOINER_KEEPS_RANGE, QUANTIZABLE, BlobStats,
                                  CalibrationError, ExactStats, RecordBudget, ScaleTable, activation_scale)
@@ -464,13 +465,13 @@ class _Passes:
         self.started = True
         if todo and not self.pool_decided:
             self.pool_decided = True
-            if min(os.cpu_count() or 1, len(todo)) > 1:
+            if min(usable_cores(), len(todo)) > 1:
                 # worker processes cost ~1-2 s to start: time one file here and use them only when they pay off
                 first = todo.pop(0)
                 t0 = time.perf_counter()
                 done(first, self._local(first, job))
                 if (time.perf_counter() - t0) * len(todo) * self.total / len(self.wavs) >= POOL_WORTH_SECONDS:
-                    self.workers = min(os.cpu_count() or 1, len(todo))
+                    self.workers = min(usable_cores(), len(todo))
         remote = [w for w in todo if not (job[0] == "exact" and str(w) in self.recorded)]
         local = [w for w in todo if w not in remote]
         for wav in local:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.common.atomic import WriteError, atomic_write_bytes, sweep_temp_files
+from core.common.cores import BUSY_ENV
 from core.common.hints import hint_for
 from core.common.locks import LockError, RunLock
 from core.pipeline.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
@@ -176,6 +177,7 @@ class Runner:
         self._cancel = threading.Event()
         self._procs: set = set()  # the running steps' processes (a background step's beside the current one)
         self._records: list = []  # run-state records still hashing
+        self._running: dict[str, bool] = {}  # step id -> running now
         self._hash_cache: dict = {}
         self.results: dict[str, StepFinished] = {}
         self._usage: dict[str, dict] = {}  # step id -> cpu_seconds, peak_mb (core.pipeline.usage)
@@ -268,10 +270,13 @@ class Runner:
     async def _run_and_record(self, step: Step, index: int, state: dict) -> StepFinished:
         """Run one step, report it, and record its inputs' and outputs' digests in run-state.json: the hashing (a
         second or more for a published model's weights) runs in a thread while the next step goes on."""
+        self._running[step.id] = True
         try:
             finished = await self._run_step(step, index)
         except OSError as exc:  # the log or an output directory could not be written (full disk, ...)
             finished = StepFinished(step.id, "failed", 0.0, error=disk_error_message(exc, self.plan.out_dir))
+        finally:
+            self._running.pop(step.id, None)
         self.results[step.id] = finished
         if finished.status == "ok":
             self._records.append(asyncio.ensure_future(self._record_ok(step, finished, state)))
@@ -344,6 +349,9 @@ class Runner:
         env = dict(os.environ)
         env.update(step.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # the cores background steps beside this one keep busy (core.common.cores.usable_cores leaves them alone)
+        env[BUSY_ENV] = str(sum(1 for s in self.plan.steps if s.background and s.id != step.id
+                                and self._running.get(s.id)))
         usage_file = self.plan.out_dir / "logs" / f".usage-{step.id}.json"
         usage_file.unlink(missing_ok=True)
         argv = wrap_argv(step.argv, step.cwd, usage_file)  # the child's own CPU time and peak RSS (os.wait4)

@@ -11,14 +11,11 @@ _STOLEN: dict[object, object] = {}  # a cancelled (run here instead) Future -> t
 
 def lanes(jobs: int | None = None) -> int:
     """How many things may run at once: ``jobs`` when given (the run gives 1 to a validation that runs beside
-    other steps), else one per core this process may use."""
-    import os
+    other steps), else one per core this process may use (minus those background steps use)."""
     if jobs:
         return max(1, jobs)
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    from core.common.cores import usable_cores
+    return usable_cores()
 
 
 def make_pool(jobs: int | None = None):

@@ -291,3 +291,27 @@ def test_cancel_stops_a_background_step_and_the_current_one(tmp_path):
     assert time.monotonic() - t0 < 20
     f = finished(events)
     assert status == "cancelled" and f["bg"].status == f["fg"].status == "cancelled" and "after" not in f
+
+
+def test_a_step_beside_a_background_one_is_told_how_many_cores_it_keeps_busy(tmp_path):
+    from core.common.cores import BUSY_ENV
+    signal_file = tmp_path / "fg-ran.txt"
+    show = f"import os; print('busy=' + os.environ['{BUSY_ENV}'])"
+    bg = py_step("bg", show + "\n" + _wait_for_file(signal_file), background=True)
+    fg = py_step("fg", show + f"; open({str(signal_file)!r}, 'w').write('x')", outputs=[signal_file])
+    after = py_step("after", show, needs=("bg",))
+    status, events, _ = run(Plan([bg, fg, after], tmp_path))
+    logged = {e.step: line for e in events if isinstance(e, LogLines) for line in e.lines if line.startswith("busy=")}
+    assert status == "ok" and logged == {"bg": "busy=0", "fg": "busy=1", "after": "busy=0"}
+
+
+def test_usable_cores_leave_the_busy_ones_alone(monkeypatch):
+    from core.common.cores import BUSY_ENV, usable_cores
+    monkeypatch.delenv(BUSY_ENV, raising=False)
+    all_cores = usable_cores()
+    monkeypatch.setenv(BUSY_ENV, "1")
+    assert usable_cores() == max(1, all_cores - 1)
+    monkeypatch.setenv(BUSY_ENV, "999")
+    assert usable_cores() == 1
+    monkeypatch.setenv(BUSY_ENV, "junk")
+    assert usable_cores() == all_cores
