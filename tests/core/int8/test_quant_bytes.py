@@ -281,3 +281,25 @@ def test_unmeasured_sidecar_is_not_checked_against_the_bins(tmp_path, monkeypatc
         "int8_sha256": digest, "sensitivity": {"linear_1": 0.99}}}}))
     merge_sensitivity(report, nets)
     assert hashed == ["sha256"] and report["layers"][0]["sensitivity"] == 0.99
+
+
+@needs_kit
+def test_reading_the_layout_keeps_nothing_alive():
+    """ncnn's python binding keeps registered layer creators for the life of the process; record_extents must not
+    let them reach the .bin it read (record_loads' do: the quantize step kept its 64 MB int8 encoder until exit).
+    With ``read_weights`` ncnn's own ModelBin reads every weight and the loads are record_loads' too."""
+    import gc
+    import sys
+
+    from core.int8.layers_loads import record_extents
+    from core.ncnn.bin_layout import record_loads
+    param = CE / "joiner_jit_trace-pnnx.ncnn.param"
+    data = bytearray((CE / "joiner_jit_trace-pnnx.ncnn.bin").read_bytes())
+    baseline = sys.getrefcount(data)
+    for read_weights in (False, True):
+        layers, consumed = record_extents(param, data, read_weights=read_weights)
+        gc.collect()
+        assert sys.getrefcount(data) == baseline
+        expected = record_loads(param, bytes(data))
+        assert consumed == expected[1] == len(data)
+        assert [(l.name, l.loads) for l in layers] == [(l.name, l.loads) for l in expected[0]]
