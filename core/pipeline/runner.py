@@ -237,6 +237,7 @@ class Runner:
             self._save_state(state)
             self.on_event(StepStarted(step.id, index, total, step.title, step.command, step.background))
             if step.background:
+                self._running[step.id] = True  # the next step starts before the task does
                 background[step.id] = asyncio.ensure_future(self._run_and_record(step, index, state))
                 continue
             finished = await self._run_and_record(step, index, state)
@@ -270,7 +271,7 @@ class Runner:
     async def _run_and_record(self, step: Step, index: int, state: dict) -> StepFinished:
         """Run one step, report it, and record its inputs' and outputs' digests in run-state.json: the hashing (a
         second or more for a published model's weights) runs in a thread while the next step goes on."""
-        self._running[step.id] = True
+        self._running[step.id] = True  # (already, when started in the background: before the next step)
         try:
             finished = await self._run_step(step, index)
         except OSError as exc:  # the log or an output directory could not be written (full disk, ...)
