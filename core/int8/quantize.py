@@ -1,12 +1,14 @@
 """Built-in int8 quantization (ncnn2int8's job) with the byte layout proven.
 
-The .bin layout is not guessed per layer type. ncnn itself loads the model
-through a recording DataReader, with every built-in layer type wrapped (on that
-read-only net) in a Python layer that hands ncnn's own layer a recording
-ModelBin: so each layer's every ``load(w, type)`` is known with its byte range
-and its load type (0 = tagged, 1 = raw fp32). Bytes that no recorded load
-covers (a custom layer's) are copied verbatim. The written .bin is loaded again
-by plain ncnn and must be consumed to its last byte.
+The .bin layout is not guessed per layer type. ncnn loads the model with every
+built-in layer type wrapped (on that read-only net) in a Python layer that hands
+ncnn's own layer a recording ModelBin: so each layer's every ``load(w, type)``
+is known with its byte range and its load type (0 = tagged, 1 = raw fp32); the
+range follows from the call and the blob's tag (core.int8.layers_loads), so the
+float .bin is mapped, not copied, and its weights are read once, here. Bytes
+that no recorded load covers (a custom layer's) are copied verbatim. The written
+.bin is loaded again through ncnn's own ModelBin and must be consumed to its
+last byte.
 
 What is written (the formats of the ncnn that sherpa-ncnn 2.1.15 links,
 Tencent/ncnn c4193aad; its ncnn2int8 writes the same):
