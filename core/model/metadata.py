@@ -8,7 +8,6 @@ file changed in between.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +154,7 @@ class MetadataPlan:
 
 def plan_metadata(model: ParamFile, metadata: Metadata, values=None) -> MetadataPlan:
     """Work out the edit that puts ``metadata`` into ``model``, without writing anything."""
+    import hashlib  # here, not at the top: it loads OpenSSL (3.5 MB), and calibration's children import this module
     original = model.to_bytes()
     sha = hashlib.sha256(original).hexdigest()
     header = model.header_text()

@@ -271,7 +271,7 @@ def load_param(path: str | os.PathLike) -> ParseResult:
                                                        f"at most (limit {MAX_PARAM_BYTES:,}); is this a .bin file?")],
                                source)
         with open(p, "rb") as fh:
-            data = fh.read(MAX_PARAM_BYTES + 1)
+            data = fh.read(st.st_size + 1)  # (not the limit: that would reserve 256 MB for every param read)
     except FileNotFoundError:
         return ParseResult(None, [ParamIssue(None, "file not found; check the path")], source)
     except IsADirectoryError:
