@@ -178,6 +178,7 @@ class Runner:
         self._procs: set = set()  # the running steps' processes (a background step's beside the current one)
         self._records: list = []  # run-state records still hashing
         self._running: dict[str, bool] = {}  # step id -> running now
+        self._meters: set = set()  # in-process steps' usage meters, while they measure
         self._hash_cache: dict = {}
         self.results: dict[str, StepFinished] = {}
         self._usage: dict[str, dict] = {}  # step id -> cpu_seconds, peak_mb (core.pipeline.usage)
@@ -397,6 +398,8 @@ class Runner:
         if usage is not None:
             rc = usage.pop("returncode", rc)
             self._usage[step.id] = usage
+        for meter in list(self._meters):  # an in-process step measuring meanwhile must not count this process
+            meter.foreign_finished((usage or {}).get("cpu_seconds"))
         if self.cancelled:
             return "cancelled"
         if rc != 0:
@@ -422,10 +425,12 @@ class Runner:
             loop.call_soon_threadsafe(self.on_event, Progress(step.id, done, total, note))
 
         ctx = StepContext(step.id, self.plan.out_dir, log, progress, self._cancel)
-        meter = InProcessUsage()
+        meter = InProcessUsage(lambda: {p.pid for p in list(self._procs)})
+        self._meters.add(meter)
         try:
             await asyncio.to_thread(step.func, ctx)
         finally:
+            self._meters.discard(meter)
             self._usage[step.id] = meter.stop()
         await asyncio.sleep(0)  # let queued log lines land before the step is reported
         return "cancelled" if self.cancelled else None

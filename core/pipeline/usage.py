@@ -90,18 +90,22 @@ def _status_kb(pid: int | str, key: str) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, skip: set[int] | frozenset = frozenset()) -> list[int]:
+    """Every descendant of ``pid``, leaving out the ``skip`` processes and theirs."""
     found, todo = [], [pid]
     while todo:
         p = todo.pop()
+        if p in skip:
+            continue
         kids = []
         try:  # every thread's children: an in-process step starts its children from a worker thread
             for task in Path(f"/proc/{p}/task").iterdir():
                 kids += (task / "children").read_text().split()
         except OSError:
             continue
-        found += map(int, kids)
-        todo += map(int, kids)
+        kids = [k for k in map(int, kids) if k not in skip]
+        found += kids
+        todo += kids
     return found
 
 
@@ -110,7 +114,12 @@ class InProcessUsage:
 
     SAMPLE_SECONDS = 0.2
 
-    def __init__(self) -> None:
+    def __init__(self, skip_pids=lambda: ()) -> None:
+        # a background step's process is this process's child too: ``skip_pids`` (its pid, while it runs) keeps it
+        # out of the sampled peak, and ``foreign_finished`` takes its CPU back out when it is reaped meanwhile
+        self._skip_pids = skip_pids
+        self._foreign_cpu = 0.0
+        self._foreign_reaped = False
         try:  # reset this process's high-water mark, so VmHWM is this step's peak (Linux >= 4.0)
             Path("/proc/self/clear_refs").write_text("5")
             self._hwm_reset = True
@@ -126,17 +135,24 @@ class InProcessUsage:
     def _sample(self) -> None:
         me = os.getpid()
         while not self._done.wait(self.SAMPLE_SECONDS):
-            for pid in _children(me):
+            for pid in _children(me, set(self._skip_pids())):
                 self._child_peak_kb = max(self._child_peak_kb, _status_kb(pid, "VmHWM"))
+
+    def foreign_finished(self, cpu_seconds: float | None) -> None:
+        """A background step's process ended during this step: its CPU is not this step's."""
+        self._foreign_cpu += cpu_seconds or 0.0
+        self._foreign_reaped = True
 
     def stop(self) -> dict:
         self._done.set()
         self._thread.join()
-        cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - self._cpu0
+        cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - self._cpu0 - self._foreign_cpu
         own_kb = _status_kb("self", "VmHWM") if self._hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         children_max = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        child_kb = max(self._child_peak_kb, children_max if children_max > self._children_max0 else 0)
-        return {"cpu_seconds": round(cpu, 3), "peak_mb": round(max(own_kb, child_kb) / 1024, 1),
+        # the reaped children's maximum may be a background step's: then only the sampled peaks count
+        reaped = children_max if children_max > self._children_max0 and not self._foreign_reaped else 0
+        child_kb = max(self._child_peak_kb, reaped)
+        return {"cpu_seconds": round(max(0.0, cpu), 3), "peak_mb": round(max(own_kb, child_kb) / 1024, 1),
                 "peak_process_mb": round(own_kb / 1024, 1), "peak_children_mb": round(child_kb / 1024, 1)}
 
 

@@ -69,3 +69,22 @@ def test_without_a_usage_record_the_step_still_ends_as_it_did(tmp_path):
     three = subprocess.run(wrap_argv([PY, "-c", "raise SystemExit(3)"], None, record))
     assert (ok.returncode, ok.stdout, seg.returncode, three.returncode) == (0, "hi\n", -11, 3)
     assert not os.path.exists(record)
+
+
+def test_an_in_process_step_does_not_count_a_background_steps_cpu_or_memory(tmp_path):
+    runner_box = []
+
+    def wait_for_bg(ctx):  # ends once the background step (300 MB, 0.3 s of CPU) has finished beside it
+        import time
+        while "bg" not in runner_box[0].results:
+            time.sleep(0.01)
+
+    bg = Step("bg", "Bg", argv=[PY, "-c", ALLOC.format(mb=300)], background=True)
+    fg = Step("fg", "Fg", func=wait_for_bg)
+    events = []
+    runner = Runner(Plan([bg, fg], tmp_path), events.append)
+    runner_box.append(runner)
+    assert asyncio.run(runner.run()) == "ok"
+    by_id = {s["id"]: s for s in json.loads((tmp_path / "manifest.json").read_text())["steps"]}
+    assert by_id["bg"]["cpu_seconds"] >= 0.3 and by_id["bg"]["peak_mb"] > 300
+    assert by_id["fg"]["cpu_seconds"] < 0.25 and by_id["fg"]["peak_mb"] < 300
