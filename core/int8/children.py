@@ -165,13 +165,30 @@ def child_int8_check(a) -> int:
 
     from core.int8.calibration import ModelFiles
     from core.int8.check import compare_int8_here
+    from core.int8.check_reference import compare_recorded
     try:
-        sims = compare_int8_here(ModelFiles(*map(Path, a.fp32)), tuple(map(Path, a.int8_encoder)),
-                                 tuple(map(Path, a.int8_joiner)), list(map(Path, a.wav)))
-    except (ValueError, CalibrationError) as exc:
+        if a.reference:  # the fp32 half was recorded earlier (core.int8.check_reference)
+            sims = compare_recorded(Path(a.reference), tuple(map(Path, a.int8_encoder)),
+                                    tuple(map(Path, a.int8_joiner)))
+        else:
+            sims = compare_int8_here(ModelFiles(*map(Path, a.fp32)), tuple(map(Path, a.int8_encoder)),
+                                     tuple(map(Path, a.int8_joiner)), list(map(Path, a.wav)))
+    except (ValueError, CalibrationError, OSError, KeyError) as exc:
         say(f"error: {exc}")
         return EXIT_ERROR
     say("result: " + json.dumps([asdict(s) for s in sims]))
+    return 0
+
+
+def child_int8_reference(a) -> int:
+    from core.int8.calibration import ModelFiles
+    from core.int8.check_reference import record_fp32
+    try:
+        record_fp32(ModelFiles(*map(Path, a.fp32)), list(map(Path, a.wav)), Path(a.out))
+    except (ValueError, CalibrationError, OSError) as exc:
+        say(f"error: {exc}")
+        return EXIT_ERROR
+    say(f"recorded {a.out}")
     return 0
 
 
@@ -194,11 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("param", "bin", "table", "out_param", "out_bin"):
         qu.add_argument(name)
     ic = sub.add_parser("int8-check", help="core.int8.check: cosine of the int8 encoder/joiner vs fp32")
-    ic.add_argument("--fp32", nargs=6, required=True, metavar="PATH")
+    ic.add_argument("--fp32", nargs=6, metavar="PATH")
+    ic.add_argument("--reference", default=None, help="the fp32 half recorded by int8-reference (then no --fp32)")
     ic.add_argument("--int8-encoder", nargs=2, required=True, metavar="PATH")
     ic.add_argument("--int8-joiner", nargs=2, required=True, metavar="PATH")
     ic.add_argument("--wav", action="append", default=[])
+    ir = sub.add_parser("int8-reference", help="core.int8.check_reference: record the int8 check's fp32 half")
+    ir.add_argument("--fp32", nargs=6, required=True, metavar="PATH")
+    ir.add_argument("--wav", action="append", default=[])
+    ir.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if a.command == "int8-check" and not a.reference and not a.fp32:
+        p.error("int8-check needs --fp32 (or --reference)")
+    if a.command == "int8-reference":
+        return child_int8_reference(a)
     if a.command == "int8-check":
         return child_int8_check(a)
     if a.command == "calibrate":

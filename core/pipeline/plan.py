@@ -192,7 +192,11 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     if validate_fp16 is not None and validate_fp16.background:
         steps.append(validate_fp16)  # beside the int8 steps, from here on
     if config.output.int8:
-        steps += _int8_steps(config, layout, pnnx.path, int8_backend, warnings)
+        int8_steps = _int8_steps(config, layout, pnnx.path, int8_backend, warnings)
+        if validate_int8 is not None and "int8-reference" in validate_int8.needs:
+            after = next(i for i, s in enumerate(int8_steps) if s.id == "fp32-set") + 1
+            int8_steps.insert(after, _int8_reference_step(config, layout))
+        steps += int8_steps
     if validating:
         steps.append(validate_int8 if validate_int8 is not None else validate_fp16)
         from core.pipeline.ship_steps import (  # test wavs, bench.py, speed, int8 report, model card
@@ -456,6 +460,28 @@ def fp16_report(layout: Layout) -> Path:
     return layout.work / "validation-fp16.json"
 
 
+def int8_reference(layout: Layout) -> Path:
+    """The int8 cosine's fp32 half, recorded beside calibration (core.int8.check_reference)."""
+    return layout.work / "int8-reference.npz"
+
+
+def _int8_reference_step(config: WizardConfig, layout: Layout) -> Step:
+    """The fp32 model streamed over the test wavs, every chunk's and frame's inputs and outputs recorded: in the
+    background beside calibration and quantization (after the fp16 checks, so one core stays theirs), so that the
+    int8 check after quantization runs only the int8 nets."""
+    from core.pipeline.layout import fp32_model_files
+    files = fp32_model_files(layout)
+    argv = [sys.executable, "-m", "core.int8.children", "int8-reference", "--fp32",
+            *map(str, vars(files).values()), "--out", str(int8_reference(layout))]
+    for wav in config.validation.wavs:
+        argv += ["--wav", wav]
+    return Step("int8-reference", "Record fp32's outputs on the test wavs (for the int8 check)", argv=argv,
+                env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                inputs=[*vars(files).values(), *map(Path, config.validation.wavs)],
+                outputs=[int8_reference(layout)], background=True, needs=("validate",),
+                script=["# the int8 check's fp32 half: included in the validate line above"])
+
+
 def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | None]:
     """The fp16 checks (numeric, torch's decode, sherpa-ncnn, agreement) and, with --int8, the int8 checks.
 
@@ -487,10 +513,15 @@ def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | 
     from core.pipeline.layout import fp32_set_dir, int8_file
     argv8 = base + ["--json-out", str(layout.out / "validation.json"), "--fp16-report", str(fp16_report(layout)),
                     "--fp32-dir", str(fp32_set_dir(layout))] + _validate_args(config)
+    needs: tuple[str, ...] = ("validate",)
+    if config.validation.wavs:  # the cosine's fp32 half was recorded beside calibration
+        argv8 += ["--int8-reference", str(int8_reference(layout))]
+        needs += ("int8-reference",)
     inputs8 = [fp16_report(layout)] + [int8_file(layout, n, e) for n in ("encoder", "joiner") for e in ("param", "bin")]
+    inputs8 += [int8_reference(layout)] if config.validation.wavs else []
     inputs8 += [Path(w) for w in config.validation.wavs]
     int8_step = Step("validate-int8", "Validate int8: sherpa-ncnn decode, agreement, cosine vs fp32", argv=argv8,
-                     env=env, inputs=inputs8, outputs=[layout.out / "validation.json"], needs=("validate",),
+                     env=env, inputs=inputs8, outputs=[layout.out / "validation.json"], needs=needs,
                      script=["# the int8 checks: included in the validate line above"])
     return fp16, int8_step
 

@@ -221,9 +221,10 @@ class Runner:
         background: dict[str, asyncio.Task] = {}  # step id -> its task, while it may still run
         self._records: list[asyncio.Task] = []
         for index, step in enumerate(self.plan.steps, start=1):
-            for need in step.needs:  # the background work this step reads
-                if need in background:
-                    await background.pop(need)
+            if not step.background:  # a background step waits for its needs in its own task
+                for need in step.needs:  # the background work this step reads
+                    if need in background:
+                        await background.pop(need)
             stopped = self._stopped_by()
             if self.cancelled or stopped:
                 status = "cancelled" if self.cancelled else stopped
@@ -236,11 +237,15 @@ class Runner:
                 continue
             state["steps"].pop(step.id, None)
             self._save_state(state)
-            self.on_event(StepStarted(step.id, index, total, step.title, step.command, step.background))
             if step.background:
-                self._running[step.id] = True  # the next step starts before the task does
-                background[step.id] = asyncio.ensure_future(self._run_and_record(step, index, state))
+                waits = [background[n] for n in step.needs if n in background]
+                if not waits:  # it starts now (the next step starts before its task does)
+                    self._running[step.id] = True
+                    self.on_event(StepStarted(step.id, index, total, step.title, step.command, True))
+                background[step.id] = asyncio.ensure_future(self._start_in_background(step, index, total, state,
+                                                                                      waits))
                 continue
+            self.on_event(StepStarted(step.id, index, total, step.title, step.command, step.background))
             finished = await self._run_and_record(step, index, state)
             if finished.status != "ok":
                 status = finished.status
@@ -268,6 +273,18 @@ class Runner:
             if finished is not None and finished.status not in ("ok", "skipped"):
                 return "cancelled" if finished.status == "cancelled" else "failed"
         return None
+
+    async def _start_in_background(self, step: Step, index: int, total: int, state: dict, waits: list
+                                   ) -> StepFinished | None:
+        """A background step: after the background steps it needs (without holding up the steps after it)."""
+        if waits:
+            for task in waits:
+                await task
+            if self.cancelled or self._stopped_by():
+                return None
+            self._running[step.id] = True
+            self.on_event(StepStarted(step.id, index, total, step.title, step.command, True))
+        return await self._run_and_record(step, index, state)
 
     async def _run_and_record(self, step: Step, index: int, state: dict) -> StepFinished:
         """Run one step, report it, and record its inputs' and outputs' digests in run-state.json: the hashing (a

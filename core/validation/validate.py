@@ -94,7 +94,7 @@ def torch_reference(net: str, pt: Path, features=None, seed: int = 0, shape_file
 # -- children started early ------------------------------------------------------
 
 def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8: bool, fp32_dir: Path | None,
-                   run_decode: bool = True, jobs: int | None = None) -> None:
+                   run_decode: bool = True, jobs: int | None = None, int8_reference: Path | None = None) -> None:
     """Start the work that runs in child processes (sherpa-ncnn decodes, the int8 cosine) now, so it overlaps the
     torch work in this process: one child at a time per lane left beside torch's (none with ``jobs=1``: then
     each runs here when collected)."""
@@ -102,7 +102,7 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
     # the longest first (the int8 cosine runs the fp32 and the int8 nets over every wav), so that the decodes left
     # at the end can be shared out between the pool and this thread (run_queued_here)
     if int8 and wavs and fp32_dir is not None:
-        start_cosine(out, fp32_dir, wavs, jobs)
+        start_cosine(out, fp32_dir, wavs, jobs, int8_reference)
     if run_decode:
         prefetch.start(("decode", str(out), False), decode, out, wavs, references)
     if int8:
@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp32-dir", type=Path, default=None, help="where the fp32 encoder/joiner .bin files are")
     p.add_argument("--fp16-report", type=Path, default=None,
                    help="check only the int8 set, adding to this report of the fp16 checks (implies --int8)")
+    p.add_argument("--int8-reference", type=Path, default=None,
+                   help="the int8 cosine's fp32 half, recorded earlier (python -m core.int8.children int8-reference)")
     p.add_argument("--jobs", type=int, default=None,
                    help="how many things to run at once (default: one per core; 1 when other steps run beside)")
     a = p.parse_args(argv)
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         from core.validation.agreement import use_torch_decodes
         if a.traced_dir is not None:
             use_torch_decodes(a.traced_dir, report.get("torch_decodes"))
-        start_children(a.out, a.wav, refs, True, fp32_dir, False, a.jobs)
+        start_children(a.out, a.wav, refs, True, fp32_dir, False, a.jobs, a.int8_reference)
         prefetch.run_queued_here()  # nothing else to do here: this thread takes its share of the children
     else:
         # the log pane's first line at once: loading torch and the traced modules takes seconds before any result
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
     if a.int8 or a.fp16_report is not None:
         validate_int8(a.out, fp32_dir, a.wav, refs, report, print_fn=say, traced_dir=a.traced_dir, arch=a.arch,
-                      jobs=a.jobs)
+                      jobs=a.jobs, reference=a.int8_reference)
     prefetch.shutdown()
     return finish_report(report, a.json_out)
 

@@ -49,14 +49,33 @@ def merge_similarities(parts: list[list]) -> list:
     return list(merged.values())
 
 
-def start_cosine(out: Path, fp32_dir: Path, wavs: list[Path], jobs: int | None = None) -> None:
-    for i, part in enumerate(cosine_parts(wavs, jobs)):
-        prefetch.start(("int8-cosine", str(out), i), int8_similarity, out, fp32_dir, part)
+def recorded_similarity(out: Path, reference: Path):
+    """The int8 half only, on the fp32 half recorded earlier (core.int8.check_reference)."""
+    from core.int8.check_reference import compare_recorded_in_child
+    return compare_recorded_in_child(reference, (out / "encoder_jit_trace-pnnx.ncnn.int8.param",
+                                                 out / "encoder_jit_trace-pnnx.ncnn.int8.bin"),
+                                     (out / "joiner_jit_trace-pnnx.ncnn.int8.param",
+                                      out / "joiner_jit_trace-pnnx.ncnn.int8.bin"))
+
+
+def _cosine_jobs(out: Path, fp32_dir: Path, wavs: list[Path], jobs: int | None, reference: Path | None) -> list:
+    """(key, fn, args) of the cosine's children: one on the recorded fp32 half, else the wavs shared out."""
+    if reference is not None:
+        return [(("int8-cosine", str(out), "recorded"), recorded_similarity, (out, reference))]
+    return [(("int8-cosine", str(out), i), int8_similarity, (out, fp32_dir, part))
+            for i, part in enumerate(cosine_parts(wavs, jobs))]
+
+
+def start_cosine(out: Path, fp32_dir: Path, wavs: list[Path], jobs: int | None = None,
+                 reference: Path | None = None) -> None:
+    for key, fn, args in _cosine_jobs(out, fp32_dir, wavs, jobs, reference):
+        prefetch.start(key, fn, *args)
 
 
 def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[str, str], report: dict,
                   print_fn=print, target: float = 0.99, traced_dir: Path | None = None, arch: str | None = None,
-                  extra_dirs: tuple[Path, ...] = (), jobs: int | None = None) -> None:
+                  extra_dirs: tuple[Path, ...] = (), jobs: int | None = None,
+                  reference: Path | None = None) -> None:
     """The int8 set: decoded by sherpa-ncnn, its token agreement with torch (when the traced modules are
     there; reported, not failed), and compared with fp32 on the same inputs (cosine per output)."""
     import time
@@ -72,9 +91,8 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
         report["notes"].append("int8 similarity not measured: no wavs")
         return
     parts: dict = {}  # each child's own seconds
-    sims = merge_similarities([prefetch.collect(("int8-cosine", str(out), i), int8_similarity, out, fp32_dir, part,
-                                                timings=parts, name=str(i))
-                               for i, part in enumerate(cosine_parts(wavs, jobs))])
+    sims = merge_similarities([prefetch.collect(key, fn, *args, timings=parts, name=str(key[-1]))
+                               for key, fn, args in _cosine_jobs(out, fp32_dir, wavs, jobs, reference)])
     timings["int8 cosine (children, summed)"] = round(sum(parts.values()), 3)
     report["int8_similarity"] = [asdict(s) for s in sims]
     for s in sims:

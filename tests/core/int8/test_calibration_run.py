@@ -201,6 +201,24 @@ def test_int8_outputs_stay_close_to_fp32_on_the_calibration_audio(int8_model, fp
         assert s.min_cosine >= 0.95, s.line()
 
 
+def test_the_int8_check_in_two_halves_gives_the_same_numbers(int8_model, fp32_model, tmp_path):
+    """fp32's side recorded first (the background step beside calibration), the int8 nets fed the recording
+    later: exactly compare_int8's figures, each half in a child process."""
+    from core.int8.check import compare_int8
+    from core.int8.check_reference import compare_recorded_in_child, record_fp32_in_child
+    d, _, _ = int8_model
+    enc8 = (d / "encoder_jit_trace-pnnx.ncnn.int8.param", d / "encoder_jit_trace-pnnx.ncnn.int8.bin")
+    join8 = (d / "joiner_jit_trace-pnnx.ncnn.int8.param", d / "joiner_jit_trace-pnnx.ncnn.int8.bin")
+    wavs = demo_recipe("lstm").test_wavs
+    npz = tmp_path / "int8-reference.npz"
+    record_fp32_in_child(fp32_model, wavs, npz)
+    assert npz.is_file() and [p.name for p in tmp_path.iterdir()] == [npz.name]  # written whole, by rename
+    assert compare_recorded_in_child(npz, enc8, join8) == compare_int8(fp32_model, enc8, join8, wavs)
+    npz.write_bytes(b"truncated")
+    with pytest.raises(ValueError):
+        compare_recorded_in_child(npz, enc8, join8)
+
+
 def test_calibrate_and_quantize_commands(fp32_model, cli_json, tmp_path):
     d = fp32_model.encoder_param.parent
     wavs = [str(w) for w in demo_recipe("lstm").test_wavs]

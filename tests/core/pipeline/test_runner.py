@@ -315,3 +315,20 @@ def test_usable_cores_leave_the_busy_ones_alone(monkeypatch):
     assert usable_cores() == 1
     monkeypatch.setenv(BUSY_ENV, "junk")
     assert usable_cores() == all_cores
+
+
+def test_a_background_step_waits_for_the_background_step_it_needs_without_holding_up_the_others(tmp_path):
+    first_out, signal_file = tmp_path / "first.txt", tmp_path / "fg-ran.txt"
+    # bg1 can only finish once fg ran; bg2 needs bg1; fg must therefore start while bg2 waits
+    bg1 = py_step("bg1", _wait_for_file(signal_file, f"open({str(first_out)!r}, 'w').write('1')"), outputs=[first_out],
+                  background=True)
+    bg2 = py_step("bg2", f"assert open({str(first_out)!r}).read() == '1'", inputs=[first_out], background=True,
+                  needs=("bg1",))
+    fg = py_step("fg", f"open({str(signal_file)!r}, 'w').write('x')", outputs=[signal_file])
+    last = py_step("last", "pass", needs=("bg1", "bg2"))
+    status, events, _ = run(Plan([bg1, bg2, fg, last], tmp_path))
+    assert status == "ok", [e for e in events if isinstance(e, StepFinished)]
+    order = [(type(e).__name__, e.step) for e in events if isinstance(e, (StepStarted, StepFinished))]
+    assert order.index(("StepFinished", "bg1")) < order.index(("StepStarted", "bg2"))
+    assert order.index(("StepStarted", "fg")) < order.index(("StepFinished", "bg1"))
+    assert order[-2:] == [("StepStarted", "last"), ("StepFinished", "last")]

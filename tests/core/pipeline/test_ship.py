@@ -281,8 +281,12 @@ def test_plan_measures_after_validation_and_writes_the_card_before_the_summary(i
     # the fp16 checks run beside the int8 steps, from the moment the fp16 model is final; the int8 checks wait
     steps = {s.id: s for s in int8_plan.plan.steps}
     assert ids.index("metadata") + 1 == ids.index("validate") < ids.index("calibrate")
-    assert steps["validate"].background and steps["validate-int8"].needs == ("validate",)
+    assert steps["validate"].background and steps["validate-int8"].needs == ("validate", "int8-reference")
     assert steps["validate"].outputs[0] in steps["validate-int8"].inputs
+    # the int8 check's fp32 half: recorded in the background once the fp32 set exists and the fp16 checks are done
+    assert ids.index("fp32-set") + 1 == ids.index("int8-reference") < ids.index("calibrate")
+    assert steps["int8-reference"].background and steps["int8-reference"].needs == ("validate",)
+    assert steps["int8-reference"].outputs[0] in steps["validate-int8"].inputs
     speed = next(s for s in int8_plan.plan.steps if s.id == "speed")
     out = int8_plan.out_dir
     assert out / "encoder_jit_trace-pnnx.ncnn.int8.bin" in speed.inputs
