@@ -196,6 +196,15 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
         if validate_int8 is not None and "int8-reference" in validate_int8.needs:
             after = next(i for i, s in enumerate(int8_steps) if s.id == "fp32-set") + 1
             int8_steps.insert(after, _int8_reference_step(config, layout))
+        # the fp32 encoder conversion needs only the export: it runs beside the fp16 conversions (pnnx uses one
+        # core), and the fp32 set waits for it
+        fp32_encoder = next(s for s in int8_steps if s.id == "pnnx-encoder-fp32")
+        int8_steps.remove(fp32_encoder)
+        fp32_encoder.background = True
+        steps.insert(next(i for i, s in enumerate(steps) if s.id == "export") + 1, fp32_encoder)
+        for s in int8_steps:
+            if s.id == "fp32-set":
+                s.needs = ("pnnx-encoder-fp32",)
         steps += int8_steps
     if validating:
         steps.append(validate_int8 if validate_int8 is not None else validate_fp16)
@@ -467,8 +476,8 @@ def int8_reference(layout: Layout) -> Path:
 
 def _int8_reference_step(config: WizardConfig, layout: Layout) -> Step:
     """The fp32 model streamed over the test wavs, every chunk's and frame's inputs and outputs recorded: in the
-    background beside calibration and quantization (after the fp16 checks, so one core stays theirs), so that the
-    int8 check after quantization runs only the int8 nets."""
+    background beside calibration and quantization (and the fp16 checks, when they still run), so that the int8
+    check after quantization runs only the int8 nets."""
     from core.pipeline.layout import fp32_model_files
     files = fp32_model_files(layout)
     argv = [sys.executable, "-m", "core.int8.children", "int8-reference", "--fp32",
@@ -478,7 +487,7 @@ def _int8_reference_step(config: WizardConfig, layout: Layout) -> Step:
     return Step("int8-reference", "Record fp32's outputs on the test wavs (for the int8 check)", argv=argv,
                 env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
                 inputs=[*vars(files).values(), *map(Path, config.validation.wavs)],
-                outputs=[int8_reference(layout)], background=True, needs=("validate",),
+                outputs=[int8_reference(layout)], background=True,
                 script=["# the int8 check's fp32 half: included in the validate line above"])
 
 

@@ -285,7 +285,9 @@ def test_plan_measures_after_validation_and_writes_the_card_before_the_summary(i
     assert steps["validate"].outputs[0] in steps["validate-int8"].inputs
     # the int8 check's fp32 half: recorded in the background once the fp32 set exists and the fp16 checks are done
     assert ids.index("fp32-set") + 1 == ids.index("int8-reference") < ids.index("calibrate")
-    assert steps["int8-reference"].background and steps["int8-reference"].needs == ("validate",)
+    assert steps["int8-reference"].background and steps["int8-reference"].needs == ()
+    assert ids.index("export") + 1 == ids.index("pnnx-encoder-fp32") and steps["pnnx-encoder-fp32"].background
+    assert steps["fp32-set"].needs == ("pnnx-encoder-fp32",)
     assert steps["int8-reference"].outputs[0] in steps["validate-int8"].inputs
     speed = next(s for s in int8_plan.plan.steps if s.id == "speed")
     out = int8_plan.out_dir
