@@ -144,8 +144,10 @@ def _follow(logits, token: int, theirs: int | None, tolerance: float, frame: int
     return token, None, what
 
 
-def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[Path, ...] = ()) -> TorchTransducer:
-    """The three traced modules, the encoder's input shapes found beside them (or from the metadata)."""
+def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[Path, ...] = (),
+                    shape_files: bool = True) -> TorchTransducer:
+    """The three traced modules, the encoder's input shapes found beside them (or from the metadata; only from the
+    metadata with ``shape_files=False``: a pnnx graph beside them may be being written)."""
     traced_dir = Path(traced_dir)
     pts = {net: traced_dir / f"{net}_jit_trace-pnnx.pt" for net in ("encoder", "decoder", "joiner")}
     missing = [str(p) for p in pts.values() if not p.is_file()]
@@ -158,9 +160,10 @@ def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[P
         meta_specs = []
     segment, offset = stream_geometry(arch, meta)
     try:
-        encoder = load(pts["encoder"], shape_files_near(pts["encoder"], *extra_dirs), meta_specs)
-        decoder = load(pts["decoder"], shape_files_near(pts["decoder"], *extra_dirs))
-        joiner = load(pts["joiner"], shape_files_near(pts["joiner"], *extra_dirs))
+        near = (lambda pt: shape_files_near(pt, *extra_dirs)) if shape_files else (lambda pt: [])
+        encoder = load(pts["encoder"], near(pts["encoder"]), meta_specs)
+        decoder = load(pts["decoder"], near(pts["decoder"]))
+        joiner = load(pts["joiner"], near(pts["joiner"]))
     except TracedError as exc:
         raise AgreementError(str(exc)) from None
     if not encoder.specs:
@@ -247,6 +250,10 @@ def describe(entry: dict) -> str:
 
 
 _TORCH_CACHE: dict[tuple[str, str], tuple[object, dict]] = {}  # (traced dir, wav) -> (features, plain decode)
+# the early torch step (core.validation.early_torch): the metadata the run will write, before it is in the param
+# (out -> (metadata, architecture)), and no pnnx graphs read for shapes (pnnx may be writing them meanwhile)
+METADATA_GIVEN: dict[str, tuple[dict, str]] = {}
+SHAPE_FILES = {"use": True}
 _MODELS: dict[tuple[str, tuple[str, ...]], TorchTransducer] = {}  # (traced dir, shape dirs) -> the loaded modules
 
 
@@ -257,7 +264,7 @@ def transducer(out: Path, arch: str | None, traced_dir: Path, extra_dirs: tuple[
     key = (str(traced_dir), tuple(map(str, dirs)))
     if key not in _MODELS:
         meta, arch = _metadata(out, arch)
-        _MODELS[key] = load_transducer(Path(traced_dir), arch, meta, dirs)
+        _MODELS[key] = load_transducer(Path(traced_dir), arch, meta, dirs, SHAPE_FILES["use"])
     return _MODELS[key]
 
 
@@ -295,8 +302,15 @@ def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | N
     model = decode.get("model", "fp16")
     entries = report.setdefault("agreement", [])
     known = all((str(traced_dir), item["wav"]) in _TORCH_CACHE for item in decode["results"])
-    try:  # int8 needs torch only for a wav whose torch decode is not known yet; fp16 may need a guided search
-        torch_model = None if known and model == "int8" else transducer(out, arch, Path(traced_dir), extra_dirs)
+    loaded: list = []
+
+    def torch_model() -> TorchTransducer:  # loaded only when needed: a wav not decoded yet, or a guided search
+        if not loaded:
+            loaded.append(transducer(out, arch, Path(traced_dir), extra_dirs))
+        return loaded[0]
+    try:
+        if not known:
+            torch_model()
     except (AgreementError, OSError) as exc:
         report["ok"] = False
         entries.append({"model": model, "error": str(exc), "match": False})
@@ -310,14 +324,16 @@ def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | N
         try:
             if key not in _TORCH_CACHE:
                 feats = features_for(wav, tail_seconds)
-                _TORCH_CACHE[key] = (feats, torch_model.decode(feats))
+                _TORCH_CACHE[key] = (feats, torch_model().decode(feats))
             feats, plain = _TORCH_CACHE[key]
             entry = {"model": model, "wav": wav, "torch_tokens": plain["tokens"], "sherpa_tokens": sherpa_tokens,
                      **compare_tokens(plain["tokens"], sherpa_tokens, plain["frames"], sherpa_frames or None),
                      "near_ties": []}
             if model != "int8" and not entry["match"] and len(sherpa_frames) == len(sherpa_tokens):
-                guided = torch_model.decode(feats, dict(zip(sherpa_frames, sherpa_tokens)), NEAR_TIE,
-                                            plain.get("encoded"))
+                if feats is None:  # torch's decode came from an earlier process, without its features
+                    feats = features_for(wav, tail_seconds)
+                guided = torch_model().decode(feats, dict(zip(sherpa_frames, sherpa_tokens)), NEAR_TIE,
+                                              plain.get("encoded"))
                 if guided["divergence"] is None and guided["tokens"] == sherpa_tokens:
                     entry.update(match=True, near_ties=guided["near_ties"])
                 elif guided["divergence"] is not None:
@@ -365,6 +381,8 @@ def use_torch_decodes(traced_dir: Path, decodes: dict) -> None:
 
 
 def _metadata(out: Path, arch: str | None) -> tuple[dict, str]:
+    if str(out) in METADATA_GIVEN:
+        return METADATA_GIVEN[str(out)]
     from core.model.architectures import BY_MODEL_TYPE
     from core.model.metadata import read_metadata
     from core.ncnn.param import load_param

@@ -109,29 +109,31 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
         prefetch.start(("decode", str(out), True), decode, out, wavs, references, True)
 
 
-def _start_numeric(out: Path, torch_side: dict) -> tuple:
-    """torch's inputs and outputs to a file, and the ncnn half of the numeric check started on them in a child
-    (in the pool when there is one: it then overlaps torch's streaming decode)."""
+def _start_numeric(out: Path, torch_side: dict | None, saved: Path | None = None) -> tuple:
+    """torch's inputs and outputs to a file (or ``saved``: the early torch step's, kept), and the ncnn half of the
+    numeric check started on them in a child (in the pool when there is one: it then overlaps torch's work)."""
     import os
     import tempfile
 
     from core.validation.numeric import compare_in_child, save_chunks
-    fd, name = tempfile.mkstemp(prefix=".numeric-", suffix=".npz", dir=out)
-    os.close(fd)
-    save_chunks(Path(name), torch_side)
+    if saved is None:
+        fd, name = tempfile.mkstemp(prefix=".numeric-", suffix=".npz", dir=out)
+        os.close(fd)
+        save_chunks(Path(name), torch_side)
+    npz = saved or Path(name)
     pool = prefetch._POOL.get("pool")
-    if pool is not None:
-        return Path(name), prefetch.submit(pool, compare_in_child, out, Path(name))
-    return Path(name), None
+    future = prefetch.submit(pool, compare_in_child, out, npz) if pool is not None else None
+    return out, npz, future, saved is None
 
 
 def _finish_numeric(pending: tuple, timings: dict) -> dict:
     from core.validation.numeric import compare_in_child
-    npz, future = pending
+    out, npz, future, temporary = pending
     try:
-        result, exc, seconds = prefetch.result(future, compare_in_child, npz.parent, npz)
+        result, exc, seconds = prefetch.result(future, compare_in_child, out, npz)
     finally:
-        npz.unlink(missing_ok=True)
+        if temporary:
+            npz.unlink(missing_ok=True)
     timings["numeric (ncnn child)"] = round(seconds, 3)
     if exc is not None:
         return {net: f"the ncnn side could not run: {exc}" for net in NETS}
@@ -151,9 +153,9 @@ def detect_arch(out: Path) -> str | None:
 def _torch_setup(out: Path, arch: str | None, traced_dir: Path, net: str) -> dict:
     """Where the shapes of a traced module's inputs can be found, and the chunk sherpa-ncnn feeds."""
     from core.model.traced import shape_files_near, specs_from_metadata
-    from core.validation.agreement import AgreementError, _metadata, stream_geometry
+    from core.validation.agreement import SHAPE_FILES, AgreementError, _metadata, stream_geometry
     pt = traced_dir / f"{net}_jit_trace-pnnx.pt"
-    kw: dict = {"shape_files": shape_files_near(pt, out / "work" / "pnnx")}
+    kw: dict = {"shape_files": shape_files_near(pt, out / "work" / "pnnx") if SHAPE_FILES["use"] else []}
     if net == "encoder":
         try:
             meta, name = _metadata(out, arch)
@@ -164,56 +166,82 @@ def _torch_setup(out: Path, arch: str | None, traced_dir: Path, net: str) -> dic
     return kw
 
 
-def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
-             numeric: bool = True, run_decode: bool = True, print_fn=print) -> dict:
+def torch_work(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], numeric: bool,
+               run_decode: bool, report: dict, on_numeric=None) -> tuple[dict, dict]:
+    """torch's side of the fp16 checks: the numeric check's inputs and outputs (net -> chunks) and errors (net ->
+    sentence), and torch's streaming decode of every wav (kept by core.validation.agreement)."""
     import time
-    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
     timings = report["timings"]
-    arch = arch or detect_arch(out)
-    errors: dict[str, str] = {}
-    pending_numeric = None
+    has_traced = traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists()
     shared = None  # the agreement check's traced modules, loaded once and used by the numeric check too
-    if traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists() and (numeric or run_decode):
+    if has_traced and (numeric or run_decode):
         t0 = time.perf_counter()
         import torch
         torch.set_num_threads(1)  # sherpa-ncnn's children run meanwhile on the other cores
-        from core.validation.agreement import AgreementError, transducer
         from core.model.traced import TracedError
+        from core.validation.agreement import AgreementError, transducer
         try:
             shared = transducer(out, arch, traced_dir)
         except (AgreementError, TracedError, OSError):
             shared = None  # the numeric check loads its own; the agreement check reports the problem
         timings["torch import + load"] = round(time.perf_counter() - t0, 3)
-    if numeric:
+    torch_side: dict = {}
+    errors: dict[str, str] = {}
+    if numeric and has_traced:
         t0 = time.perf_counter()
-        if traced_dir is None or not (traced_dir / "encoder_jit_trace-pnnx.pt").exists():
-            report["notes"].append("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
-            print_fn("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
-        else:
-            features = None
-            if wavs:
-                from core.validation.agreement import features_for
-                try:  # the agreement check's features of this wav (tail padding only adds frames at the end)
-                    features = features_for(str(wavs[0]), TAIL_PADDING_SECONDS)
-                except Exception as exc:  # noqa: BLE001 - reported, then random features are used
-                    report["notes"].append(f"features from {wavs[0]} unavailable ({exc}); random inputs used")
-            torch_side, errors = {}, {}
-            for net in NETS:
-                try:
-                    torch_side[net] = torch_reference(net, traced_dir / f"{net}_jit_trace-pnnx.pt", features,
-                                                      **_torch_setup(out, arch, traced_dir, net),
-                                                      traced=getattr(shared, net, None))
-                except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
-                    errors[net] = str(exc)
-            pending_numeric = _start_numeric(out, torch_side) if torch_side else None
+        features = None
+        if wavs:
+            from core.validation.agreement import features_for
+            try:  # the agreement check's features of this wav (tail padding only adds frames at the end)
+                features = features_for(str(wavs[0]), TAIL_PADDING_SECONDS)
+            except Exception as exc:  # noqa: BLE001 - reported, then random features are used
+                report["notes"].append(f"features from {wavs[0]} unavailable ({exc}); random inputs used")
+        for net in NETS:
+            try:
+                torch_side[net] = torch_reference(net, traced_dir / f"{net}_jit_trace-pnnx.pt", features,
+                                                  **_torch_setup(out, arch, traced_dir, net),
+                                                  traced=getattr(shared, net, None))
+            except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
+                errors[net] = str(exc)
         timings["numeric (torch)"] = round(time.perf_counter() - t0, 3)
+        if on_numeric is not None and torch_side:
+            on_numeric(torch_side)  # its ncnn half starts now, beside torch's streaming decode
     if run_decode:
         from core.validation.agreement import NO_WAV, prepare
         t0 = time.perf_counter()
         prepare(out, arch, traced_dir, [str(w) for w in wavs] or [NO_WAV], TAIL_PADDING_SECONDS)
         timings["torch streaming decode"] = round(time.perf_counter() - t0, 3)
+    return torch_side, errors
+
+
+def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
+             numeric: bool = True, run_decode: bool = True, print_fn=print, early: dict | None = None) -> dict:
+    """The fp16 checks. ``early``: torch's side computed by an earlier step (core.validation.early_torch.load),
+    when it used the metadata this model has; else torch runs here."""
+    import time
+    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
+    timings = report["timings"]
+    arch = arch or detect_arch(out)
+    has_traced = traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists()
+    pending_numeric = None
+    if early is not None:  # torch ran in the background beside pnnx: its decodes and numeric side are on disk
+        from core.validation.agreement import use_torch_decodes
+        errors = early["errors"]
+        use_torch_decodes(traced_dir, early["torch_decodes"])
+        timings.update({f"{k} (early step)": v for k, v in early["timings"].items()})
+        report["notes"] += early["notes"]
+        if numeric and has_traced and early["npz"] is not None:
+            pending_numeric = _start_numeric(out, None, early["npz"])
+    else:
+        started: list = []
+        _, errors = torch_work(out, arch, traced_dir, wavs, numeric, run_decode, report,
+                               lambda side: started.append(_start_numeric(out, side)))
+        pending_numeric = started[0] if started else None
+    if numeric and not has_traced:
+        report["notes"].append("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
+        print_fn("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
     prefetch.run_queued_here()  # torch is done: its core takes the children still queued
-    if numeric and traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists():
+    if numeric and has_traced:
         ncnn_side = _finish_numeric(pending_numeric, timings) if pending_numeric else {}
         for net in NETS:
             got = errors.get(net) or ncnn_side.get(net) or "the ncnn child gave no result"
@@ -254,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="check only the int8 set, adding to this report of the fp16 checks (implies --int8)")
     p.add_argument("--int8-reference", type=Path, default=None,
                    help="the int8 cosine's fp32 half, recorded earlier (python -m core.int8.children int8-reference)")
+    p.add_argument("--early-torch", type=Path, default=None,
+                   help="torch's side, computed earlier (python -m core.validation.early_torch --save FILE)")
     p.add_argument("--jobs", type=int, default=None,
                    help="how many things to run at once (default: one per core; 1 when other steps run beside)")
     a = p.parse_args(argv)
@@ -274,10 +304,18 @@ def main(argv: list[str] | None = None) -> int:
         prefetch.run_queued_here()  # nothing else to do here: this thread takes its share of the children
     else:
         # the log pane's first line at once: loading torch and the traced modules takes seconds before any result
-        say(f"validating {a.out}: sherpa-ncnn decodes start in child processes; loading torch and the traced "
-            "modules ...")
+        say(f"validating {a.out}: sherpa-ncnn decodes start in child processes; "
+            + ("torch's side ran in the validate-torch step" if a.early_torch else
+               "loading torch and the traced modules ..."))
         start_children(a.out, a.wav, refs, a.int8, fp32_dir, not a.no_decode, a.jobs)
-        report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
+        early = None
+        if a.early_torch is not None:
+            from core.validation.early_torch import load
+            early, why = load(a.early_torch, a.out, a.traced_dir, a.wav)
+            if early is None:
+                say(f"torch's early side is not used ({why}); torch runs here")
+        report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say,
+                          early=early)
     if a.int8 or a.fp16_report is not None:
         validate_int8(a.out, fp32_dir, a.wav, refs, report, print_fn=say, traced_dir=a.traced_dir, arch=a.arch,
                       jobs=a.jobs, reference=a.int8_reference)
