@@ -9,10 +9,12 @@ Builds the demo recipe's model at icefall's published size (the recipe's default
 flags, random weights: assets/demo/make_demo_assets.py make_checkpoint), writes a
 wizard.toml and runs ``sherpa-ncnn-wizard run --config`` in a child process, then
 reads each step's wall seconds, CPU seconds and peak RSS from the run's
-manifest.json. The floor is what no pipeline can avoid, measured in this same run:
-the export script + the pnnx conversions (their steps' wall time) + (with --int8)
-calibration's bare ncnn forward passes over the calibration audio (benchmarks/
-bench_calibrate.py forward_floor on the run's own fp32 set). Prints total / floor.
+manifest.json. The floor is what no pipeline can avoid, measured on this same run's files:
+the export script (its step's wall: nothing runs beside it) + the pnnx conversions (each
+step's command run again after the run, alone and one after another: in the run some of
+them share the cores with background steps) + (with --int8) calibration's bare ncnn
+forward passes over the calibration audio (benchmarks/bench_calibrate.py forward_floor
+on the run's own fp32 set). Prints total / floor.
 
 With --icefall/--python the same run uses a real icefall checkout instead of the demo
 recipe: the checkpoint is built by the real recipe's own train.py (run by the icefall
@@ -110,6 +112,21 @@ def run_pipeline(config: Path, out: Path) -> tuple[float, dict]:
     return wall, json.loads(manifest_path.read_text())
 
 
+def floor_pnnx(manifest: dict) -> dict[str, float]:
+    """Each pnnx conversion of the run again, alone and one after another (the same command, so the same files
+    again): with --int8 some steps run beside others, so their walls in the run include the sharing of the cores,
+    and the floor is what the bare tools cost on their own."""
+    import shlex
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    walls = {}
+    for s in manifest["steps"]:
+        if s["id"].startswith("pnnx-") and s.get("command"):
+            t0 = time.perf_counter()
+            subprocess.run(shlex.split(s["command"]), cwd=ROOT, env=env, capture_output=True, check=True)
+            walls[s["id"]] = time.perf_counter() - t0
+    return walls
+
+
 def floor_forward(out: Path, wavs: list[Path]) -> float:
     """Calibration's bare forward passes on the run's fp32 set, in a fresh process (as calibration runs)."""
     code = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/benchmarks'];"
@@ -160,7 +177,7 @@ def main() -> int:
                 continue
             steps[s["id"]] = {"wall": s["seconds"], "cpu": s.get("cpu_seconds"), "peak_mb": s.get("peak_mb"),
                               "background": bool(s.get("background"))}
-        parts = {k: v["wall"] for k, v in steps.items() if k == "export" or k.startswith("pnnx-")}
+        parts = {"export": steps["export"]["wall"], **floor_pnnx(manifest)}  # the export runs alone
         if a.int8:
             from core.pipeline.config import load_config
             wavs = [Path(w) for w in load_config(config).calibration.wavs]

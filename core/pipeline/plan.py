@@ -206,10 +206,6 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
             if s.id == "fp32-set":
                 s.needs = ("pnnx-encoder-fp32",)
         steps += int8_steps
-        if validate_fp16 is not None and validate_fp16.background:  # torch's side of it, beside the conversions
-            from core.model.metadata import build_metadata
-            steps.insert(next(i for i, s in enumerate(steps) if s.id == "pnnx-encoder-fp32") + 1,
-                         _early_torch_step(config, layout, build_metadata(resolved).line))
     if validating:
         steps.append(validate_int8 if validate_int8 is not None else validate_fp16)
         from core.pipeline.ship_steps import (  # test wavs, bench.py, speed, int8 report, model card
@@ -495,24 +491,6 @@ def _int8_reference_step(config: WizardConfig, layout: Layout) -> Step:
                 script=["# the int8 check's fp32 half: included in the validate line above"])
 
 
-def early_torch_record(layout: Layout) -> Path:
-    return layout.work / "validation-torch.json"
-
-
-def _early_torch_step(config: WizardConfig, layout: Layout, metadata_line: str) -> Step:
-    """torch's side of the fp16 checks, in the background right after the export (core.validation.early_torch)."""
-    argv = [sys.executable, "-m", "core.validation.early_torch", str(layout.out), "--arch", config.arch,
-            "--traced-dir", str(layout.exp), "--metadata-line", metadata_line,
-            "--save", str(early_torch_record(layout))] + [a for w in config.validation.wavs for a in ("--wav", w)]
-    argv += [] if config.validation.numeric else ["--no-numeric"]
-    argv += [] if config.validation.decode else ["--no-decode"]
-    return Step("validate-torch", "Validate, torch's side: the traced modules on the test wavs", argv=argv,
-                env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-                inputs=[layout.pt(n) for n in NETS] + [Path(w) for w in config.validation.wavs],
-                outputs=[early_torch_record(layout)], background=True,
-                script=["# torch's side of the checks: included in the validate line above"])
-
-
 def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | None]:
     """The fp16 checks (numeric, torch's decode, sherpa-ncnn, agreement) and, with --int8, the int8 checks.
 
@@ -536,12 +514,8 @@ def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | 
     inputs += [Path(w) for w in config.validation.wavs]
     script = ["sherpa-ncnn-wizard validate " + shlex.quote(str(layout.out)) + " --traced-dir "
               + shlex.quote(str(layout.exp)) + (" --int8" if int8 else "")]
-    if int8:  # torch's side ran in the background right after the export
-        argv += ["--early-torch", str(early_torch_record(layout))]
-        inputs.append(early_torch_record(layout))
     fp16 = Step("validate", "Validate: torch vs ncnn, and decode in sherpa-ncnn", argv=argv, env=env,
-                inputs=inputs, outputs=[report], script=script, background=int8,
-                needs=("validate-torch",) if int8 else ())
+                inputs=inputs, outputs=[report], script=script, background=int8)
     if not int8:
         return fp16, None
     from core.pipeline.layout import fp32_set_dir, int8_file

@@ -144,10 +144,8 @@ def _follow(logits, token: int, theirs: int | None, tolerance: float, frame: int
     return token, None, what
 
 
-def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[Path, ...] = (),
-                    shape_files: bool = True) -> TorchTransducer:
-    """The three traced modules, the encoder's input shapes found beside them (or from the metadata; only from the
-    metadata with ``shape_files=False``: a pnnx graph beside them may be being written)."""
+def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[Path, ...] = ()) -> TorchTransducer:
+    """The three traced modules, the encoder's input shapes found beside them (or from the metadata)."""
     traced_dir = Path(traced_dir)
     pts = {net: traced_dir / f"{net}_jit_trace-pnnx.pt" for net in ("encoder", "decoder", "joiner")}
     missing = [str(p) for p in pts.values() if not p.is_file()]
@@ -160,10 +158,9 @@ def load_transducer(traced_dir: Path, arch: str, meta: dict, extra_dirs: tuple[P
         meta_specs = []
     segment, offset = stream_geometry(arch, meta)
     try:
-        near = (lambda pt: shape_files_near(pt, *extra_dirs)) if shape_files else (lambda pt: [])
-        encoder = load(pts["encoder"], near(pts["encoder"]), meta_specs)
-        decoder = load(pts["decoder"], near(pts["decoder"]))
-        joiner = load(pts["joiner"], near(pts["joiner"]))
+        encoder = load(pts["encoder"], shape_files_near(pts["encoder"], *extra_dirs), meta_specs)
+        decoder = load(pts["decoder"], shape_files_near(pts["decoder"], *extra_dirs))
+        joiner = load(pts["joiner"], shape_files_near(pts["joiner"], *extra_dirs))
     except TracedError as exc:
         raise AgreementError(str(exc)) from None
     if not encoder.specs:
@@ -250,10 +247,6 @@ def describe(entry: dict) -> str:
 
 
 _TORCH_CACHE: dict[tuple[str, str], tuple[object, dict]] = {}  # (traced dir, wav) -> (features, plain decode)
-# the early torch step (core.validation.early_torch): the metadata the run will write, before it is in the param
-# (out -> (metadata, architecture)), and no pnnx graphs read for shapes (pnnx may be writing them meanwhile)
-METADATA_GIVEN: dict[str, tuple[dict, str]] = {}
-SHAPE_FILES = {"use": True}
 _MODELS: dict[tuple[str, tuple[str, ...]], TorchTransducer] = {}  # (traced dir, shape dirs) -> the loaded modules
 
 
@@ -264,7 +257,7 @@ def transducer(out: Path, arch: str | None, traced_dir: Path, extra_dirs: tuple[
     key = (str(traced_dir), tuple(map(str, dirs)))
     if key not in _MODELS:
         meta, arch = _metadata(out, arch)
-        _MODELS[key] = load_transducer(Path(traced_dir), arch, meta, dirs, SHAPE_FILES["use"])
+        _MODELS[key] = load_transducer(Path(traced_dir), arch, meta, dirs)
     return _MODELS[key]
 
 
@@ -381,8 +374,6 @@ def use_torch_decodes(traced_dir: Path, decodes: dict) -> None:
 
 
 def _metadata(out: Path, arch: str | None) -> tuple[dict, str]:
-    if str(out) in METADATA_GIVEN:
-        return METADATA_GIVEN[str(out)]
     from core.model.architectures import BY_MODEL_TYPE
     from core.model.metadata import read_metadata
     from core.ncnn.param import load_param

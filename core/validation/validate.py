@@ -109,31 +109,28 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
         prefetch.start(("decode", str(out), True), decode, out, wavs, references, True)
 
 
-def _start_numeric(out: Path, torch_side: dict | None, saved: Path | None = None) -> tuple:
-    """torch's inputs and outputs to a file (or ``saved``: the early torch step's, kept), and the ncnn half of the
-    numeric check started on them in a child (in the pool when there is one: it then overlaps torch's work)."""
+def _start_numeric(out: Path, torch_side: dict) -> tuple:
+    """torch's inputs and outputs to a file, and the ncnn half of the numeric check started on them in a child
+    (in the pool when there is one: it then overlaps torch's streaming decode)."""
     import os
     import tempfile
 
     from core.validation.numeric import compare_in_child, save_chunks
-    if saved is None:
-        fd, name = tempfile.mkstemp(prefix=".numeric-", suffix=".npz", dir=out)
-        os.close(fd)
-        save_chunks(Path(name), torch_side)
-    npz = saved or Path(name)
+    fd, name = tempfile.mkstemp(prefix=".numeric-", suffix=".npz", dir=out)
+    os.close(fd)
+    save_chunks(Path(name), torch_side)
     pool = prefetch._POOL.get("pool")
-    future = prefetch.submit(pool, compare_in_child, out, npz) if pool is not None else None
-    return out, npz, future, saved is None
+    future = prefetch.submit(pool, compare_in_child, out, Path(name)) if pool is not None else None
+    return out, Path(name), future
 
 
 def _finish_numeric(pending: tuple, timings: dict) -> dict:
     from core.validation.numeric import compare_in_child
-    out, npz, future, temporary = pending
+    out, npz, future = pending
     try:
         result, exc, seconds = prefetch.result(future, compare_in_child, out, npz)
     finally:
-        if temporary:
-            npz.unlink(missing_ok=True)
+        npz.unlink(missing_ok=True)
     timings["numeric (ncnn child)"] = round(seconds, 3)
     if exc is not None:
         return {net: f"the ncnn side could not run: {exc}" for net in NETS}
@@ -153,9 +150,9 @@ def detect_arch(out: Path) -> str | None:
 def _torch_setup(out: Path, arch: str | None, traced_dir: Path, net: str) -> dict:
     """Where the shapes of a traced module's inputs can be found, and the chunk sherpa-ncnn feeds."""
     from core.model.traced import shape_files_near, specs_from_metadata
-    from core.validation.agreement import SHAPE_FILES, AgreementError, _metadata, stream_geometry
+    from core.validation.agreement import AgreementError, _metadata, stream_geometry
     pt = traced_dir / f"{net}_jit_trace-pnnx.pt"
-    kw: dict = {"shape_files": shape_files_near(pt, out / "work" / "pnnx") if SHAPE_FILES["use"] else []}
+    kw: dict = {"shape_files": shape_files_near(pt, out / "work" / "pnnx")}
     if net == "encoder":
         try:
             meta, name = _metadata(out, arch)
@@ -215,28 +212,17 @@ def torch_work(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[
 
 
 def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
-             numeric: bool = True, run_decode: bool = True, print_fn=print, early: dict | None = None) -> dict:
-    """The fp16 checks. ``early``: torch's side computed by an earlier step (core.validation.early_torch.load),
-    when it used the metadata this model has; else torch runs here."""
+             numeric: bool = True, run_decode: bool = True, print_fn=print) -> dict:
+    """The fp16 checks: torch's side here (sherpa-ncnn's and ncnn's in child processes meanwhile)."""
     import time
     report: dict = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
     timings = report["timings"]
     arch = arch or detect_arch(out)
     has_traced = traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists()
-    pending_numeric = None
-    if early is not None:  # torch ran in the background beside pnnx: its decodes and numeric side are on disk
-        from core.validation.agreement import use_torch_decodes
-        errors = early["errors"]
-        use_torch_decodes(traced_dir, early["torch_decodes"])
-        timings.update({f"{k} (early step)": v for k, v in early["timings"].items()})
-        report["notes"] += early["notes"]
-        if numeric and has_traced and early["npz"] is not None:
-            pending_numeric = _start_numeric(out, None, early["npz"])
-    else:
-        started: list = []
-        _, errors = torch_work(out, arch, traced_dir, wavs, numeric, run_decode, report,
-                               lambda side: started.append(_start_numeric(out, side)))
-        pending_numeric = started[0] if started else None
+    started: list = []
+    _, errors = torch_work(out, arch, traced_dir, wavs, numeric, run_decode, report,
+                           lambda side: started.append(_start_numeric(out, side)))
+    pending_numeric = started[0] if started else None
     if numeric and not has_traced:
         report["notes"].append("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
         print_fn("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
@@ -282,8 +268,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="check only the int8 set, adding to this report of the fp16 checks (implies --int8)")
     p.add_argument("--int8-reference", type=Path, default=None,
                    help="the int8 cosine's fp32 half, recorded earlier (python -m core.int8.children int8-reference)")
-    p.add_argument("--early-torch", type=Path, default=None,
-                   help="torch's side, computed earlier (python -m core.validation.early_torch --save FILE)")
     p.add_argument("--jobs", type=int, default=None,
                    help="how many things to run at once (default: one per core; 1 when other steps run beside)")
     a = p.parse_args(argv)
@@ -304,18 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         prefetch.run_queued_here()  # nothing else to do here: this thread takes its share of the children
     else:
         # the log pane's first line at once: loading torch and the traced modules takes seconds before any result
-        say(f"validating {a.out}: sherpa-ncnn decodes start in child processes; "
-            + ("torch's side ran in the validate-torch step" if a.early_torch else
-               "loading torch and the traced modules ..."))
+        say(f"validating {a.out}: sherpa-ncnn decodes start in child processes; loading torch and the traced "
+            "modules ...")
         start_children(a.out, a.wav, refs, a.int8, fp32_dir, not a.no_decode, a.jobs)
-        early = None
-        if a.early_torch is not None:
-            from core.validation.early_torch import load
-            early, why = load(a.early_torch, a.out, a.traced_dir, a.wav)
-            if early is None:
-                say(f"torch's early side is not used ({why}); torch runs here")
-        report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say,
-                          early=early)
+        report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
     if a.int8 or a.fp16_report is not None:
         validate_int8(a.out, fp32_dir, a.wav, refs, report, print_fn=say, traced_dir=a.traced_dir, arch=a.arch,
                       jobs=a.jobs, reference=a.int8_reference)
