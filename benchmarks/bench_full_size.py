@@ -35,6 +35,7 @@ overlapped (background) step's full wall.
 ``floor``, ``ratio`` (total / floor) (and ``floor_parts``, ``load``, ``validation`` (the validate
 step's own timings), ``validation_share``, ``validation_critical`` (seconds) and ``validation_critical_share``
 (what validation adds to the run's wall: ``total`` minus the other steps' walls, which run one after another),
+``validation_cpu_share`` (the checks' CPU seconds over every step's),
 ``peaks_above_export``, ``recipe``).
 """
 from __future__ import annotations
@@ -56,7 +57,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from icefall_matrix import RECIPES  # noqa: E402  (the real recipes --icefall runs)
 # what "validation" costs: the checks a run adds (with --int8 the fp16 validate runs in the background and
 # validate-int8 after quantize)
-CHECK_STEPS = ("validate", "validate-int8", "speed", "dataset-wer")
+CHECK_STEPS = ("validate", "int8-reference", "validate-int8", "speed", "dataset-wer")
 
 
 def write_config(arch: str, tmp: Path, int8: bool, flags: list[str] | None = None) -> Path:
@@ -194,6 +195,8 @@ def main() -> int:
     # background check overlaps them; the few tenths between steps are counted as validation's)
     others = sum(v["wall"] for k, v in steps.items() if k not in CHECK_STEPS and not v["background"])
     critical = max(0.0, total - others)
+    cpu_all = sum(v["cpu"] or 0.0 for v in steps.values())
+    cpu_checks = sum(v["cpu"] or 0.0 for k, v in steps.items() if k in CHECK_STEPS)
     export_peak = (steps.get("export") or {}).get("peak_mb")
     above = {k: v["peak_mb"] for k, v in steps.items()
              if export_peak is not None and v["peak_mb"] is not None and v["peak_mb"] > export_peak}
@@ -204,6 +207,7 @@ def main() -> int:
               "run_wall": round(wall, 2), "load": [round(x, 2) for x in (load + os.getloadavg())],
               "validation": validation_parts, "validation_share": round(checks / total, 3),
               "validation_critical": round(critical, 2), "validation_critical_share": round(critical / total, 3),
+              "validation_cpu_share": round(cpu_checks / cpu_all, 3) if cpu_all else None,
               "peaks_above_export": above}
     if a.json:
         print(json.dumps(result, indent=2))
@@ -224,7 +228,8 @@ def main() -> int:
           + f"); floor {floor:.1f} s = "
           + " + ".join(f"{k} {v:.1f}" for k, v in parts.items()))
     print(f"  validation on the critical path {critical:.1f} s = {critical / total:.0%} of the total (the total "
-          f"minus the other steps; background checks overlap them)")
+          f"minus the other steps; background checks overlap them); {cpu_checks / cpu_all:.0%} of the run's CPU "
+          f"seconds")
     print(f"  total / floor = {total / floor:.2f}")
     print("  peak RSS above the export step's " + (f"({export_peak:.0f} MB): " + ", ".join(
         f"{k} {v:.0f} MB" for k, v in above.items()) if above else "none") if export_peak else

@@ -495,16 +495,15 @@ def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | 
     """The fp16 checks (numeric, torch's decode, sherpa-ncnn, agreement) and, with --int8, the int8 checks.
 
     With --int8 the fp16 step runs in the background as soon as the fp16 model is final: it only reads that
-    model, the traced modules and the wavs, so it overlaps the fp32 conversions, calibration and quantization on
-    a core of its own (``--jobs 1``: its children one after another); the int8 step waits for it and takes torch's
-    decodes from its report."""
+    model, the traced modules and the wavs, so it overlaps the fp32 conversions, calibration and quantization
+    (its sherpa-ncnn child beside its torch work: at the published LSTM size torch's decode alone takes seconds,
+    and the int8 step waits for it); the int8 step takes torch's decodes from its report."""
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     base = [sys.executable, "-m", "core.validation.validate", str(layout.out), "--arch", config.arch,
             "--traced-dir", str(layout.exp)]
     int8 = config.output.int8
     report = fp16_report(layout) if int8 else layout.out / "validation.json"
     argv = base + ["--json-out", str(report)]
-    argv += ["--jobs", "1"] if int8 else []
     argv += _validate_args(config)
     if not config.validation.numeric:
         argv.append("--no-numeric")

@@ -33,7 +33,7 @@ from core.common.hints import hint_for
 from core.common.locks import LockError, RunLock
 from core.pipeline.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
 from core.pipeline.progress import PARSERS
-from core.pipeline.usage import BACKGROUND_NICE, InProcessUsage, read_usage, wrap_argv
+from core.pipeline.usage import InProcessUsage, read_usage, wrap_argv
 
 ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07|\x1b[@-Z\\-_]")
 TAIL_LINES = 30
@@ -373,9 +373,7 @@ class Runner:
                                 and self._running.get(s.id)))
         usage_file = self.plan.out_dir / "logs" / f".usage-{step.id}.json"
         usage_file.unlink(missing_ok=True)
-        # the child's own CPU time and peak RSS (os.wait4); a background step runs niced, beside the step the run
-        # waits for
-        argv = wrap_argv(step.argv, step.cwd, usage_file, BACKGROUND_NICE if step.background else 0)
+        argv = wrap_argv(step.argv, step.cwd, usage_file)  # the child's own CPU time and peak RSS (os.wait4)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=step.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,

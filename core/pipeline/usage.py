@@ -22,9 +22,7 @@ from pathlib import Path
 
 _WRAPPER = r"""
 import json, os, signal, subprocess, sys
-out, nice, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-if nice:  # a background step: the step the run waits for keeps its core
-    os.nice(nice)
+out, argv = sys.argv[1], sys.argv[2:]
 proc = subprocess.Popen(argv)
 for sig in (signal.SIGTERM, signal.SIGINT):  # the group gets the signal: let the step decide, then report
     signal.signal(sig, signal.SIG_IGN)
@@ -59,16 +57,12 @@ def _resolvable(program: str, cwd: Path | None) -> bool:
     return shutil.which(program) is not None
 
 
-BACKGROUND_NICE = 5  # a background step's priority below the foreground step's (os.nice increment)
-
-
-def wrap_argv(argv: list[str], cwd: Path | None, usage_file: Path, nice: int = 0) -> list[str]:
-    """``argv`` run through the measuring wrapper (at ``nice`` when not 0); unchanged when the program cannot be
-    found (so the runner's own 'not found' / 'not executable' sentences still apply) or on a system without
-    ``os.wait4``."""
+def wrap_argv(argv: list[str], cwd: Path | None, usage_file: Path) -> list[str]:
+    """``argv`` run through the measuring wrapper; unchanged when the program cannot be found (so the runner's own
+    'not found' / 'not executable' sentences still apply) or on a system without ``os.wait4``."""
     if not hasattr(os, "wait4") or not _resolvable(argv[0], cwd):
         return list(argv)
-    return [sys.executable, "-c", _WRAPPER, str(usage_file), str(nice), *argv]
+    return [sys.executable, "-c", _WRAPPER, str(usage_file), *argv]
 
 
 def read_usage(usage_file: Path) -> dict | None:

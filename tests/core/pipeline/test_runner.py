@@ -332,11 +332,3 @@ def test_a_background_step_waits_for_the_background_step_it_needs_without_holdin
     assert order.index(("StepFinished", "bg1")) < order.index(("StepStarted", "bg2"))
     assert order.index(("StepStarted", "fg")) < order.index(("StepFinished", "bg1"))
     assert order[-2:] == [("StepStarted", "last"), ("StepFinished", "last")]
-
-
-def test_a_background_step_runs_at_a_lower_priority_than_the_step_the_run_waits_for(tmp_path):
-    show = "import os; print(f'nice={os.nice(0)}')"
-    status, events, _ = run(Plan([py_step("bg", show, background=True), py_step("fg", show)], tmp_path))
-    niceness = {e.step: int(line[5:]) for e in events if isinstance(e, LogLines) for line in e.lines
-                if line.startswith("nice=")}
-    assert status == "ok" and niceness["bg"] - niceness["fg"] == 5
