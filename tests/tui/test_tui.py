@@ -1065,3 +1065,39 @@ async def test_run_progress_label_is_one_line_cut_with_an_ellipsis_at_80_columns
         assert "\n" not in shown and shown.startswith(f"{step.index}. {step.title}: Processing ")
         lines = label.render_lines(label.region.reset_offset)  # what the one row of the label shows
         assert len(lines) == 1 and "".join(s.text for s in lines[0]).rstrip().endswith("…")
+
+
+def test_a_background_step_beside_the_current_one_in_the_wizard_and_the_cli():
+    import io
+
+    from rich.console import Console
+
+    from core.pipeline.events import RunFinished, StepFinished, StepStarted
+    from core.pipeline.plan import build_plan
+    from tui.cli.run import PlainRenderer, RichRenderer
+    from tui.wizard.app import RunModel
+    config = demo_config("lstm")
+    config.output.int8 = True
+    config.output.dir = "/tmp/sherpa-ncnn-wizard-unused"
+    model = RunModel(build_plan(config, check_out_dir=False))
+    plain, rich = io.StringIO(), io.StringIO()
+    renderers = [PlainRenderer(Console(file=plain, width=200)),
+                 RichRenderer(Console(file=rich, width=200, force_terminal=True))]
+    ids = [s.id for s in model.steps]
+    bg, fg = ids.index("validate") + 1, ids.index("calibrate") + 1
+    events = [StepStarted("validate", bg, len(ids), "Validate", None, True),
+              StepStarted("calibrate", fg, len(ids), "Calibrate")]
+    for e in events:
+        model.handle(e)
+        for r in renderers:
+            r.handle(e)
+    assert model.running.id == "calibrate" and model.by_id["validate"].status == "running"  # the pane follows it
+    assert model.by_id["validate"].background and not model.by_id["calibrate"].background
+    assert len(renderers[1].tasks) == 2  # a bar per running step
+    for e in (StepFinished("calibrate", "ok", 1.0), StepFinished("validate", "ok", 2.0), RunFinished("ok", 3.0, "x")):
+        model.handle(e)
+        for r in renderers:
+            r.handle(e)
+    assert model.running is None and renderers[1].tasks == {}
+    assert f"[{bg}/{len(ids)}] Validate ... (in the background, beside the next steps)" in plain.getvalue()
+    assert f"[{bg}/{len(ids)}] ✓ validate ok (2.0 s)" in plain.getvalue()
