@@ -45,8 +45,29 @@ def _run(pnnx: str, pt: Path, outputs: dict[str, str], fp16: bool) -> int:
     return subprocess.run(argv, stdin=subprocess.DEVNULL).returncode
 
 
+def private_copy(pt: Path, directory: Path) -> Path:
+    """``pt`` linked (else copied) into ``directory`` under its own name. pnnx writes ``<pt>.foldable_constants.zip``
+    beside the .pt it converts and deletes it after: two conversions of one .pt at once (a run's fp16 and fp32
+    encoder) would read each other's constants, so each converts its own link."""
+    import shutil
+    target = directory / pt.name
+    if not pt.is_file() or not directory.is_dir() or target.resolve() == pt.resolve():
+        return pt  # (pnnx itself says what is wrong with a missing .pt)
+    target.unlink(missing_ok=True)
+    try:
+        target.hardlink_to(pt)
+    except OSError:
+        shutil.copyfile(pt, target)
+    return target
+
+
 def convert(pnnx: str, fallback: str | None, pt: Path, outputs: dict[str, str], fp16: bool) -> int:
-    rc = _run(pnnx, pt, outputs, fp16)
+    own = private_copy(pt, Path(outputs["pnnxbin"]).parent)
+    try:
+        rc = _run(pnnx, own, outputs, fp16)
+    finally:
+        if own != pt:
+            own.unlink(missing_ok=True)
     if rc != 0:
         return 1 if rc > 0 else rc
     bad = shape_mismatches(outputs["pnnxparam"])

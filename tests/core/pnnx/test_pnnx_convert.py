@@ -154,3 +154,35 @@ def test_the_wizard_says_so_when_it_looks_at_the_directory():
     bad = [line for line in lines if line.startswith("✗")]
     assert len(bad) == 1 and "pnnx mis-converted this encoder" in bad[0] and "line 130" in bad[0]
     assert not any(line.startswith("✗") for line in describe_ncnn_dir(str(REAL / "lstm"), "lstm"))
+
+
+def test_each_conversion_gives_pnnx_its_own_link_of_the_pt(tmp_path):
+    """pnnx writes <pt>.foldable_constants.zip beside the .pt it converts and deletes it after (seen with the wheel's
+    pnnx on the Zipformer); a run converts the same encoder .pt at fp16 and fp32 at once, and a shared zip gave the
+    two conversions different graphs. Each conversion must hand pnnx a link in its own output directory."""
+    import threading
+
+    from core.pnnx.convert import convert
+    seen = tmp_path / "seen.txt"
+    stand_in = tmp_path / "stand-in-pnnx"  # records the .pt it was given, that it exists, and writes the outputs
+    stand_in.write_text("#!/bin/sh\n"
+                        f"echo \"$1 $(test -f \"$1\" && echo exists)\" >> {seen}\n"
+                        "for a in \"$@\"; do case \"$a\" in *=*) f=${a#*=}; [ \"$f\" = 0 ] || [ \"$f\" = 1 ] || "
+                        "echo 7767517 > \"$f\";; esac; done\n")
+    stand_in.chmod(0o755)
+    pt = tmp_path / "exp" / "encoder_jit_trace-pnnx.pt"
+    pt.parent.mkdir()
+    pt.write_bytes(b"traced")
+    keys = ("pnnxparam", "pnnxbin", "pnnxpy", "pnnxonnx", "ncnnparam", "ncnnbin", "ncnnpy")
+    dirs = [tmp_path / "pnnx", tmp_path / "fp32"]
+    for d in dirs:
+        d.mkdir()
+    threads = [threading.Thread(target=convert, args=(str(stand_in), None, pt, {k: str(d / k) for k in keys}, fp16))
+               for d, fp16 in zip(dirs, (True, False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    given = sorted(seen.read_text().splitlines())
+    assert given == sorted(f"{d / pt.name} exists" for d in dirs)  # each its own, none the shared original
+    assert not any((d / pt.name).exists() for d in dirs) and pt.read_bytes() == b"traced"  # links removed
