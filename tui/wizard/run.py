@@ -109,7 +109,7 @@ class RunScreen(Screen):
         if self.app.show_timings and elapsed is not None and s.status != "skipped":
             t.append(f"{elapsed:5.1f}s")  # the option's own colours: readable highlighted or not
         elif s.status == "skipped":
-            t.append("unchanged", style="dim")
+            t.append(" same", style="dim")  # (kept from the last run: "unchanged" wrapped at 80x24)
         return t
 
     def flush(self) -> None:
