@@ -104,5 +104,7 @@ def compare_int8_here(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_jo
     for wav in wavs:
         w = read_wav(wav)
         streamer.run(fbank(w.samples, w.sample_rate), on_chunk, on_frame, name=str(wav))
+    if not enc_cos or not join_cos:  # wavs too short for one encoder chunk
+        return []
     return [Similarity("encoder", "out0", min(enc_cos), float(np.mean(enc_cos)), len(enc_cos)),
             Similarity("joiner", "out0", min(join_cos), float(np.mean(join_cos)), len(join_cos))]
