@@ -139,20 +139,24 @@ def _validation(v: ValidationReport) -> list[str]:
 def _speed(speed: dict | None) -> list[str]:
     if not speed or not speed.get("rows"):
         return ["Not measured (no test wavs)."]
-    lines = ["| model | threads | RTF | first result | load | peak RSS |", "|---|---:|---:|---:|---:|---:|"]
+    # each row's own audio: the 1-thread rows come from validation's decode of every test wav, the all-cores rows
+    # from the speed step's first seconds of it
+    lines = ["| model | threads | RTF | first result | load | peak RSS | audio |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in speed["rows"]:
         if r.get("error"):
-            lines.append(f"| {r['model']} | {r['threads']} | failed: {r['error']} | | | |")
+            lines.append(f"| {r['model']} | {r['threads']} | failed: {r['error']} | | | | |")
             continue
         first = "-" if r.get("first_result_seconds") is None else f"{r['first_result_seconds']:.3f} s"
+        audio = "-" if r.get("audio_seconds") is None else f"{r['audio_seconds']:.1f} s"
         lines.append(f"| {r['model']} | {r['threads']} | {r['rtf']:.3f} | {first} | {r['load_seconds']:.3f} s | "
-                     f"{r.get('peak_mb', 0):.1f} MB |")
+                     f"{r.get('peak_mb', 0):.1f} MB | {audio} |")
     load = speed.get("load_average")
     busy = load is not None and speed.get("cores") and load > 0.5 * speed["cores"]
     lines += ["", f"Measured on the machine that made the model ({speed.get('cores')} cores"
                   + (f", load average {load} while measuring: other work shared the cores, so the multi-thread "
-                     "figures understate this model" if busy else "") + "), over "
-                  f"{speed['rows'][0].get('audio_seconds', '?')} s of test audio. RTF is decoding time / audio time "
+                     "figures understate this model" if busy else "") + "), each row over the test audio in "
+                  "its audio column. RTF is decoding time / audio time "
                   "(below 1 is faster than real time); peak RSS includes Python. Run `python bench.py` on the "
                   "target device for its own figures."]
     return lines

@@ -220,7 +220,7 @@ def test_model_card_names_the_metadata_speed_and_hashes(fake_out):
     card = render_card(fake_out, CardInfo("lstm", "LSTM transducer", "lstm_transducer_stateless2",
                                           ["--num-encoder-layers", "2"]))
     assert f"`{META}`" in card and "lstm_transducer_stateless2" in card and "--num-encoder-layers 2" in card
-    assert "| fp16 | 1 | 0.125 | 0.250 s | 0.500 s | 40.0 MB |" in card
+    assert "| fp16 | 1 | 0.125 | 0.250 s | 0.500 s | 40.0 MB | 1.0 s |" in card  # each row names its own audio
     assert "WER 50.0%" in card and "sherpa_ncnn.Recognizer(" in card and "./build/bin/sherpa-ncnn" in card
     before = manifest_hash(file_hashes(fake_out))
     assert before in card and "test_wavs/a.wav" in card and "work/big.pt" not in card
