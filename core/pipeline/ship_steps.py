@@ -136,7 +136,8 @@ def make_speed_step(layout, wavs: list[Path], int8: bool, threads: list[int] | N
             known = {}
         try:
             report = measure(layout.out, targets, models, threads, on_row=on_row, cancelled=ctx._cancelled.is_set,
-                             known=known, all_cores_seconds=ALL_CORES_AUDIO_SECONDS, side_by_side=True)
+                             known=known, all_cores_seconds=ALL_CORES_AUDIO_SECONDS, side_by_side=True,
+                             single_seconds=ALL_CORES_AUDIO_SECONDS)
         except SpeedError as exc:
             raise StepError(str(exc)) from None
         ctx.check_cancelled()

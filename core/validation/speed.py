@@ -139,19 +139,22 @@ def first_seconds(wavs: list[Path], seconds: float | None) -> list[Path]:
 
 
 def plan_measurements(models: list[str], threads: list[int], wavs: list[Path], known: dict | None = None,
-                      all_cores_seconds: float | None = ALL_CORES_AUDIO_SECONDS) -> list[Measurement]:
+                      all_cores_seconds: float | None = ALL_CORES_AUDIO_SECONDS,
+                      single_seconds: float | None = None) -> list[Measurement]:
     """What is left to measure: every (model, threads) pair without a ``known`` row ((model, threads) -> row,
     e.g. validation's 1-thread decodes), more than one thread on the first ``all_cores_seconds`` of audio only
-    (a real-time factor needs seconds of audio, not every test wav)."""
+    (a real-time factor needs seconds of audio, not every test wav); one thread on every wav, or on the first
+    ``single_seconds`` when given."""
     known = known or {}
-    return [Measurement(m, t, list(wavs) if t == 1 else first_seconds(wavs, all_cores_seconds))
+    return [Measurement(m, t, first_seconds(wavs, all_cores_seconds) if t != 1 else
+                        first_seconds(wavs, single_seconds) if single_seconds else list(wavs))
             for m in models for t in threads if (m, t) not in known]
 
 
 def measure(model_dir: Path, wavs: list[Path], models: list[str] | None = None, threads: list[int] | None = None,
             *, on_row: Callable[[dict], None] | None = None, cancelled: Callable[[], bool] | None = None,
             timeout: float = 600, known: dict | None = None, all_cores_seconds: float | None = None,
-            side_by_side: bool = False) -> SpeedReport:
+            side_by_side: bool = False, single_seconds: float | None = None) -> SpeedReport:
     """Decode ``wavs`` with every (model, threads) pair, each in its own child; raises SpeedError on bad input.
 
     ``known``: (model, threads) -> a row measured already (validation's 1-thread decodes), taken as it is.
@@ -166,7 +169,8 @@ def measure(model_dir: Path, wavs: list[Path], models: list[str] | None = None, 
     models = models or available_models(model_dir)
     threads = threads or default_threads()
     known = known or {}
-    todo = plan_measurements(models, threads, [Path(w).resolve() for w in wavs], known, all_cores_seconds)
+    todo = plan_measurements(models, threads, [Path(w).resolve() for w in wavs], known, all_cores_seconds,
+                             single_seconds)
     rows: dict[tuple[str, int], dict] = {}
     for key, row in known.items():
         if key[0] in models and key[1] in threads:
@@ -198,10 +202,14 @@ def measure(model_dir: Path, wavs: list[Path], models: list[str] | None = None, 
     return SpeedReport([rows[(m, t)] for m in models for t in threads if (m, t) in rows])
 
 
+SHARED_CORE = 0.9  # a decode whose CPU time is below this share of its wall time did not have a core to itself
+
+
 def known_rows(validation: dict, cores: int | None = None) -> dict:
     """validation.json's 1-thread decode figures as speed rows ((model, 1) -> row): the validation process decodes
     each model once on its own core (beside torch's one), timed as bench.py times it. Not taken on a 1-core
-    machine (there the decode shared its core with torch) nor when a figure is missing."""
+    machine (there the decode shared its core with torch), when a figure is missing, nor when the decode's CPU
+    time shows it shared its core (with --int8 the fp16 checks run beside calibration)."""
     cores = cores if cores is not None else bench_module().cpu_count()
     if cores < 2 or not isinstance(validation, dict):
         return {}
@@ -213,6 +221,9 @@ def known_rows(validation: dict, cores: int | None = None) -> dict:
             continue
         if any(not isinstance(speed.get(k), (int, float)) for k in ("rtf", "load_seconds", "peak_mb")):
             continue
+        cpu, wall = speed.get("cpu_seconds"), speed.get("decode_seconds")
+        if isinstance(cpu, (int, float)) and isinstance(wall, (int, float)) and wall > 0 and cpu < SHARED_CORE * wall:
+            continue  # measured again, alone
         found[(speed["model"], 1)] = {**speed, "measured_in": "validate"}
     return found
 

@@ -42,6 +42,9 @@ def test_only_the_pairs_without_a_known_row_are_measured(wavs):
     assert all(m.wavs == wavs[:2] for m in todo)
     every = plan_measurements(["fp16"], [1, 4], wavs, {}, all_cores_seconds=2.5)
     assert [(m.model, m.threads, len(m.wavs)) for m in every] == [("fp16", 1, 5), ("fp16", 4, 2)]
+    # the run's speed step measures a 1-thread row itself only when validation's could not stand: briefly too
+    again = plan_measurements(["fp16"], [1, 4], wavs, {}, all_cores_seconds=2.5, single_seconds=2.5)
+    assert [(m.model, m.threads, len(m.wavs)) for m in again] == [("fp16", 1, 2), ("fp16", 4, 2)]
 
 
 def _validation(**speed):
@@ -65,6 +68,10 @@ def test_validation_figures_are_not_taken_when_they_cannot_stand_for_the_model()
     assert sorted(known_rows(failed, cores=2)) == [("int8", 1)]
     assert known_rows({"decode": None}, cores=2) == {}
     assert known_rows([], cores=2) == {}
+    # with --int8 the fp16 checks run beside calibration: a decode that got 70% of a core is measured again
+    shared = _validation(decode_seconds=1.0, cpu_seconds=0.7)
+    shared["decode_int8"]["speed"]["cpu_seconds"] = 0.97
+    assert sorted(known_rows(shared, cores=2)) == [("int8", 1)]
 
 
 def test_children_still_queued_run_in_the_validation_thread_once_torch_is_done():
