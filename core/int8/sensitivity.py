@@ -277,7 +277,9 @@ def quantize_net(quantizer, recording: Recording, workdir: Path, min_cosine: flo
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Streamed (the published LSTM's int8 encoder .bin is 64 MB: not held whole just to hash it)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def run_here(files, tables: tuple[Path, Path], wavs: list[Path], outputs: dict[str, tuple[Path, Path]],
