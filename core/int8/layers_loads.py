@@ -20,7 +20,6 @@ import os
 import sys
 from pathlib import Path
 
-from core.ncnn.param import load_param
 
 FP16, INT8, FP32_SCALED = 0x01306B47, 0x000D4B38, 0x0002C056
 
@@ -108,15 +107,14 @@ def record_extents(param: Path, data, *, read_weights: bool = False) -> tuple[li
     every load (the check of a file about to be written).
 
     Nothing here outlives the call: ncnn's python binding keeps registered layer creators, and all they reach,
-    for the life of the process, so they reach ``data`` only through a dict emptied on return (record_loads'
-    closures keep the whole .bin alive: 64 MB for the published LSTM's int8 encoder)."""
+    for the life of the process, so they reach ``data`` only through a dict emptied on return (as everything
+    core.ncnn.bin_layout.load_recorded's creators reach)."""
     import mmap
 
     import numpy as np
 
     buffer = isinstance(data, (bytes, bytearray, memoryview, mmap.mmap)) and len(data) > 0
-    held = {"data": data, "view": np.frombuffer(data, dtype=np.uint8) if buffer else None, "size": len(data),
-            "found": []}
+    held = {"data": data, "view": np.frombuffer(data, dtype=np.uint8) if buffer else None, "size": len(data)}
     try:
         return _record(Path(param), held, read_weights)
     finally:
@@ -124,14 +122,10 @@ def record_extents(param: Path, data, *, read_weights: bool = False) -> tuple[li
 
 
 def _record(param: Path, held: dict, read_weights: bool) -> tuple[list, int]:
+    """core.ncnn.bin_layout.load_recorded with a ModelBin that answers from the tags."""
     import ncnn
 
-    from core.ncnn.bin_layout import LayerLoads, LayoutError, Load, _quiet_stderr
-    from core.ncnn.net import Keeper, register_meta_layer
-    parsed = load_param(param)
-    if parsed.model is None:
-        raise LayoutError(parsed.describe())
-    keep = Keeper()
+    from core.ncnn.bin_layout import Load, load_recorded
     reader = _reader(held)
 
     class ExtentModelBin(ncnn.ModelBin):
@@ -157,44 +151,7 @@ def _record(param: Path, held: dict, read_weights: bool) -> tuple[list, int]:
             self.entry.loads.append(Load(w, type, start, reader.pos))
             return m
 
-    def wrapper(kind: str):
-        class Wrapper(ncnn.Layer):
-            def __init__(self):
-                super().__init__()
-                self.inner = ncnn.create_layer(kind)
-                self.params = {}
-
-            def load_param(self, pd):
-                self.params = {k: int(pd.get(k, 0)) for k in range(23)}
-                return self.inner.load_param(pd)
-
-            def load_model(self, mb):
-                entry = LayerLoads(self.name, kind, self.params, [])
-                held["found"].append(entry)
-                ret = self.inner.load_model(ExtentModelBin(mb, entry))
-                self.inner = ncnn.create_layer(kind)  # drop what was loaded
-                return ret
-
-        def create():
-            return keep.keep(Wrapper())
-        return keep.keep(create)
-
-    net = keep.keep(ncnn.Net())
-    register_meta_layer(net, keep)
-    with _quiet_stderr():
-        for kind in sorted(parsed.model.layer_types()):
-            if kind in ("SherpaMetaData", "Input"):
-                continue
-            if ncnn.create_layer(kind) is None:
-                layer = parsed.model.layers_of_type(kind)[0]
-                raise LayoutError(f"layer {layer.name!r} ({kind}): python ncnn does not know this layer type, so "
-                                  "where its weights lie in the .bin is unknown; nothing was written")
-            net.register_custom_layer(kind, wrapper(kind), lambda layer: None)
-    if net.load_param(str(param)) != 0:
-        raise LayoutError(f"{param}: python ncnn could not read it")
-    if net.load_model(reader) != 0:
-        raise LayoutError(f"{param}: ncnn could not read its weights (the .bin does not match the param)")
-    return held["found"], reader.pos
+    return load_recorded(param, reader, ExtentModelBin)
 
 
 def _as_json(layers: list, consumed: int) -> dict:

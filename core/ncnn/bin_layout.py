@@ -229,25 +229,48 @@ def record_loads(param: Path, data, custom: dict | None = None) -> tuple[list[La
     """
     import ncnn
 
+    reader = _recording_reader(data)
+
+    class RecordingModelBin(ncnn.ModelBin):
+        def __init__(self, inner, entry: LayerLoads):
+            super().__init__()
+            self.inner, self.entry = inner, entry
+
+        def load(self, w, type):
+            start = reader.pos
+            m = self.inner.load(w, type)
+            self.entry.loads.append(Load(int(w), int(type), start, reader.pos))
+            return m
+
+    return load_recorded(param, reader, RecordingModelBin, custom)
+
+
+def load_recorded(param: Path, reader, model_bin, custom: dict | None = None) -> tuple[list[LayerLoads], int]:
+    """Load ``param`` with every built-in layer type wrapped so that its ``load_model`` gets
+    ``model_bin(ncnn's ModelBin, its LayerLoads entry)`` (which records the loads), the weights coming from
+    ``reader`` (an ncnn DataReader with a ``pos``); returns the entries and ``reader.pos``. The record_loads of
+    this module and core.int8.layers_loads differ only in their ModelBin.
+
+    ncnn's python binding keeps registered layer creators, and all they reach, for the life of the process: they
+    reach ``model_bin`` (and through it the reader and the .bin) and the entries only through a dict emptied on
+    return."""
+    found: list[LayerLoads] = []
+    held = {"model_bin": model_bin, "found": found}
+    try:
+        return _load_recorded(param, reader, held, custom)
+    finally:
+        held.clear()
+
+
+def _load_recorded(param: Path, reader, held: dict, custom: dict | None) -> tuple[list[LayerLoads], int]:
+    import ncnn
+
     parsed = load_param(param)
     if parsed.model is None:
         raise LayoutError(parsed.describe())
     keep = Keeper()
-    reader = _recording_reader(data)
-    found: list[LayerLoads] = []
 
     def wrapper(kind: str):
-        class RecordingModelBin(ncnn.ModelBin):
-            def __init__(self, inner, entry: LayerLoads):
-                super().__init__()
-                self.inner, self.entry = inner, entry
-
-            def load(self, w, type):
-                start = reader.pos
-                m = self.inner.load(w, type)
-                self.entry.loads.append(Load(int(w), int(type), start, reader.pos))
-                return m
-
         class Wrapper(ncnn.Layer):
             def __init__(self):
                 super().__init__()
@@ -260,9 +283,8 @@ def record_loads(param: Path, data, custom: dict | None = None) -> tuple[list[La
 
             def load_model(self, mb):
                 entry = LayerLoads(self.name, kind, self.params, [])
-                found.append(entry)
-                rec = RecordingModelBin(mb, entry)
-                ret = self.inner.load_model(rec)
+                held["found"].append(entry)
+                ret = self.inner.load_model(held["model_bin"](mb, entry))
                 # only where the loads lie is wanted: drop the weights ncnn just read, so memory stays at one
                 # layer's weights instead of the whole model's
                 self.inner = ncnn.create_layer(kind)
@@ -285,11 +307,11 @@ def record_loads(param: Path, data, custom: dict | None = None) -> tuple[list[La
             if probe is None:
                 layer = parsed.model.layers_of_type(kind)[0]
                 raise LayoutError(f"layer {layer.name!r} ({kind}): python ncnn does not know this layer type, so "
-                                    "where its weights lie in the .bin is unknown; nothing was written")
+                                  "where its weights lie in the .bin is unknown; nothing was written")
             del probe
             net.register_custom_layer(kind, wrapper(kind), lambda layer: None)
     if net.load_param(str(param)) != 0:
         raise LayoutError(f"{param}: python ncnn could not read it")
     if net.load_model(reader) != 0:
         raise LayoutError(f"{param}: ncnn could not read its weights (the .bin does not match the param)")
-    return found, reader.pos
+    return held["found"], reader.pos

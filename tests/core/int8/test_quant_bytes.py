@@ -285,9 +285,10 @@ def test_unmeasured_sidecar_is_not_checked_against_the_bins(tmp_path, monkeypatc
 
 @needs_kit
 def test_reading_the_layout_keeps_nothing_alive():
-    """ncnn's python binding keeps registered layer creators for the life of the process; record_extents must not
-    let them reach the .bin it read (record_loads' do: the quantize step kept its 64 MB int8 encoder until exit).
-    With ``read_weights`` ncnn's own ModelBin reads every weight and the loads are record_loads' too."""
+    """ncnn's python binding keeps registered layer creators for the life of the process; neither record_extents
+    nor record_loads may let them reach the .bin it read (record_loads' once did: the quantize step kept its 64 MB
+    int8 encoder until exit). With ``read_weights`` ncnn's own ModelBin reads every weight and the loads are
+    record_loads' too."""
     import gc
     import sys
 
@@ -303,3 +304,6 @@ def test_reading_the_layout_keeps_nothing_alive():
         expected = record_loads(param, bytes(data))
         assert consumed == expected[1] == len(data)
         assert [(l.name, l.loads) for l in layers] == [(l.name, l.loads) for l in expected[0]]
+    record_loads(param, data)
+    gc.collect()
+    assert sys.getrefcount(data) == baseline
