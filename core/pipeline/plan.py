@@ -182,30 +182,22 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     steps.append(make_prepare(layout, checkpoints, single=bool(f.checkpoint)))
     steps.append(make_tokens(layout, tokens_src, bpe))
     steps.append(_export_step(config, layout, script, root, checkpoints, vocab, resolved))
+    validating = config.validation.numeric or config.validation.decode
+    validate_fp16, validate_int8 = _validate_steps(config, layout) if validating else (None, None)
+    int8_early, int8_later = [], []
+    if config.output.int8:
+        reference = (_int8_reference_step(config, layout)
+                     if validate_int8 is not None and "int8-reference" in validate_int8.needs else None)
+        int8_early, int8_later = _int8_steps(config, layout, pnnx.path, int8_backend, warnings, reference)
+    steps += int8_early
     for net in NETS:
         steps.append(_pnnx_step(pnnx.path, layout, net))
     from core.pipeline.rewrite_step import make_rewrite, rewritten
     steps.append(make_rewrite(layout, spec.name))
     steps.append(make_finalize_encoder(layout, spec, resolved, rewritten(layout, "param"), rewritten(layout, "bin")))
-    validating = config.validation.numeric or config.validation.decode
-    validate_fp16, validate_int8 = _validate_steps(config, layout) if validating else (None, None)
     if validate_fp16 is not None and validate_fp16.background:
         steps.append(validate_fp16)  # beside the int8 steps, from here on
-    if config.output.int8:
-        int8_steps = _int8_steps(config, layout, pnnx.path, int8_backend, warnings)
-        if validate_int8 is not None and "int8-reference" in validate_int8.needs:
-            after = next(i for i, s in enumerate(int8_steps) if s.id == "fp32-set") + 1
-            int8_steps.insert(after, _int8_reference_step(config, layout))
-        # the fp32 encoder conversion needs only the export: it runs beside the fp16 conversions (pnnx uses one
-        # core), and the fp32 set waits for it
-        fp32_encoder = next(s for s in int8_steps if s.id == "pnnx-encoder-fp32")
-        int8_steps.remove(fp32_encoder)
-        fp32_encoder.background = True
-        steps.insert(next(i for i, s in enumerate(steps) if s.id == "export") + 1, fp32_encoder)
-        for s in int8_steps:
-            if s.id == "fp32-set":
-                s.needs = ("pnnx-encoder-fp32",)
-        steps += int8_steps
+    steps += int8_later
     if validating:
         steps.append(validate_int8 if validate_int8 is not None else validate_fp16)
         from core.pipeline.ship_steps import (  # test wavs, bench.py, speed, int8 report, model card
@@ -411,12 +403,19 @@ def _export_arg_problems(config: WizardConfig, args, resolved: ResolvedValues, v
     return problems
 
 
-def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend, warnings: list[str]) -> list[Step]:
-    """fp32 conversions, then calibrate and quantize with the built-in code or the user's tools."""
+def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend, warnings: list[str],
+                reference: Step | None) -> tuple[list[Step], list[Step]]:
+    """The int8 steps in two parts: right after the export, the fp32 encoder conversion (it needs only the export,
+    so it runs in the background beside the fp16 conversions: pnnx uses one core); after the metadata, the fp32
+    joiner conversion, the fp32 set (waiting for the encoder's), ``reference`` (the int8 check's fp32 half) and
+    calibrate and quantize with the built-in code or the user's tools."""
     from core.pipeline.int8_steps import make_fp32_set, make_pnnx_fp32
-    steps = [make_pnnx_fp32(pnnx, layout, net) for net in ("encoder", "joiner")]
-    steps.append(make_fp32_set(layout, config.arch))
-    return steps + calibration_steps(config, layout, backend, warnings)
+    encoder = make_pnnx_fp32(pnnx, layout, "encoder")
+    encoder.background = True
+    fp32_set = make_fp32_set(layout, config.arch)
+    fp32_set.needs = (encoder.id,)
+    later = [make_pnnx_fp32(pnnx, layout, "joiner"), fp32_set, *([reference] if reference else [])]
+    return [encoder], later + calibration_steps(config, layout, backend, warnings)
 
 
 def _export_step(config, layout: Layout, script: Path, root: Path | None, checkpoints, vocab: Vocabulary,
