@@ -163,10 +163,11 @@ def _torch_setup(out: Path, arch: str | None, traced_dir: Path, net: str) -> dic
     return kw
 
 
-def torch_work(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], numeric: bool,
-               run_decode: bool, report: dict, on_numeric=None) -> tuple[dict, dict]:
-    """torch's side of the fp16 checks: the numeric check's inputs and outputs (net -> chunks) and errors (net ->
-    sentence), and torch's streaming decode of every wav (kept by core.validation.agreement)."""
+def _torch_work(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], numeric: bool,
+                run_decode: bool, report: dict, on_numeric) -> dict:
+    """torch's side of the fp16 checks: the numeric check's inputs and outputs (net -> chunks, handed to
+    ``on_numeric`` as soon as they exist, before torch's decode) and its errors (net -> sentence, returned), and
+    torch's streaming decode of every wav (kept by core.validation.agreement)."""
     import time
     timings = report["timings"]
     has_traced = traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists()
@@ -201,14 +202,14 @@ def torch_work(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[
             except Exception as exc:  # noqa: BLE001 - any failure here is a validation failure to report
                 errors[net] = str(exc)
         timings["numeric (torch)"] = round(time.perf_counter() - t0, 3)
-        if on_numeric is not None and torch_side:
+        if torch_side:
             on_numeric(torch_side)  # its ncnn half starts now, beside torch's streaming decode
     if run_decode:
         from core.validation.agreement import NO_WAV, prepare
         t0 = time.perf_counter()
         prepare(out, arch, traced_dir, [str(w) for w in wavs] or [NO_WAV], TAIL_PADDING_SECONDS)
         timings["torch streaming decode"] = round(time.perf_counter() - t0, 3)
-    return torch_side, errors
+    return errors
 
 
 def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Path], references: dict[str, str],
@@ -220,8 +221,8 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
     arch = arch or detect_arch(out)
     has_traced = traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists()
     started: list = []
-    _, errors = torch_work(out, arch, traced_dir, wavs, numeric, run_decode, report,
-                           lambda side: started.append(_start_numeric(out, side)))
+    errors = _torch_work(out, arch, traced_dir, wavs, numeric, run_decode, report,
+                         lambda side: started.append(_start_numeric(out, side)))
     pending_numeric = started[0] if started else None
     if numeric and not has_traced:
         report["notes"].append("numeric check skipped: no traced *_jit_trace-pnnx.pt files")
