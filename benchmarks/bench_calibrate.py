@@ -9,7 +9,7 @@ re-converts encoder and joiner with fp16=0, makes calibration audio by
 repeating the demo wavs (about --seconds of speech-like signal in 10 files),
 (--icefall-size: a model of the recipe's default size, random weights, as a user's model costs per chunk),
 then times (a) the physical floor: reading the audio, features, and the very
-streaming loop calibration uses (core.int8.calibration.Streamer: encoder chunks
+streaming loop calibration uses (core.int8.streamer.Streamer: encoder chunks
 with states, greedy joiner frames) with no statistics hooks, light mode on,
 one process; (b) calibrate() with one worker, everything included (statistics,
 histograms, KL threshold search, weight scales); (c) calibrate() with one
@@ -125,7 +125,7 @@ def make_audio(arch: str, seconds: float, tmp: Path) -> list[Path]:
 
 def forward_floor(files: ModelFiles, wavs: list[Path]) -> float:
     """Only what calibration cannot avoid: reading and features, then calibration's own streaming loop
-    (core.int8.calibration.Streamer: encoder chunks with states, greedy joiner frames) with no statistics
+    (core.int8.streamer.Streamer: encoder chunks with states, greedy joiner frames) with no statistics
     hooks and ncnn's light mode on."""
     runner = _ModelRunner(files)
     t0 = time.perf_counter()

@@ -7,7 +7,7 @@ skipped, as sherpa-ncnn does), each frame with a fresh extractor so each
 frame's statistics really are that frame's. The inputs of every quantizable
 layer of the encoder and the joiner feed core.int8.calibrate's statistics.
 
-The streaming loop lives in ``Streamer`` (shared with core.int8.check and the
+The streaming loop lives in core.int8.streamer.Streamer (shared with core.int8.check and the
 calibration benchmark's floor); calibration adds only hooks that take the
 quantizable inputs during each light-mode forward. A graph input's values are
 the array fed in, and the joiner's decoder-side input is counted once per frame
@@ -32,17 +32,26 @@ import numpy as np
 from core.common.audio import SAMPLE_RATE, AudioError, fbank, read_wav
 from core.common.cores import usable_cores
 from core.common.problems import Problem, ProblemKind
-from core.int8.calibrate import (DEFAULT_HISTOGRAM, HISTOGRAM_MODES, JOINER_KEEPS_RANGE, QUANTIZABLE, BlobStats,
-                                 CalibrationError, ExactStats, RecordBudget, ScaleTable, activation_scale)
+from core.int8.calibrate import (
+    DEFAULT_HISTOGRAM,
+    HISTOGRAM_MODES,
+    JOINER_KEEPS_RANGE,
+    QUANTIZABLE,
+    BlobStats,
+    CalibrationError,
+    ExactStats,
+    RecordBudget,
+    ScaleTable,
+    activation_scale,
+)
+from core.int8.streamer import BLANK_IDS, Streamer
 from core.int8.weight_scales import read_quantizable_weights, weight_scale_table  # noqa: F401 (re-exported)
-from core.model.architectures import BY_MODEL_TYPE, ArchSpec
+from core.model.architectures import BY_MODEL_TYPE
 from core.model.metadata import read_metadata
-from core.ncnn.net import Keeper, as_mat, register_meta_layer
+from core.ncnn.net import Keeper, register_meta_layer
 from core.ncnn.param import load_param
 
-CONTEXT_SIZE = 2
 POOL_WORTH_SECONDS = 8.0  # serial work left below which worker processes are not started
-BLANK_IDS = (0, 2)  # sherpa-ncnn treats <unk> (2) like blank
 
 
 @dataclass
@@ -144,84 +153,6 @@ class FileStats:
             return (ExactStats if "exact" in v else BlobStats).from_arrays(v)
         return cls({b: load(v) for b, v in parts["encoder"].items()}, {b: load(v) for b, v in parts["joiner"].items()},
                    int(d["chunks"]), int(d["frames"]), float(d["forward"]))
-
-
-class Streamer:
-    """How sherpa-ncnn streams one file, in one place: encoder chunks (Segment frames, advancing by Offset,
-    states carried, zeros at the start, the partial tail dropped) and the greedy joiner per output frame
-    (context 2; blank and <unk> emit nothing; the decoder re-run on every emitted token).
-
-    Calibration, the int8 check and the benchmark's floor all use ``run``; they differ only in their hooks:
-    ``on_chunk(chunk, states, encoder_out, mats)`` after each encoder forward (``states`` are the ones it was
-    fed) and ``on_frame(frame, decoder_out, token, logits, mats)`` after each joiner forward. ``mats`` are
-    the blobs named in ``enc_blobs`` / ``join_blobs``, taken during that forward.
-
-    Every forward stays in ncnn's light mode (intermediate blobs released or overwritten in place as soon
-    as they are consumed, as in the plain forward pass): the wanted blobs are extracted first, in the order
-    their producing layers run (``_topological``), then the outputs. Each extract continues the same
-    forward from the blobs still held (every blob has one consumer in ncnn, Split layers fan out), so
-    nothing is computed twice, and an in-place layer clones a blob the caller still holds, so the values
-    taken are the ones the layer read.
-    """
-
-    def __init__(self, encoder, decoder, joiner, arch: ArchSpec, meta: dict):
-        self.encoder, self.decoder, self.joiner = encoder, decoder, joiner
-        self.arch, self.meta = arch, meta
-        self.segment, self.offset = arch.segment_offset(arch.values_from_metadata(meta))
-        self.state_map = arch.state_map(len(arch.initial_states(meta)))
-
-    def run(self, feats: np.ndarray, on_chunk=None, on_frame=None, enc_blobs: list[str] = (),
-            join_blobs: list[str] = (), name: str = "the input") -> tuple[int, int, float]:
-        """Stream ``feats``; return (chunks, frames, seconds inside the ncnn forward passes, hooks excluded)."""
-        states = self.arch.initial_states(self.meta)
-        context = [0] * CONTEXT_SIZE
-        decoder_out = _run_decoder(self.decoder, context)
-        chunks = frames = 0
-        forward = 0.0
-        processed = 0
-        while processed + self.segment <= len(feats):
-            chunk = np.ascontiguousarray(feats[processed: processed + self.segment])
-            processed += self.offset
-            t0 = time.perf_counter()
-            ex = self.encoder.create_extractor()
-            ex.input("in0", as_mat(chunk))
-            for k, state in enumerate(states, start=1):
-                ex.input(f"in{k}", as_mat(state))
-            mats = [ex.extract(blob)[1] for blob in enc_blobs]
-            ret, out0 = ex.extract("out0")
-            if ret != 0:
-                raise CalibrationError(f"the encoder failed on {name} (extract returned {ret})")
-            encoder_out = np.array(out0)
-            encoder_out = encoder_out.reshape(-1, encoder_out.shape[-1])
-            new_states = list(states)
-            for target, source in self.state_map:
-                _, mat = ex.extract(f"out{source}")
-                new_states[target - 1] = np.array(mat).reshape(states[target - 1].shape).astype(np.float32)
-            forward += time.perf_counter() - t0
-            if on_chunk is not None:
-                on_chunk(chunk, states, encoder_out, mats)
-            states = new_states
-            chunks += 1
-            for frame in encoder_out:
-                frame = np.ascontiguousarray(frame, dtype=np.float32)
-                t0 = time.perf_counter()
-                jex = self.joiner.create_extractor()  # fresh per frame: each frame's blobs are its own
-                jex.input("in0", as_mat(frame))
-                jex.input("in1", as_mat(decoder_out))
-                mats = [jex.extract(blob)[1] for blob in join_blobs]
-                _, logits = jex.extract("out0")
-                logits = np.asarray(logits)
-                token = int(np.argmax(logits))
-                forward += time.perf_counter() - t0
-                if on_frame is not None:
-                    on_frame(frame, decoder_out, token, logits, mats)
-                if token not in BLANK_IDS:
-                    context = context[1:] + [token]
-                    t0 = time.perf_counter()
-                    decoder_out = _run_decoder(self.decoder, context)
-                    forward += time.perf_counter() - t0
-                frames += 1
-        return chunks, frames, forward
 
 
 class _ModelRunner:
@@ -573,14 +504,6 @@ def calibrate(files: ModelFiles, wavs: list[Path],
                           "joiner": (join_table, runner.join_bottoms, join)})
     return CalibrationResult(enc_table, join_table, len(usable), counts["chunks"], counts["frames"],
                              time.perf_counter() - t_start, counts["forward"], check.problems, histogram, worst)
-
-
-def _run_decoder(net, context: list[int]) -> np.ndarray:
-    ids = np.array(context, dtype=np.int32)
-    ex = net.create_extractor()
-    ex.input("in0", as_mat(ids))
-    _, out = ex.extract("out0")
-    return np.ascontiguousarray(np.array(out).reshape(-1), dtype=np.float32)
 
 
 def _table(param: Path, binary: Path, bottoms: dict[str, str], stats: dict, clip: bool = True) -> ScaleTable:

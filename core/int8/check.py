@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from core.common.audio import fbank, read_wav
-from core.int8.calibration import ModelFiles, Streamer
+from core.int8.calibration import ModelFiles
+from core.int8.streamer import Streamer
 from core.model.architectures import BY_MODEL_TYPE
 from core.model.metadata import read_metadata
 from core.ncnn.net import Keeper, as_mat, register_meta_layer

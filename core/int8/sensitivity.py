@@ -78,7 +78,7 @@ def record(files, wavs: list[Path], max_chunks: int = MAX_CHUNKS, max_frames: in
     import ncnn
 
     from core.common.audio import fbank, read_wav
-    from core.int8.calibration import Streamer
+    from core.int8.streamer import Streamer
     from core.model.architectures import BY_MODEL_TYPE
     from core.model.metadata import read_metadata
     from core.ncnn.net import Keeper, register_meta_layer

@@ -245,7 +245,8 @@ def _naive_stats(files, wav):
 
     from core.common.audio import fbank, read_wav
     from core.int8.calibrate import BlobStats
-    from core.int8.calibration import BLANK_IDS, CONTEXT_SIZE, _ModelRunner, _run_decoder
+    from core.int8.calibration import _ModelRunner
+    from core.int8.streamer import BLANK_IDS, CONTEXT_SIZE, _run_decoder
     r = _ModelRunner(files)
     enc = {b: BlobStats() for b in set(r.enc_bottoms.values())}
     join = {b: BlobStats() for b in set(r.join_bottoms.values())}
