@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from icefall_matrix import RECIPES  # noqa: E402  (the real recipes --icefall runs)
 # what "validation" costs: the checks a run adds (with --int8 the fp16 validate runs in the background and
-# validate-int8 after quantize)
-CHECK_STEPS = ("validate", "int8-reference", "validate-int8", "speed", "dataset-wer")
+# validate-int8 beside it from quantization's end, validation-report joining the two)
+CHECK_STEPS = ("validate", "int8-reference", "validate-int8", "validation-report", "speed", "dataset-wer")
 
 
 def write_config(arch: str, tmp: Path, int8: bool, flags: list[str] | None = None) -> Path:

@@ -193,9 +193,10 @@ class _ModelRunner:
         return fbank(w.samples, w.sample_rate)
 
     def run_file(self, wav: Path, make: Callable[[str, str], object] | None = None,
-                 feats: np.ndarray | None = None) -> FileStats:
+                 feats: np.ndarray | None = None, observer=None) -> FileStats:
         """One file's statistics: ``make(part, blob)`` builds each blob's (default BlobStats, the one-pass
-        histogram); ``feats``: the file's features when already computed."""
+        histogram); ``feats``: the file's features when already computed; ``observer``: also gets each chunk and
+        frame (core.int8.check_reference.Recorder)."""
         make = make or (lambda _part, _blob: BlobStats())
         enc = {blob: make("encoder", blob) for blob in set(self.enc_bottoms.values())}
         join = {blob: make("joiner", blob) for blob in set(self.join_bottoms.values())}
@@ -214,12 +215,16 @@ class _ModelRunner:
                 enc_in.add(chunk)
             for stats, mat in zip(enc_stats, mats):
                 stats.add(np.asarray(mat))
+            if observer is not None:
+                observer.on_chunk(chunk, states, encoder_out)
 
         def on_frame(frame, decoder_out, token, logits, mats):
             if join_in is not None:
                 join_in.add(frame)
             for stats, mat in zip(join_stats, mats):
                 stats.add(np.asarray(mat))
+            if observer is not None:
+                observer.on_frame(frame, decoder_out, token, logits)
             if dec_in is not None:
                 served[0] += 1
                 served[1] = decoder_out
@@ -305,8 +310,8 @@ class _Passes:
     statistics back in file order as soon as its turn comes, so only the running totals stay in memory."""
 
     def __init__(self, files: ModelFiles, runner: _ModelRunner, wavs: list[Path], workers: int | None,
-                 cache_dir: Path | None, on_progress, cancelled, passes: int):
-        self.files, self.runner, self.wavs = files, runner, wavs
+                 cache_dir: Path | None, on_progress, cancelled, passes: int, recorder=None):
+        self.files, self.runner, self.wavs, self.recorder = files, runner, wavs, recorder
         self.workers, self.cache_dir, self.on_progress, self.cancelled = workers, cache_dir, on_progress, cancelled
         self.model_key = _model_key(files) if cache_dir else ""
         self.total, self.finished, self.t_start = len(wavs) * passes, 0, time.perf_counter()
@@ -326,6 +331,10 @@ class _Passes:
             return None
         return Path(self.cache_dir) / f"{_cache_key(self.model_key + '|' + _job_key(job), wav)}.npz"
 
+    def _records(self, wav: Path) -> bool:
+        """Does this file's next run record the int8 check's fp32 half? (The first file's first run, here.)"""
+        return self.recorder is not None and not self.recorder.finished and Path(wav) == Path(self.wavs[0])
+
     def _local(self, wav: Path, job: tuple) -> FileStats:
         """One file's job in this process (features and recorded values from the first pass reused)."""
         key = str(wav)
@@ -338,7 +347,10 @@ class _Passes:
         feats = self.feats.pop(key, None)
         if feats is None:
             feats = self.runner.features(wav)
-        stats = self.runner.run_file(wav, _maker(job, self.record), feats)
+        observer = self.recorder if self._records(wav) else None
+        stats = self.runner.run_file(wav, _maker(job, self.record), feats, observer)
+        if observer is not None:
+            observer.finished = True
         if job[0] == "absmax":
             parts = [*stats.encoder.values(), *stats.joiner.values()]
             if any(st.forgotten for st in parts):  # over the budget: this file runs again, from its features
@@ -383,7 +395,7 @@ class _Passes:
         from_cache = 0
         for wav in self.wavs:
             cached = self._cached(job, wav)
-            if cached is not None and cached.exists():
+            if cached is not None and cached.exists() and not self._records(wav):
                 self.recorded.pop(str(wav), None)
                 with np.load(cached) as d:
                     done(wav, FileStats.from_arrays(d), fresh=False)
@@ -403,7 +415,7 @@ class _Passes:
                 done(first, self._local(first, job))
                 if (time.perf_counter() - t0) * len(todo) * self.total / len(self.wavs) >= POOL_WORTH_SECONDS:
                     self.workers = min(usable_cores(), len(todo))
-        remote = [w for w in todo if not (job[0] == "exact" and str(w) in self.recorded)]
+        remote = [w for w in todo if not (job[0] == "exact" and str(w) in self.recorded) and not self._records(w)]
         local = [w for w in todo if w not in remote]
         for wav in local:
             done(wav, self._local(wav, job))
@@ -433,7 +445,8 @@ class _Passes:
 def calibrate(files: ModelFiles, wavs: list[Path],
               on_progress: Callable[[int, int, str], None] | None = None,
               cancelled: Callable[[], bool] | None = None, workers: int | None = None,
-              cache_dir: Path | None = None, histogram: str = DEFAULT_HISTOGRAM) -> CalibrationResult:
+              cache_dir: Path | None = None, histogram: str = DEFAULT_HISTOGRAM,
+              reference: Path | None = None) -> CalibrationResult:
     """Stream the calibration audio through the fp32 model and return the encoder and joiner tables.
 
     ``histogram``: "one-pass" (one run; the range doubles and is re-binned to [0, absmax]) or "two-pass"
@@ -442,6 +455,8 @@ def calibrate(files: ModelFiles, wavs: list[Path],
     again). Files are processed in parallel worker processes (one per core) when that pays off; each file's
     statistics are cached under ``cache_dir`` (keyed by the model's and the file's bytes and the pass) so a
     resumed run skips finished files. Each file's statistics are merged as soon as its turn comes.
+    ``reference``: where to write the int8 check's fp32 half, recorded while the first file streams here
+    (core.int8.check_reference: its first REFERENCE_SECONDS; that file is never taken from the cache for it).
     """
     if histogram not in HISTOGRAM_MODES:
         raise CalibrationError(f"histogram = {histogram!r} is not one of {', '.join(HISTOGRAM_MODES)}",
@@ -453,8 +468,12 @@ def calibrate(files: ModelFiles, wavs: list[Path],
         raise CalibrationError("no usable calibration audio: " + ("; ".join(check.problems) or "the list is empty"),
                                ProblemKind.BAD_INPUT)
     usable = check.usable
+    recorder = None
+    if reference is not None:
+        from core.int8.check_reference import REFERENCE_SECONDS, Recorder, chunks_for
+        recorder = Recorder(chunks_for(REFERENCE_SECONDS, runner.offset))
     passes = _Passes(files, runner, usable, workers, cache_dir, on_progress, cancelled,
-                     1 if histogram == "one-pass" else 2)
+                     1 if histogram == "one-pass" else 2, recorder)
     counts = {"chunks": 0, "frames": 0, "forward": 0.0}
 
     def count(fs: FileStats) -> None:
@@ -495,6 +514,14 @@ def calibrate(files: ModelFiles, wavs: list[Path],
         passes.close()
         for net in runner.nets.values():
             net.clear()  # the nets' weights go before the weight scales are read: the step's peak is the forward's
+    if recorder is not None:
+        seconds = len(recorder.chunks) * runner.offset / 100
+        try:
+            recorder.save(Path(reference), f"the first {seconds:.1f} s of {usable[0].name} (calibration audio)")
+        except OSError as exc:
+            raise CalibrationError(f"{reference}: could not write the int8 check's fp32 half "
+                                   f"({exc.strerror or exc}); free some space there and run again",
+                                   ProblemKind.FAILED) from None
     if on_progress:
         on_progress(passes.total, passes.total, "statistics collected; choosing thresholds")
     enc_table = _table(files.encoder_param, files.encoder_bin, runner.enc_bottoms, enc)

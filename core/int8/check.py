@@ -27,11 +27,13 @@ class Similarity:
     min_cosine: float
     mean_cosine: float
     samples: int
+    audio: str = ""  # what was streamed (the test wavs, or the calibration audio the fp32 half was recorded on)
 
     def line(self, target: float = 0.99) -> str:
         mark = "✓" if self.mean_cosine >= target else "✗"  # the target is on the mean; the worst frame is shown too
+        on = f" on {self.audio}" if self.audio else ""
         return (f"-[{mark}] int8 {self.net} {self.output}: cosine mean {self.mean_cosine:.4f} (worst {self.min_cosine:.4f}) "
-                f"over {self.samples} (target: mean ≥ {target})")
+                f"over {self.samples}{on} (target: mean ≥ {target})")
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -107,5 +109,5 @@ def compare_int8_here(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_jo
         streamer.run(fbank(w.samples, w.sample_rate), on_chunk, on_frame, name=str(wav))
     if not enc_cos or not join_cos:  # wavs too short for one encoder chunk
         return []
-    return [Similarity("encoder", "out0", min(enc_cos), float(np.mean(enc_cos)), len(enc_cos)),
-            Similarity("joiner", "out0", min(join_cos), float(np.mean(join_cos)), len(join_cos))]
+    return [Similarity("encoder", "out0", min(enc_cos), float(np.mean(enc_cos)), len(enc_cos), "the test wavs"),
+            Similarity("joiner", "out0", min(join_cos), float(np.mean(join_cos)), len(join_cos), "the test wavs")]

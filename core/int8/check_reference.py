@@ -1,10 +1,11 @@
-"""The int8 check in two halves: fp32's side recorded once (in the background, while calibration runs), then only
-the int8 nets fed the recorded inputs once the int8 model exists.
+"""The int8 check in two halves: fp32's side recorded once, then only the int8 nets fed the recorded inputs once the
+int8 model exists.
 
-The fp32 half is core.int8.check's: the fp32 model drives states and greedy search; each encoder chunk's input and
-states and each joiner frame's inputs are recorded with fp32's outputs, so the int8 half compares one forward pass
-per chunk and per frame with exactly the inputs compare_int8_here would give it -- the same numbers, without
-running the fp32 encoder after quantization.
+The built-in calibration records the fp32 half while it streams its first file anyway (``Recorder``, the first
+REFERENCE_SECONDS of it): no extra fp32 pass. With an external calibration tool, ``record_fp32`` streams the test
+wavs through the fp32 model in the background instead. Each encoder chunk's input and states and each joiner
+frame's inputs are recorded with fp32's outputs, so the int8 half compares one forward pass per chunk and per frame
+with exactly the inputs core.int8.check would give it -- without running the fp32 encoder after quantization.
 """
 from __future__ import annotations
 
@@ -34,44 +35,71 @@ def _load(keeper: Keeper, param: Path, binary: Path, encoder: bool):
     return net
 
 
+REFERENCE_SECONDS = 5.0  # of calibration audio: enough chunks and frames for a stable cosine, a bounded int8 pass
+
+
+class Recorder:
+    """``on_chunk``/``on_frame`` hooks for Streamer.run that keep each chunk's and frame's inputs and fp32 outputs,
+    for at most ``max_chunks`` chunks (and the frames of those chunks)."""
+
+    def __init__(self, max_chunks: int | None = None):
+        self.max_chunks, self.full, self.finished = max_chunks, False, False
+        self.chunks: list[np.ndarray] = []
+        self.states: list[list[np.ndarray]] = []
+        self.enc_out: list[np.ndarray] = []
+        self.frames: list[np.ndarray] = []
+        self.dec_out: list[np.ndarray] = []
+        self.logits: list[np.ndarray] = []
+
+    def on_chunk(self, chunk, chunk_states, encoder_out, mats=()) -> None:
+        if self.full or (self.max_chunks is not None and len(self.chunks) >= self.max_chunks):
+            self.full = True
+            return
+        self.chunks.append(np.array(chunk, dtype=np.float32))
+        self.states.append([np.array(s, dtype=np.float32) for s in chunk_states])
+        self.enc_out.append(np.array(encoder_out, dtype=np.float32))
+
+    def on_frame(self, frame, decoder_out, token, logits, mats=()) -> None:
+        if self.full:
+            return
+        self.frames.append(np.array(frame, dtype=np.float32))
+        self.dec_out.append(np.array(decoder_out, dtype=np.float32))
+        self.logits.append(np.array(logits, dtype=np.float32))
+
+    def save(self, npz: Path, audio: str) -> None:
+        """Write the record (replaced atomically: a half-written record is never read); ``audio`` says what was
+        streamed (the int8 check's lines name it)."""
+        if not self.chunks or not self.frames:  # too short for one encoder chunk: nothing to compare (said so)
+            arrays = {"empty": np.zeros(0, dtype=np.float32)}
+        else:
+            arrays = {"chunk": np.stack(self.chunks), "encoder_out": np.stack(self.enc_out),
+                      "frame": np.stack(self.frames), "decoder_out": np.stack(self.dec_out),
+                      "logits": np.stack(self.logits)}
+            for k in range(len(self.states[0])):
+                arrays[f"state{k + 1}"] = np.stack([s[k] for s in self.states])
+        arrays["audio"] = np.array(audio)
+        tmp = npz.with_name(f".{npz.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, npz)
+
+
+def chunks_for(seconds: float, offset: int) -> int:
+    """Encoder chunks that cover ``seconds`` of audio when each advances ``offset`` feature frames (10 ms each)."""
+    return max(1, round(seconds * 100 / max(1, offset)))
+
+
 def record_fp32(fp32: ModelFiles, wavs: list[Path], npz: Path) -> None:
-    """Stream every wav through the fp32 model; write each chunk's and frame's inputs and fp32 outputs to ``npz``
-    (replaced atomically: a half-written record is never read)."""
+    """Stream every wav through the fp32 model; write each chunk's and frame's inputs and fp32 outputs to ``npz``."""
     keeper = Keeper()
     meta = read_metadata(load_param(fp32.encoder_param).model)
     streamer = Streamer(_load(keeper, fp32.encoder_param, fp32.encoder_bin, True),
                         _load(keeper, fp32.decoder_param, fp32.decoder_bin, False),
                         _load(keeper, fp32.joiner_param, fp32.joiner_bin, False), BY_MODEL_TYPE[meta[0]], meta)
-    chunks: list[np.ndarray] = []
-    states: list[list[np.ndarray]] = []
-    enc_out: list[np.ndarray] = []
-    frames: list[np.ndarray] = []
-    dec_out: list[np.ndarray] = []
-    logits_out: list[np.ndarray] = []
-
-    def on_chunk(chunk, chunk_states, encoder_out, mats):
-        chunks.append(chunk)
-        states.append([np.array(s, dtype=np.float32) for s in chunk_states])
-        enc_out.append(encoder_out)
-
-    def on_frame(frame, decoder_out, token, logits, mats):
-        frames.append(frame)
-        dec_out.append(np.array(decoder_out, dtype=np.float32))
-        logits_out.append(np.array(logits, dtype=np.float32))
-
+    recorder = Recorder()
     for wav in wavs:
         w = read_wav(wav)
-        streamer.run(fbank(w.samples, w.sample_rate), on_chunk, on_frame, name=str(wav))
-    if not chunks or not frames:  # wavs too short for one encoder chunk: nothing to compare (the check says so)
-        arrays = {"empty": np.zeros(0, dtype=np.float32)}
-    else:
-        arrays = {"chunk": np.stack(chunks), "encoder_out": np.stack(enc_out), "frame": np.stack(frames),
-                  "decoder_out": np.stack(dec_out), "logits": np.stack(logits_out)}
-        for k in range(len(states[0])):
-            arrays[f"state{k + 1}"] = np.stack([s[k] for s in states])
-    tmp = npz.with_name(f".{npz.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, npz)
+        streamer.run(fbank(w.samples, w.sample_rate), recorder.on_chunk, recorder.on_frame, name=str(wav))
+    recorder.save(npz, "the test wavs")
 
 
 def compare_recorded(npz: Path, int8_encoder: tuple[Path, Path], int8_joiner: tuple[Path, Path]) -> list[Similarity]:
@@ -85,6 +113,7 @@ def compare_recorded(npz: Path, int8_encoder: tuple[Path, Path], int8_joiner: tu
         chunk, encoder_out = d["chunk"], d["encoder_out"]
         chunk_states = [d[f"state{k}"] for k in range(1, n_states + 1)]
         frame, decoder_out, logits = d["frame"], d["decoder_out"], d["logits"]
+        audio = str(d["audio"]) if "audio" in d.files else ""
     enc_cos, join_cos = [], []
     for i in range(len(chunk)):
         ex8 = enc8.create_extractor()
@@ -97,8 +126,8 @@ def compare_recorded(npz: Path, int8_encoder: tuple[Path, Path], int8_joiner: tu
         jex8.input("in0", as_mat(np.ascontiguousarray(frame[i])))
         jex8.input("in1", as_mat(np.ascontiguousarray(decoder_out[i])))
         join_cos.append(cosine(logits[i], np.array(jex8.extract("out0")[1])))
-    return [Similarity("encoder", "out0", min(enc_cos), float(np.mean(enc_cos)), len(enc_cos)),
-            Similarity("joiner", "out0", min(join_cos), float(np.mean(join_cos)), len(join_cos))]
+    return [Similarity("encoder", "out0", min(enc_cos), float(np.mean(enc_cos)), len(enc_cos), audio),
+            Similarity("joiner", "out0", min(join_cos), float(np.mean(join_cos)), len(join_cos), audio)]
 
 
 # -- in child processes (ncnn on the user's model never runs in the caller's process) -----------------------------

@@ -32,14 +32,15 @@ def _reported_kind(lines: list[str]):
 def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int, str], None] | None = None,
                        cancelled: Callable[[], bool] | None = None, cache_dir: Path | None = None,
                        tables: tuple[Path, Path] | None = None, on_line: Callable[[str], None] | None = None,
-                       step: str = "calibrate", histogram: str | None = None):
+                       step: str = "calibrate", histogram: str | None = None, reference: Path | None = None):
     """core.int8.calibration.calibrate, run in a child process; the same CalibrationResult back.
 
     Progress lines become ``on_progress`` calls as they come, every other line goes to ``on_line``. A
     reported problem raises CalibrationError with the child's sentence; a crash raises CalibrationCrashed (a
     CalibrationError) naming the step, the file and the first layer that crashes; cancelling raises
     ChildCancelled. ``tables``: where the child writes the two tables (a temporary place when None).
-    ``histogram``: core.int8.calibrate.HISTOGRAM_MODES (default DEFAULT_HISTOGRAM).
+    ``histogram``: core.int8.calibrate.HISTOGRAM_MODES (default DEFAULT_HISTOGRAM). ``reference``: where the
+    child writes the int8 check's fp32 half (core.int8.check_reference), recorded on the way.
     """
     import json
 
@@ -69,6 +70,8 @@ def calibrate_in_child(files, wavs: list[Path], on_progress: Callable[[int, int,
             args += ["--cache-dir", str(cache_dir)]
         if histogram is not None:
             args += ["--histogram", histogram]
+        if reference is not None:
+            args += ["--reference", str(reference)]
         rc, lines = run_child(args, on_line=line, cancelled=cancelled, module=CHILD)
         if rc == EXIT_ERROR:
             raise CalibrationError(error_line(lines) or "calibration failed", _reported_kind(lines))
@@ -121,7 +124,8 @@ def child_calibrate(a) -> int:
     files = ModelFiles(*map(Path, a.files))
     try:
         result = calibrate(files, list(map(Path, a.wav)), on_progress=lambda i, n, note: say(f"progress: {i}/{n} {note}"),
-                           cache_dir=Path(a.cache_dir) if a.cache_dir else None, histogram=a.histogram)
+                           cache_dir=Path(a.cache_dir) if a.cache_dir else None, histogram=a.histogram,
+                           reference=Path(a.reference) if a.reference else None)
     except CalibrationError as exc:
         say(f"{KIND_LINE}{exc.kind.value}")  # the kind crosses the process boundary on its own line
         say(f"error: {exc}")
@@ -207,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.int8.calibrate import DEFAULT_HISTOGRAM, HISTOGRAM_MODES
     ca.add_argument("--histogram", choices=HISTOGRAM_MODES, default=DEFAULT_HISTOGRAM)
     ca.add_argument("--tables", nargs=2, required=True, metavar=("ENCODER_TABLE", "JOINER_TABLE"))
+    ca.add_argument("--reference", default=None, help="also record the int8 check's fp32 half here (.npz)")
     qu = sub.add_parser("quantize", help="core.int8.quantize.quantize of one net")
     for name in ("param", "bin", "table", "out_param", "out_bin"):
         qu.add_argument(name)

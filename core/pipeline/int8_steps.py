@@ -81,13 +81,16 @@ def _check_fp32_set(layout) -> None:
                             "they are the same", hint="report this pnnx version; run without --int8 meanwhile")
 
 
-def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None, histogram: str | None = None) -> Step:
-    """Built-in calibration of ``files`` (default: the run's fp32 set, which the fp32-set step checked).
+def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None, histogram: str | None = None,
+                   reference: Path | None = None) -> Step:
+    """Built-in calibration of ``files`` (default: the run's fp32 set, which the fp32-set step checked);
+    ``reference``: where it also records the int8 check's fp32 half (core.int8.check_reference).
 
     ncnn runs in a child process (core.ncnn.child): its progress is relayed live, cancel stops it, and a crash
     fails the step with a sentence naming the file and the first layer that crashes."""
     files = files or fp32_model_files(layout)
     outputs = [table_file(layout, n) for n in INT8_NETS] + [layout.out / HISTOGRAMS]  # + where int8 clips most
+    outputs += [reference] if reference is not None else []
 
     def run(ctx: StepContext) -> None:
         from core.int8.calibrate import CalibrationError
@@ -99,7 +102,7 @@ def make_calibrate(layout, wavs: list[Path], files: ModelFiles | None = None, hi
                                                                                       ctx.log(note)),
                                         cancelled=ctx._cancelled.is_set, cache_dir=layout.work / "calibration-cache",
                                         tables=(outputs[0], outputs[1]), on_line=ctx.log, step="calibrate",
-                                        histogram=histogram)
+                                        histogram=histogram, reference=reference)
         except ChildCancelled:
             raise StepCancelled() from None
         except CalibrationCrashed as exc:
@@ -196,11 +199,11 @@ def make_quantize(layout, files: ModelFiles | None = None, wavs: list[Path] | No
 
 def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None = None,
                     min_cosine: float | None = None, histogram: str | None = None,
-                    sensitivity: str = "auto") -> list[Step]:
+                    sensitivity: str = "auto", reference: Path | None = None) -> list[Step]:
     """calibrate and quantize, each with the built-in code or the user's tool (``backend``: an Int8Backend)."""
     from core.pipeline.int8_external import make_external_calibrate, make_external_quantize, make_int8_metadata
     steps = [make_external_calibrate(layout, backend.table_tool, wavs, files) if backend.table_tool
-             else make_calibrate(layout, wavs, files, histogram)]
+             else make_calibrate(layout, wavs, files, histogram, reference)]
     if backend.quantize_tool:
         steps += [make_external_quantize(layout, backend.quantize_tool, net, files) for net in INT8_NETS]
         steps.append(make_int8_metadata(layout))
@@ -209,8 +212,9 @@ def make_int8_steps(layout, wavs: list[Path], backend, files: ModelFiles | None 
     return steps
 
 
-def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: list[str], files=None) -> list[Step]:
-    """[resample,] calibrate, quantize: the int8 steps after the float set exists."""
+def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: list[str], files=None,
+                      reference: Path | None = None) -> list[Step]:
+    """[resample,] calibrate, quantize: the int8 steps after the float set exists (``reference``: make_calibrate's)."""
     from core.pipeline.calibration_audio import make_calibration_audio, plan_audio
     from core.pipeline.int8_steps import make_int8_steps
     audio = plan_audio(layout, [Path(w) for w in config.calibration.wavs], config.calibration.resample)
@@ -221,7 +225,7 @@ def calibration_steps(config: WizardConfig, layout: Layout, backend, warnings: l
                         "sensitivity and keeps layers float (calibration.backend = \"builtin\")")
     steps = [make_calibration_audio(audio)] if audio.resample else []
     return steps + make_int8_steps(layout, audio.wavs, backend, files, config.calibration.min_cosine,
-                                   config.calibration.histogram, config.calibration.sensitivity)
+                                   config.calibration.histogram, config.calibration.sensitivity, reference)
 
 
 def int8_readiness(config: WizardConfig, resolved: ResolvedValues):

@@ -132,7 +132,7 @@ def _validation(v: ValidationReport) -> list[str]:
             wer = f" (WER {t.wer:.1%} vs {t.reference!r})" if t.wer is not None else ""
             lines.append(f"- sherpa-ncnn {d.model}: `{t.name}` -> {t.text!r}{wer}")
     for s in v.int8_cosine:
-        lines.append(f"- int8 vs fp32 {s.net} {s.output}: cosine mean {s.mean:.4f}, worst {s.worst:.4f}")
+        lines.append(f"- int8 vs fp32 {s.net} {s.output}: cosine mean {s.mean:.4f}, worst {s.worst:.4f}{s.on}")
     return lines or ["validation.json holds no figures."]
 
 

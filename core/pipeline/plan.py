@@ -183,12 +183,15 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
     steps.append(make_tokens(layout, tokens_src, bpe))
     steps.append(_export_step(config, layout, script, root, checkpoints, vocab, resolved))
     validating = config.validation.numeric or config.validation.decode
-    validate_fp16, validate_int8 = _validate_steps(config, layout) if validating else (None, None)
+    # the int8 cosine's fp32 half: recorded by the built-in calibration on its way, else by a step of its own
+    recorded = validating and config.output.int8 and not int8_backend.table_tool
+    validate_fp16, validate_int8 = _validate_steps(config, layout, recorded) if validating else (None, [])
     int8_early, int8_later = [], []
     if config.output.int8:
         reference = (_int8_reference_step(config, layout)
-                     if validate_int8 is not None and "int8-reference" in validate_int8.needs else None)
-        int8_early, int8_later = _int8_steps(config, layout, pnnx.path, int8_backend, warnings, reference)
+                     if validate_int8 and "int8-reference" in validate_int8[0].needs else None)
+        int8_early, int8_later = _int8_steps(config, layout, pnnx.path, int8_backend, warnings, reference,
+                                             int8_reference(layout) if recorded else None)
     steps += int8_early
     for net in NETS:
         steps.append(_pnnx_step(pnnx.path, layout, net))
@@ -199,7 +202,7 @@ def build_plan(config: WizardConfig, *, out_dir: str | Path | None = None, check
         steps.append(validate_fp16)  # beside the int8 steps, from here on
     steps += int8_later
     if validating:
-        steps.append(validate_int8 if validate_int8 is not None else validate_fp16)
+        steps += validate_int8 or [validate_fp16]
         from core.pipeline.ship_steps import (  # test wavs, bench.py, speed, int8 report, model card
             card_info,
             ship_steps,
@@ -404,18 +407,19 @@ def _export_arg_problems(config: WizardConfig, args, resolved: ResolvedValues, v
 
 
 def _int8_steps(config: WizardConfig, layout: Layout, pnnx: Path, backend, warnings: list[str],
-                reference: Step | None) -> tuple[list[Step], list[Step]]:
+                reference: Step | None, recorded: Path | None = None) -> tuple[list[Step], list[Step]]:
     """The int8 steps in two parts: right after the export, the fp32 encoder conversion (it needs only the export,
     so it runs in the background beside the fp16 conversions: pnnx uses one core); after the metadata, the fp32
-    joiner conversion, the fp32 set (waiting for the encoder's), ``reference`` (the int8 check's fp32 half) and
-    calibrate and quantize with the built-in code or the user's tools."""
+    joiner conversion, the fp32 set (waiting for the encoder's), ``reference`` (the int8 check's fp32 half, with an
+    external calibration tool) and calibrate (built in: recording that half to ``recorded``) and quantize with
+    the built-in code or the user's tools."""
     from core.pipeline.int8_steps import make_fp32_set, make_pnnx_fp32
     encoder = make_pnnx_fp32(pnnx, layout, "encoder")
     encoder.background = True
     fp32_set = make_fp32_set(layout, config.arch)
     fp32_set.needs = (encoder.id,)
     later = [make_pnnx_fp32(pnnx, layout, "joiner"), fp32_set, *([reference] if reference else [])]
-    return [encoder], later + calibration_steps(config, layout, backend, warnings)
+    return [encoder], later + calibration_steps(config, layout, backend, warnings, reference=recorded)
 
 
 def _export_step(config, layout: Layout, script: Path, root: Path | None, checkpoints, vocab: Vocabulary,
@@ -464,19 +468,25 @@ def _validate_args(config: WizardConfig) -> list[str]:
 
 
 def fp16_report(layout: Layout) -> Path:
-    """The fp16 checks' report in a run with --int8 (the int8 step adds its checks and writes validation.json)."""
+    """The fp16 checks' report in a run with --int8 (validation-report merges it with int8_report's)."""
     return layout.work / "validation-fp16.json"
 
 
+def int8_report(layout: Layout) -> Path:
+    """The int8 checks' report in a run with --int8 (no torch agreement yet: validation-report adds it)."""
+    return layout.work / "validation-int8.json"
+
+
 def int8_reference(layout: Layout) -> Path:
-    """The int8 cosine's fp32 half, recorded beside calibration (core.int8.check_reference)."""
+    """The int8 cosine's fp32 half (core.int8.check_reference): written by the built-in calibration, or by the
+    int8-reference step beside an external one."""
     return layout.work / "int8-reference.npz"
 
 
 def _int8_reference_step(config: WizardConfig, layout: Layout) -> Step:
-    """The fp32 model streamed over the test wavs, every chunk's and frame's inputs and outputs recorded: in the
-    background beside calibration and quantization (and the fp16 checks, when they still run), so that the int8
-    check after quantization runs only the int8 nets."""
+    """With an external calibration tool: the fp32 model streamed over the test wavs, every chunk's and frame's
+    inputs and outputs recorded, in the background beside calibration and quantization (and the fp16 checks,
+    when they still run), so that the int8 check after quantization runs only the int8 nets."""
     from core.pipeline.layout import fp32_model_files
     files = fp32_model_files(layout)
     argv = [sys.executable, "-m", "core.int8.children", "int8-reference", "--fp32",
@@ -490,13 +500,16 @@ def _int8_reference_step(config: WizardConfig, layout: Layout) -> Step:
                 script=["# the int8 check's fp32 half: included in the validate line above"])
 
 
-def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | None]:
-    """The fp16 checks (numeric, torch's decode, sherpa-ncnn, agreement) and, with --int8, the int8 checks.
+def _validate_steps(config: WizardConfig, layout: Layout, recorded: bool = False) -> tuple[Step, list[Step]]:
+    """The fp16 checks (numeric, torch's decode, sherpa-ncnn, agreement) and, with --int8, the int8 checks (in the
+    background from quantization's end: sherpa-ncnn and the cosine, no torch) and the report that joins the two
+    (the int8 tokens vs torch's decodes from the fp16 half).
 
     With --int8 the fp16 step runs in the background as soon as the fp16 model is final: it only reads that
     model, the traced modules and the wavs, so it overlaps the fp32 conversions, calibration and quantization
-    (its sherpa-ncnn child beside its torch work: at the published LSTM size torch's decode alone takes seconds,
-    and the int8 step waits for it); the int8 step takes torch's decodes from its report."""
+    (its children beside its torch work on the cores the steps beside it leave: on 2 cores one after the other);
+    the int8 step takes torch's decodes from its report. ``recorded``: the built-in
+    calibration records the int8 cosine's fp32 half (else an int8-reference step does, on the test wavs)."""
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     base = [sys.executable, "-m", "core.validation.validate", str(layout.out), "--arch", config.arch,
             "--traced-dir", str(layout.exp)]
@@ -515,21 +528,26 @@ def _validate_steps(config: WizardConfig, layout: Layout) -> tuple[Step, Step | 
     fp16 = Step("validate", "Validate: torch vs ncnn, and decode in sherpa-ncnn", argv=argv, env=env,
                 inputs=inputs, outputs=[report], script=script, background=int8)
     if not int8:
-        return fp16, None
+        return fp16, []
     from core.pipeline.layout import fp32_set_dir, int8_file
-    argv8 = base + ["--json-out", str(layout.out / "validation.json"), "--fp16-report", str(fp16_report(layout)),
+    argv8 = base + ["--int8-only", "--json-out", str(int8_report(layout)),
                     "--fp32-dir", str(fp32_set_dir(layout))] + _validate_args(config)
-    needs: tuple[str, ...] = ("validate",)
-    if config.validation.wavs:  # the cosine's fp32 half was recorded beside calibration
+    needs: tuple[str, ...] = ()
+    if recorded or config.validation.wavs:  # the cosine's fp32 half, recorded by calibration or beside it
         argv8 += ["--int8-reference", str(int8_reference(layout))]
-        needs += ("int8-reference",)
-    inputs8 = [fp16_report(layout)] + [int8_file(layout, n, e) for n in ("encoder", "joiner") for e in ("param", "bin")]
-    inputs8 += [int8_reference(layout)] if config.validation.wavs else []
+        needs += () if recorded else ("int8-reference",)
+    inputs8 = [int8_file(layout, n, e) for n in ("encoder", "joiner") for e in ("param", "bin")]
+    inputs8 += [int8_reference(layout)] if recorded or config.validation.wavs else []
     inputs8 += [Path(w) for w in config.validation.wavs]
-    int8_step = Step("validate-int8", "Validate int8: sherpa-ncnn decode, agreement, cosine vs fp32", argv=argv8,
-                     env=env, inputs=inputs8, outputs=[layout.out / "validation.json"], needs=needs,
+    int8_step = Step("validate-int8", "Validate int8: sherpa-ncnn decode, cosine vs fp32", argv=argv8, env=env,
+                     inputs=inputs8, outputs=[int8_report(layout)], needs=needs, background=True,
                      script=["# the int8 checks: included in the validate line above"])
-    return fp16, int8_step
+    merged = Step("validation-report", "Validation report: int8 tokens vs torch's, both halves in validation.json",
+                  argv=base + ["--fp16-report", str(fp16_report(layout)), "--int8-report", str(int8_report(layout)),
+                               "--json-out", str(layout.out / "validation.json")],
+                  env=env, inputs=[fp16_report(layout), int8_report(layout)], outputs=[layout.out / "validation.json"],
+                  needs=("validate", "validate-int8"), script=["# included in the validate line above"])
+    return fp16, [int8_step, merged]
 
 
 def render_script(run: PlannedRun) -> str:

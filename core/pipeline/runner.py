@@ -368,9 +368,12 @@ class Runner:
         env = dict(os.environ)
         env.update(step.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # the cores background steps beside this one keep busy (core.common.cores.usable_cores leaves them alone)
+        # the cores background steps beside this one keep busy (core.common.cores.usable_cores leaves them alone);
+        # a background step leaves one to the steps that run beside it (on 2 cores: validation's children one
+        # after another beside calibration, not three processes on two cores -- and its sherpa-ncnn decode then
+        # gets a whole core, so the speed table can use its timing)
         env[BUSY_ENV] = str(sum(1 for s in self.plan.steps if s.background and s.id != step.id
-                                and self._running.get(s.id)))
+                                and self._running.get(s.id)) + (1 if step.background else 0))
         usage_file = self.plan.out_dir / "logs" / f".usage-{step.id}.json"
         usage_file.unlink(missing_ok=True)
         argv = wrap_argv(step.argv, step.cwd, usage_file)  # the child's own CPU time and peak RSS (os.wait4)

@@ -80,10 +80,15 @@ class Cosine:
     output: str
     mean: float
     worst: float
+    audio: str = ""  # what it was measured on (the calibration audio's first seconds, or the test wavs)
 
     @property
     def ok(self) -> bool:
         return self.mean >= COSINE_TARGET
+
+    @property
+    def on(self) -> str:
+        return f" on {self.audio}" if self.audio else ""
 
 
 @dataclass
@@ -165,7 +170,7 @@ def parse_validation(raw: object) -> ValidationReport:
         where = f"int8_similarity[{i}]"
         _need(s, where, "net", "output", "mean_cosine", "min_cosine")
         report.int8_cosine.append(Cosine(str(s["net"]), str(s["output"]), float(_num(s, "mean_cosine", where)),
-                                         float(_num(s, "min_cosine", where))))
+                                         float(_num(s, "min_cosine", where)), str(s.get("audio") or "")))
     return report
 
 
@@ -238,7 +243,7 @@ def summary_lines(report: ValidationReport, per_wav: bool = False) -> list[Line]
             lines.append(Line("ok", f"sherpa-ncnn ({d.model}) loaded the {'int8 ' if d.model == 'int8' else ''}"
                                     f"model and decoded {len(d.results)} wav(s)"))
     lines += [Line("ok" if s.ok else "warning", f"int8 {s.net} {s.output} vs fp32: cosine mean {s.mean:.4f} "
-                                                f"(worst {s.worst:.4f})") for s in report.int8_cosine]
+                                                f"(worst {s.worst:.4f}){s.on}") for s in report.int8_cosine]
     lines += [Line("failed", _agreement_text(a)) for a in report.agreement
               if a.model != "int8" and (a.error or not a.match)]
     return lines

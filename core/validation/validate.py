@@ -101,7 +101,7 @@ def start_children(out: Path, wavs: list[Path], references: dict[str, str], int8
     prefetch.make_pool(jobs)
     # the longest first (the int8 cosine runs the fp32 and the int8 nets over every wav), so that the decodes left
     # at the end can be shared out between the pool and this thread (run_queued_here)
-    if int8 and wavs and fp32_dir is not None:
+    if int8 and (int8_reference is not None or (wavs and fp32_dir is not None)):
         start_cosine(out, fp32_dir, wavs, jobs, int8_reference)
     if run_decode:
         prefetch.start(("decode", str(out), False), decode, out, wavs, references)
@@ -265,26 +265,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-decode", action="store_true")
     p.add_argument("--int8", action="store_true", help="also check the *.int8.* encoder and joiner")
     p.add_argument("--fp32-dir", type=Path, default=None, help="where the fp32 encoder/joiner .bin files are")
+    p.add_argument("--int8-only", action="store_true",
+                   help="check only the int8 set, without torch: its sherpa-ncnn decode and cosine vs fp32 (the "
+                        "agreement with torch's decodes comes with --fp16-report/--int8-report)")
     p.add_argument("--fp16-report", type=Path, default=None,
-                   help="check only the int8 set, adding to this report of the fp16 checks (implies --int8)")
+                   help="with --int8-report: the two halves' reports in one (--json-out), adding the int8 tokens' "
+                        "agreement with the torch decodes of this report of the fp16 checks")
+    p.add_argument("--int8-report", type=Path, default=None, help="the --int8-only report")
     p.add_argument("--int8-reference", type=Path, default=None,
-                   help="the int8 cosine's fp32 half, recorded earlier (python -m core.int8.children int8-reference)")
+                   help="the int8 cosine's fp32 half, recorded earlier (by the built-in calibration, or python -m "
+                        "core.int8.children int8-reference)")
     p.add_argument("--jobs", type=int, default=None,
                    help="how many things to run at once (default: one per core; 1 when other steps run beside)")
     a = p.parse_args(argv)
     refs = dict(r.split("=", 1) for r in a.reference if "=" in r)
     say = lambda s: print(s, flush=True)  # noqa: E731
     fp32_dir = a.fp32_dir or a.out / "work" / "fp32"
-    if a.fp16_report is not None:  # the int8 half only: the fp16 half ran earlier, beside the int8 steps
-        report = _read_fp16_report(a.fp16_report)
-        if report is None:
-            say(f"-[✗] {a.fp16_report}: the fp16 validation's report is missing or unreadable; run the validate "
-                "step again (--resume reruns it)")
-            return 1
+    if a.fp16_report is not None or a.int8_report is not None:  # the two halves ran beside each other
+        reports = []
+        for path, half, step in ((a.fp16_report, "fp16", "validate"), (a.int8_report, "int8", "validate-int8")):
+            reports.append(_read_fp16_report(path) if path is not None else None)
+            if reports[-1] is None:
+                say(f"-[✗] {path or '--' + half + '-report'}: the {half} validation's report is missing or "
+                    f"unreadable; run the {step} step again (--resume reruns it)")
+                return 1
+        from core.validation.validate_int8 import merge_int8_report
+        merge_int8_report(reports[0], reports[1], a.out, a.arch, a.traced_dir, say)
+        return finish_report(reports[0], a.json_out)
+    if a.int8_only:  # the int8 half alone, beside the fp16 half (which loads torch)
+        report = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
         say(f"validating the int8 set in {a.out}: sherpa-ncnn and the int8 cosine in child processes ...")
-        from core.validation.agreement import use_torch_decodes
-        if a.traced_dir is not None:
-            use_torch_decodes(a.traced_dir, report.get("torch_decodes"))
         start_children(a.out, a.wav, refs, True, fp32_dir, False, a.jobs, a.int8_reference)
         prefetch.run_queued_here()  # nothing else to do here: this thread takes its share of the children
     else:
@@ -293,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             "modules ...")
         start_children(a.out, a.wav, refs, a.int8, fp32_dir, not a.no_decode, a.jobs)
         report = validate(a.out, a.arch, a.traced_dir, a.wav, refs, not a.no_numeric, not a.no_decode, print_fn=say)
-    if a.int8 or a.fp16_report is not None:
-        validate_int8(a.out, fp32_dir, a.wav, refs, report, print_fn=say, traced_dir=a.traced_dir, arch=a.arch,
-                      jobs=a.jobs, reference=a.int8_reference)
+    if a.int8 or a.int8_only:
+        validate_int8(a.out, fp32_dir, a.wav, refs, report, print_fn=say,
+                      traced_dir=None if a.int8_only else a.traced_dir, arch=a.arch, jobs=a.jobs,
+                      reference=a.int8_reference)
     prefetch.shutdown()
     return finish_report(report, a.json_out)
 

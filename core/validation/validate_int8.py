@@ -1,8 +1,10 @@
 """The int8 half of validation: sherpa-ncnn decodes the int8 set, its tokens are compared with torch's (reported,
-not failed), and the int8 encoder/joiner outputs with fp32's on the same inputs (cosine per output).
+not failed), and the int8 encoder/joiner outputs with fp32's on the same inputs (cosine per output; in a run, on the
+fp32 half the built-in calibration recorded, or an int8-reference step with an external calibration tool).
 
-In a run with --int8 this half runs as its own step after quantization, while the fp16 half ran beside the int8
-steps; torch's decodes then come from the fp16 half's report, so this process never loads torch."""
+In a run with --int8 this half runs as its own background step after quantization (--int8-only: no torch), while
+the fp16 half finishes beside it; ``merge_int8_report`` then puts the two in one report and compares the int8
+tokens with torch's decodes from the fp16 half's report."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -41,11 +43,11 @@ def merge_similarities(parts: list[list]) -> list:
         for s in part:
             m = merged.get((s.net, s.output))
             if m is None:
-                merged[(s.net, s.output)] = Similarity(s.net, s.output, s.min_cosine, s.mean_cosine, s.samples)
+                merged[(s.net, s.output)] = Similarity(s.net, s.output, s.min_cosine, s.mean_cosine, s.samples, s.audio)
                 continue
             total = m.samples + s.samples
             mean = (m.mean_cosine * m.samples + s.mean_cosine * s.samples) / total if total else m.mean_cosine
-            merged[(s.net, s.output)] = Similarity(s.net, s.output, min(m.min_cosine, s.min_cosine), mean, total)
+            merged[(s.net, s.output)] = Similarity(s.net, s.output, min(m.min_cosine, s.min_cosine), mean, total, m.audio)
     return list(merged.values())
 
 
@@ -87,7 +89,7 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
         t0 = time.perf_counter()
         check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn, extra_dirs)
         timings["agreement int8 (compare)"] = round(time.perf_counter() - t0, 3)
-    if not wavs:
+    if not wavs and reference is None:
         report["notes"].append("int8 similarity not measured: no wavs")
         return
     parts: dict = {}  # each child's own seconds
@@ -95,8 +97,10 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
                                for key, fn, args in _cosine_jobs(out, fp32_dir, wavs, jobs, reference)])
     timings["int8 cosine (children, summed)"] = round(sum(parts.values()), 3)
     if not sims:
-        report["notes"].append("int8 similarity not measured: the test wavs are too short for one encoder chunk")
-        print_fn("-[i] int8 similarity not measured: the test wavs are too short for one encoder chunk")
+        why = "int8 similarity not measured: " + ("the recorded audio is" if reference is not None else
+                                                   "the test wavs are") + " too short for one encoder chunk"
+        report["notes"].append(why)
+        print_fn(f"-[i] {why}")
         return
     report["int8_similarity"] = [asdict(s) for s in sims]
     for s in sims:
@@ -104,3 +108,27 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
         if s.mean_cosine < target:
             report["notes"].append(f"int8 {s.net} {s.output}: mean cosine {s.mean_cosine:.4f} is below {target}; "
                                    "try more calibration audio, or keep the most sensitive layers in float")
+
+
+INT8_KEYS = ("decode_int8", "int8_similarity")  # what the --int8-only report adds to the fp16 checks' report
+
+
+def merge_int8_report(report: dict, int8: dict, out: Path, arch: str | None, traced_dir: Path | None,
+                      print_fn=print) -> None:
+    """The int8 half's report (run beside the fp16 half, without torch) added to the fp16 half's ``report``, and
+    the int8 tokens compared with torch's decodes from the fp16 half (torch is not loaded when those cover every
+    wav, as they do in a run)."""
+    import time
+
+    from core.validation.agreement import use_torch_decodes
+    for key in INT8_KEYS:
+        if key in int8:
+            report[key] = int8[key]
+    report["notes"] += [n for n in int8.get("notes", []) if isinstance(n, str)]
+    report["timings"].update(int8.get("timings") or {})
+    report["ok"] = bool(report["ok"] and int8.get("ok"))
+    if traced_dir is not None and isinstance(report.get("decode_int8"), dict):
+        use_torch_decodes(traced_dir, report.get("torch_decodes"))
+        t0 = time.perf_counter()
+        check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn)
+        report["timings"]["agreement int8 (compare)"] = round(time.perf_counter() - t0, 3)

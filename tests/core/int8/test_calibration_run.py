@@ -222,6 +222,37 @@ def test_the_int8_check_in_two_halves_gives_the_same_numbers(int8_model, fp32_mo
     assert compare_recorded_in_child(npz, enc8, join8) == [] == compare_int8(fp32_model, enc8, join8, [short])
 
 
+def test_calibration_records_the_int8_checks_fp32_half_on_its_first_file(int8_model, fp32_model, tmp_path,
+                                                                           monkeypatch):
+    """The built-in calibration records the fp32 half while it streams its first file (no fp32 pass of its own):
+    the int8 half on that record gives compare_int8's figures on that file, whether the file's statistics come
+    from the cache or the other files go to worker processes; REFERENCE_SECONDS bounds what is recorded."""
+    from core.int8 import check_reference
+    from core.int8.check import compare_int8
+    from core.int8.check_reference import compare_recorded
+    d, _, _ = int8_model
+    enc8 = (d / "encoder_jit_trace-pnnx.ncnn.int8.param", d / "encoder_jit_trace-pnnx.ncnn.int8.bin")
+    join8 = (d / "joiner_jit_trace-pnnx.ncnn.int8.param", d / "joiner_jit_trace-pnnx.ncnn.int8.bin")
+    wavs = demo_recipe("lstm").test_wavs
+    expected = compare_int8(fp32_model, enc8, join8, wavs[:1])
+    npz, cache = tmp_path / "ref.npz", tmp_path / "cache"
+    plain = calibrate(fp32_model, wavs, workers=1)
+    for workers in (2, 2):  # the second run finds every file in the cache: the first one runs again, to record
+        npz.unlink(missing_ok=True)
+        result = calibrate(fp32_model, wavs, workers=workers, cache_dir=cache, reference=npz)
+        assert result.encoder.text() == plain.encoder.text()  # recording changes nothing in the tables
+        sims = compare_recorded(npz, enc8, join8)
+        assert [(s.net, s.min_cosine, s.mean_cosine, s.samples) for s in sims] == \
+            [(s.net, s.min_cosine, s.mean_cosine, s.samples) for s in expected]
+        assert all(s.audio.endswith(f"of {wavs[0].name} (calibration audio)") for s in sims)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ref.npz"]  # written whole, by rename
+    monkeypatch.setattr(check_reference, "REFERENCE_SECONDS", 0.2)
+    calibrate(fp32_model, wavs, workers=1, reference=npz)
+    with np.load(npz) as rec:
+        assert len(rec["chunk"]) == check_reference.chunks_for(0.2, 4) < expected[0].samples
+        assert "0.2 s of" in str(rec["audio"])
+
+
 def test_calibrate_and_quantize_commands(fp32_model, cli_json, tmp_path):
     d = fp32_model.encoder_param.parent
     wavs = [str(w) for w in demo_recipe("lstm").test_wavs]

@@ -59,6 +59,13 @@ def test_external_backend_plans_the_tools_with_their_own_argument_order(tools_on
     assert steps["quantize-joiner"].argv[3] == str(out / "joiner_jit_trace-pnnx.ncnn.int8.param")
     ids = list(steps)
     assert ids.index("quantize-joiner") < ids.index("int8-metadata") < ids.index("validate-int8")
+    # the table tool records nothing for the int8 check: its fp32 half is recorded on the test wavs, in the
+    # background once the fp32 set exists
+    assert ids.index("fp32-set") + 1 == ids.index("int8-reference") < ids.index("calibrate")
+    assert steps["int8-reference"].background and steps["int8-reference"].needs == ()
+    assert steps["validate-int8"].needs == ("int8-reference",)
+    assert steps["int8-reference"].outputs[0] in steps["validate-int8"].inputs
+    assert steps["int8-reference"].outputs[0] not in cal.outputs
     assert run.plan.manifest["tools"]["int8"]["quantize"] == str(tools_on_path / "ncnn2int8")
     assert "generate-int8-scale-table" in run.script and "ncnn2int8" in run.script
 

@@ -276,19 +276,25 @@ def int8_plan(tmp_path_factory):
 
 def test_plan_measures_after_validation_and_writes_the_card_before_the_summary(int8_plan):
     ids = [s.id for s in int8_plan.plan.steps]
-    assert ids[ids.index("validate-int8"):] == ["validate-int8", "ship-files", "speed", "int8-layers", "model-card",
-                                                "summary"]
+    assert ids[ids.index("validate-int8"):] == ["validate-int8", "validation-report", "ship-files", "speed",
+                                                "int8-layers", "model-card", "summary"]
     # the fp16 checks run beside the int8 steps, from the moment the fp16 model is final; the int8 checks wait
     steps = {s.id: s for s in int8_plan.plan.steps}
     assert ids.index("metadata") + 1 == ids.index("validate") < ids.index("calibrate")
-    assert steps["validate"].background and steps["validate-int8"].needs == ("validate", "int8-reference")
-    assert steps["validate"].outputs[0] in steps["validate-int8"].inputs
-    # the int8 check's fp32 half: recorded in the background once the fp32 set exists and the fp16 checks are done
-    assert ids.index("fp32-set") + 1 == ids.index("int8-reference") < ids.index("calibrate")
-    assert steps["int8-reference"].background and steps["int8-reference"].needs == ()
+    assert steps["validate"].background and steps["validate-int8"].background and steps["validate-int8"].needs == ()
+    # the int8 checks (no torch) start once quantization is done, beside the fp16 checks; the report joins both
+    assert ids.index("quantize") + 1 == ids.index("validate-int8")
+    report = steps["validation-report"]
+    assert not report.background and report.needs == ("validate", "validate-int8")
+    assert {steps["validate"].outputs[0], steps["validate-int8"].outputs[0]} == set(report.inputs)
+    assert report.outputs == [int8_plan.out_dir / "validation.json"] and "--int8-only" in steps["validate-int8"].argv
+    # the int8 check's fp32 half: recorded by the built-in calibration on its way (no fp32 pass of its own)
+    assert "int8-reference" not in ids
+    reference = int8_plan.out_dir / "work" / "int8-reference.npz"
+    assert reference in steps["calibrate"].outputs and reference in steps["validate-int8"].inputs
+    assert steps["validate-int8"].argv[steps["validate-int8"].argv.index("--int8-reference") + 1] == str(reference)
     assert ids.index("export") + 1 == ids.index("pnnx-encoder-fp32") and steps["pnnx-encoder-fp32"].background
     assert steps["fp32-set"].needs == ("pnnx-encoder-fp32",)
-    assert steps["int8-reference"].outputs[0] in steps["validate-int8"].inputs
     speed = next(s for s in int8_plan.plan.steps if s.id == "speed")
     out = int8_plan.out_dir
     assert out / "encoder_jit_trace-pnnx.ncnn.int8.bin" in speed.inputs

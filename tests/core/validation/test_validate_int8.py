@@ -48,3 +48,43 @@ def test_a_missing_fp16_report_is_a_sentence_and_a_failed_check(tmp_path, capsys
     out = capsys.readouterr().out
     assert rc == 1 and "validation-fp16.json: the fp16 validation's report is missing or unreadable" in out
     assert not (tmp_path / "validation.json").exists()
+
+
+def test_the_two_halves_reports_are_joined_with_the_int8_agreement_added(tmp_path, monkeypatch, capsys):
+    """validation-report: the int8 half's report (run beside the fp16 half, no torch) joined to the fp16 half's,
+    the int8 tokens compared with the fp16 half's torch decodes; a failed half fails the whole."""
+    import json
+
+    from core.validation.validate import main
+    traced = tmp_path / "exp"
+    traced.mkdir()
+    (traced / "encoder_jit_trace-pnnx.pt").write_bytes(b"not a module: loading it would fail the check")
+    monkeypatch.setattr(agreement, "_TORCH_CACHE", {})
+    fp16 = {"ok": True, "notes": ["fp16 note"], "timings": {"torch streaming decode": 1.0}, "numeric": [],
+            "decode": {"ok": True}, "torch_decodes": {"a.wav": {"tokens": [5, 6, 7], "frames": [1, 4, 9]}}}
+    int8 = {"ok": True, "notes": ["int8 note"], "timings": {"sherpa-ncnn int8 decode": 0.5}, "numeric": [],
+            "decode": None, "int8_similarity": [{"net": "encoder", "output": "out0", "min_cosine": 0.9,
+                                                 "mean_cosine": 0.99, "samples": 3, "audio": "x"}],
+            "decode_int8": {"ok": True, "model": "int8",
+                            "results": [{"wav": "a.wav", "tokens": [5, 6, 7], "timestamps": [0.04, 0.16, 0.36]}]}}
+    paths = {k: tmp_path / f"{k}.json" for k in ("fp16", "int8")}
+    for k, v in (("fp16", fp16), ("int8", int8)):
+        paths[k].write_text(json.dumps(v))
+    out = tmp_path / "validation.json"
+    args = [str(tmp_path), "--arch", "lstm", "--traced-dir", str(traced), "--fp16-report", str(paths["fp16"]),
+            "--int8-report", str(paths["int8"]), "--json-out", str(out)]
+    assert main(args) == 0
+    joined = json.loads(out.read_text())
+    assert joined["decode"] == {"ok": True} and joined["decode_int8"] == int8["decode_int8"]
+    assert joined["int8_similarity"] == int8["int8_similarity"] and joined["notes"] == ["fp16 note", "int8 note"]
+    assert set(joined["timings"]) == {"torch streaming decode", "sherpa-ncnn int8 decode", "agreement int8 (compare)"}
+    (entry,) = joined["agreement"]
+    assert entry["model"] == "int8" and entry["match"]
+    paths["int8"].write_text(json.dumps({**int8, "ok": False}))
+    assert main(args) == 1 and not json.loads(out.read_text())["ok"]
+    paths["int8"].unlink()
+    out.unlink()
+    assert main(args) == 1 and not out.exists()
+    assert "int8.json: the int8 validation's report is missing or unreadable; run the validate-int8 step" in \
+        capsys.readouterr().out
+
