@@ -196,7 +196,7 @@ class _ModelRunner:
                  feats: np.ndarray | None = None, observer=None) -> FileStats:
         """One file's statistics: ``make(part, blob)`` builds each blob's (default BlobStats, the one-pass
         histogram); ``feats``: the file's features when already computed; ``observer``: also gets each chunk and
-        frame (core.int8.check_reference.Recorder)."""
+        frame (core.int8.recorder.Recorder)."""
         make = make or (lambda _part, _blob: BlobStats())
         enc = {blob: make("encoder", blob) for blob in set(self.enc_bottoms.values())}
         join = {blob: make("joiner", blob) for blob in set(self.join_bottoms.values())}
@@ -456,7 +456,7 @@ def calibrate(files: ModelFiles, wavs: list[Path],
     statistics are cached under ``cache_dir`` (keyed by the model's and the file's bytes and the pass) so a
     resumed run skips finished files. Each file's statistics are merged as soon as its turn comes.
     ``reference``: where to write the int8 check's fp32 half, recorded while the first file streams here
-    (core.int8.check_reference: its first REFERENCE_SECONDS; that file is never taken from the cache for it).
+    (core.int8.recorder: its first REFERENCE_SECONDS; that file is never taken from the cache for it).
     """
     if histogram not in HISTOGRAM_MODES:
         raise CalibrationError(f"histogram = {histogram!r} is not one of {', '.join(HISTOGRAM_MODES)}",
@@ -470,7 +470,7 @@ def calibrate(files: ModelFiles, wavs: list[Path],
     usable = check.usable
     recorder = None
     if reference is not None:
-        from core.int8.check_reference import REFERENCE_SECONDS, Recorder, chunks_for
+        from core.int8.recorder import REFERENCE_SECONDS, Recorder, chunks_for
         recorder = Recorder(chunks_for(REFERENCE_SECONDS, runner.offset))
     passes = _Passes(files, runner, usable, workers, cache_dir, on_progress, cancelled,
                      1 if histogram == "one-pass" else 2, recorder)

@@ -227,7 +227,7 @@ def test_calibration_records_the_int8_checks_fp32_half_on_its_first_file(int8_mo
     """The built-in calibration records the fp32 half while it streams its first file (no fp32 pass of its own):
     the int8 half on that record gives compare_int8's figures on that file, whether the file's statistics come
     from the cache or the other files go to worker processes; REFERENCE_SECONDS bounds what is recorded."""
-    from core.int8 import check_reference
+    from core.int8 import recorder
     from core.int8.check import compare_int8
     from core.int8.check_reference import compare_recorded
     d, _, _ = int8_model
@@ -246,10 +246,10 @@ def test_calibration_records_the_int8_checks_fp32_half_on_its_first_file(int8_mo
             [(s.net, s.min_cosine, s.mean_cosine, s.samples) for s in expected]
         assert all(s.audio.endswith(f"of {wavs[0].name} (calibration audio)") for s in sims)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "ref.npz"]  # written whole, by rename
-    monkeypatch.setattr(check_reference, "REFERENCE_SECONDS", 0.2)
+    monkeypatch.setattr(recorder, "REFERENCE_SECONDS", 0.2)
     calibrate(fp32_model, wavs, workers=1, reference=npz)
     with np.load(npz) as rec:
-        assert len(rec["chunk"]) == check_reference.chunks_for(0.2, 4) < expected[0].samples
+        assert len(rec["chunk"]) == recorder.chunks_for(0.2, 4) < expected[0].samples
         assert "0.2 s of" in str(rec["audio"])
 
 
