@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.common.atomic import WriteError, atomic_write_bytes, sweep_temp_files
-from core.common.cores import BUSY_ENV
+from core.common.cores import BUSY_ENV, FOREGROUND, RUNNING_ENV, SLOT_ENV, write_running
 from core.common.hints import hint_for
 from core.common.locks import LockError, RunLock
 from core.pipeline.events import LogLines, Progress, RunFinished, StepFinished, StepStarted
@@ -178,6 +178,7 @@ class Runner:
         self._procs: set = set()  # the running steps' processes (a background step's beside the current one)
         self._records: list = []  # run-state records still hashing
         self._running: dict[str, bool] = {}  # step id -> running now
+        self._fg_busy = False  # the foreground is running its steps (not waiting for background ones, not done)
         self._meters: set = set()  # in-process steps' usage meters, while they measure
         self._hash_cache: dict = {}
         self.results: dict[str, StepFinished] = {}
@@ -220,11 +221,14 @@ class Runner:
         total = len(self.plan.steps)
         background: dict[str, asyncio.Task] = {}  # step id -> its task, while it may still run
         self._records: list[asyncio.Task] = []
+        self._fg_busy = True
         for index, step in enumerate(self.plan.steps, start=1):
             if not step.background:  # a background step waits for its needs in its own task
                 for need in step.needs:  # the background work this step reads
                     if need in background:
+                        self._publish_running(fg_busy=False)  # its core is free for the background steps
                         await background.pop(need)
+                self._publish_running(fg_busy=True)
             stopped = self._stopped_by()
             if self.cancelled or stopped:
                 status = "cancelled" if self.cancelled else stopped
@@ -241,6 +245,7 @@ class Runner:
                 waits = [background[n] for n in step.needs if n in background]
                 if not waits:  # it starts now (the next step starts before its task does)
                     self._running[step.id] = True
+                    self._publish_running()
                     self.on_event(StepStarted(step.id, index, total, step.title, step.command, True))
                 background[step.id] = asyncio.ensure_future(self._start_in_background(step, index, total, state,
                                                                                       waits))
@@ -250,8 +255,10 @@ class Runner:
             if finished.status != "ok":
                 status = finished.status
                 break
+        self._publish_running(fg_busy=False)
         for task in background.values():  # a failure or a cancel stops the run at a step boundary
             await task
+        (out / "logs" / RUNNING_FILE).unlink(missing_ok=True)
         if status == "ok":
             status = self._stopped_by() or status
         if self._records:
@@ -265,6 +272,17 @@ class Runner:
             return "failed"
         self.on_event(RunFinished(status, seconds, str(out)))
         return status
+
+    def _publish_running(self, fg_busy: bool | None = None) -> None:
+        """logs/.running: the background steps running now and whether the foreground is busy; a long background
+        step reads it (core.common.cores.usable_cores_now) to take a core that came free."""
+        if fg_busy is not None:
+            self._fg_busy = fg_busy
+        entries = [s.id for s in self.plan.steps if s.background and self._running.get(s.id)]
+        try:
+            write_running(self.plan.out_dir / "logs" / RUNNING_FILE, entries + ([FOREGROUND] if self._fg_busy else []))
+        except OSError:
+            pass  # then the background steps keep the cores they were given at their start
 
     def _stopped_by(self) -> str | None:
         """'failed' or 'cancelled' when a background step that finished did not end ok (the run stops there)."""
@@ -283,6 +301,7 @@ class Runner:
             if self.cancelled or self._stopped_by():
                 return None
             self._running[step.id] = True
+            self._publish_running()
             self.on_event(StepStarted(step.id, index, total, step.title, step.command, True))
         return await self._run_and_record(step, index, state)
 
@@ -296,6 +315,8 @@ class Runner:
             finished = StepFinished(step.id, "failed", 0.0, error=disk_error_message(exc, self.plan.out_dir))
         finally:
             self._running.pop(step.id, None)
+            if step.background:
+                self._publish_running()
         self.results[step.id] = finished
         if finished.status == "ok":
             self._records.append(asyncio.ensure_future(self._record_ok(step, finished, state)))
@@ -374,6 +395,8 @@ class Runner:
         # gets a whole core, so the speed table can use its timing)
         env[BUSY_ENV] = str(sum(1 for s in self.plan.steps if s.background and s.id != step.id
                                 and self._running.get(s.id)) + (1 if step.background else 0))
+        env[RUNNING_ENV] = str(self.plan.out_dir / "logs" / RUNNING_FILE)
+        env[SLOT_ENV] = step.id if step.background else FOREGROUND
         usage_file = self.plan.out_dir / "logs" / f".usage-{step.id}.json"
         usage_file.unlink(missing_ok=True)
         argv = wrap_argv(step.argv, step.cwd, usage_file)  # the child's own CPU time and peak RSS (os.wait4)
@@ -506,6 +529,9 @@ class Runner:
             except ValueError:
                 pass
         atomic_write_bytes(self.plan.out_dir / "manifest.json", json.dumps(manifest, indent=2, default=str).encode())
+
+
+RUNNING_FILE = ".running"  # in logs/: what runs now (Runner._publish_running)
 
 
 def _missing_outputs(step: Step) -> str | None:

@@ -1,12 +1,25 @@
 """Work started early in child processes (sherpa-ncnn decodes, the int8 cosine) so it overlaps the validation
 process's own torch work, and collected later: a queued job the pool has not started yet runs in the collecting
-thread instead (its core is free by then)."""
+thread instead (its core is free by then).
+
+Every job passes a gate first: it starts only while the lanes in use (this thread's own work until
+``run_queued_here``, and the children running) are fewer than the cores usable now. In a run, a background
+validation is given one core (calibration runs beside it) and takes a second as soon as the runner says one came
+free (core.common.cores.usable_cores_now), instead of leaving it idle until it ends."""
 from __future__ import annotations
+
+import threading
+
+POLL_SECONDS = 0.2  # how often a job waiting at the gate reads the runner's file again
 
 _PENDING: dict[tuple, object] = {}  # (what, out, ...) -> a Future started early
 _POOL: dict[str, object] = {}  # "pool": the executor, for children started later
 _WORK: dict[object, tuple] = {}  # a submitted Future -> (fn, args), so this thread can run it when still queued
 _STOLEN: dict[object, object] = {}  # a cancelled (run here instead) Future -> the Future holding its result
+
+
+_GATE = threading.Condition()
+_IN_USE = {"main": 1, "children": 0, "jobs": 0}  # this thread's own work counts as a lane until it is done
 
 
 def lanes(jobs: int | None = None) -> int:
@@ -22,7 +35,10 @@ def make_pool(jobs: int | None = None):
     """The executor for early children: one worker per lane left beside this thread's own work; None with a
     single lane (everything then runs here, one after another, when collected)."""
     from concurrent.futures import ThreadPoolExecutor
-    n = lanes(jobs)
+
+    from core.common.cores import all_cores, live
+    n = lanes(jobs) if jobs or not live() else all_cores()  # in a run: as many as may come free (the gate decides)
+    _IN_USE.update(main=1, children=0, jobs=jobs or 0)
     pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="validate-child") if n > 1 else None
     _POOL["pool"] = pool
     return pool
@@ -36,7 +52,7 @@ def start(key: tuple, fn, *args) -> None:
 
 
 def submit(pool, fn, *args):
-    future = pool.submit(timed, fn, *args)
+    future = pool.submit(gated, fn, *args)
     _WORK[future] = (fn, args)
     return future
 
@@ -45,15 +61,43 @@ def run_queued_here() -> None:
     """Run every child the pool has not started yet in this thread, oldest first (the torch work is done: its core
     is free), while the pool's workers finish theirs; their results are then waiting for the collectors."""
     from concurrent.futures import Future
+    _idle()
     for future in list(_WORK):
         fn, args = _WORK.pop(future)
         if future.cancel():
             done: Future = Future()
-            done.set_result(timed(fn, *args))
+            done.set_result(gated(fn, *args))
             for key, value in list(_PENDING.items()):
                 if value is future:
                     _PENDING[key] = done
             _STOLEN[future] = done
+
+
+def _idle() -> None:
+    """This thread's own work is done: its lane is free for the children."""
+    with _GATE:
+        _IN_USE["main"] = 0
+        _GATE.notify_all()
+
+
+def may_start() -> bool:
+    """Is there a lane for one more job now? (``jobs`` when given, else the cores usable now.)"""
+    from core.common.cores import usable_cores_now
+    return _IN_USE["children"] + _IN_USE["main"] < (_IN_USE["jobs"] or usable_cores_now())
+
+
+def gated(fn, *args):
+    """``timed(fn, *args)`` once there is a lane for it (see the module's docstring)."""
+    with _GATE:
+        while not may_start():
+            _GATE.wait(POLL_SECONDS)
+        _IN_USE["children"] += 1
+    try:
+        return timed(fn, *args)
+    finally:
+        with _GATE:
+            _IN_USE["children"] -= 1
+            _GATE.notify_all()
 
 
 def timed(fn, *args):
@@ -70,9 +114,10 @@ def result(future, fn, *args):
     are busy), this thread runs it instead of waiting: the torch work is done, so its core is free."""
     future = _STOLEN.pop(future, future)
     _WORK.pop(future, None)
+    _idle()  # this thread now waits for the job or runs it: its own work is done
     if future is not None and not future.cancel():
         return future.result()
-    return timed(fn, *args)
+    return gated(fn, *args)
 
 
 def collect(key: tuple, fn, *args, timings: dict | None = None, name: str = ""):

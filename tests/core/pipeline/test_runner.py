@@ -307,6 +307,45 @@ def test_a_step_beside_a_background_one_is_told_how_many_cores_it_keeps_busy(tmp
     assert status == "ok" and logged == {"bg": "busy=1", "fg": "busy=1", "after": "busy=0"}
 
 
+def test_a_background_step_learns_when_the_foreground_frees_its_core(tmp_path):
+    """logs/.running lists the background steps and the foreground while it runs its steps; when the foreground
+    waits for a background step, that step's process sees the foreground gone (and may take its core)."""
+    from core.common.cores import RUNNING_ENV, SLOT_ENV
+    read_file, signal_file = tmp_path / "bg-read.txt", tmp_path / "fg-ran.txt"
+    watch = (f"import os, time\npath, me = os.environ['{RUNNING_ENV}'], os.environ['{SLOT_ENV}']\n"
+             "print('first=' + ','.join(sorted(open(path).read().split())) + ' me=' + me)\n"
+             f"open({str(read_file)!r}, 'w').write('x')\n" + _wait_for_file(signal_file) +
+             "\nfor _ in range(3000):\n    now = open(path).read().split()\n    if 'foreground' not in now: break\n"
+             "    time.sleep(0.01)\nprint('alone=' + ','.join(now))\n")
+    bg = py_step("bg", watch, background=True)
+    fg = py_step("fg", _wait_for_file(read_file, f"open({str(signal_file)!r}, 'w').write('x')"), outputs=[signal_file])
+    after = py_step("after", "import os; print('slot=' + os.environ['" + SLOT_ENV + "'])", needs=("bg",))
+    status, events, _ = run(Plan([bg, fg, after], tmp_path))
+    lines = [line for e in events if isinstance(e, LogLines) for line in e.lines]
+    assert status == "ok" and "first=bg,foreground me=bg" in lines and "alone=bg" in lines and "slot=foreground" in lines
+    assert not (tmp_path / "logs" / ".running").exists()  # gone with the run
+
+
+def test_usable_cores_now_counts_what_runs_beside(tmp_path, monkeypatch):
+    from core.common import cores
+    running = tmp_path / ".running"
+    monkeypatch.setattr(cores, "all_cores", lambda: 4)
+    monkeypatch.delenv(cores.BUSY_ENV, raising=False)
+    monkeypatch.delenv(cores.RUNNING_ENV, raising=False)
+    assert cores.usable_cores_now() == 4  # outside a run: usable_cores
+    monkeypatch.setenv(cores.RUNNING_ENV, str(running))
+    monkeypatch.setenv(cores.SLOT_ENV, "validate")
+    cores.write_running(running, ["validate", "validate-int8", "foreground"])
+    assert cores.usable_cores_now() == 2
+    cores.write_running(running, ["validate"])
+    assert cores.usable_cores_now() == 4
+    cores.write_running(running, [f"s{i}" for i in range(9)])
+    assert cores.usable_cores_now() == 1
+    running.unlink()
+    monkeypatch.setenv(cores.BUSY_ENV, "1")
+    assert cores.usable_cores_now() == 3  # the file gone: what the step was told at its start
+
+
 def test_usable_cores_leave_the_busy_ones_alone(monkeypatch):
     from core.common.cores import BUSY_ENV, usable_cores
     monkeypatch.delenv(BUSY_ENV, raising=False)

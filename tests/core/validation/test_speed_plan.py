@@ -105,6 +105,29 @@ def test_children_still_queued_run_in_the_validation_thread_once_torch_is_done()
     pool.shutdown()
 
 
+def test_a_child_waits_for_a_free_core_and_takes_the_one_that_comes_free(tmp_path, monkeypatch):
+    """In a run a background validation has one core (calibration beside it): its children wait while its own
+    torch work holds that core, and start as soon as the runner's file says a second one came free."""
+    import threading
+
+    from core.common import cores
+    from core.validation import prefetch
+    running = tmp_path / ".running"
+    monkeypatch.setattr(cores, "all_cores", lambda: 2)
+    monkeypatch.setenv(cores.RUNNING_ENV, str(running))
+    monkeypatch.setenv(cores.SLOT_ENV, "validate")
+    cores.write_running(running, ["validate", "foreground"])
+    assert prefetch.make_pool() is not None  # a worker for the core that may come free
+    ran = threading.Event()
+    prefetch.start(("job",), lambda: ran.set() or "done")
+    assert not prefetch.may_start() and not ran.is_set()  # this thread's own work holds the only usable core
+    cores.write_running(running, ["validate"])  # the foreground now waits for this step
+    assert prefetch.may_start()
+    assert ran.wait(10)  # started while this thread's own work still counts as a lane
+    assert prefetch.collect(("job",), lambda: "not here") == "done"
+    prefetch.shutdown()
+
+
 # -- the real thing (slow): the kit's icefall LSTM through run --from-ncnn -------------------------------------------
 
 KIT_LSTM = KIT / "lstm-2layer"
