@@ -132,3 +132,23 @@ def test_demo_run_agreement_is_in_validation_json(lstm_demo):
     for e in entries:
         assert set(e) >= {"model", "wav", "torch_tokens", "sherpa_tokens", "match", "first_divergence", "rate"}
         assert e["rate"] == 1.0 and e["first_divergence"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["demo", "kit"])
+def test_the_demo_lstm_trace_batches_as_icefalls_does_not_at_all(which, request):
+    """icefall's LSTM export (is_pnnx) bakes the batch of one into the front end's reshape, so its traced encoder
+    cannot run several streams in one call; the demo stand-in traces the same way, so the agreement's torch decode
+    takes the one-stream path on both (found at the published size: 10 s of torch for icefall's, 2.7 s batched for
+    the stand-in that did batch)."""
+    from core.validation.agreement import features_for, transducer
+    from core.validation.batched import NotBatchable, encode_streams
+    if which == "demo":
+        out = request.getfixturevalue("lstm_demo")
+        traced = out / "work" / "exp"
+    else:
+        out, traced = request.getfixturevalue("kit_lstm"), KIT / "lstm-2layer" / "traced"
+    model = transducer(out, "lstm", traced)
+    feats = [features_for(str(w), 0.5) for w in WAVS[:2]]
+    with pytest.raises(NotBatchable, match="differs from the one-wav call|do not keep the batch"):
+        encode_streams(model.encoder, model.segment, model.offset, feats)

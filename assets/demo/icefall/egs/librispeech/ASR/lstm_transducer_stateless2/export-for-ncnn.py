@@ -42,5 +42,12 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def get_export_params():
+    params = get_params()
+    params.is_pnnx = True  # as icefall's export-for-ncnn.py sets it before building the model
+    return params
+
+
 if __name__ == "__main__":
-    run_export(get_parser(), get_params, lambda params: get_transducer_model(params, enable_giga=False), trace_encoder)
+    run_export(get_parser(), get_export_params, lambda params: get_transducer_model(params, enable_giga=False),
+               trace_encoder)

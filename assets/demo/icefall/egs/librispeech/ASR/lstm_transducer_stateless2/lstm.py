@@ -33,8 +33,9 @@ class Conv2dSubsampling(nn.Module):
     """(1, T, 80) -> (1, ((T - 3) // 2 - 1) // 2, D): 9 frames -> 1, like icefall's LSTM front end."""
 
     def __init__(self, in_channels: int, out_channels: int, layer1_channels: int = 4,
-                 layer2_channels: int = 8, layer3_channels: int = 8):
+                 layer2_channels: int = 8, layer3_channels: int = 8, is_pnnx: bool = False):
         super().__init__()
+        self.is_pnnx = is_pnnx
         self.conv = nn.Sequential(  # indices 0, 3, 6 like icefall's (conv, balancer, activation)
             nn.Conv2d(1, layer1_channels, kernel_size=3), nn.Identity(), DoubleSwish(),
             nn.Conv2d(layer1_channels, layer2_channels, kernel_size=3, stride=2), nn.Identity(), DoubleSwish(),
@@ -47,6 +48,10 @@ class Conv2dSubsampling(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x.unsqueeze(1))  # (N, C, T', F)
         n, c, t, f = x.size()  # traced as size ops: the module runs on any chunk (pnnx bakes T' in a Reshape)
+        if torch.jit.is_tracing() and self.is_pnnx:
+            # icefall's export (is_pnnx): the batch of one is baked into the trace, so the traced encoder runs one
+            # stream at a time (the wizard's batched torch decode must find that out and fall back, as on icefall's)
+            return self.out(x.permute(0, 2, 1, 3).reshape(1, -1, c * f))
         return self.out(x.transpose(1, 2).reshape(n, t, c * f))
 
 
@@ -100,7 +105,7 @@ class RNN(nn.Module):
         self.rnn_hidden_size = rnn_hidden_size
         self.num_encoder_layers = num_encoder_layers
         self.is_pnnx = is_pnnx
-        self.encoder_embed = Conv2dSubsampling(num_features, d_model)
+        self.encoder_embed = Conv2dSubsampling(num_features, d_model, is_pnnx=is_pnnx)
         self.encoder = RNNEncoder(d_model, rnn_hidden_size, dim_feedforward, num_encoder_layers)
         # aux_layer_period only matters for training (a random combiner); nothing to build here
 
