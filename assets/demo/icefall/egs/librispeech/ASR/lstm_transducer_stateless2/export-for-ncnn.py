@@ -13,7 +13,8 @@ The encoder is traced as icefall traces it: the RNN itself, forward(x, x_lens,
 states) on 100 frames with int64 lengths and states the (h, c) tuple
 get_init_states() returns. pnnx numbers the ncnn blobs in0 features, in1
 lengths, in2 h, in3 c (out0..out3 likewise); the 100 frames end up in a Reshape
-that the wizard's rewrite turns into the 9 frames sherpa-ncnn feeds.
+that the wizard's rewrite turns into the 9 frames sherpa-ncnn feeds. Like icefall's, it sets params.is_pnnx, so
+the front end's reshape has the batch of one baked in: the traced encoder runs one stream per call.
 """
 import argparse
 import logging
