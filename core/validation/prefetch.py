@@ -23,8 +23,8 @@ _IN_USE = {"main": 1, "children": 0, "jobs": 0}  # this thread's own work counts
 
 
 def lanes(jobs: int | None = None) -> int:
-    """How many things may run at once: ``jobs`` when given (the run gives 1 to a validation that runs beside
-    other steps), else one per core this process may use (minus those background steps use)."""
+    """How many things may run at once: ``jobs`` when given, else one per core this process may use (minus those
+    the steps beside it use, as the runner said at its start; ``may_start`` follows them as they change)."""
     if jobs:
         return max(1, jobs)
     from core.common.cores import usable_cores

@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the int8 cosine's fp32 half, recorded earlier (by the built-in calibration, or python -m "
                         "core.int8.children int8-reference)")
     p.add_argument("--jobs", type=int, default=None,
-                   help="how many things to run at once (default: one per core; 1 when other steps run beside)")
+                   help="how many things to run at once (default: one per core the steps running beside leave, "
+                        "followed as they start and end)")
     a = p.parse_args(argv)
     refs = dict(r.split("=", 1) for r in a.reference if "=" in r)
     say = lambda s: print(s, flush=True)  # noqa: E731
