@@ -277,8 +277,12 @@ def prepare(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[str
                 if len(todo) > 1 else [None] * len(todo)
         except NotBatchable:
             encoded = [None] * len(todo)  # one wav at a time, as sherpa-ncnn streams them
-        for wav, f, enc in zip(todo, feats, encoded):
-            _TORCH_CACHE[(str(traced_dir), wav)] = (f, torch_model.decode(f, encoded=enc))
+        from core.validation import prefetch
+        # each wav's decode in a lane of its own when cores are free (the traced module streams one wav per call)
+        decoded = prefetch.in_lanes([lambda f=f, enc=enc: torch_model.decode(f, encoded=enc)
+                                     for f, enc in zip(feats, encoded)])
+        for wav, f, plain in zip(todo, feats, decoded):
+            _TORCH_CACHE[(str(traced_dir), wav)] = (f, plain)
     except (AgreementError, TracedError, OSError):
         return
 

@@ -19,7 +19,7 @@ _STOLEN: dict[object, object] = {}  # a cancelled (run here instead) Future -> t
 
 
 _GATE = threading.Condition()
-_IN_USE = {"main": 1, "children": 0, "jobs": 0}  # this thread's own work counts as a lane until it is done
+_IN_USE = {"main": 1, "children": 0, "jobs": 0, "waiting": 0}  # this thread's own work counts as a lane until done
 
 
 def lanes(jobs: int | None = None) -> int:
@@ -38,7 +38,7 @@ def make_pool(jobs: int | None = None):
 
     from core.common.cores import all_cores, live
     n = lanes(jobs) if jobs or not live() else all_cores()  # in a run: as many as may come free (the gate decides)
-    _IN_USE.update(main=1, children=0, jobs=jobs or 0)
+    _IN_USE.update(main=1, children=0, jobs=jobs or 0, waiting=0)
     pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="validate-child") if n > 1 else None
     _POOL["pool"] = pool
     return pool
@@ -80,6 +80,42 @@ def _idle() -> None:
         _GATE.notify_all()
 
 
+def take_lane() -> None:
+    """This thread's own work starts (again): it waits for a lane like a job. Called after ``_idle`` (which
+    ``yield_lane`` is), the children started early go first when there is only one core for them and this thread
+    (a background validation beside calibration: the sherpa-ncnn decode, then torch's)."""
+    with _GATE:
+        while _IN_USE["waiting"] or not may_start():  # the jobs waiting at the gate first
+            _GATE.wait(POLL_SECONDS)
+        _IN_USE["main"] = 1
+
+
+def yield_lane() -> None:
+    """Let the children started early take this thread's lane until ``take_lane``."""
+    _idle()
+
+
+def in_lanes(fns: list) -> list:
+    """``fn()`` for each of ``fns`` in threads, each through the gate (as many at once as lanes are free, which
+    may grow while they run); this thread's lane is lent to them meanwhile. The results in order; the first
+    exception is raised here."""
+    if len(fns) <= 1:
+        return [fn() for fn in fns]
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.common.cores import all_cores
+    yield_lane()
+    try:
+        with ThreadPoolExecutor(max_workers=min(len(fns), all_cores()), thread_name_prefix="validate-lane") as pool:
+            outcomes = list(pool.map(lambda fn: gated(fn), fns))
+    finally:
+        take_lane()
+    for _value, exc, _seconds in outcomes:
+        if exc is not None:
+            raise exc
+    return [value for value, _exc, _seconds in outcomes]
+
+
 def may_start() -> bool:
     """Is there a lane for one more job now? (``jobs`` when given, else the cores usable now.)"""
     from core.common.cores import usable_cores_now
@@ -89,8 +125,10 @@ def may_start() -> bool:
 def gated(fn, *args):
     """``timed(fn, *args)`` once there is a lane for it (see the module's docstring)."""
     with _GATE:
+        _IN_USE["waiting"] += 1
         while not may_start():
             _GATE.wait(POLL_SECONDS)
+        _IN_USE["waiting"] -= 1
         _IN_USE["children"] += 1
     try:
         return timed(fn, *args)

@@ -221,6 +221,11 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
     arch = arch or detect_arch(out)
     has_traced = traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists()
     started: list = []
+    # with one core for both (a background validation beside calibration), the sherpa-ncnn decode started early
+    # goes first and torch's work after it: torch's one-wav-per-call decodes can then spread over a core that
+    # comes free later, where the decode is one job that cannot
+    prefetch.yield_lane()
+    prefetch.take_lane()
     errors = _torch_work(out, arch, traced_dir, wavs, numeric, run_decode, report,
                          lambda side: started.append(_start_numeric(out, side)))
     pending_numeric = started[0] if started else None

@@ -128,6 +128,79 @@ def test_a_child_waits_for_a_free_core_and_takes_the_one_that_comes_free(tmp_pat
     prefetch.shutdown()
 
 
+def test_with_one_core_the_child_started_early_goes_before_this_threads_own_work(tmp_path, monkeypatch):
+    """validate: the sherpa-ncnn decode (one job) runs before torch's work when they must share one core, so that
+    torch's one-wav-per-call decodes are what is left when a second core comes free."""
+    import threading
+
+    from core.common import cores
+    from core.validation import prefetch
+    running = tmp_path / ".running"
+    monkeypatch.setattr(cores, "all_cores", lambda: 2)
+    monkeypatch.setenv(cores.RUNNING_ENV, str(running))
+    monkeypatch.setenv(cores.SLOT_ENV, "validate")
+    cores.write_running(running, ["validate", "foreground"])
+    prefetch.make_pool()
+    order, release = [], threading.Event()
+
+    def decode():
+        order.append("decode")
+        release.wait(10)
+        return "decoded"
+    prefetch.start(("decode",), decode)
+    for _ in range(500):  # the worker has taken the job and waits at the gate
+        if prefetch._IN_USE["waiting"]:
+            break
+        threading.Event().wait(0.01)
+    assert prefetch._IN_USE["waiting"] == 1 and order == []
+    taker = threading.Thread(target=lambda: (prefetch.yield_lane(), prefetch.take_lane(), order.append("torch")))
+    taker.start()
+    for _ in range(500):
+        if order:
+            break
+        threading.Event().wait(0.01)
+    assert order == ["decode"]  # the waiting job got the only lane; this thread's work waits for it
+    release.set()
+    taker.join(10)
+    assert order == ["decode", "torch"]
+    assert prefetch.collect(("decode",), lambda: "not here") == "decoded"
+    prefetch.shutdown()
+
+
+def test_work_in_lanes_spreads_over_the_cores_that_come_free(tmp_path, monkeypatch):
+    import threading
+
+    from core.common import cores
+    from core.validation import prefetch
+    running = tmp_path / ".running"
+    monkeypatch.setattr(cores, "all_cores", lambda: 2)
+    monkeypatch.setenv(cores.RUNNING_ENV, str(running))
+    monkeypatch.setenv(cores.SLOT_ENV, "validate")
+    cores.write_running(running, ["validate", "foreground"])  # one core: one at a time
+    prefetch.make_pool()
+    both = threading.Barrier(2, timeout=10)
+    started: list = []
+
+    def job(i):
+        started.append(i)
+        if i < 2:
+            both.wait()  # passes only when jobs 0 and 1 run at the same time
+        return i * 10
+
+    def free_a_core_when_one_started():
+        for _ in range(1000):
+            if started:
+                cores.write_running(running, ["validate"])  # the foreground now waits: a second core
+                return
+            threading.Event().wait(0.01)
+    threading.Thread(target=free_a_core_when_one_started).start()
+    assert prefetch.in_lanes([lambda i=i: job(i) for i in range(3)]) == [0, 10, 20]
+    assert prefetch._IN_USE["main"] == 1  # this thread has its lane back
+    with pytest.raises(ValueError, match="boom"):
+        prefetch.in_lanes([lambda: 1, lambda: (_ for _ in ()).throw(ValueError("boom"))])
+    prefetch.shutdown()
+
+
 # -- the real thing (slow): the kit's icefall LSTM through run --from-ncnn -------------------------------------------
 
 KIT_LSTM = KIT / "lstm-2layer"
