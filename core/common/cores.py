@@ -51,8 +51,12 @@ def usable_cores_now() -> int:
 
 
 def write_running(path, entries: list[str]) -> None:
-    """The runner's side: replace the file atomically (a reader never sees half of it)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
+    """The runner's side: replace the file atomically (a reader never sees half of it; no fsync: it only says what
+    runs now, and is rewritten at every step), through core.common.atomic's temp name (attributable if left behind)."""
+    from pathlib import Path
+
+    from core.common.atomic import temp_name
+    tmp = temp_name(Path(path))
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("".join(f"{e}\n" for e in entries))
     os.replace(tmp, path)

@@ -20,6 +20,9 @@ from core.ncnn.net import Keeper, as_mat, register_meta_layer
 from core.ncnn.param import load_param
 
 
+TEST_WAVS = "the test wavs"  # Similarity.audio when the test wavs were streamed
+
+
 @dataclass
 class Similarity:
     net: str
@@ -109,5 +112,5 @@ def compare_int8_here(fp32: ModelFiles, int8_encoder: tuple[Path, Path], int8_jo
         streamer.run(fbank(w.samples, w.sample_rate), on_chunk, on_frame, name=str(wav))
     if not enc_cos or not join_cos:  # wavs too short for one encoder chunk
         return []
-    return [Similarity("encoder", "out0", min(enc_cos), float(np.mean(enc_cos)), len(enc_cos), "the test wavs"),
-            Similarity("joiner", "out0", min(join_cos), float(np.mean(join_cos)), len(join_cos), "the test wavs")]
+    return [Similarity("encoder", "out0", min(enc_cos), float(np.mean(enc_cos)), len(enc_cos), TEST_WAVS),
+            Similarity("joiner", "out0", min(join_cos), float(np.mean(join_cos)), len(join_cos), TEST_WAVS)]

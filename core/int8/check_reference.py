@@ -15,7 +15,7 @@ import numpy as np
 
 from core.common.audio import fbank, read_wav
 from core.int8.calibration import ModelFiles
-from core.int8.check import Similarity, cosine
+from core.int8.check import TEST_WAVS, Similarity, cosine
 from core.int8.recorder import Recorder
 from core.int8.streamer import Streamer
 from core.model.architectures import BY_MODEL_TYPE
@@ -46,7 +46,7 @@ def record_fp32(fp32: ModelFiles, wavs: list[Path], npz: Path) -> None:
     for wav in wavs:
         w = read_wav(wav)
         streamer.run(fbank(w.samples, w.sample_rate), recorder.on_chunk, recorder.on_frame, name=str(wav))
-    recorder.save(npz, "the test wavs")
+    recorder.save(npz, TEST_WAVS)
 
 
 def compare_recorded(npz: Path, int8_encoder: tuple[Path, Path], int8_joiner: tuple[Path, Path]) -> list[Similarity]:

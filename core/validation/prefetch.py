@@ -61,7 +61,7 @@ def run_queued_here() -> None:
     """Run every child the pool has not started yet in this thread, oldest first (the torch work is done: its core
     is free), while the pool's workers finish theirs; their results are then waiting for the collectors."""
     from concurrent.futures import Future
-    _idle()
+    yield_lane()
     for future in list(_WORK):
         fn, args = _WORK.pop(future)
         if future.cancel():
@@ -73,26 +73,21 @@ def run_queued_here() -> None:
             _STOLEN[future] = done
 
 
-def _idle() -> None:
-    """This thread's own work is done: its lane is free for the children."""
+def yield_lane() -> None:
+    """This thread's own work is done, or paused until ``take_lane``: its lane is free for the children."""
     with _GATE:
         _IN_USE["main"] = 0
         _GATE.notify_all()
 
 
 def take_lane() -> None:
-    """This thread's own work starts (again): it waits for a lane like a job. Called after ``_idle`` (which
-    ``yield_lane`` is), the children started early go first when there is only one core for them and this thread
-    (a background validation beside calibration: the sherpa-ncnn decode, then torch's)."""
+    """This thread's own work starts (again): it waits for a lane like a job. Called after ``yield_lane``, the
+    children started early go first when there is only one core for them and this thread (a background validation
+    beside calibration: the sherpa-ncnn decode, then torch's)."""
     with _GATE:
         while _IN_USE["waiting"] or not may_start():  # the jobs waiting at the gate first
             _GATE.wait(POLL_SECONDS)
         _IN_USE["main"] = 1
-
-
-def yield_lane() -> None:
-    """Let the children started early take this thread's lane until ``take_lane``."""
-    _idle()
 
 
 def in_lanes(fns: list) -> list:
@@ -107,7 +102,7 @@ def in_lanes(fns: list) -> list:
     yield_lane()
     try:
         with ThreadPoolExecutor(max_workers=min(len(fns), all_cores()), thread_name_prefix="validate-lane") as pool:
-            outcomes = list(pool.map(lambda fn: gated(fn), fns))
+            outcomes = list(pool.map(gated, fns))
     finally:
         take_lane()
     for _value, exc, _seconds in outcomes:
@@ -152,7 +147,7 @@ def result(future, fn, *args):
     are busy), this thread runs it instead of waiting: the torch work is done, so its core is free."""
     future = _STOLEN.pop(future, future)
     _WORK.pop(future, None)
-    _idle()  # this thread now waits for the job or runs it: its own work is done
+    yield_lane()  # this thread now waits for the job or runs it: its own work is done
     if future is not None and not future.cancel():
         return future.result()
     return gated(fn, *args)

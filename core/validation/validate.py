@@ -216,7 +216,7 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
              numeric: bool = True, run_decode: bool = True, print_fn=print) -> dict:
     """The fp16 checks: torch's side here (sherpa-ncnn's and ncnn's in child processes meanwhile)."""
     import time
-    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
+    report = new_report()
     timings = report["timings"]
     arch = arch or detect_arch(out)
     has_traced = traced_dir is not None and (traced_dir / "encoder_jit_trace-pnnx.pt").exists()
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.fp16_report is not None or a.int8_report is not None:  # the two halves ran beside each other
         reports = []
         for path, half, step in ((a.fp16_report, "fp16", "validate"), (a.int8_report, "int8", "validate-int8")):
-            reports.append(_read_fp16_report(path) if path is not None else None)
+            reports.append(_read_report(path) if path is not None else None)
             if reports[-1] is None:
                 say(f"-[✗] {path or '--' + half + '-report'}: the {half} validation's report is missing or "
                     f"unreadable; run the {step} step again (--resume reruns it)")
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         merge_int8_report(reports[0], reports[1], a.out, a.arch, a.traced_dir, say)
         return finish_report(reports[0], a.json_out)
     if a.int8_only:  # the int8 half alone, beside the fp16 half (which loads torch)
-        report = {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
+        report = new_report()
         say(f"validating the int8 set in {a.out}: sherpa-ncnn and the int8 cosine in child processes ...")
         start_children(a.out, a.wav, refs, True, fp32_dir, False, a.jobs, a.int8_reference)
         prefetch.run_queued_here()  # nothing else to do here: this thread takes its share of the children
@@ -317,7 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     return finish_report(report, a.json_out)
 
 
-def _read_fp16_report(path: Path) -> dict | None:
+def new_report() -> dict:
+    """A validation report before any check has run (either half's)."""
+    return {"numeric": [], "decode": None, "ok": True, "notes": [], "timings": {}}
+
+
+def _read_report(path: Path) -> dict | None:
+    """A half's report as written (None when missing or not one)."""
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):

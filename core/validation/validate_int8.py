@@ -80,15 +80,12 @@ def validate_int8(out: Path, fp32_dir: Path, wavs: list[Path], references: dict[
                   reference: Path | None = None) -> None:
     """The int8 set: decoded by sherpa-ncnn, its token agreement with torch (when the traced modules are
     there; reported, not failed), and compared with fp32 on the same inputs (cosine per output)."""
-    import time
     timings = report.setdefault("timings", {})
     report_decode(prefetch.collect(("decode", str(out), True), decode, out, wavs, references, True, timings=timings,
                                    name="sherpa-ncnn int8 decode"), report, print_fn,
                   describe=lambda item: f"{item['text']!r}", key="decode_int8")
     if traced_dir is not None:
-        t0 = time.perf_counter()
-        check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn, extra_dirs)
-        timings["agreement int8 (compare)"] = round(time.perf_counter() - t0, 3)
+        _int8_agreement(out, arch, traced_dir, report, print_fn, extra_dirs)
     if not wavs and reference is None:
         report["notes"].append("int8 similarity not measured: no wavs")
         return
@@ -118,8 +115,6 @@ def merge_int8_report(report: dict, int8: dict, out: Path, arch: str | None, tra
     """The int8 half's report (run beside the fp16 half, without torch) added to the fp16 half's ``report``, and
     the int8 tokens compared with torch's decodes from the fp16 half (torch is not loaded when those cover every
     wav, as they do in a run)."""
-    import time
-
     from core.validation.agreement import use_torch_decodes
     for key in INT8_KEYS:
         if key in int8:
@@ -129,6 +124,13 @@ def merge_int8_report(report: dict, int8: dict, out: Path, arch: str | None, tra
     report["ok"] = bool(report["ok"] and int8.get("ok"))
     if traced_dir is not None and isinstance(report.get("decode_int8"), dict):
         use_torch_decodes(traced_dir, report.get("torch_decodes"))
-        t0 = time.perf_counter()
-        check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn)
-        report["timings"]["agreement int8 (compare)"] = round(time.perf_counter() - t0, 3)
+        _int8_agreement(out, arch, traced_dir, report, print_fn)
+
+
+def _int8_agreement(out: Path, arch: str | None, traced_dir: Path, report: dict, print_fn,
+                    extra_dirs: tuple[Path, ...] = ()) -> None:
+    """The int8 tokens vs torch's (reported, not failed), timed into the report."""
+    import time
+    t0 = time.perf_counter()
+    check_agreement(out, arch, traced_dir, report["decode_int8"], report, print_fn, extra_dirs)
+    report["timings"]["agreement int8 (compare)"] = round(time.perf_counter() - t0, 3)
