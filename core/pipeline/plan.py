@@ -508,7 +508,7 @@ def _validate_steps(config: WizardConfig, layout: Layout, recorded: bool = False
     With --int8 the fp16 step runs in the background as soon as the fp16 model is final: it only reads that
     model, the traced modules and the wavs, so it overlaps the fp32 conversions, calibration and quantization
     (its children beside its torch work on the cores the steps beside it leave: on 2 cores one after the other);
-    the int8 step takes torch's decodes from its report. ``recorded``: the built-in
+    validation-report takes torch's decodes from its report. ``recorded``: the built-in
     calibration records the int8 cosine's fp32 half (else an int8-reference step does, on the test wavs)."""
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     base = [sys.executable, "-m", "core.validation.validate", str(layout.out), "--arch", config.arch,
