@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.validation.speed import first_seconds, known_rows, plan_measurements
+from core.validation.speed import SHARED_CORE, first_seconds, known_rows, plan_measurements
 from tests.paths import KIT, REPO
 
 
@@ -248,7 +248,14 @@ def test_the_speed_table_takes_the_validation_decode_and_measures_only_more_thre
     rows = json.loads((kit_run / "speed.json").read_text())["rows"]
     validation = json.loads((kit_run / "validation.json").read_text())
     one = next(r for r in rows if r["threads"] == 1)
-    assert one["measured_in"] == "validate" and one["rtf"] == validation["decode"]["speed"]["rtf"]
+    decoded = validation["decode"]["speed"]
+    had_its_core = decoded["cpu_seconds"] >= SHARED_CORE * decoded["decode_seconds"]
+    # Whether the validation's decode had a core to itself depends on the machine's load at that moment (CI runs
+    # two test workers): taken when it had, measured again by the speed step when it had not.
+    if had_its_core:
+        assert one["measured_in"] == "validate" and one["rtf"] == decoded["rtf"]
+    else:
+        assert one["measured_in"] == "speed" and one["rtf"] != decoded["rtf"]
     more = [r for r in rows if r["threads"] > 1]
     assert all(r["measured_in"] == "speed" and r["rtf"] > 0 and r["audio_seconds"] < one["audio_seconds"]
                for r in more)
