@@ -2,8 +2,9 @@
 
 Streaming feeds one chunk at a time, so a published-size encoder is bound by reading its weights (the LSTM's 230 MB
 per call for one output frame): the wavs' streams, batched, read them once per step for all. A traced module may
-not batch (a size fixed at trace time), so each new batch size is first checked against the plain one-wav call
-(every output, states included); any difference and the caller decodes one wav at a time as before.
+not batch (a size fixed at trace time: icefall's is_pnnx exports; core.validation.rebatch makes a copy of the graph
+that may), so each new batch size is first checked against the plain one-wav call (every output, states included);
+any difference and the caller decodes one wav at a time as before.
 """
 from __future__ import annotations
 
@@ -21,18 +22,20 @@ def _batch_axis(shape) -> int:
     raise NotBatchable(f"no batch axis of size 1 in {tuple(shape)}")
 
 
-def encode_streams(encoder, segment: int, offset: int, features: list) -> list[list]:
+def encode_streams(encoder, segment: int, offset: int, features: list, batched=None) -> list[list]:
     """Per wav, the encoder's output frames per chunk ((frames, dim) each), exactly as one-wav streaming gives
-    them (``TorchTransducer.encode``); raises NotBatchable when the batched call cannot stand for it."""
+    them (``TorchTransducer.encode``); raises NotBatchable when the batched call cannot stand for it.
+    ``batched``: what makes the several-wav calls (core.validation.rebatch's patched graph), when not the encoder
+    itself; the one-wav calls it is checked against are always the encoder's."""
     try:
-        return _encode_streams(encoder, segment, offset, features)
+        return _encode_streams(encoder, segment, offset, features, batched or encoder)
     except NotBatchable:
         raise
     except Exception as exc:  # noqa: BLE001 - anything unexpected here: the one-wav pass decides and reports
         raise NotBatchable(f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def _encode_streams(encoder, segment: int, offset: int, features: list) -> list[list]:
+def _encode_streams(encoder, segment: int, offset: int, features: list, batched) -> list[list]:
     import numpy as np
     import torch
     zeros = encoder.zeros()
@@ -54,7 +57,7 @@ def _encode_streams(encoder, segment: int, offset: int, features: list) -> list[
             if lengths is not None:
                 carried[i][lengths] = torch.full(tuple(zeros[lengths].shape), segment, dtype=zeros[lengths].dtype)
         batch = [torch.cat([carried[i][k] for i in active], dim=axes[k]) for k in range(len(zeros))]
-        outs = encoder(batch)  # a size fixed at trace time fails here: not batchable
+        outs = batched(batch)  # a size fixed at trace time fails here: not batchable
         if any(k >= len(outs) or outs[k].shape[axes[k]] != len(active) for k in states) or \
                 outs[0].shape[0] != len(active):
             raise NotBatchable("the outputs do not keep the batch")

@@ -152,3 +152,25 @@ def test_the_demo_lstm_trace_batches_as_icefalls_does_not_at_all(which, request)
     feats = [features_for(str(w), 0.5) for w in WAVS[:2]]
     with pytest.raises(NotBatchable, match="differs from the one-wav call|do not keep the batch"):
         encode_streams(model.encoder, model.segment, model.offset, feats)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["demo", "kit"])
+def test_the_lstm_trace_rebatched_streams_every_wav_at_once_with_one_wav_numbers(which, request):
+    """core.validation.rebatch takes the literal batch of one out of a copy of the graph: icefall's trace (and the
+    demo's) then streams all the wavs per call, each wav's frames those of its own one-stream decode."""
+    from core.validation.agreement import features_for, transducer
+    from core.validation.batched import encode_streams
+    from core.validation.rebatch import rebatched
+    if which == "demo":
+        out = request.getfixturevalue("lstm_demo")
+        traced = out / "work" / "exp"
+    else:
+        out, traced = request.getfixturevalue("kit_lstm"), KIT / "lstm-2layer" / "traced"
+    model = transducer(out, "lstm", traced)
+    feats = [features_for(str(w), 0.5) for w in WAVS]
+    batched = encode_streams(model.encoder, model.segment, model.offset, feats, rebatched(model.encoder))
+    for f, chunks in zip(feats, batched):
+        alone = model.encode(f)
+        assert len(chunks) == len(alone) > 10
+        assert max(float((a - b).abs().max()) for a, b in zip(chunks, alone)) < 1e-4
