@@ -267,15 +267,17 @@ def prepare(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[str
     child processes); ``check`` then only compares. Failures are left for ``check`` to report."""
     if traced_dir is None or not (Path(traced_dir) / "encoder_jit_trace-pnnx.pt").is_file():
         return
-    from core.validation.batched import NotBatchable, encode_streams
+    from core.validation.batched import NotBatchable, encode_streams, worth_batching
     from core.validation.rebatch import rebatched
     try:
         torch_model = transducer(out, arch, Path(traced_dir), extra_dirs)
         todo = [w for w in dict.fromkeys(wavs) if (str(traced_dir), w) not in _TORCH_CACHE]
         feats = [features_for(w, tail_seconds) for w in todo]
         try:  # every wav's encoder pass at once (the weights read once per chunk step for all of them)
-            encoded = encode_streams(torch_model.encoder, torch_model.segment, torch_model.offset, feats,
-                                     rebatched(torch_model.encoder)) if len(todo) > 1 else [None] * len(todo)
+            encoded = [None] * len(todo)
+            if len(todo) > 1 and worth_batching(torch_model.offset):
+                encoded = encode_streams(torch_model.encoder, torch_model.segment, torch_model.offset, feats,
+                                         rebatched(torch_model.encoder))
         except NotBatchable:
             encoded = [None] * len(todo)  # one wav at a time, as sherpa-ncnn streams them
         from core.validation import prefetch

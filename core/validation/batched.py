@@ -22,6 +22,17 @@ def _batch_axis(shape) -> int:
     raise NotBatchable(f"no batch axis of size 1 in {tuple(shape)}")
 
 
+MAX_OFFSET = 8  # feature frames advanced per call up to which batching pays (measured at the published sizes below)
+
+
+def worth_batching(offset: int) -> bool:
+    """Whether streaming several wavs per call saves time: a call that advances a few frames (the LSTM: 4) is bound
+    by reading the weights, which one call for all the wavs reads once (icefall's published LSTM, the 5 test wavs: 7.8 s ->
+    3.2 s of torch); a big chunk per call (ConvEmformer 16, Zipformer 32) is bound by arithmetic, which batching does not
+    shrink (ConvEmformer: 1.7 s one wav at a time, 1.8 s batched; the Zipformer trace cannot batch at all)."""
+    return offset <= MAX_OFFSET
+
+
 def encode_streams(encoder, segment: int, offset: int, features: list, batched=None) -> list[list]:
     """Per wav, the encoder's output frames per chunk ((frames, dim) each), exactly as one-wav streaming gives
     them (``TorchTransducer.encode``); raises NotBatchable when the batched call cannot stand for it.

@@ -91,3 +91,15 @@ def test_an_encoder_traced_with_its_batch_fixed_is_refused():
     from core.validation.batched import NotBatchable, encode_streams
     with pytest.raises(NotBatchable, match="differs from the one-wav call"):
         encode_streams(Encoder(_traced(True)), 5, 3, _features(3))
+
+
+def test_batching_is_tried_only_where_reading_the_weights_dominates():
+    """Geometries as sherpa-ncnn computes them from each architecture's metadata: the LSTM advances 4 frames per
+    call (batching 5 wavs: icefall's published LSTM 7.8 s -> 3.2 s of torch), the ConvEmformer 16 and the
+    Zipformer 32 (no gain, or no batching at all)."""
+    from core.validation.agreement import stream_geometry
+    from core.validation.batched import worth_batching
+    assert worth_batching(stream_geometry("lstm", {0: 3, 1: 2, 2: 128, 3: 256})[1])
+    assert not worth_batching(stream_geometry("conv-emformer", {0: 1, 1: 3, 2: 16, 3: 15, 4: 16, 5: 16, 6: 4,
+                                                                 7: 96})[1])
+    assert not worth_batching(stream_geometry("zipformer", {0: 2, 1: 32, 2: 4, 3: 7})[1])
