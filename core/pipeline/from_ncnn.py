@@ -365,20 +365,23 @@ def build_from_ncnn_config(config, *, out_dir=None, check_out_dir: bool = True) 
 
 def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, traced_dir: Path | None,
                        wavs: list[Path], print_fn=print, int8: bool = False) -> dict:
+    import time
     from dataclasses import asdict
 
     from core.validation import validate as v
     from core.validation.agreement import check_agreement
     from core.validation.decoding import decode, report_decode
     from core.validation.validate_int8 import validate_int8
-    report: dict = {"numeric": [], "decode": None, "ok": True, "notes": []}
+    report = v.new_report()
     if traced_dir is not None and reference_dir is None:  # the reference npz, when there is one, is the spec
         sub = v.validate(out, arch, traced_dir, wavs, {}, numeric=True, run_decode=False, print_fn=print_fn)
         report["numeric"] += sub["numeric"]
         report["notes"] += sub["notes"]
+        report["timings"].update(sub["timings"])
         report["ok"] &= sub["ok"]
     elif reference_dir is not None:
         from core.validation.reference import compare_directory
+        began = time.perf_counter()
         try:
             results = compare_directory(out, reference_dir, arch=arch)
         except Exception as exc:  # noqa: BLE001 - reported as a failed check
@@ -386,6 +389,7 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
             report["ok"] = False
             report["numeric"].append({"net": "all", "error": str(exc), "ok": False})
             print_fn(f"-[✗] numeric check failed: {exc}")
+        report["timings"]["numeric (reference npz)"] = round(time.perf_counter() - began, 3)
         for r in results:
             print_fn(r.line())
             report["numeric"].append(asdict(r))
@@ -393,7 +397,10 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
     else:
         report["notes"].append("numeric check skipped: no reference outputs or traced modules")
         print_fn("numeric check skipped: no reference outputs or traced modules")
-    report_decode(decode(out, wavs, {}), report, print_fn,
+    began = time.perf_counter()
+    decoded = decode(out, wavs, {})
+    report["timings"]["sherpa-ncnn fp16 decode"] = round(time.perf_counter() - began, 3)
+    report_decode(decoded, report, print_fn,
                   describe=lambda item: f"loaded and decoded ({len(item['tokens'])} tokens): {item['text'][:80]!r}")
     # torch vs sherpa-ncnn tokens, when the traced modules are there (pnnx's graph or the npz give state shapes)
     near = tuple(d for d in (reference_dir, out / "work" / "pnnx") if d is not None)

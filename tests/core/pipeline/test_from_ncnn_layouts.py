@@ -212,6 +212,7 @@ def test_run_from_ncnn_without_flags_writes_the_metadata_the_flags_give(cli, tmp
     fp16 = [a for a in report["agreement"] if a["model"] == "fp16"]
     assert len(fp16) == 2 and all(a["match"] for a in fp16), fp16
     assert all(0 <= a["rate"] <= 1 for a in report["agreement"] if a["model"] == "int8")
+    assert report["timings"]["sherpa-ncnn fp16 decode"] > 0, report["timings"]  # as in a run from a checkpoint
 
 
 @needs_kit
