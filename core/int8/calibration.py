@@ -470,8 +470,8 @@ def calibrate(files: ModelFiles, wavs: list[Path],
     usable = check.usable
     recorder = None
     if reference is not None:
-        from core.int8.recorder import REFERENCE_SECONDS, Recorder, chunks_for
-        recorder = Recorder(chunks_for(REFERENCE_SECONDS, runner.offset))
+        from core.int8.recorder import REFERENCE_SECONDS, Recorder
+        recorder = Recorder.for_seconds(REFERENCE_SECONDS, runner.offset)
     passes = _Passes(files, runner, usable, workers, cache_dir, on_progress, cancelled,
                      1 if histogram == "one-pass" else 2, recorder)
     counts = {"chunks": 0, "frames": 0, "forward": 0.0}
@@ -515,9 +515,9 @@ def calibrate(files: ModelFiles, wavs: list[Path],
         for net in runner.nets.values():
             net.clear()  # the nets' weights go before the weight scales are read: the step's peak is the forward's
     if recorder is not None:
-        seconds = len(recorder.chunks) * runner.offset / 100
         try:
-            recorder.save(Path(reference), f"the first {seconds:.1f} s of {usable[0].name} (calibration audio)")
+            recorder.save(Path(reference), f"the first {recorder.seconds:.1f} s of {usable[0].name} "
+                                           "(calibration audio)")
         except OSError as exc:
             raise CalibrationError(f"{reference}: could not write the int8 check's fp32 half "
                                    f"({exc.strerror or exc}); free some space there and run again",

@@ -9,20 +9,32 @@ from pathlib import Path
 import numpy as np
 
 REFERENCE_SECONDS = 5.0  # of calibration audio: enough chunks and frames for a stable cosine, a bounded int8 pass
+FRAMES_PER_SECOND = 100  # feature frames (10 ms shift)
 
 
 class Recorder:
     """``on_chunk``/``on_frame`` hooks for Streamer.run that keep each chunk's and frame's inputs and fp32 outputs,
     for at most ``max_chunks`` chunks (and the frames of those chunks)."""
 
-    def __init__(self, max_chunks: int | None = None):
+    def __init__(self, max_chunks: int | None = None, offset: int = 0):
         self.max_chunks, self.full, self.finished = max_chunks, False, False
+        self.offset = offset  # feature frames each chunk advances (0: not known, no ``seconds``)
         self.chunks: list[np.ndarray] = []
         self.states: list[list[np.ndarray]] = []
         self.enc_out: list[np.ndarray] = []
         self.frames: list[np.ndarray] = []
         self.dec_out: list[np.ndarray] = []
         self.logits: list[np.ndarray] = []
+
+    @classmethod
+    def for_seconds(cls, seconds: float, offset: int) -> "Recorder":
+        """A recorder of the chunks that cover ``seconds`` of audio when each advances ``offset`` feature frames."""
+        return cls(max(1, round(seconds * FRAMES_PER_SECOND / max(1, offset))), offset)
+
+    @property
+    def seconds(self) -> float:
+        """The audio the recorded chunks cover."""
+        return len(self.chunks) * self.offset / FRAMES_PER_SECOND
 
     def on_chunk(self, chunk, chunk_states, encoder_out, mats=()) -> None:
         if self.full or (self.max_chunks is not None and len(self.chunks) >= self.max_chunks):
@@ -54,8 +66,3 @@ class Recorder:
         tmp = npz.with_name(f".{npz.name}.{os.getpid()}.tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, npz)
-
-
-def chunks_for(seconds: float, offset: int) -> int:
-    """Encoder chunks that cover ``seconds`` of audio when each advances ``offset`` feature frames (10 ms each)."""
-    return max(1, round(seconds * 100 / max(1, offset)))
