@@ -16,10 +16,14 @@ class NotBatchable(Exception):
 
 
 def _batch_axis(shape) -> int:
-    for axis, size in enumerate(shape):
-        if size == 1:
-            return axis
-    raise NotBatchable(f"no batch axis of size 1 in {tuple(shape)}")
+    """A state's batch axis: its only axis of size 1 (traced with one wav). With two (a one-layer LSTM's (1, 1, dim))
+    there is no telling, and guessing is not safe: torch's traced LSTM does not check its states' batch against the
+    input's, and a wrong one corrupts the process's memory (found on a real one-layer icefall LSTM)."""
+    ones = [axis for axis, size in enumerate(shape) if size == 1]
+    if len(ones) != 1:
+        raise NotBatchable(f"{'no' if not ones else 'more than one'} axis of size 1 in {tuple(shape)}: no telling "
+                           "which is the batch")
+    return ones[0]
 
 
 MAX_OFFSET = 8  # feature frames advanced per call up to which batching pays (measured at the published sizes below)

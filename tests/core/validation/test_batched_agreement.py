@@ -103,3 +103,20 @@ def test_batching_is_tried_only_where_reading_the_weights_dominates():
     assert not worth_batching(stream_geometry("conv-emformer", {0: 1, 1: 3, 2: 16, 3: 15, 4: 16, 5: 16, 6: 4,
                                                                  7: 96})[1])
     assert not worth_batching(stream_geometry("zipformer", {0: 2, 1: 32, 2: 4, 3: 7})[1])
+
+
+def test_a_state_whose_batch_axis_cannot_be_told_is_refused_before_any_call():
+    """A one-layer state (1, 1, dim) has two axes of size 1; guessing wrong crashed torch's traced LSTM (a double free
+    on a real one-layer icefall LSTM), so the batched pass refuses before calling the module."""
+    from core.validation.batched import NotBatchable, encode_streams
+    calls = []
+
+    class OneLayer(Encoder):
+        def __call__(self, flat):
+            calls.append(flat)
+            return super().__call__(flat)
+
+    enc = OneLayer(_traced(False), layers=1)
+    with pytest.raises(NotBatchable, match="more than one axis of size 1"):
+        encode_streams(enc, 5, 3, _features(3))
+    assert calls == []
