@@ -262,11 +262,12 @@ def transducer(out: Path, arch: str | None, traced_dir: Path, extra_dirs: tuple[
 
 
 def prepare(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[str], tail_seconds: float,
-            extra_dirs: tuple[Path, ...] = ()) -> None:
+            extra_dirs: tuple[Path, ...] = ()) -> int:
     """torch's plain streaming decode of every wav, before sherpa-ncnn's results are in (they decode meanwhile in
-    child processes); ``check`` then only compares. Failures are left for ``check`` to report."""
+    child processes); ``check`` then only compares. Failures are left for ``check`` to report. Returns how many
+    wavs each encoder call streamed (1: one at a time; 0: nothing decoded here)."""
     if traced_dir is None or not (Path(traced_dir) / "encoder_jit_trace-pnnx.pt").is_file():
-        return
+        return 0
     from core.validation.batched import NotBatchable, encode_streams, worth_batching
     from core.validation.rebatch import rebatched
     try:
@@ -287,7 +288,8 @@ def prepare(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[str
         for wav, f, plain in zip(todo, feats, decoded):
             _TORCH_CACHE[(str(traced_dir), wav)] = (f, plain)
     except (AgreementError, TracedError, OSError):
-        return
+        return 0
+    return len(todo) if todo and encoded[0] is not None else min(1, len(todo))
 
 
 def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | None, report: dict,

@@ -207,8 +207,9 @@ def _torch_work(out: Path, arch: str | None, traced_dir: Path | None, wavs: list
     if run_decode:
         from core.validation.agreement import NO_WAV, prepare
         t0 = time.perf_counter()
-        prepare(out, arch, traced_dir, [str(w) for w in wavs] or [NO_WAV], TAIL_PADDING_SECONDS)
+        streams = prepare(out, arch, traced_dir, [str(w) for w in wavs] or [NO_WAV], TAIL_PADDING_SECONDS)
         timings["torch streaming decode"] = round(time.perf_counter() - t0, 3)
+        report["torch_wavs_per_call"] = streams  # several: the encoder streamed them side by side (batched)
     return errors
 
 

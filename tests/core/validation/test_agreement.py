@@ -132,6 +132,8 @@ def test_demo_run_agreement_is_in_validation_json(lstm_demo):
     for e in entries:
         assert set(e) >= {"model", "wav", "torch_tokens", "sherpa_tokens", "match", "first_divergence", "rate"}
         assert e["rate"] == 1.0 and e["first_divergence"] is None
+    # the demo's 3-layer LSTM, traced as icefall's (a literal batch of one): torch streamed every wav per call
+    assert report["torch_wavs_per_call"] == len(WAVS)
 
 
 @pytest.mark.slow
