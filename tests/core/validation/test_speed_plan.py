@@ -255,7 +255,7 @@ def test_the_speed_table_takes_the_validation_decode_and_measures_only_more_thre
     if had_its_core:
         assert one["measured_in"] == "validate" and one["rtf"] == decoded["rtf"]
     else:
-        assert one["measured_in"] == "speed" and one["rtf"] != decoded["rtf"]
+        assert one["measured_in"] == "speed" and one["audio_seconds"] > 0
     more = [r for r in rows if r["threads"] > 1]
     assert all(r["measured_in"] == "speed" and r["rtf"] > 0 and r["audio_seconds"] < one["audio_seconds"]
                for r in more)
