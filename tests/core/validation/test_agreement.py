@@ -136,21 +136,24 @@ def test_demo_run_agreement_is_in_validation_json(lstm_demo):
     assert report["torch_wavs_per_call"] == len(WAVS)
 
 
+def _lstm_model(which: str, request):
+    """The traced modules of the demo LSTM's run, or of the kit's real icefall LSTM (its run --from-ncnn)."""
+    from core.validation.agreement import transducer
+    if which == "demo":
+        out = request.getfixturevalue("lstm_demo")
+        return transducer(out, "lstm", out / "work" / "exp")
+    return transducer(request.getfixturevalue("kit_lstm"), "lstm", KIT / "lstm-2layer" / "traced")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["demo", "kit"])
 def test_the_demo_lstm_trace_batches_as_icefalls_does_not_at_all(which, request):
     """icefall's LSTM export (is_pnnx) bakes the batch of one into the front end's reshape, so its traced encoder
-    cannot run several streams in one call; the demo stand-in traces the same way, so the agreement's torch decode
-    takes the one-stream path on both (found at the published size: 10 s of torch for icefall's, 2.7 s batched for
-    the stand-in that did batch)."""
-    from core.validation.agreement import features_for, transducer
+    as it is cannot run several streams in one call; the demo stand-in traces the same way (found at the published
+    size: 10 s of torch for icefall's, 2.7 s batched for the stand-in that did batch)."""
+    from core.validation.agreement import features_for
     from core.validation.batched import NotBatchable, encode_streams
-    if which == "demo":
-        out = request.getfixturevalue("lstm_demo")
-        traced = out / "work" / "exp"
-    else:
-        out, traced = request.getfixturevalue("kit_lstm"), KIT / "lstm-2layer" / "traced"
-    model = transducer(out, "lstm", traced)
+    model = _lstm_model(which, request)
     feats = [features_for(str(w), 0.5) for w in WAVS[:2]]
     with pytest.raises(NotBatchable, match="differs from the one-wav call|do not keep the batch"):
         encode_streams(model.encoder, model.segment, model.offset, feats)
@@ -161,15 +164,10 @@ def test_the_demo_lstm_trace_batches_as_icefalls_does_not_at_all(which, request)
 def test_the_lstm_trace_rebatched_streams_every_wav_at_once_with_one_wav_numbers(which, request):
     """core.validation.rebatch takes the literal batch of one out of a copy of the graph: icefall's trace (and the
     demo's) then streams all the wavs per call, each wav's frames those of its own one-stream decode."""
-    from core.validation.agreement import features_for, transducer
+    from core.validation.agreement import features_for
     from core.validation.batched import encode_streams
     from core.validation.rebatch import rebatched
-    if which == "demo":
-        out = request.getfixturevalue("lstm_demo")
-        traced = out / "work" / "exp"
-    else:
-        out, traced = request.getfixturevalue("kit_lstm"), KIT / "lstm-2layer" / "traced"
-    model = transducer(out, "lstm", traced)
+    model = _lstm_model(which, request)
     feats = [features_for(str(w), 0.5) for w in WAVS]
     batched = encode_streams(model.encoder, model.segment, model.offset, feats, rebatched(model.encoder))
     for f, chunks in zip(feats, batched):

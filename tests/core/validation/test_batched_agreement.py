@@ -1,7 +1,9 @@
-"""core.validation.batched: every validation wav's encoder pass in one traced call per chunk step, or a refusal.
+"""core.validation.batched: every validation wav's encoder pass in one traced call per chunk step, or a refusal;
+core.validation.rebatch: a trace with a literal batch of one (icefall's is_pnnx reshape) made to take several.
 
 A small streaming encoder traced with torch.jit.trace stands in for icefall's (a state carried from chunk to chunk,
 icefall's (layers, batch, dim) state layout); one traced with its batch size fixed must be refused, never mixed.
+The real icefall LSTM of the kit and the demo stand-in: tests/core/validation/test_agreement.py.
 """
 from __future__ import annotations
 
@@ -35,7 +37,11 @@ class Encoder:
             return list(self.module(*flat))
 
 
-def _traced(fixed_batch: bool):
+def _net(kind: str):
+    """A streaming encoder (x, lengths, state) traced on a batch of one. ``kind``: "plain"; "fixed" gives every row
+    the first wav's numbers (its batch size fixed); "pnnx" reshapes the features with a literal 1 as icefall's
+    is_pnnx front end does (several wavs would be merged into time); "weight" reshapes a weight with a literal 1
+    (no batch there)."""
     import torch
 
     class Net(torch.nn.Module):
@@ -46,14 +52,22 @@ def _traced(fixed_batch: bool):
             self.mix = torch.nn.Linear(8, 8)
 
         def forward(self, x, lengths, state):
+            if kind == "pnnx":
+                x = x.reshape(1, -1, 4)
             h = self.inp(x).mean(dim=1)  # (batch, 8)
-            if fixed_batch:
-                h = h.reshape(1, -1)[:, :8].expand(x.shape[0], 8)  # the first wav's numbers for every row
+            if kind == "fixed":
+                h = h.reshape(1, -1)[:, :8].expand(x.shape[0], 8)
+            if kind == "weight":
+                h = h * self.mix.weight.reshape(1, -1)[:, :8]  # 1 x 8 whatever the batch
             new = torch.tanh(self.mix(h).unsqueeze(0) + state)  # (layers, batch, 8)
             return new[-1].unsqueeze(1), lengths, new
 
-    args = (torch.zeros(1, 5, 4), torch.zeros(1, dtype=torch.int64), torch.zeros(2, 1, 8))
+    args = (torch.zeros(1, 5, 4), torch.full((1,), 5, dtype=torch.int64), torch.zeros(2, 1, 8))
     return torch.jit.trace(Net(), args, check_trace=False)
+
+
+def _traced(fixed_batch: bool):
+    return _net("fixed" if fixed_batch else "plain")
 
 
 def _features(n):
@@ -120,3 +134,54 @@ def test_a_state_whose_batch_axis_cannot_be_told_is_refused_before_any_call():
     with pytest.raises(NotBatchable, match="more than one axis of size 1"):
         encode_streams(enc, 5, 3, _features(3))
     assert calls == []
+
+
+# -- core.validation.rebatch: saved traces, loaded through core.model.traced as icefall's are -----------------
+
+def _saved(tmp_path, kind: str):
+    """``_net(kind)`` saved and loaded through core.model.traced, as icefall's traces are."""
+    path = tmp_path / f"{kind}.pt"
+    _net(kind).save(str(path))
+    from core.model.traced import load
+    return load(path)
+
+
+def test_a_literal_batch_of_one_is_made_the_features_batch(tmp_path):
+    from core.validation.batched import NotBatchable, encode_streams
+    from core.validation.rebatch import rebatched
+    enc = _saved(tmp_path, "pnnx")
+    with pytest.raises(NotBatchable):  # as traced: the streams would be merged into one
+        encode_streams(enc, 5, 3, _features(3))
+    patched = rebatched(enc)
+    assert patched is not enc and patched.module is not enc.module
+    batched = encode_streams(enc, 5, 3, _features(3), patched)
+    plain = _one_at_a_time(enc, _features(3))
+    assert [len(c) for c in batched] == [len(c) for c in plain] == [6, 2, 9]
+    for b, p in zip(batched, plain):
+        for x, y in zip(b, p):
+            assert x.shape == y.shape and float((x - y).abs().max()) < 1e-6
+
+
+def test_with_one_stream_the_patched_graph_is_the_module(tmp_path):
+    import torch
+    from core.validation.rebatch import rebatched
+    enc = _saved(tmp_path, "pnnx")
+    inputs = enc.zeros()
+    inputs[0] = torch.from_numpy(_features(3)[0][:5]).unsqueeze(0)
+    assert all(torch.equal(a, b) for a, b in zip(rebatched(enc)(inputs), enc(inputs)))
+
+
+def test_a_literal_one_that_is_not_the_batch_is_refused_by_the_check(tmp_path):
+    from core.validation.batched import NotBatchable, encode_streams
+    from core.validation.rebatch import rebatched
+    enc = _saved(tmp_path, "weight")
+    patched = rebatched(enc)
+    assert patched is not enc  # patched (it cannot know), so the batched pass must catch it
+    with pytest.raises(NotBatchable):
+        encode_streams(enc, 5, 3, _features(2), patched)
+
+
+def test_nothing_to_patch_gives_the_encoder_itself(tmp_path):
+    from core.validation.rebatch import rebatched
+    enc = _saved(tmp_path, "plain")
+    assert rebatched(enc) is enc
