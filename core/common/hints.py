@@ -40,6 +40,11 @@ HINTS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), h) for p, h in
      "sherpa-ncnn found no usable SherpaMetaData in the encoder param"),
     (r"too old version of Zipformer",
      "the Zipformer metadata lacks 15=1 (model version); add it"),
+    (r"^Fatal Python error: (Segmentation fault|Aborted|Floating point exception|Bus error)",
+     "native code (torch or ncnn) crashed this process on the model; the Python lines above the crash say where. "
+     "A model whose files disagree (shapes, metadata) does this: run sherpa-ncnn-wizard doctor on the output "
+     "directory, fix what it reports, then run again with --resume; if doctor finds nothing, report the crash with "
+     "this step's log"),
 ))
 
 

@@ -30,10 +30,11 @@ MAX_OFFSET = 8  # feature frames advanced per call up to which batching pays (me
 
 
 def worth_batching(offset: int) -> bool:
-    """Whether streaming several wavs per call saves time: a call that advances a few frames (the LSTM: 4) is bound
-    by reading the weights, which one call for all the wavs reads once (icefall's published LSTM, the 5 test wavs: 7.8 s ->
-    3.2 s of torch); a big chunk per call (ConvEmformer 16, Zipformer 32) is bound by arithmetic, which batching does not
-    shrink (ConvEmformer: 1.7 s one wav at a time, 1.8 s batched; the Zipformer trace cannot batch at all)."""
+    """Whether streaming several wavs per call saves time: a call that advances a few frames (the LSTM: 4) is
+    bound by reading the weights, which one call for all the wavs reads once (icefall's published LSTM, the 5 test
+    wavs: 7.8 s -> 3.2 s of torch); a big chunk per call (ConvEmformer 16, Zipformer 32) is bound by arithmetic,
+    which batching does not shrink (ConvEmformer: 1.7 s one wav at a time, 1.8 s batched; the Zipformer trace
+    cannot batch at all)."""
     return offset <= MAX_OFFSET
 
 

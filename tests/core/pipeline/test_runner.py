@@ -373,3 +373,15 @@ def test_a_background_step_waits_for_the_background_step_it_needs_without_holdin
     assert order.index(("StepFinished", "bg1")) < order.index(("StepStarted", "bg2"))
     assert order.index(("StepStarted", "fg")) < order.index(("StepFinished", "bg1"))
     assert order[-2:] == [("StepStarted", "last"), ("StepFinished", "last")]
+
+
+def test_a_process_killed_inside_native_code_says_where_and_what_to_do(tmp_path):
+    """The validation process runs torch and ncnn on the user's model in-process (sherpa-ncnn has its own child);
+    a crash there ends the step with the signal, faulthandler's Python lines in the log, and a hint."""
+    code = ("import ctypes, faulthandler; faulthandler.enable(); print('numeric check ...', flush=True); "
+            "ctypes.string_at(0)")
+    status, events, _ = run(Plan([py_step("validate", code)], tmp_path))
+    done = finished(events)["validate"]
+    assert status == "failed" and done.error.startswith("killed by SIGSEGV")
+    assert "Fatal Python error: Segmentation fault" in done.tail
+    assert "sherpa-ncnn-wizard doctor" in done.hint and "--resume" in done.hint
