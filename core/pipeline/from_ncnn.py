@@ -414,8 +414,6 @@ def validate_from_ncnn(out: Path, arch: str | None, reference_dir: Path | None, 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import faulthandler
-    faulthandler.enable()  # torch and ncnn run the user's model in this process: a crash says where, in the log
     p = argparse.ArgumentParser(prog="python -m core.pipeline.from_ncnn", description=validate_from_ncnn.__doc__)
     p.add_argument("out", type=Path)
     p.add_argument("--arch", default=None)
@@ -432,4 +430,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    faulthandler.enable()  # torch and ncnn run the user's model in this process: a crash says where, in the log
     sys.exit(main())

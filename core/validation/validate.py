@@ -260,8 +260,6 @@ def validate(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    import faulthandler
-    faulthandler.enable()  # torch and ncnn run the user's model in this process: a crash says where, in the log
     p = argparse.ArgumentParser(prog="python -m core.validation.validate", description=__doc__)
     p.add_argument("out", type=Path, help="the model directory")
     p.add_argument("--arch", default=None)
@@ -347,4 +345,6 @@ def finish_report(report: dict, json_out: Path | None) -> int:
 
 
 if __name__ == "__main__":
+    import faulthandler
+    faulthandler.enable()  # torch and ncnn run the user's model in this process: a crash says where, in the log
     sys.exit(main())
