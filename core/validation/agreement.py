@@ -274,22 +274,23 @@ def prepare(out: Path, arch: str | None, traced_dir: Path | None, wavs: list[str
         torch_model = transducer(out, arch, Path(traced_dir), extra_dirs)
         todo = [w for w in dict.fromkeys(wavs) if (str(traced_dir), w) not in _TORCH_CACHE]
         feats = [features_for(w, tail_seconds) for w in todo]
-        try:  # every wav's encoder pass at once (the weights read once per chunk step for all of them)
-            encoded = [None] * len(todo)
-            if len(todo) > 1 and worth_batching(torch_model.offset):
+        encoded, per_call = [None] * len(todo), min(1, len(todo))  # one wav at a time, as sherpa-ncnn streams
+        if len(todo) > 1 and worth_batching(torch_model.offset):
+            try:  # every wav's encoder pass at once (the weights read once per chunk step for all of them)
                 encoded = encode_streams(torch_model.encoder, torch_model.segment, torch_model.offset, feats,
                                          rebatched(torch_model.encoder))
-        except NotBatchable:
-            encoded = [None] * len(todo)  # one wav at a time, as sherpa-ncnn streams them
+                per_call = len(todo)
+            except NotBatchable:
+                pass
         from core.validation import prefetch
-        # each wav's decode in a lane of its own when cores are free (the traced module streams one wav per call)
+        # each wav's greedy search (and its encoder pass, when not batched) in a lane of its own when cores are free
         decoded = prefetch.in_lanes([lambda f=f, enc=enc: torch_model.decode(f, encoded=enc)
                                      for f, enc in zip(feats, encoded)])
         for wav, f, plain in zip(todo, feats, decoded):
             _TORCH_CACHE[(str(traced_dir), wav)] = (f, plain)
     except (AgreementError, TracedError, OSError):
         return 0
-    return len(todo) if todo and encoded[0] is not None else min(1, len(todo))
+    return per_call
 
 
 def check(out: Path, arch: str | None, traced_dir: Path | None, decode: dict | None, report: dict,
